@@ -1,0 +1,196 @@
+"""Every change bidsport makes to the file system goes through here.
+
+Writes are atomic (temporary name in the same folder, then ``os.replace``), so a run
+killed at any moment leaves either the old file or the new one, never half of one.
+Links are relative, so a dataset stays valid wherever it is mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bidsport.errors import OutputError
+
+
+def _explain(exc: OSError, path: Path) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"no space left on device while writing {path}", "free some space")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutputError(
+            f"cannot write {path}: {exc.strerror}",
+            "the output folder must be writable (in a container, mount it without :ro)",
+        )
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``."""
+    ensure_dir(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _explain(exc, path) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def write_tsv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Write a TSV with a header; missing or None values become ``n/a`` (BIDS)."""
+
+    def cell(value: Any) -> str:
+        if value is None or value == "":
+            return "n/a"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value).replace("\t", " ").replace("\n", " ")
+
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(cell(row.get(col)) for col in columns) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """Read a TSV written by :func:`write_tsv` (``n/a`` stays a string)."""
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (same file system), replacing a file there."""
+    ensure_dir(dst.parent)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            src.unlink()
+            return
+        raise _explain(exc, dst) from exc
+
+
+def relative_symlink(target: Path, link: Path) -> None:
+    """Make ``link`` a symlink to ``target`` by a relative path (replacing a link there)."""
+    ensure_dir(link.parent)
+    rel = os.path.relpath(target, link.parent)
+    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(rel, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _explain(exc, link) from exc
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (content and mode, not ownership)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def hardlink_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link ``src`` at ``dst`` when the file system allows it, else copy.
+
+    Returns "hardlink" or "copy". The source is never modified (only its link count).
+    """
+    ensure_dir(dst.parent)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp, follow_symlinks=True)
+        os.replace(tmp, dst)
+        return "hardlink"
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    copy_file(src, dst)
+    return "copy"
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True when ``path`` (resolved) is ``root`` or below it."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+    except ValueError:
+        return False
+    return True
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Remove ``path`` (a folder or file) — only if it lies inside ``root``."""
+    if not is_within(path, root) or Path(os.path.realpath(path)) == Path(os.path.realpath(root)):
+        raise OutputError(f"refusing to remove {path}: it is not inside {root}")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, blocking: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) held on ``path`` for the block.
+
+    With ``blocking=False`` a held lock raises :class:`LockedError` at once.
+    """
+    import fcntl
+
+    from bidsport.errors import LockedError
+
+    ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            raise LockedError(
+                f"{path.parent} is being processed by another bidsport run (lock {path.name})",
+                "wait for the other run to finish; a lock of a killed run is released "
+                "automatically",
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
