@@ -1,0 +1,172 @@
+"""Run dcm2niix once per series (never on a whole session) and collect its outputs.
+
+The binary is the one shipped by the pinned PyPI ``dcm2niix`` wheel, called by its path
+(a machine may have an older dcm2niix on PATH). Each series is converted from a folder of
+links to that series' files only, so the command line never grows with the file count.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bidsport.errors import ConversionError, ExternalToolError
+from bidsport.fileops import ensure_dir
+from bidsport.runner import run_command
+
+log = logging.getLogger(__name__)
+
+#: the extensions dcm2niix writes next to an image, longest first
+SIDE_EXTENSIONS = (".nii.gz", ".nii", ".json", ".bval", ".bvec")
+
+
+@functools.lru_cache(maxsize=1)
+def dcm2niix_binary() -> Path:
+    """Path of the dcm2niix binary shipped with the ``dcm2niix`` Python package."""
+    try:
+        import dcm2niix  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ExternalToolError(
+            "the dcm2niix Python package is not installed", "pip install dcm2niix"
+        ) from exc
+    path = Path(dcm2niix.bin)
+    if not path.is_file():
+        raise ExternalToolError(f"dcm2niix binary not found at {path}")
+    if not os.access(path, os.X_OK):
+        raise ExternalToolError(f"dcm2niix binary at {path} is not executable")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def dcm2niix_version(binary: Path | None = None) -> str:
+    """The version string of the binary (e.g. ``v1.0.20260724``)."""
+    result = run_command([binary or dcm2niix_binary(), "-h"], timeout=60)
+    match = re.search(r"version (v[\w.]+)", result.stdout + result.stderr)
+    if not match:
+        raise ExternalToolError(f"cannot read the version of {binary or dcm2niix_binary()}")
+    return match.group(1)
+
+
+def build_dcm2niix_args(
+    binary: Path,
+    in_dir: Path,
+    out_dir: Path,
+    name: str,
+    *,
+    compress: bool = True,
+    level: int = 3,
+) -> list[str]:
+    """The dcm2niix command line for one series (pure).
+
+    ``-ba y`` strips the identifiers dcm2niix knows about (bidsport scrubs more later);
+    ``-i n`` converts everything it was given (bidsport already decided what to convert);
+    ``-w 1`` overwrites within the private output folder; ``-d 0`` no recursion (the
+    link folder is flat); ``-l o`` keeps the stored integers as they are.
+    """
+    args = [
+        str(binary),
+        "-b", "y",
+        "-ba", "y",
+        "-i", "n",
+        "-w", "1",
+        "-d", "0",
+        "-l", "o",
+        "-x", "n",
+        "-z", "y" if compress else "n",
+    ]
+    if compress:
+        args.append(f"-{level}")
+    args += ["-f", name, "-o", str(out_dir), str(in_dir)]
+    return args
+
+
+@dataclass(frozen=True)
+class Dcm2niixOutput:
+    """One image dcm2niix wrote, with the files that belong to it."""
+
+    postfix: str  #: what dcm2niix appended to the requested name
+    image: Path
+    sidecar: Path | None
+    bval: Path | None
+    bvec: Path | None
+
+
+@dataclass(frozen=True)
+class SeriesConversion:
+    series_id: str
+    outputs: tuple[Dcm2niixOutput, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def _split_ext(path: Path) -> tuple[str, str]:
+    for ext in SIDE_EXTENSIONS:
+        if path.name.endswith(ext):
+            return path.name[: -len(ext)], ext
+    return path.stem, path.suffix
+
+
+def collect_outputs(out_dir: Path, name: str) -> list[Dcm2niixOutput]:
+    """Group the files dcm2niix wrote for ``name`` by image (sorted by postfix)."""
+    by_stem: dict[str, dict[str, Path]] = {}
+    for path in out_dir.iterdir():
+        stem, ext = _split_ext(path)
+        if not stem.startswith(name):
+            continue
+        by_stem.setdefault(stem, {})[ext] = path
+    outputs = []
+    for stem, files in sorted(by_stem.items()):
+        image = files.get(".nii.gz") or files.get(".nii")
+        if image is None:
+            continue
+        outputs.append(
+            Dcm2niixOutput(
+                postfix=stem[len(name) :],
+                image=image,
+                sidecar=files.get(".json"),
+                bval=files.get(".bval"),
+                bvec=files.get(".bvec"),
+            )
+        )
+    return outputs
+
+
+def convert_series(
+    series_id: str,
+    files: Sequence[Path],
+    work_dir: Path,
+    *,
+    compress: bool = True,
+    level: int = 3,
+) -> SeriesConversion:
+    """Convert one series: link its files into a private folder and run dcm2niix there.
+
+    Outputs stay in ``work_dir/out``; the caller renames them into the dataset.
+    """
+    binary = dcm2niix_binary()
+    in_dir = ensure_dir(work_dir / "in")
+    out_dir = ensure_dir(work_dir / "out")
+    for index, src in enumerate(files):
+        os.symlink(os.path.abspath(src), in_dir / f"{index:06d}.dcm")
+    name = "series"
+    args = build_dcm2niix_args(binary, in_dir, out_dir, name, compress=compress, level=level)
+    result = run_command(args, timeout=3600)
+    text = result.stdout + result.stderr
+    warnings = tuple(
+        line.strip() for line in text.splitlines() if line.lower().startswith(("warning", "error"))
+    )
+    outputs = collect_outputs(out_dir, name)
+    shutil.rmtree(in_dir, ignore_errors=True)
+    if result.returncode != 0 or not outputs:
+        detail = "; ".join(warnings[-3:]) or text.strip().splitlines()[-1:]
+        raise ConversionError(
+            f"dcm2niix failed on series {series_id} ({len(files)} files, exit "
+            f"{result.returncode}): {detail}"
+        )
+    return SeriesConversion(series_id, tuple(outputs), warnings, result.seconds)

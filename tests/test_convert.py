@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+from bidsport.convert import (
+    build_dcm2niix_args,
+    collect_outputs,
+    convert_series,
+    dcm2niix_binary,
+    dcm2niix_version,
+)
+from bidsport.errors import ConversionError
+from bidsport.synthetic import SeriesSpec, typical_session, write_series
+
+
+def test_binary_is_the_pinned_wheel_not_path():
+    import dcm2niix  # type: ignore[import-untyped]
+
+    assert dcm2niix_binary() == Path(dcm2niix.bin)
+    assert dcm2niix_version().startswith("v1.0.2026")
+    # the version recorded is the wheel's, even if another dcm2niix is on PATH
+    other = shutil.which("dcm2niix")
+    if other and Path(other).resolve() != dcm2niix_binary().resolve():
+        assert dcm2niix_version(dcm2niix_binary()) == dcm2niix_version()
+
+
+def test_args_are_one_series_and_never_grow_with_files(tmp_path):
+    args = build_dcm2niix_args(Path("/bin/d"), tmp_path / "in", tmp_path / "out", "x", level=4)
+    assert args[0] == "/bin/d" and args[-1] == str(tmp_path / "in")
+    assert "-4" in args and args[args.index("-z") + 1] == "y"
+    assert args[args.index("-ba") + 1] == "y"
+    plain = build_dcm2niix_args(Path("/bin/d"), tmp_path, tmp_path, "x", compress=False)
+    assert plain[plain.index("-z") + 1] == "n"
+
+
+def test_converts_a_4d_bold_series(tmp_path):
+    spec = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
+    files = write_series(spec, tmp_path / "dicom")
+    result = convert_series("bold", files, tmp_path / "work")
+    assert len(result.outputs) == 1
+    out = result.outputs[0]
+    assert out.postfix == ""
+    img = nib.load(out.image)
+    assert img.shape == (16, 16, 6, 5)
+    sidecar = json.loads(out.sidecar.read_text())
+    assert sidecar["RepetitionTime"] == pytest.approx(0.8)
+
+
+def test_dwi_gets_bval_bvec(tmp_path):
+    spec = next(s for s in typical_session() if s.description == "dMRI_dir6_AP")
+    files = write_series(spec, tmp_path / "dicom")
+    out = convert_series("dwi", files, tmp_path / "work", compress=False).outputs[0]
+    assert out.image.name.endswith(".nii")
+    assert out.bval.read_text().split() == ["0", "1000", "1000", "1000", "1000", "1000", "1000"]
+    assert len(out.bvec.read_text().splitlines()) == 3
+
+
+def test_failure_names_the_series(tmp_path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(ConversionError, match="series S7"):
+        convert_series("S7", [junk], tmp_path / "work")
+
+
+def test_collect_groups_side_files(tmp_path):
+    for name in ("s.nii.gz", "s.json", "s_e2_ph.nii.gz", "s_e2_ph.json", "s.bval", "t.nii"):
+        (tmp_path / name).write_bytes(b"")
+    outputs = collect_outputs(tmp_path, "s")
+    assert [o.postfix for o in outputs] == ["", "_e2_ph"]
+    assert outputs[0].bval is not None and outputs[1].bval is None
+
+
+def test_multi_echo_series_gives_one_output_per_echo(tmp_path):
+    dicom = tmp_path / "dicom"
+    for echo, te in ((1, 4.92), (2, 7.38)):
+        spec = SeriesSpec("gre_field_mapping", 8, echo_number=echo, echo_time=te,
+                          sequence_name="*fm2d2r", mr_acquisition_type="2D")
+        write_series(spec, dicom, name_pattern=f"e{echo}_{{instance:05d}}.dcm")
+    # same series UID and instance numbers across echoes, as Siemens writes them
+    result = convert_series("fm", sorted(dicom.iterdir()), tmp_path / "work")
+    assert sorted(o.postfix for o in result.outputs) == ["_e1", "_e2"]
