@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (.venv) and run the whole test suite: exactly what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ci/system.sh
+bash ci/setup.sh test
+.venv/bin/python -m pytest -q --doctest-modules src/bidsport tests "$@"
