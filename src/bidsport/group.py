@@ -1,0 +1,332 @@
+"""The group level: dataset-level files, status table, summary and validation.
+
+Run after the participant-level jobs (not while they run); it needs only the output
+dataset, never the DICOM inbox. It writes, through :mod:`bidsport.fileops` (atomic):
+
+* ``dataset_description.json``: created with Name (default: the folder name),
+  BIDSVersion (that of the installed validator's schema), DatasetType "raw" and
+  GeneratedBy; when it exists, every key is kept and only the bidsport and dcm2niix
+  entries of GeneratedBy are updated (other entries are kept after them).
+* ``participants.tsv``: one row per ``sub-*`` folder; columns and values a curator
+  added are kept, rows of subjects without a folder are dropped (with a warning).
+  bidsport adds no column of its own (it would need identifying data).
+* ``participants.json``: describes ``participant_id``; other descriptions are kept.
+* ``README``: a short generated text, only when no README file exists.
+* ``sourcedata/status.tsv``: rebuilt from the per-session records and the disk.
+
+No ``.bidsignore`` is written: everything else bidsport writes lies in ``sourcedata/``
+and ``derivatives/``, which the validator ignores.
+
+A file whose content would not change is not rewritten, so a second run changes
+nothing (not even the status backups).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bidsport import fileops
+from bidsport.errors import OutputError, UsageError
+from bidsport.layout import DatasetLayout
+from bidsport.status import StatusRow, regenerate_status
+from bidsport.validator import (
+    Issue,
+    ValidationResult,
+    find_validator,
+    run_validator,
+    validator_bids_version,
+)
+
+log = logging.getLogger(__name__)
+
+CODE_URL = "https://github.com/bidsport/bidsport"
+#: BIDSVersion written when no validator tells which version its schema follows.
+DEFAULT_BIDS_VERSION = "1.10.0"
+README_NAMES = ("README", "README.md", "README.rst", "README.txt")
+PARTICIPANT_ID_DESCRIPTION = {"Description": "Unique participant label (sub-<label>)."}
+#: How many distinct issue codes :func:`format_summary` lists per severity.
+SHOWN_CODES = 5
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """Counts of sessions per stage for one participant (or all: ``participant_id="all"``)."""
+
+    participant_id: str  #: label without ``sub-``, or "all" for the totals
+    sessions: int
+    imported: int
+    organized: int
+    converted: int
+    failed: int  #: sessions whose last run ended with an error
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What the group level wrote and found."""
+
+    participants: tuple[str, ...]  #: labels (without ``sub-``) in participants.tsv
+    status: tuple[StatusRow, ...]
+    summary: tuple[SummaryRow, ...]  #: one row per participant of the status table
+    totals: SummaryRow
+    validation: ValidationResult | None  #: None with ``validate=False``
+    written: tuple[Path, ...]  #: the files created or changed by this run
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def summarize(rows: Sequence[StatusRow]) -> tuple[tuple[SummaryRow, ...], SummaryRow]:
+    """Per-participant stage counts of the status ``rows``, and their totals."""
+    by_subject: dict[str, list[StatusRow]] = {}
+    for row in rows:
+        by_subject.setdefault(row.participant_id, []).append(row)
+
+    def count(label: str, group: Sequence[StatusRow]) -> SummaryRow:
+        return SummaryRow(
+            participant_id=label,
+            sessions=len(group),
+            imported=sum(r.imported for r in group),
+            organized=sum(r.organized for r in group),
+            converted=sum(r.converted for r in group),
+            failed=sum(r.last_error is not None for r in group),
+        )
+
+    summary = tuple(count(label, by_subject[label]) for label in sorted(by_subject))
+    return summary, count("all", rows)
+
+
+def merge_description(
+    existing: dict[str, Any] | None,
+    *,
+    name: str,
+    bids_version: str,
+    bidsport_version: str,
+    dcm2niix_version: str | None,
+) -> dict[str, Any]:
+    """The content of dataset_description.json (``existing``: the current one, if any).
+
+    Existing keys are kept; missing required keys are added; GeneratedBy gets the
+    bidsport and dcm2niix entries first, followed by any other existing entries. An
+    unknown dcm2niix version keeps the version already recorded.
+    """
+    description: dict[str, Any] = dict(existing or {})
+    if not existing:
+        description = {"Name": name, "BIDSVersion": bids_version, "DatasetType": "raw"}
+    description.setdefault("Name", name)
+    description.setdefault("BIDSVersion", bids_version)
+    description.setdefault("DatasetType", "raw")
+    old_entries = description.get("GeneratedBy")
+    others = (
+        [e for e in old_entries if isinstance(e, dict)] if isinstance(old_entries, list) else []
+    )
+    old_dcm2niix = next((e for e in others if e.get("Name") == "dcm2niix"), {})
+    dcm2niix: dict[str, Any] = {"Name": "dcm2niix"}
+    version = dcm2niix_version or old_dcm2niix.get("Version")
+    if version:
+        dcm2niix["Version"] = version
+    description["GeneratedBy"] = [
+        {"Name": "bidsport", "Version": bidsport_version, "CodeURL": CODE_URL},
+        dcm2niix,
+        *(e for e in others if e.get("Name") not in ("bidsport", "dcm2niix")),
+    ]
+    return description
+
+
+def readme_text(name: str) -> str:
+    """The README written when the dataset has none."""
+    return (
+        f"# {name}\n\n"
+        "A BIDS dataset converted from scanner DICOM by bidsport (https://github.com/"
+        "bidsport/bidsport) with dcm2niix.\n\n"
+        "- `sourcedata/status.tsv`: curation status of every subject/session.\n"
+        "- `sourcedata/`: the imported DICOM data and bidsport's tables.\n"
+        "- `derivatives/bidsport/`: logs and the group report.\n\n"
+        "Describe the study here: aims, participants, acquisition, and how to cite it.\n"
+    )
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(
+            f"cannot read {path}: {exc}", f"fix {path.name} (it must be a JSON object)"
+        ) from exc
+    if not isinstance(data, dict):
+        raise OutputError(f"{path} is not a JSON object", f"fix {path.name}")
+    return data
+
+
+def _write_json_if_changed(path: Path, data: Any, written: list[Path]) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    fileops.write_json(path, data)
+    written.append(path)
+
+
+def _participant_folders(layout: DatasetLayout) -> list[str]:
+    """Labels of the ``sub-*`` folders of the dataset, sorted."""
+    return sorted(
+        p.name.removeprefix("sub-")
+        for p in layout.root.glob("sub-*")
+        if p.is_dir() and len(p.name) > len("sub-")
+    )
+
+
+def _participants_json_file(layout: DatasetLayout) -> Path:
+    return layout.participants_file.with_suffix(".json")
+
+
+def _write_participants(layout: DatasetLayout, labels: list[str], written: list[Path]) -> None:
+    path = layout.participants_file
+    columns = ["participant_id"]
+    old_rows: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        header = path.read_text(encoding="utf-8").split("\n", 1)[0].rstrip("\r").split("\t")
+        if not header or header[0] != "participant_id":
+            raise OutputError(
+                f"{path} does not start with a participant_id column",
+                "fix it, or delete it and run the group level again",
+            )
+        columns = header
+        old_rows = {row["participant_id"]: row for row in fileops.read_tsv(path)}
+    rows = [old_rows.get(f"sub-{label}", {"participant_id": f"sub-{label}"}) for label in labels]
+    dropped = sorted(set(old_rows) - {f"sub-{label}" for label in labels})
+    if dropped:
+        log.warning("%s: dropped %s (no such folder in the dataset)", path, ", ".join(dropped))
+    unchanged = path.is_file() and list(old_rows.values()) == rows
+    if not unchanged:
+        fileops.write_tsv(path, rows, columns)
+        written.append(path)
+
+    json_path = _participants_json_file(layout)
+    sidecar = _read_json(json_path) or {}
+    merged = {"participant_id": sidecar.get("participant_id") or PARTICIPANT_ID_DESCRIPTION}
+    merged.update({k: v for k, v in sidecar.items() if k != "participant_id"})
+    _write_json_if_changed(json_path, merged, written)
+
+
+def run_group(
+    layout: DatasetLayout,
+    *,
+    dataset_name: str | None = None,
+    dcm2niix_version: str | None,
+    bidsport_version: str,
+    manifest_pairs: Sequence[tuple[str, str | None]] = (),
+    validate: bool = True,
+) -> GroupResult:
+    """Write the dataset-level files, rebuild the status table and validate the dataset.
+
+    Idempotent: a second run with the same arguments changes no file. Raises
+    :class:`UsageError` when the dataset folder does not exist, :class:`OutputError`
+    when an existing dataset-level file cannot be read.
+    """
+    root = layout.root
+    if not root.is_dir():
+        raise UsageError(f"output dataset {root} does not exist", "run the participant level first")
+    written: list[Path] = []
+    name = dataset_name or root.resolve().name
+    command = find_validator()
+
+    description = merge_description(
+        _read_json(layout.dataset_description_file),
+        name=name,
+        bids_version=(validator_bids_version(command) if command else None) or DEFAULT_BIDS_VERSION,
+        bidsport_version=bidsport_version,
+        dcm2niix_version=dcm2niix_version,
+    )
+    _write_json_if_changed(layout.dataset_description_file, description, written)
+
+    labels = _participant_folders(layout)
+    _write_participants(layout, labels, written)
+
+    if not any((root / readme).exists() for readme in README_NAMES):
+        readme = root / "README"
+        fileops.write_text(readme, readme_text(str(description.get("Name") or name)))
+        written.append(readme)
+
+    status_before = layout.status_file.read_bytes() if layout.status_file.is_file() else None
+    status = regenerate_status(layout, manifest_pairs)
+    if layout.status_file.read_bytes() != status_before:
+        written.append(layout.status_file)
+    summary, totals = summarize(status)
+
+    validation = None
+    if validate:
+        validation = run_validator(root, command=command)
+    for path in written:
+        log.info("wrote %s", path)
+    return GroupResult(
+        participants=tuple(labels),
+        status=tuple(status),
+        summary=summary,
+        totals=totals,
+        validation=validation,
+        written=tuple(written),
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    cells = [list(map(str, header)), *[list(map(str, r)) for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in cells
+    ]
+
+
+def _issue_lines(kind: str, issues: Sequence[Issue]) -> list[str]:
+    """One line per issue code (first occurrence, and how many more), at most SHOWN_CODES."""
+    by_code: dict[str, list[Issue]] = {}
+    for issue in issues:
+        by_code.setdefault(issue.code, []).append(issue)
+    lines = []
+    for group in list(by_code.values())[:SHOWN_CODES]:
+        more = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
+        lines.append(f"  {kind}: {group[0].describe()}{more}")
+    if len(by_code) > SHOWN_CODES:
+        lines.append(f"  ... and {len(by_code) - SHOWN_CODES} more {kind} codes")
+    return lines
+
+
+def format_summary(result: GroupResult) -> str:
+    """A plain-text report: sessions per stage and participant, then the validation."""
+    header = ("participant", "sessions", "imported", "organized", "converted", "failed")
+    rows = [
+        (f"sub-{r.participant_id}", r.sessions, r.imported, r.organized, r.converted, r.failed)
+        for r in result.summary
+    ]
+    t = result.totals
+    rows.append(("total", t.sessions, t.imported, t.organized, t.converted, t.failed))
+    lines = _table(header, rows)
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    validation = result.validation
+    if validation is None:
+        lines.append("BIDS validation: skipped")
+    elif not validation.ran:
+        lines.append("BIDS validation: not run (bids-validator-deno is not installed)")
+    else:
+        lines.append(
+            f"BIDS validator {validation.version or '?'}: {len(validation.errors)} errors, "
+            f"{len(validation.warnings)} warnings"
+        )
+        lines += _issue_lines("error", validation.errors)
+        lines += _issue_lines("warning", validation.warnings)
+    return "\n".join(lines)

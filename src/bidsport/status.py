@@ -1,0 +1,639 @@
+"""The curation status table ``sourcedata/status.tsv``: one row per subject/session.
+
+Two stores, one truth:
+
+* **Per-session records** (``layout.status_row_file``, JSON). A participant-level run
+  writes its own record atomically and without any lock; that record is the source of
+  truth for what the run did (packets, stages, last error, time).
+* **The table** ``layout.status_file``: a merged view for curators (Nipoppy's "doughnut").
+  Participant-level runs update their own row under an exclusive lock by
+  read-merge-atomic-replace. When the lock cannot be had (many jobs, or ``flock`` broken
+  on a network file system) the run logs a warning and goes on: the group level rebuilds
+  the table from the records and from what is on disk (:func:`regenerate_status`).
+
+Every replacement of the table first copies the previous version into
+``layout.status_backup_dir`` (``status-<UTC time>.tsv``; the newest
+:data:`KEEP_BACKUPS` are kept). A replacement that would not change any row is skipped,
+so re-running the group level does not touch the table.
+
+In ``status.tsv`` labels carry their ``sub-``/``ses-`` prefixes (BIDS/Nipoppy style),
+``n/a`` stands for a missing value, stages are ``true``/``false``. In :class:`StatusRow`
+and in the records, labels are stored without prefixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bidsport import fileops
+from bidsport.errors import LabelError, LockedError, OutputError
+from bidsport.layout import DatasetLayout
+from bidsport.records import SessionResult
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``status.tsv``, in order.
+STATUS_COLUMNS = (
+    "participant_id",
+    "session_id",
+    "packet",
+    "imported",
+    "organized",
+    "converted",
+    "last_error",
+    "updated",
+)
+#: How many previous versions of ``status.tsv`` are kept in the backup folder.
+KEEP_BACKUPS = 20
+#: Seconds a participant-level run waits for the table lock before giving up (not failing).
+LOCK_TIMEOUT = 60.0
+#: Longest ``last_error`` kept (characters); longer messages are cut with an ellipsis.
+MAX_ERROR_CHARS = 500
+
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+_BACKUP_NAME = re.compile(r"status-\d{8}T\d{6}\.\d{6}Z\.tsv")
+_IMAGE_SUFFIXES = (".nii", ".nii.gz")
+
+
+# --------------------------------------------------------------------------- records
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds (``2024-01-02T09:00:00+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def one_line(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """``text`` on one line: whitespace runs (tabs, newlines) become one space.
+
+    Empty text becomes None; text longer than ``limit`` is cut and ends with ``…``.
+    """
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    if not flat:
+        return None
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _check_label(kind: str, label: str) -> None:
+    if not _LABEL.fullmatch(label):
+        raise LabelError(
+            f"invalid {kind} label {label!r} in the status table",
+            f"{kind} labels are stored without their prefix and hold only letters and digits",
+        )
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """The curation status of one subject/session.
+
+    ``packet`` and ``last_error`` are flattened to one line on creation (tabs and
+    newlines become spaces), so a row always fits on one TSV line.
+    """
+
+    participant_id: str  #: label without ``sub-``
+    session_id: str | None  #: label without ``ses-``; None for single-session data
+    packet: str | None  #: packet name(s), ``;``-joined
+    imported: bool
+    organized: bool
+    converted: bool
+    last_error: str | None  #: the error that stopped the last run of this session
+    updated: str  #: ISO 8601 UTC time of the last change
+
+    def __post_init__(self) -> None:
+        _check_label("participant", self.participant_id)
+        if self.session_id is not None:
+            _check_label("session", self.session_id)
+        object.__setattr__(self, "packet", one_line(self.packet, limit=10_000))
+        object.__setattr__(self, "last_error", one_line(self.last_error))
+        object.__setattr__(self, "updated", one_line(self.updated) or "")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Sort and identity key: (participant, session or "")."""
+        return (self.participant_id, self.session_id or "")
+
+    def same_state(self, other: StatusRow) -> bool:
+        """True when both rows say the same thing (ignoring ``updated``)."""
+        return all(
+            getattr(self, name) == getattr(other, name)
+            for name in STATUS_COLUMNS
+            if name != "updated"
+        )
+
+
+def expected_row(subject: str, session: str | None, updated: str | None = None) -> StatusRow:
+    """The row of a session that is expected (manifest) but has no data yet."""
+    return StatusRow(subject, session, None, False, False, False, None, updated or now_iso())
+
+
+def row_from_result(
+    result: SessionResult, packets: Sequence[str], *, updated: str | None = None
+) -> StatusRow:
+    """The status row of a participant-level :class:`SessionResult`."""
+    return StatusRow(
+        participant_id=result.subject,
+        session_id=result.session,
+        packet=";".join(packets) or None,
+        imported=result.imported,
+        organized=result.organized,
+        converted=result.converted,
+        last_error=result.error,
+        updated=updated or now_iso(),
+    )
+
+
+def _row_to_record(row: StatusRow) -> dict[str, Any]:
+    return asdict(row)
+
+
+def _row_from_record(data: Any, path: Path) -> StatusRow:
+    if not isinstance(data, dict):
+        raise OutputError(f"status record {path} is not a JSON object")
+    try:
+        values = {name: data[name] for name in STATUS_COLUMNS}
+    except KeyError as exc:
+        raise OutputError(f"status record {path} has no {exc.args[0]!r} key") from exc
+    for name in ("imported", "organized", "converted"):
+        if not isinstance(values[name], bool):
+            raise OutputError(f"status record {path}: {name} is {values[name]!r}, not a boolean")
+    for name in ("participant_id", "updated"):
+        if not isinstance(values[name], str):
+            raise OutputError(f"status record {path}: {name} is {values[name]!r}, not a string")
+    for name in ("session_id", "packet", "last_error"):
+        if values[name] is not None and not isinstance(values[name], str):
+            raise OutputError(f"status record {path}: {name} is {values[name]!r}, not a string")
+    return StatusRow(**values)
+
+
+def read_status_record(
+    layout: DatasetLayout, subject: str, session: str | None
+) -> StatusRow | None:
+    """The record of one session, or None when there is none (or it is unreadable)."""
+    path = layout.status_row_file(subject, session)
+    try:
+        return _read_record(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, OutputError, LabelError) as exc:
+        log.warning("ignoring unreadable status record %s: %s", path, exc)
+        return None
+
+
+def _read_record(path: Path) -> StatusRow:
+    with open(path, encoding="utf-8") as fh:
+        return _row_from_record(json.load(fh), path)
+
+
+def read_records(layout: DatasetLayout) -> list[StatusRow]:
+    """Every readable per-session record (unreadable ones are logged and skipped)."""
+    rows: dict[tuple[str, str], StatusRow] = {}
+    folder = layout.status_rows_dir
+    if not folder.is_dir():
+        return []
+    for path in sorted(folder.glob("sub-*.json")):
+        try:
+            row = _read_record(path)
+        except (OSError, ValueError, OutputError, LabelError) as exc:
+            log.warning("ignoring unreadable status record %s: %s", path, exc)
+            continue
+        if layout.status_row_file(row.participant_id, row.session_id) != path:
+            log.warning("ignoring status record %s: it describes another session", path)
+            continue
+        rows[row.key] = row
+    return [rows[key] for key in sorted(rows)]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def status_lock_file(layout: DatasetLayout) -> Path:
+    """The lock file beside ``status.tsv`` (held while the table is replaced)."""
+    return layout.status_file.with_name(f".{layout.status_file.name}.lock")
+
+
+def _row_to_cells(row: StatusRow) -> dict[str, Any]:
+    cells = asdict(row)
+    cells["participant_id"] = f"sub-{row.participant_id}"
+    cells["session_id"] = f"ses-{row.session_id}" if row.session_id else None
+    return cells
+
+
+def _parse_bool(value: str, path: Path, line: int, column: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", "n/a", ""):
+        return False
+    raise OutputError(
+        f"{path}, line {line}: {column} is {value!r}, not true/false",
+        "fix it, or delete it and run the group level to rebuild it",
+    )
+
+
+def _parse_rows(path: Path) -> list[StatusRow]:
+    hint = "fix it, or delete it and run the group level to rebuild it"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t") if lines else []
+    missing = [col for col in STATUS_COLUMNS if col not in header]
+    if missing:
+        raise OutputError(f"{path} lacks the column(s) {', '.join(missing)}", hint)
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise OutputError(
+                f"{path}, line {number}: {len(values)} cells, expected {len(header)}", hint
+            )
+        cells = dict(zip(header, values, strict=True))
+
+        def text(column: str, cells: dict[str, str] = cells) -> str | None:
+            value = cells[column].strip()
+            return None if value in ("", "n/a") else value
+
+        subject = text("participant_id") or ""
+        session = text("session_id")
+        try:
+            rows.append(
+                StatusRow(
+                    participant_id=subject.removeprefix("sub-"),
+                    session_id=session.removeprefix("ses-") if session else None,
+                    packet=text("packet"),
+                    imported=_parse_bool(cells["imported"], path, number, "imported"),
+                    organized=_parse_bool(cells["organized"], path, number, "organized"),
+                    converted=_parse_bool(cells["converted"], path, number, "converted"),
+                    last_error=text("last_error"),
+                    updated=text("updated") or "",
+                )
+            )
+        except LabelError as exc:
+            raise OutputError(f"{path}, line {number}: {exc.message}", hint) from exc
+    return rows
+
+
+def read_status(layout: DatasetLayout) -> list[StatusRow]:
+    """The rows of ``status.tsv`` (empty when it does not exist), sorted.
+
+    Raises :class:`OutputError` naming the file and line when the table is malformed.
+    """
+    return read_status_file(layout.status_file)
+
+
+def read_status_file(path: Path) -> list[StatusRow]:
+    """The rows of a status table (``status.tsv`` or one of its backups), sorted."""
+    if not path.is_file():
+        return []
+    try:
+        rows = _parse_rows(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutputError(f"cannot read {path}: {exc}") from exc
+    return sorted(rows, key=lambda r: r.key)
+
+
+def _backup_name(stamp: datetime) -> str:
+    return f"status-{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}.tsv"
+
+
+def backup_status(layout: DatasetLayout, keep: int = KEEP_BACKUPS) -> Path | None:
+    """Copy ``status.tsv`` (atomically) into the backup folder; prune to ``keep`` copies.
+
+    Returns the backup written, or None when there is no table yet.
+    """
+    source = layout.status_file
+    if not source.is_file():
+        return None
+    folder = layout.status_backup_dir
+    stamp = datetime.now(timezone.utc)
+    while (folder / _backup_name(stamp)).exists():  # keep names unique and in time order
+        stamp += timedelta(microseconds=1)
+    target = folder / _backup_name(stamp)
+    fileops.copy_file(source, target)
+    backups = sorted(p for p in folder.iterdir() if _BACKUP_NAME.fullmatch(p.name))
+    for old in backups[: max(len(backups) - keep, 0)]:
+        fileops.remove_tree(old, folder)
+    return target
+
+
+def _replace_table(
+    layout: DatasetLayout, old: Sequence[StatusRow] | None, rows: Iterable[StatusRow]
+) -> bool:
+    """Write ``rows`` as ``status.tsv`` unless they equal ``old`` (the current rows).
+
+    The current table is backed up first. Returns False when nothing changed. The
+    caller holds the table lock (or knows that nobody else writes).
+    """
+    new = sorted(rows, key=lambda r: r.key)
+    if old is not None and list(old) == new and layout.status_file.is_file():
+        return False
+    backup_status(layout)
+    fileops.write_tsv(layout.status_file, [_row_to_cells(r) for r in new], list(STATUS_COLUMNS))
+    return True
+
+
+def _acquire_table_lock(
+    stack: contextlib.ExitStack[Any], layout: DatasetLayout, timeout: float
+) -> str:
+    """Enter the table lock on ``stack``, waiting up to ``timeout`` seconds.
+
+    Returns "held", "busy" (another run held it for the whole time) or "unsupported"
+    (the file system refused the lock, as some NFS set-ups do).
+    """
+    lock = status_lock_file(layout)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            stack.enter_context(fileops.file_lock(lock, blocking=False))
+            return "held"
+        except LockedError:
+            if time.monotonic() >= deadline:
+                return "busy"
+        except OSError as exc:  # e.g. ENOLCK: no flock on this file system
+            log.warning("cannot lock %s: %s", lock, exc)
+            return "unsupported"
+        time.sleep(max(min(delay * random.uniform(0.5, 1.5), deadline - time.monotonic()), 0))
+        delay = min(delay * 2, 1.0)
+
+
+def record_session(
+    layout: DatasetLayout, row: StatusRow, *, lock_timeout: float = LOCK_TIMEOUT
+) -> None:
+    """Record the status of one session (participant level; safe in many processes).
+
+    1. Writes the session's record ``layout.status_row_file`` atomically, without a lock
+       (the source of truth; an :class:`OutputError` here propagates).
+    2. Replaces the session's row of ``status.tsv`` under the table lock (read, merge,
+       back up, atomic replace). If the lock cannot be had within ``lock_timeout``
+       seconds, or the table cannot be read or written, a warning is logged and the run
+       goes on: the group level rebuilds the table from the records.
+    """
+    fileops.write_json(
+        layout.status_row_file(row.participant_id, row.session_id), _row_to_record(row)
+    )
+    label = f"sub-{row.participant_id}" + (f"_ses-{row.session_id}" if row.session_id else "")
+    try:
+        with contextlib.ExitStack() as stack:
+            if _acquire_table_lock(stack, layout, lock_timeout) != "held":
+                log.warning(
+                    "%s: %s not updated (no lock within %g s); the row is recorded in %s "
+                    "and the group level will add it to the table",
+                    label,
+                    layout.status_file,
+                    lock_timeout,
+                    layout.status_row_file(row.participant_id, row.session_id),
+                )
+                return
+            old = read_status(layout)
+            rows = {r.key: r for r in old}
+            rows[row.key] = row
+            _replace_table(layout, old, rows.values())
+    except (OutputError, OSError) as exc:
+        log.warning(
+            "%s: could not update %s (%s); the group level will rebuild it",
+            label,
+            layout.status_file,
+            exc,
+        )
+
+
+def add_expected(
+    layout: DatasetLayout,
+    pairs: Sequence[tuple[str, str | None]],
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> None:
+    """Add an all-false row for every expected (subject, session) not yet in the table.
+
+    Existing rows are kept as they are. Labels are given without prefixes (a bad label
+    raises :class:`LabelError`). Like :func:`record_session`, a lock that cannot be had
+    only logs a warning (the group level adds the manifest rows when it rebuilds the
+    table); a malformed table raises :class:`OutputError`.
+    """
+    stamp = now_iso()
+    wanted = [expected_row(sub, ses, stamp) for sub, ses in pairs]  # validates the labels
+    if not wanted:
+        return
+    with contextlib.ExitStack() as stack:
+        if _acquire_table_lock(stack, layout, lock_timeout) != "held":
+            log.warning(
+                "could not lock %s within %g s: manifest rows not added (the group level "
+                "adds them)",
+                layout.status_file,
+                lock_timeout,
+            )
+            return
+        old = read_status(layout)
+        rows = {r.key: r for r in old}
+        for row in wanted:
+            rows.setdefault(row.key, row)
+        _replace_table(layout, old, rows.values())
+
+
+# --------------------------------------------------------------------------- regenerate
+
+
+def _has_file(folder: Path, *, suffixes: tuple[str, ...] = (), skip_sessions: bool = False) -> bool:
+    """True when ``folder`` holds (at any depth) a regular file, links followed.
+
+    Hidden entries (lock files, temporary files of atomic writes) are not counted; with
+    ``suffixes``, only files whose names end with one of them count; with
+    ``skip_sessions``, ``ses-*`` folders directly in ``folder`` are not looked into (they
+    belong to other sessions). Stops at the first file found.
+    """
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if skip_sessions and current == folder and entry.name.startswith("ses-"):
+                continue
+            try:
+                if entry.is_file() and (not suffixes or entry.name.endswith(suffixes)):
+                    return True
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+            except OSError:
+                continue
+    return False
+
+
+def _has_image(session_dir: Path) -> bool:
+    """True when a datatype folder of the session holds a NIfTI image."""
+    if not session_dir.is_dir():
+        return False
+    return any(
+        sub.is_dir()
+        and not sub.name.startswith(("ses-", "."))
+        and _has_file(sub, suffixes=_IMAGE_SUFFIXES)
+        for sub in session_dir.iterdir()
+    )
+
+
+def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
+    """(subject, session) pairs with a folder below ``top`` (``sub-*[/ses-*]``).
+
+    A ``sub-<s>`` folder gives one pair per ``ses-<t>`` folder in it, and a pair without
+    session when it holds anything else (a datatype or packet folder, a file), apart from
+    hidden entries and ``*_sessions.tsv``.
+    """
+    pairs: set[tuple[str, str | None]] = set()
+    if not top.is_dir():
+        return pairs
+    for sub_dir in top.glob("sub-*"):
+        if not sub_dir.is_dir():
+            continue
+        subject = sub_dir.name.removeprefix("sub-")
+        if not _LABEL.fullmatch(subject):
+            log.warning("ignoring %s: not a valid subject folder name", sub_dir)
+            continue
+        for entry in sub_dir.iterdir():
+            if entry.name.startswith(".") or entry.name.endswith("_sessions.tsv"):
+                continue
+            if entry.is_dir() and entry.name.startswith("ses-"):
+                session = entry.name.removeprefix("ses-")
+                if _LABEL.fullmatch(session):
+                    pairs.add((subject, session))
+                else:
+                    log.warning("ignoring %s: not a valid session folder name", entry)
+            else:
+                pairs.add((subject, None))
+    return pairs
+
+
+def _tree_root(session_path: Callable[[str, str | None], Path]) -> Path:
+    """The folder that holds the ``sub-*`` folders of a per-session layout path."""
+    return session_path("x", None).parent
+
+
+def _packets_on_disk(layout: DatasetLayout, subject: str, session: str | None) -> str | None:
+    raw = layout.raw_dir(subject, session)
+    if not raw.is_dir():
+        return None
+    names = sorted(
+        p.name
+        for p in raw.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not (session is None and p.name.startswith("ses-"))
+    )
+    return ";".join(names) or None
+
+
+def build_status(
+    layout: DatasetLayout,
+    records: Sequence[StatusRow],
+    previous: Sequence[StatusRow] = (),
+    manifest_pairs: Sequence[tuple[str, str | None]] = (),
+    now: str | None = None,
+) -> list[StatusRow]:
+    """The status rows derived from ``records`` and from what is on disk (no writes).
+
+    Rows: one for every session that has a record, a folder in ``sourcedata/raw``,
+    ``sourcedata/dicom`` or the BIDS tree, a row in ``previous`` (the current table) or a
+    pair in ``manifest_pairs``. Columns:
+
+    * ``imported``: ``layout.raw_dir`` or ``layout.dicom_dir`` holds at least one file.
+    * ``organized``: ``layout.dicom_dir`` holds at least one file (broken links do not
+      count). Hidden files are ignored, and for a session-less row the ``ses-*`` folders
+      of the subject are not looked into.
+    * ``converted``: the BIDS session folder holds at least one ``.nii``/``.nii.gz`` image
+      in a datatype folder **and** the session's record says converted (no record: false).
+    * ``packet``: from the record; without a record, the packet folders in
+      ``layout.raw_dir`` (``;``-joined), else n/a.
+    * ``last_error``: from the record; without a record, n/a.
+    * ``updated``: from the record; without a record, the ``updated`` of the same row in
+      ``previous`` when its other values are unchanged, else ``now``.
+    """
+    stamp = now or now_iso()
+    by_record = {r.key: r for r in records}
+    by_previous = {r.key: r for r in previous}
+    pairs: set[tuple[str, str | None]] = {(r.participant_id, r.session_id) for r in records}
+    pairs |= {(r.participant_id, r.session_id) for r in previous}
+    pairs |= set(manifest_pairs)
+    pairs |= _sessions_under(_tree_root(layout.raw_dir))
+    pairs |= _sessions_under(_tree_root(layout.dicom_dir))
+    pairs |= _sessions_under(layout.root)
+    rows = []
+    for subject, session in pairs:
+        key = (subject, session or "")
+        record = by_record.get(key)
+        bare = session is None
+        organized = _has_file(layout.dicom_dir(subject, session), skip_sessions=bare)
+        imported = organized or _has_file(layout.raw_dir(subject, session), skip_sessions=bare)
+        converted = bool(record and record.converted) and _has_image(
+            layout.session_dir(subject, session)
+        )
+        row = StatusRow(
+            participant_id=subject,
+            session_id=session,
+            packet=record.packet if record else _packets_on_disk(layout, subject, session),
+            imported=imported,
+            organized=organized,
+            converted=converted,
+            last_error=record.last_error if record else None,
+            updated=record.updated if record else stamp,
+        )
+        old = by_previous.get(key)
+        if record is None and old is not None and old.same_state(row):
+            row = old
+        rows.append(row)
+    return sorted(rows, key=lambda r: r.key)
+
+
+def regenerate_status(
+    layout: DatasetLayout,
+    manifest_pairs: Sequence[tuple[str, str | None]] = (),
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> list[StatusRow]:
+    """Rebuild ``status.tsv`` from the records and the disk (see :func:`build_status`).
+
+    The previous table is backed up before it is replaced (not when nothing changed);
+    an unreadable previous table is replaced with a warning. Meant for the group level,
+    while no participant-level job runs: a lock held elsewhere for ``lock_timeout``
+    seconds raises :class:`LockedError`; a file system without working locks only logs
+    a warning.
+    """
+    for subject, session in manifest_pairs:  # validate the labels before any work
+        expected_row(subject, session)
+    with contextlib.ExitStack() as stack:
+        if _acquire_table_lock(stack, layout, lock_timeout) == "busy":
+            raise LockedError(
+                f"{layout.status_file} is locked by another bidsport run",
+                "run the group level when no participant-level job is running",
+            )
+        return _regenerate(layout, manifest_pairs)
+
+
+def _regenerate(
+    layout: DatasetLayout, manifest_pairs: Sequence[tuple[str, str | None]]
+) -> list[StatusRow]:
+    previous: list[StatusRow] | None
+    try:
+        previous = read_status(layout)
+    except OutputError as exc:
+        log.warning("rebuilding unreadable %s: %s", layout.status_file, exc.message)
+        previous = None
+    rows = build_status(layout, read_records(layout), previous or (), manifest_pairs)
+    if _replace_table(layout, previous, rows):
+        log.info("rebuilt %s (%d rows)", layout.status_file, len(rows))
+    return rows

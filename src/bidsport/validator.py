@@ -1,0 +1,264 @@
+"""Run the BIDS validator (``bids-validator-deno``, from PyPI) and read its findings.
+
+The validator is optional: when it is not installed, :func:`run_validator` returns a
+result with ``ran=False`` and the group level goes on.
+
+``bids-validator-deno --format json DIR`` prints one JSON document on stdout and exits
+with 16 when it found errors (0 otherwise)::
+
+    {"issues": {"issues": [{"code": "NOT_INCLUDED", "severity": "error",
+                            "location": "/sub-01/anat/sub-01_T1x.nii.gz"},
+                           {"code": "JSON_KEY_RECOMMENDED", "subCode": "License",
+                            "severity": "warning", "location": "/dataset_description.json",
+                            "issueMessage": "Field description: ...", "rule": "..."}],
+                "codeMessages": {"NOT_INCLUDED": "Files with such naming scheme ..."}},
+     "summary": {"subjects": ["01"], ..., "schemaVersion": "1.2.7"}}
+
+Each issue may also carry ``suggestion``, ``affects``, ``line`` and ``character``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bidsport.errors import ExternalToolError
+from bidsport.runner import run_command
+
+log = logging.getLogger(__name__)
+
+VALIDATOR_SCRIPT = "bids-validator-deno"
+#: Exit code of the validator when it found errors (its JSON is still on stdout).
+EXIT_INVALID = 16
+#: Seconds the validator may take on a large dataset.
+VALIDATOR_TIMEOUT = 3600.0
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_VERSION = re.compile(r"\d+\.\d+\.\d+\S*")
+# In the validator's bundled schema: ``..., bids_version: "1.11.1", schema_version: ...``
+_BIDS_VERSION = re.compile(rb"""["']?bids_version["']?\s*:\s*["'](\d+\.\d+\.\d+[^"']*)["']""")
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One finding of the validator."""
+
+    code: str  #: e.g. "NOT_INCLUDED", "JSON_KEY_RECOMMENDED"
+    severity: str  #: "error" or "warning"
+    location: str | None = None  #: dataset path, e.g. "/sub-01/anat/sub-01_T1w.nii.gz"
+    sub_code: str | None = None  #: e.g. the missing key of JSON_KEY_RECOMMENDED
+    message: str | None = None  #: the issue's own message, else the code's message
+    rule: str | None = None  #: the schema rule that raised it
+    line: int | None = None  #: line in the file at ``location``, when given
+
+    def describe(self) -> str:
+        """``CODE[subCode] location``, for one line of a report."""
+        code = f"{self.code}[{self.sub_code}]" if self.sub_code else self.code
+        return f"{code} {self.location}" if self.location else code
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What the validator said about a dataset (``ran=False``: no validator installed)."""
+
+    ran: bool
+    command: tuple[str, ...] = ()
+    errors: tuple[Issue, ...] = ()
+    warnings: tuple[Issue, ...] = ()
+    version: str | None = None  #: the validator's version, e.g. "3.0.2"
+    schema_version: str | None = None  #: version of the BIDS schema package it used
+
+    @property
+    def valid(self) -> bool:
+        """True when the validator ran and found no error."""
+        return self.ran and not self.errors
+
+
+def find_validator() -> list[str] | None:
+    """The command that runs ``bids-validator-deno``, or None when it is not installed.
+
+    Looks next to the running Python first (the same virtual environment), then on PATH.
+    """
+    beside = Path(sys.executable).parent / VALIDATOR_SCRIPT
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which(VALIDATOR_SCRIPT)
+    return [found] if found else None
+
+
+def validator_version(command: Sequence[str]) -> str | None:
+    """The version the validator prints with ``--version`` (e.g. "3.0.2"), or None."""
+    try:
+        result = run_command([*command, "--version"], timeout=120)
+    except ExternalToolError as exc:
+        log.warning("cannot ask the BIDS validator its version: %s", exc)
+        return None
+    match = _VERSION.search(_ANSI.sub("", result.stdout))
+    return match.group(0) if match else None
+
+
+def validator_bids_version(command: Sequence[str] | None = None) -> str | None:
+    """The BIDS version of the schema bundled with the validator (e.g. "1.11.1").
+
+    The validator has no option that prints it, so it is read from the validator's
+    JavaScript bundle (``bids_validator_deno/bids-validator.js``, found through the
+    Python of the console script) or, for a compiled binary, from the binary itself.
+    None when the validator is not installed or the version cannot be found.
+    """
+    command = list(command) if command is not None else find_validator()
+    if not command:
+        return None
+    for candidate in _bundle_candidates(Path(command[0])):
+        version = _scan_bids_version(str(candidate))
+        if version:
+            return version
+    log.warning("cannot tell which BIDS version %s validates against", command[0])
+    return None
+
+
+def _bundle_candidates(executable: Path) -> list[Path]:
+    """Files that may hold the validator's schema: its JS bundle, or the executable."""
+    candidates = []
+    interpreter = _shebang_interpreter(executable)
+    if interpreter is not None:
+        try:
+            result = run_command(
+                [
+                    interpreter,
+                    "-c",
+                    "import bids_validator_deno as m, os; print(os.path.dirname(m.__file__))",
+                ],
+                timeout=60,
+            )
+        except ExternalToolError as exc:
+            log.debug("cannot locate the validator bundle: %s", exc)
+        else:
+            if result.returncode == 0 and result.stdout.strip():
+                candidates.append(Path(result.stdout.strip()) / "bids-validator.js")
+    else:
+        candidates.append(executable)
+    return [c for c in candidates if c.is_file()]
+
+
+def _shebang_interpreter(executable: Path) -> str | None:
+    """The interpreter of a ``#!`` script (a Python console script), else None."""
+    try:
+        with open(executable, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    parts = first[2:].decode("utf-8", "replace").split()
+    if not parts:
+        return None
+    if Path(parts[0]).name == "env" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_bids_version(path: str) -> str | None:
+    try:
+        data = Path(path).read_bytes()  # ~15 MB for the JS bundle: read once, cached
+    except OSError:
+        return None
+    match = _BIDS_VERSION.search(data)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def parse_validator_json(text: str) -> tuple[tuple[Issue, ...], tuple[Issue, ...], str | None]:
+    """(errors, warnings, schema version) from the validator's ``--format json`` output.
+
+    Raises :class:`ExternalToolError` when ``text`` is not the validator's JSON.
+    """
+    try:
+        data = json.loads(text)
+        raw_issues = data["issues"]["issues"]
+        code_messages: Mapping[str, Any] = data["issues"].get("codeMessages") or {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExternalToolError(
+            f"unexpected output of the BIDS validator ({exc}): {text[:200]!r}",
+            "check that bids-validator-deno works: run it by hand on the dataset",
+        ) from exc
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
+    for item in raw_issues:
+        if not isinstance(item, dict) or "code" not in item:
+            continue
+        issue = _issue(item, code_messages)
+        if issue.severity == "error":
+            errors.append(issue)
+        elif issue.severity == "warning":
+            warnings.append(issue)
+    summary = data.get("summary") if isinstance(data, dict) else None
+    schema = summary.get("schemaVersion") if isinstance(summary, dict) else None
+    return tuple(errors), tuple(warnings), str(schema) if schema else None
+
+
+def _issue(item: Mapping[str, Any], code_messages: Mapping[str, Any]) -> Issue:
+    code = str(item["code"])
+    message = item.get("issueMessage") or code_messages.get(code)
+    line = item.get("line")
+    return Issue(
+        code=code,
+        severity=str(item.get("severity") or "error"),
+        location=_text(item.get("location")),
+        sub_code=_text(item.get("subCode")),
+        message=" ".join(str(message).split()) if message else None,
+        rule=_text(item.get("rule")),
+        line=line if isinstance(line, int) else None,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def run_validator(
+    dataset_dir: Path,
+    *,
+    command: Sequence[str] | None = None,
+    timeout: float = VALIDATOR_TIMEOUT,
+) -> ValidationResult:
+    """Validate ``dataset_dir`` with ``bids-validator-deno --format json``.
+
+    ``command`` defaults to :func:`find_validator`; when the validator is not installed
+    the result has ``ran=False`` (not an error). A validator that crashes or prints no
+    JSON raises :class:`ExternalToolError`.
+    """
+    cmd = list(command) if command is not None else find_validator()
+    if not cmd:
+        log.warning("%s is not installed: the dataset was not validated", VALIDATOR_SCRIPT)
+        return ValidationResult(ran=False)
+    version = validator_version(cmd)
+    argv = [*cmd, "--format", "json", str(dataset_dir)]
+    result = run_command(argv, timeout=timeout)
+    if result.returncode not in (0, EXIT_INVALID):
+        raise ExternalToolError(
+            f"{VALIDATOR_SCRIPT} failed on {dataset_dir} (exit {result.returncode}): "
+            f"{' '.join(result.stderr.split())[-300:]}",
+            f"run {' '.join(argv)} by hand to see what went wrong",
+        )
+    errors, warnings, schema = parse_validator_json(result.stdout)
+    if result.returncode == EXIT_INVALID and not errors:
+        log.warning("%s exited with %d but reported no error", VALIDATOR_SCRIPT, EXIT_INVALID)
+    log.info(
+        "BIDS validator %s: %d errors, %d warnings", version or "?", len(errors), len(warnings)
+    )
+    return ValidationResult(
+        ran=True,
+        command=tuple(argv),
+        errors=errors,
+        warnings=warnings,
+        version=version,
+        schema_version=schema,
+    )

@@ -1,0 +1,274 @@
+"""The group level on a tiny real BIDS dataset (real dcm2niix, real validator)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dcm2niix
+import pytest
+
+from bidsport.group import (
+    DEFAULT_BIDS_VERSION,
+    GroupResult,
+    SummaryRow,
+    format_summary,
+    merge_description,
+    run_group,
+    summarize,
+)
+from bidsport.layout import DatasetLayout
+from bidsport.runner import run_command
+from bidsport.status import StatusRow, read_status, record_session
+from bidsport.synthetic import Subject, typical_session, write_series
+from bidsport.validator import Issue, ValidationResult, find_validator, validator_bids_version
+
+T1W = typical_session()[1]
+UPDATED = "2024-01-02T09:00:00+00:00"
+EXPECTED: list[tuple[str, str | None]] = [
+    ("02", None)
+]  # the manifest: sub-02 is expected before its data arrive
+
+
+def _group(
+    layout: DatasetLayout,
+    manifest: list[tuple[str, str | None]] | None = None,
+    *,
+    validate: bool = True,
+) -> GroupResult:
+    return run_group(
+        layout,
+        dcm2niix_version="v1.0.20260724",
+        bidsport_version="0.1.0",
+        manifest_pairs=manifest or [],
+        validate=validate,
+    )
+
+
+def _add_subject(layout: DatasetLayout, label: str) -> None:
+    """What a participant-level run leaves behind: flat DICOMs, a T1w, its record."""
+    dicom_dir = layout.dicom_dir(label, None)
+    write_series(T1W, dicom_dir, Subject(patient_id=f"PID{label}"))
+    anat = layout.session_dir(label, None) / "anat"
+    anat.mkdir(parents=True)
+    result = run_command(
+        [dcm2niix.bin, "-b", "y", "-ba", "y", "-z", "y", "-f", f"sub-{label}_T1w", "-o", anat,
+         dicom_dir]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (anat / f"sub-{label}_T1w.nii.gz").is_file()
+    record_session(layout, StatusRow(label, None, f"PKT{label}", True, True, True, None, UPDATED))
+
+
+def _snapshot(layout: DatasetLayout) -> dict[str, bytes]:
+    names = ["dataset_description.json", "participants.tsv", "participants.json", "README"]
+    files = {name: (layout.root / name).read_bytes() for name in names}
+    files["status.tsv"] = layout.status_file.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetLayout:
+    """sub-01 converted, sub-02 expected (manifest), a log in derivatives/."""
+    layout = DatasetLayout(tmp_path_factory.mktemp("group") / "study")
+    _add_subject(layout, "01")
+    layout.logs_dir.mkdir(parents=True)
+    (layout.logs_dir / "participant-sub-01.log").write_text("INFO done\n", encoding="utf-8")
+    return layout
+
+
+@pytest.fixture(scope="module")
+def validator() -> list[str]:
+    command = find_validator()
+    assert command is not None, "bids-validator-deno (a test dependency) is not installed"
+    return command
+
+
+def test_group_writes_a_valid_dataset(dataset: DatasetLayout, validator: list[str]) -> None:
+    result = _group(dataset, EXPECTED)
+
+    description = json.loads(dataset.dataset_description_file.read_text(encoding="utf-8"))
+    assert description == {
+        "Name": "study",
+        "BIDSVersion": validator_bids_version(validator),
+        "DatasetType": "raw",
+        "GeneratedBy": [
+            {"Name": "bidsport", "Version": "0.1.0", "CodeURL": description["GeneratedBy"][0]
+             ["CodeURL"]},
+            {"Name": "dcm2niix", "Version": "v1.0.20260724"},
+        ],
+    }  # fmt: skip
+    assert description["GeneratedBy"][0]["CodeURL"].startswith("https://")
+    assert dataset.participants_file.read_text(encoding="utf-8") == "participant_id\nsub-01\n"
+    sidecar = json.loads((dataset.root / "participants.json").read_text(encoding="utf-8"))
+    assert list(sidecar) == ["participant_id"] and sidecar["participant_id"]["Description"]
+    assert "study" in (dataset.root / "README").read_text(encoding="utf-8")
+    assert not (dataset.root / ".bidsignore").exists()
+
+    assert result.participants == ("01",)
+    assert read_status(dataset) == list(result.status)
+    assert [(r.participant_id, r.imported, r.organized, r.converted) for r in result.status] == [
+        ("01", True, True, True), ("02", False, False, False)
+    ]  # fmt: skip
+    assert result.summary == (SummaryRow("01", 1, 1, 1, 1, 0), SummaryRow("02", 1, 0, 0, 0, 0))
+    assert result.totals == SummaryRow("all", 2, 1, 1, 1, 0)
+
+    validation = result.validation
+    assert validation is not None and validation.ran
+    assert validation.errors == (), [i.describe() for i in validation.errors]
+    # nothing bidsport keeps in sourcedata/ or derivatives/ bothers the validator
+    for issue in validation.warnings:
+        assert not (issue.location or "").startswith(("/sourcedata", "/derivatives")), issue
+
+    text = format_summary(result)
+    assert "sub-01" in text and "total" in text and "0 errors" in text
+
+
+def test_group_is_idempotent_and_adds_subjects(
+    tmp_path: Path, dataset: DatasetLayout, validator: list[str]
+) -> None:
+    shutil.copytree(dataset.root, tmp_path / "study", symlinks=True)
+    dataset = DatasetLayout(tmp_path / "study")
+    _group(dataset, EXPECTED)
+    first = _snapshot(dataset)
+    backups = sorted(dataset.status_backup_dir.glob("*"))
+    again = _group(dataset, EXPECTED, validate=False)
+    assert again.written == ()
+    assert again.validation is None
+    assert _snapshot(dataset) == first
+    assert sorted(dataset.status_backup_dir.glob("*")) == backups
+
+    _add_subject(dataset, "02")
+    result = _group(dataset, EXPECTED)
+    assert dataset.participants_file.read_text(encoding="utf-8") == (
+        "participant_id\nsub-01\nsub-02\n"
+    )
+    assert result.totals == SummaryRow("all", 2, 2, 2, 2, 0)
+    validation = result.validation
+    assert validation is not None
+    assert validation.valid, [i.describe() for i in validation.errors]
+    second = _snapshot(dataset)
+    assert second["README"] == first["README"]
+    rerun = _group(dataset, EXPECTED, validate=False)
+    assert rerun.written == ()
+    assert _snapshot(dataset) == second
+
+
+def test_group_keeps_what_curators_edited(tmp_path: Path, dataset: DatasetLayout) -> None:
+    root = tmp_path / "edited"
+    shutil.copytree(dataset.root, root, symlinks=True)
+    layout = DatasetLayout(root)
+    description = {
+        "Name": "My study",
+        "BIDSVersion": "1.10.0",
+        "Authors": ["A. Curator"],
+        "License": "CC0",
+        "GeneratedBy": [
+            {"Name": "dcm2niix", "Version": "v0.old"},
+            {"Name": "bidsport", "Version": "0.0.1"},
+            {"Name": "manual QC", "Description": "checked by hand"},
+        ],
+    }
+    layout.dataset_description_file.write_text(json.dumps(description), encoding="utf-8")
+    layout.participants_file.write_text(
+        "participant_id\tgroup\nsub-01\tpatient\nsub-99\tcontrol\n", encoding="utf-8"
+    )
+    (root / "participants.json").write_text(
+        json.dumps({"group": {"Description": "study arm"}}), encoding="utf-8"
+    )
+    (root / "README").write_text("written by a human\n", encoding="utf-8")
+
+    run_group(layout, validate=False, dcm2niix_version=None, bidsport_version="0.2.0")
+
+    kept = json.loads(layout.dataset_description_file.read_text(encoding="utf-8"))
+    assert (kept["Name"], kept["Authors"], kept["License"]) == ("My study", ["A. Curator"], "CC0")
+    assert (kept["BIDSVersion"], kept["DatasetType"]) == ("1.10.0", "raw")
+    assert kept["GeneratedBy"][0]["Version"] == "0.2.0"
+    assert kept["GeneratedBy"][1] == {"Name": "dcm2niix", "Version": "v0.old"}
+    assert kept["GeneratedBy"][2] == {"Name": "manual QC", "Description": "checked by hand"}
+    participants = layout.participants_file.read_text(encoding="utf-8")
+    assert participants == "participant_id\tgroup\nsub-01\tpatient\n"  # sub-99: no folder
+    sidecar = json.loads((root / "participants.json").read_text(encoding="utf-8"))
+    assert set(sidecar) == {"participant_id", "group"}
+    assert (root / "README").read_text(encoding="utf-8") == "written by a human\n"
+
+
+def test_broken_dataset_reports_the_error(tmp_path: Path, dataset: DatasetLayout) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(dataset.root, root, symlinks=True)
+    anat = root / "sub-01" / "anat"
+    shutil.copyfile(anat / "sub-01_T1w.nii.gz", anat / "sub-01_T1wx.nii.gz")
+    result = _group(DatasetLayout(root))
+    assert result.validation is not None and result.validation.ran
+    assert not result.validation.valid
+    errors = {(e.code, e.location) for e in result.validation.errors}
+    assert ("NOT_INCLUDED", "/sub-01/anat/sub-01_T1wx.nii.gz") in errors
+    text = format_summary(result)
+    assert "error: NOT_INCLUDED /sub-01/anat/sub-01_T1wx.nii.gz" in text
+
+
+def test_group_needs_the_dataset(tmp_path: Path) -> None:
+    from bidsport.errors import UsageError
+
+    with pytest.raises(UsageError, match="does not exist"):
+        _group(DatasetLayout(tmp_path / "nowhere"))
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_merge_description_new_and_existing() -> None:
+    new = merge_description(
+        None, name="x", bids_version=DEFAULT_BIDS_VERSION, bidsport_version="1",
+        dcm2niix_version=None,
+    )  # fmt: skip
+    assert new["Name"] == "x" and new["DatasetType"] == "raw"
+    assert new["GeneratedBy"][1] == {"Name": "dcm2niix"}
+    old = {"BIDSVersion": "1.8.0", "Name": "kept", "GeneratedBy": "not a list"}
+    merged = merge_description(
+        old, name="x", bids_version="1.11.1", bidsport_version="1", dcm2niix_version="v2"
+    )
+    assert list(merged)[:2] == ["BIDSVersion", "Name"]  # order of the user's file kept
+    assert merged["BIDSVersion"] == "1.8.0" and merged["Name"] == "kept"
+    assert [e["Name"] for e in merged["GeneratedBy"]] == ["bidsport", "dcm2niix"]
+
+
+def _status(sub: str, ses: str | None, stage: int, error: str | None = None) -> StatusRow:
+    return StatusRow(sub, ses, None, stage >= 1, stage >= 2, stage >= 3, error, UPDATED)
+
+
+def test_summarize_and_format() -> None:
+    rows = [
+        _status("01", "1", 3),
+        _status("01", "2", 1, error="dcm2niix failed"),
+        _status("02", None, 0),
+    ]
+    summary, totals = summarize(rows)
+    assert summary == (SummaryRow("01", 2, 2, 1, 1, 1), SummaryRow("02", 1, 0, 0, 0, 0))
+    assert totals == SummaryRow("all", 3, 2, 1, 1, 1)
+    issues = tuple(
+        Issue("SIDECAR_KEY_RECOMMENDED", "warning", f"/sub-0{i}/anat/x.nii.gz", "Coil")
+        for i in range(3)
+    )
+    result = GroupResult(
+        participants=("01", "02"),
+        status=tuple(rows),
+        summary=summary,
+        totals=totals,
+        validation=ValidationResult(ran=True, warnings=issues, version="3.0.2"),
+        written=(),
+    )
+    lines = format_summary(result).splitlines()
+    assert lines[0].split() == [
+        "participant", "sessions", "imported", "organized", "converted", "failed"
+    ]  # fmt: skip
+    assert lines[1].split() == ["sub-01", "2", "2", "1", "1", "1"]
+    assert lines[4].split() == ["total", "3", "2", "1", "1", "1"]
+    assert "BIDS validator 3.0.2: 0 errors, 3 warnings" in lines
+    assert "  warning: SIDECAR_KEY_RECOMMENDED[Coil] /sub-00/anat/x.nii.gz (+2 more)" in lines
+    skipped = GroupResult((), (), (), SummaryRow("all", 0, 0, 0, 0, 0), None, ())
+    assert format_summary(skipped).splitlines()[-1] == "BIDS validation: skipped"
+    missing = GroupResult((), (), (), SummaryRow("all", 0, 0, 0, 0, 0),
+                          ValidationResult(ran=False), ())  # fmt: skip
+    assert "not installed" in format_summary(missing)

@@ -1,0 +1,342 @@
+"""The curation status table: records, concurrent updates, backups, regeneration."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from bidsport import fileops
+from bidsport.errors import LabelError, LockedError, OutputError
+from bidsport.layout import DatasetLayout
+from bidsport.records import SessionResult
+from bidsport.status import (
+    KEEP_BACKUPS,
+    STATUS_COLUMNS,
+    StatusRow,
+    add_expected,
+    backup_status,
+    build_status,
+    read_records,
+    read_status,
+    read_status_file,
+    read_status_record,
+    record_session,
+    regenerate_status,
+    row_from_result,
+    status_lock_file,
+)
+
+N_WORKERS = 8
+N_SESSIONS = 10
+RAW_ERROR = "import failed:\tbad archive\nsecond line"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _stages(index: int) -> tuple[bool, bool, bool]:
+    """(imported, organized, converted) for the index-th session of a worker."""
+    level = index % 4
+    return level >= 1, level >= 2, level >= 3
+
+
+def _make_evidence(layout: DatasetLayout, sub: str, ses: str | None, index: int) -> None:
+    """Files on disk matching what the index-th session recorded."""
+    imported, organized, converted = _stages(index)
+    if imported:
+        raw = layout.raw_dir(sub, ses) / "PKT" / "1.dcm"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_bytes(b"dicom")
+    if organized:
+        dicom = layout.dicom_dir(sub, ses) / "1.dcm"
+        dicom.parent.mkdir(parents=True, exist_ok=True)
+        dicom.write_bytes(b"dicom")
+    if converted:
+        anat = layout.session_dir(sub, ses) / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        name = f"sub-{sub}_ses-{ses}_T1w.nii.gz" if ses else f"sub-{sub}_T1w.nii.gz"
+        (anat / name).write_bytes(b"nifti")
+
+
+def _expected(worker: int, index: int) -> StatusRow:
+    imported, organized, converted = _stages(index)
+    return StatusRow(
+        participant_id=f"w{worker}",
+        session_id=f"{index + 1}",
+        packet=f"PKT{worker}x{index}",
+        imported=imported,
+        organized=organized,
+        converted=converted,
+        last_error=None if imported else RAW_ERROR,
+        updated=f"2024-01-02T09:{worker:02d}:{index:02d}+00:00",
+    )
+
+
+def _worker(root: str, worker: int, start: multiprocessing.synchronize.Event) -> None:
+    """One participant-level job: records its sessions one after the other."""
+    layout = DatasetLayout(Path(root))
+    start.wait(30)
+    for index in range(N_SESSIONS):
+        row = _expected(worker, index)
+        _make_evidence(layout, row.participant_id, row.session_id, index)
+        record_session(layout, row)
+
+
+def _row(sub: str, ses: str | None = None, **kw: object) -> StatusRow:
+    values: dict[str, object] = {
+        "packet": "P1",
+        "imported": True,
+        "organized": True,
+        "converted": False,
+        "last_error": None,
+        "updated": "2024-01-02T09:00:00+00:00",
+    }
+    values.update(kw)
+    return StatusRow(sub, ses, **values)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_many_processes_record_at_once(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path / "bids")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [
+        ctx.Process(target=_worker, args=(str(layout.root), w, start)) for w in range(N_WORKERS)
+    ]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0] * N_WORKERS
+
+    expected = sorted(
+        (_expected(w, i) for w in range(N_WORKERS) for i in range(N_SESSIONS)),
+        key=lambda r: r.key,
+    )
+    rows = read_status(layout)
+    assert len(rows) == N_WORKERS * N_SESSIONS
+    assert rows == expected
+    assert read_records(layout) == expected
+
+    # every table ever replaced was backed up whole: the last KEEP_BACKUPS versions
+    # had 60..79 rows (each record added one session), each complete and parseable
+    backups = sorted(layout.status_backup_dir.iterdir())
+    assert len(backups) == KEEP_BACKUPS
+    sizes = [len(read_status_file(b)) for b in backups]
+    total = N_WORKERS * N_SESSIONS
+    assert sizes == list(range(total - KEEP_BACKUPS, total))
+    for backup in backups:
+        assert set(read_status_file(backup)) <= set(expected)
+    leftovers = [p for p in layout.root.rglob("*.tmp")]
+    assert leftovers == []
+
+    # the group level rebuilds the same table from the records and the disk
+    before = layout.status_file.read_bytes()
+    assert regenerate_status(layout) == expected
+    assert layout.status_file.read_bytes() == before
+    assert sorted(layout.status_backup_dir.iterdir()) == backups  # unchanged: no backup
+
+    # and from the records alone when the table is lost
+    layout.status_file.unlink()
+    assert regenerate_status(layout) == expected
+    assert layout.status_file.read_bytes() == before
+
+
+def test_status_tsv_format(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01", None, packet="A;B", last_error="boom"))
+    record_session(layout, _row("02", "pre", converted=True))
+    lines = layout.status_file.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == list(STATUS_COLUMNS)
+    assert lines[1].split("\t") == [
+        "sub-01", "n/a", "A;B", "true", "true", "false", "boom", "2024-01-02T09:00:00+00:00"
+    ]  # fmt: skip
+    assert lines[2].split("\t")[:2] == ["sub-02", "ses-pre"]
+    record = read_status_record(layout, "01", None)
+    assert record == _row("01", None, packet="A;B", last_error="boom")
+    assert layout.status_row_file("01", None).is_file()
+    assert read_status_record(layout, "99", None) is None
+
+
+def test_record_replaces_own_row_only(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01", last_error="failed once"))
+    record_session(layout, _row("02"))
+    record_session(layout, _row("01", converted=True, updated="2024-01-03T10:00:00+00:00"))
+    rows = read_status(layout)
+    assert rows == [
+        _row("01", converted=True, updated="2024-01-03T10:00:00+00:00"),
+        _row("02"),
+    ]
+    assert len(list(layout.status_backup_dir.iterdir())) == 2
+
+
+# --------------------------------------------------------------------------- lock timeout
+
+
+def test_lock_timeout_does_not_fail_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01"))
+    before = layout.status_file.read_bytes()
+    with fileops.file_lock(status_lock_file(layout)), caplog.at_level(logging.WARNING):
+        record_session(layout, _row("02"), lock_timeout=0.3)
+    assert layout.status_file.read_bytes() == before  # table untouched
+    assert read_status_record(layout, "02", None) == _row("02")  # record written
+    assert any(
+        "not updated" in r.getMessage() and "sub-02" in r.getMessage() for r in caplog.records
+    )
+    # the group level adds the missing row from the record
+    assert regenerate_status(layout) == [
+        _row("01", imported=False, organized=False),
+        _row("02", imported=False, organized=False),
+    ]
+
+
+def test_regenerate_refuses_a_held_lock(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    with fileops.file_lock(status_lock_file(layout)), pytest.raises(LockedError) as err:
+        regenerate_status(layout, lock_timeout=0.2)
+    assert "status.tsv" in str(err.value)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_add_expected_keeps_existing_rows(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    done = _row("01", None, converted=True, last_error="x")
+    record_session(layout, done)
+    add_expected(layout, [("01", None), ("02", "1"), ("03", None)])
+    rows = read_status(layout)
+    assert rows[0] == done
+    assert [(r.participant_id, r.session_id) for r in rows] == [
+        ("01", None), ("02", "1"), ("03", None)
+    ]  # fmt: skip
+    for row in rows[1:]:
+        assert (row.imported, row.organized, row.converted) == (False, False, False)
+        assert row.packet is None and row.last_error is None and row.updated
+    # adding the same pairs again changes nothing (no rewrite, no new backup)
+    backups = sorted(layout.status_backup_dir.iterdir())
+    table = layout.status_file.read_bytes()
+    add_expected(layout, [("02", "1")])
+    assert layout.status_file.read_bytes() == table
+    assert sorted(layout.status_backup_dir.iterdir()) == backups
+
+
+def test_regenerate_keeps_manifest_rows(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    rows = regenerate_status(layout, [("02", "1"), ("03", None)])
+    assert [(r.participant_id, r.session_id, r.imported) for r in rows] == [
+        ("02", "1", False), ("03", None, False)
+    ]  # fmt: skip
+    table = layout.status_file.read_bytes()
+    # rows of the table stay (unchanged, same time) even without the manifest
+    assert regenerate_status(layout) == rows
+    assert layout.status_file.read_bytes() == table
+
+
+def test_bad_labels_are_refused(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    with pytest.raises(LabelError, match="sub-01"):
+        add_expected(layout, [("sub-01", None)])
+    with pytest.raises(LabelError, match="a_b"):
+        _row("01", "a_b")
+    assert not layout.status_file.exists()
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_last_error_and_packet_are_one_line(tmp_path: Path) -> None:
+    row = _row("01", last_error=RAW_ERROR, packet="A\tB")
+    assert row.last_error == "import failed: bad archive second line"
+    assert row.packet == "A B"
+    assert _row("01", last_error=" \n\t ").last_error is None
+    long = _row("01", last_error="x" * 2000).last_error
+    assert long is not None and len(long) == 500 and long.endswith("…")
+
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01", last_error=RAW_ERROR))
+    lines = layout.status_file.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert all(len(line.split("\t")) == len(STATUS_COLUMNS) for line in lines)
+    assert read_status(layout)[0].last_error == "import failed: bad archive second line"
+
+
+def test_row_from_session_result() -> None:
+    result = SessionResult("01", "2", imported=True, organized=True, error="dcm2niix\nfailed")
+    row = row_from_result(result, ["P1", "P2"], updated="2024-01-02T09:00:00+00:00")
+    assert row == StatusRow("01", "2", "P1;P2", True, True, False, "dcm2niix failed",
+                            "2024-01-02T09:00:00+00:00")  # fmt: skip
+
+
+def test_malformed_table_names_file_and_line(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01"))
+    text = layout.status_file.read_text(encoding="utf-8").replace("\ttrue\t", "\tmaybe\t", 1)
+    layout.status_file.write_text(text, encoding="utf-8")
+    with pytest.raises(OutputError, match=r"status\.tsv, line 2: imported is 'maybe'"):
+        read_status(layout)
+    # a participant-level run does not fail on it; the group level rebuilds it
+    record_session(layout, _row("02"))
+    assert read_status_record(layout, "02", None) == _row("02")
+    rows = regenerate_status(layout)
+    assert [r.participant_id for r in rows] == ["01", "02"]
+    assert read_status(layout) == rows
+
+
+# --------------------------------------------------------------------------- disk
+
+
+def test_build_status_derives_stages_from_disk(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    # 01: imported only (raw packet folder), no record
+    (layout.raw_dir("01", None) / "PKTA").mkdir(parents=True)
+    (layout.raw_dir("01", None) / "PKTA" / "x.dcm").write_bytes(b"x")
+    # 02/ses-1: organized, record says converted but there is no image
+    _make_evidence(layout, "02", "1", 2)
+    record_02 = _row("02", "1", converted=True)
+    # 02/ses-2: converted with image and record; 02 has no session-less row
+    _make_evidence(layout, "02", "2", 3)
+    record_022 = _row("02", "2", converted=True)
+    # 03: image but no record: not converted
+    _make_evidence(layout, "03", None, 3)
+    # 04: only a broken link in the dicom folder: not organized
+    link = layout.dicom_dir("04", None) / "gone.dcm"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("../../raw/sub-04/gone.dcm")
+    rows = build_status(layout, [record_02, record_022], now="2024-05-05T00:00:00+00:00")
+    got = {(r.participant_id, r.session_id): r for r in rows}
+    assert sorted(got, key=lambda k: (k[0], k[1] or "")) == [
+        ("01", None), ("02", "1"), ("02", "2"), ("03", None), ("04", None)
+    ]  # fmt: skip
+    assert (got["01", None].imported, got["01", None].organized) == (True, False)
+    assert got["01", None].packet == "PKTA"
+    assert got["01", None].updated == "2024-05-05T00:00:00+00:00"
+    assert (got["02", "1"].organized, got["02", "1"].converted) == (True, False)
+    assert got["02", "2"].converted is True
+    assert got["02", "2"].updated == record_022.updated
+    assert (got["03", None].imported, got["03", None].converted) == (True, False)
+    assert (got["04", None].imported, got["04", None].organized) == (False, False)
+
+
+def test_backups_are_pruned(tmp_path: Path) -> None:
+    layout = DatasetLayout(tmp_path)
+    assert backup_status(layout) is None
+    record_session(layout, _row("01"))
+    (layout.status_backup_dir).mkdir(parents=True, exist_ok=True)
+    keep = layout.status_backup_dir / "notes.txt"
+    keep.write_text("mine", encoding="utf-8")
+    made = [backup_status(layout) for _ in range(KEEP_BACKUPS + 5)]
+    names = sorted(p.name for p in layout.status_backup_dir.glob("status-*.tsv"))
+    assert len(names) == KEEP_BACKUPS
+    assert names == sorted(p.name for p in made[-KEEP_BACKUPS:] if p)
+    assert keep.read_text(encoding="utf-8") == "mine"

@@ -1,0 +1,145 @@
+"""The BIDS validator wrapper: finding it, running it, reading its JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bidsport.errors import ExternalToolError
+from bidsport.validator import (
+    Issue,
+    find_validator,
+    parse_validator_json,
+    run_validator,
+    validator_bids_version,
+)
+
+# Shortened from real ``bids-validator-deno 3.0.2 --format json`` output.
+REAL_OUTPUT = {
+    "issues": {
+        "issues": [
+            {
+                "code": "NOT_INCLUDED",
+                "severity": "error",
+                "location": "/sub-01/anat/sub-01_T1x.nii.gz",
+            },
+            {
+                "code": "TSV_COLUMN_MISSING",
+                "subCode": "participant_id",
+                "severity": "error",
+                "location": "/participants.tsv",
+                "issueMessage": "Required initial column 1 not found.",
+                "rule": "rules.tabular_data.modality_agnostic.Participants",
+            },
+            {
+                "code": "JSON_KEY_RECOMMENDED",
+                "subCode": "License",
+                "severity": "warning",
+                "location": "/dataset_description.json",
+                "issueMessage": "Field description: The license for the dataset.\nThe use ...",
+                "rule": "rules.dataset_metadata.dataset_description",
+            },
+            {"code": "SOMETHING_IGNORED", "severity": "ignore", "location": "/x"},
+        ],
+        "codeMessages": {
+            "NOT_INCLUDED": "Files with such naming scheme are not part of BIDS specification.\n",
+            "TSV_COLUMN_MISSING": "A required column is missing.",
+            "JSON_KEY_RECOMMENDED": "A JSON file is missing a key listed as recommended.",
+        },
+    },
+    "summary": {"subjects": ["01"], "schemaVersion": "1.2.7"},
+}
+
+
+def _validator() -> list[str]:
+    command = find_validator()
+    assert command is not None, "bids-validator-deno (a test dependency) is not installed"
+    return command
+
+
+def _tiny_dataset(root: Path) -> Path:
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    image = nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4))
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, anat / "sub-01_T1w.nii.gz")
+    (anat / "sub-01_T1w.json").write_text("{}\n", encoding="utf-8")
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "tiny", "BIDSVersion": "1.10.0", "DatasetType": "raw"}),
+        encoding="utf-8",
+    )
+    (root / "participants.tsv").write_text("participant_id\nsub-01\n", encoding="utf-8")
+    (root / "README").write_text("tiny\n", encoding="utf-8")
+    return root
+
+
+def test_parse_real_json() -> None:
+    errors, warnings, schema = parse_validator_json(json.dumps(REAL_OUTPUT))
+    assert schema == "1.2.7"
+    assert [e.code for e in errors] == ["NOT_INCLUDED", "TSV_COLUMN_MISSING"]
+    assert errors[0] == Issue(
+        code="NOT_INCLUDED",
+        severity="error",
+        location="/sub-01/anat/sub-01_T1x.nii.gz",
+        message="Files with such naming scheme are not part of BIDS specification.",
+    )  # message from codeMessages when the issue has none
+    assert errors[1].sub_code == "participant_id"
+    assert errors[1].message == "Required initial column 1 not found."
+    assert errors[1].describe() == "TSV_COLUMN_MISSING[participant_id] /participants.tsv"
+    assert [w.sub_code for w in warnings] == ["License"]
+    assert "\n" not in (warnings[0].message or "")
+
+
+@pytest.mark.parametrize("text", ["", "not json", '{"issues": []}', "[1, 2]"])
+def test_parse_garbage_raises(text: str) -> None:
+    with pytest.raises(ExternalToolError, match="unexpected output of the BIDS validator"):
+        parse_validator_json(text)
+
+
+def test_find_validator_prefers_our_environment() -> None:
+    command = _validator()
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    if beside.is_file():
+        assert command == [str(beside)]
+
+
+def test_missing_validator_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert find_validator() is None
+    assert validator_bids_version() is None
+    result = run_validator(tmp_path)
+    assert result.ran is False and result.errors == () and not result.valid
+
+
+def test_bids_version_of_the_installed_schema() -> None:
+    version = validator_bids_version(_validator())
+    assert version is not None and re.fullmatch(r"1\.\d+\.\d+", version)
+
+
+def test_real_run_valid_then_broken(tmp_path: Path) -> None:
+    root = _tiny_dataset(tmp_path / "ds")
+    result = run_validator(root, command=_validator())
+    assert result.ran and result.valid, [i.describe() for i in result.errors]
+    assert result.version and re.fullmatch(r"\d+\.\d+\.\d+\S*", result.version)
+    assert result.command[-3:] == ("--format", "json", str(root))
+    assert result.warnings  # e.g. recommended keys missing from the empty sidecar
+
+    (root / "sub-01" / "anat" / "sub-01_T1w.nii.gz").rename(
+        root / "sub-01" / "anat" / "sub-01_T1x.nii.gz"
+    )
+    broken = run_validator(root, command=_validator())
+    assert broken.ran and not broken.valid
+    located = {(e.code, e.location) for e in broken.errors}
+    assert ("NOT_INCLUDED", "/sub-01/anat/sub-01_T1x.nii.gz") in located
+
+
+def test_validator_crash_raises(tmp_path: Path) -> None:
+    with pytest.raises(ExternalToolError, match="failed on"):
+        run_validator(tmp_path, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
