@@ -1,0 +1,493 @@
+"""Import stage: inbox discovery, labels, mapping/manifest files, packet import, archiving."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bidsport.archive import ExtractLimits
+from bidsport.errors import ArchiveError, ConfigError, LabelError, OutputError, UsageError
+from bidsport.ingest import (
+    ImportResult,
+    apply_archive_policy,
+    assign_packets,
+    clean_label,
+    discover_packets,
+    import_packet,
+    read_manifest,
+    read_mapping,
+)
+from bidsport.records import Packet
+from bidsport.synthetic import SeriesSpec, write_series
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """A few real DICOM files (name → bytes)."""
+    folder = tmp_path_factory.mktemp("series")
+    paths = write_series(SeriesSpec("t1_mprage", 2, n_slices=3, rows=8, columns=8), folder)
+    return {p.name: p.read_bytes() for p in paths}
+
+
+def snapshot(path: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Bytes and mtimes of a file or of everything under a folder (folders too)."""
+    if not path.is_dir():
+        return {".": (path.read_bytes(), path.stat().st_mtime_ns)}
+    found: dict[str, tuple[bytes | None, int]] = {".": (None, path.stat().st_mtime_ns)}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+            found[p.relative_to(path).as_posix()] = (data, st.st_mtime_ns)
+    return found
+
+
+def contents(path: Path) -> dict[str, bytes | None]:
+    """Like snapshot, without the mtimes."""
+    return {k: v[0] for k, v in snapshot(path).items()}
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    files = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath) / name
+            assert not path.is_symlink()
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+    return files
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str) -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def packet(path: Path, name: str, kind: str) -> Packet:
+    return Packet(path=path, name=name, kind=kind)
+
+
+# --------------------------------------------------------------------------- discover
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, series: dict[str, bytes]) -> Path:
+    inbox = tmp_path / "inbox"
+    (inbox / "S01_V1" / "t1").mkdir(parents=True)
+    for name, data in series.items():
+        (inbox / "S01_V1" / "t1" / name).write_bytes(data)
+    write_zip(inbox / "S02_V1.zip", {f"t1/{n}": d for n, d in series.items()})
+    write_tar(inbox / "S03_V2.tar.gz", series, "w:gz")
+    first = next(iter(series.values()))
+    (inbox / "S04_V1.dcm.gz").write_bytes(gzip.compress(first))
+    (inbox / "S05_V1.dcm").write_bytes(first)
+    (inbox / "README.txt").write_text("not a packet")
+    (inbox / "DICOMDIR").write_bytes(first)
+    (inbox / ".DS_Store").write_bytes(b"hidden")
+    (inbox / ".hidden_dir").mkdir()
+    (inbox / "S06_broken").symlink_to(tmp_path / "gone")
+    os.mkfifo(inbox / "S07_fifo")
+    return inbox
+
+
+def test_discover_packets(inbox: Path) -> None:
+    packets, problems = discover_packets(inbox)
+    assert [(p.name, p.kind) for p in packets] == [
+        ("S01_V1", "folder"),
+        ("S02_V1", "zip"),
+        ("S03_V2", "tar"),
+        ("S04_V1.dcm", "gz"),
+        ("S05_V1", "file"),
+    ]
+    assert all(p.path.parent == inbox for p in packets)
+    by_where = {p.where: p for p in problems}
+    assert set(by_where) == {"DICOMDIR", "README.txt", "S06_broken", "S07_fifo"}
+    assert by_where["S06_broken"].fatal and "broken symbolic link" in by_where["S06_broken"].reason
+    assert not by_where["README.txt"].fatal
+    assert all(p.stage == "import" for p in problems)
+
+
+def test_discover_with_pattern(inbox: Path) -> None:
+    packets, problems = discover_packets(inbox, r"^(?P<packet_name>S0[1-3])_V\d")
+    assert [p.name for p in packets] == ["S01", "S02", "S03"]
+    skipped = {p.where for p in problems}
+    assert {"S04_V1.dcm.gz", "S05_V1.dcm", "README.txt", "DICOMDIR"} <= skipped
+    assert all("does not match --pattern" in p.reason for p in problems)
+    # Without a packet_name group, the whole match is the name.
+    packets, _ = discover_packets(inbox, r"S0[12]_V1")
+    assert [p.name for p in packets] == ["S01_V1", "S02_V1"]
+
+
+def test_discover_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="missing"):
+        discover_packets(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="--pattern"):
+        discover_packets(tmp_path, "(unclosed")
+
+
+def test_discover_unreadable_entry(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("running as root: permissions cannot make an entry unreadable")
+    folder = tmp_path / "S01"
+    folder.mkdir()
+    folder.chmod(0)
+    try:
+        packets, problems = discover_packets(tmp_path)
+    finally:
+        folder.chmod(0o755)
+    assert packets == [] and problems[0].fatal and "cannot read" in problems[0].reason
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("QPN_001", "QPN001"),
+        ("sub-01", "01"),
+        ("ses-BL", "BL"),
+        ("SUB-abc", "abc"),
+        (" 07 ", "07"),
+        ("Zürich-2", "Zrich2"),
+        ("sub-sub-01", "sub01"),
+    ],
+)
+def test_clean_label(raw: str, clean: str) -> None:
+    assert clean_label(raw) == clean
+
+
+@pytest.mark.parametrize("raw", ["", "sub-", "___", "é"])
+def test_clean_label_empty(raw: str) -> None:
+    with pytest.raises(LabelError) as err:
+        clean_label(raw)
+    assert repr(raw) in err.value.message
+
+
+def packets_named(*names: str) -> list[Packet]:
+    return [packet(Path("/inbox") / n, n, "folder") for n in names]
+
+
+def test_assign_default_and_nameformat() -> None:
+    assignments, problems = assign_packets(packets_named("QPN_001", "sub-002"))
+    assert problems == []
+    assert [(a.subject, a.session, a.source) for a in assignments] == [
+        ("QPN001", None, "default"),
+        ("002", None, "default"),
+    ]
+    fmt = r"(?P<subject_id>[A-Z]+_\d+)_(?P<session_name>V\d)"
+    assignments, problems = assign_packets(packets_named("QPN_001_V1", "QPN_001_V2", "odd"), fmt)
+    assert [(a.subject, a.session, a.source) for a in assignments] == [
+        ("QPN001", "V1", "nameformat"),
+        ("QPN001", "V2", "nameformat"),
+    ]
+    assert [(p.where, p.fatal) for p in problems] == [("odd", True)]
+    assert "--nameformat" in problems[0].reason
+
+
+def test_assign_mapping_overrides() -> None:
+    mapping = {"odd": ("sub-X9", "ses-1"), "QPN_001_V1": ("Other", None)}
+    fmt = r"(?P<subject_id>[A-Z]+_\d+)_(?P<session_name>V\d)"
+    assignments, problems = assign_packets(packets_named("QPN_001_V1", "odd"), fmt, mapping)
+    assert problems == []
+    assert [(a.packet.name, a.subject, a.session, a.source) for a in assignments] == [
+        ("QPN_001_V1", "Other", None, "mapping"),
+        ("odd", "X9", "1", "mapping"),
+    ]
+
+
+def test_assign_nameformat_needs_subject_group() -> None:
+    with pytest.raises(ConfigError, match="subject_id"):
+        assign_packets(packets_named("a"), r"(?P<session_name>.*)")
+
+
+def test_assign_collisions_after_cleaning() -> None:
+    assignments, problems = assign_packets(
+        packets_named("QPN_001", "QPN-001", "QPN002", "qpn002", "ok")
+    )
+    assert [a.subject for a in assignments] == ["ok"]
+    by_where = {p.where: p.reason for p in problems}
+    assert set(by_where) == {"QPN_001", "QPN-001", "QPN002", "qpn002"}
+    assert "'QPN-001'" in by_where["QPN_001"] and "'QPN_001'" in by_where["QPN-001"]
+    assert "'qpn002'" in by_where["QPN002"]
+    assert all(p.fatal for p in problems)
+
+
+def test_assign_same_target_and_session_collisions() -> None:
+    mapping = {
+        "a": ("S1", "1"),
+        "b": ("sub-S1", "ses-1"),  # same labels as a: same target
+        "c": ("S2", "V_1"),
+        "d": ("S2", "V-1"),  # different raw sessions that clean the same
+        "e": ("S3", "1"),
+    }
+    assignments, problems = assign_packets(packets_named(*mapping), mapping=mapping)
+    assert [a.packet.name for a in assignments] == ["e"]
+    by_where = {p.where: p.reason for p in problems}
+    assert "sub-S1_ses-1 is also the target of packet(s) 'b'" in by_where["a"]
+    assert "'a'" in by_where["b"]
+    assert "session label 'V_1'" in by_where["c"] and "'d'" in by_where["c"]
+
+
+def test_assign_mixed_sessions_fail_that_subject_only() -> None:
+    mapping = {"a": ("S1", "1"), "b": ("S1", None), "c": ("S2", "1"), "d": ("S2", "2")}
+    assignments, problems = assign_packets(packets_named(*mapping), mapping=mapping)
+    assert [a.packet.name for a in assignments] == ["c", "d"]
+    assert {p.where for p in problems} == {"a", "b"}
+    assert all("with and without a session" in p.reason for p in problems)
+
+
+def test_assign_uncleanable_label() -> None:
+    assignments, problems = assign_packets(packets_named("___", "S1"))
+    assert [a.subject for a in assignments] == ["S1"]
+    assert problems[0].where == "___" and "'___'" in problems[0].reason
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_read_mapping_csv_and_tsv(tmp_path: Path) -> None:
+    csv_file = tmp_path / "map.csv"
+    csv_file.write_text(
+        "\ufeffpacket_name,participant_id,session_id\n"
+        "# a comment\n"
+        "S01_V1,sub-QPN_001,ses-V1\n"
+        'S02,"QPN002",\n'
+        "S03,QPN003,n/a\n"
+        "S01_V1,QPN_001,V1\n"  # the same again: accepted
+        "\n",
+        encoding="utf-8",
+    )
+    expected = {"S01_V1": ("QPN_001", "V1"), "S02": ("QPN002", None), "S03": ("QPN003", None)}
+    assert read_mapping(csv_file) == expected
+    tsv_file = tmp_path / "map.txt"  # sniffed from the content
+    tsv_file.write_text("packet\tsubject\nS01\t01\n")
+    assert read_mapping(tsv_file) == {"S01": ("01", None)}
+
+
+def test_read_mapping_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "map.tsv"
+    bad.write_text("packet\tsubject\tsession\nS01\tA\t1\nS02\tB\t1\nS01\tA\t2\n")
+    with pytest.raises(ConfigError) as err:
+        read_mapping(bad)
+    assert str(bad) in err.value.message and "line 4" in err.value.message
+    assert "line 2" in err.value.message
+    bad.write_text("packet\tsession\nS01\t1\n")
+    with pytest.raises(ConfigError, match="no column subject"):
+        read_mapping(bad)
+    bad.write_text("packet\tsubject\nS01\t___\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        read_mapping(bad)
+    bad.write_text("packet\tsubject\n\tA\n")
+    with pytest.raises(ConfigError, match="packet is empty"):
+        read_mapping(bad)
+
+
+def test_read_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(
+        "participant_id\tvisit_id\tsession_id\tdatatype\n"
+        "sub-01\tBL\tses-BL\t['anat']\n"
+        "01\tBL\tBL\t['dwi']\n"
+        "02\tM12\tM12\t[]\n"
+    )
+    assert read_manifest(manifest) == [("01", "BL"), ("02", "M12")]
+    manifest.write_text("participant_id\nQPN_001\nQPN-001\n")
+    with pytest.raises(ConfigError, match="both become 'QPN001'"):
+        read_manifest(manifest)
+    manifest.write_text("participant_id,session_id\n01,1\n01,\n")
+    with pytest.raises(ConfigError, match="with and without sessions"):
+        read_manifest(manifest)
+    manifest.write_text("subject_label\n01\n")
+    with pytest.raises(ConfigError, match="participant_id"):
+        read_manifest(manifest)
+
+
+# --------------------------------------------------------------------------- import
+
+
+@pytest.mark.parametrize(
+    "kind", ["folder", "zip", "tar", "tgz", "tar.gz", "tar.bz2", "tar.xz", "gz", "file"]
+)
+def test_import_each_packet_kind(tmp_path: Path, series: dict[str, bytes], kind: str) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    members = {f"t1/{n}": d for n, d in series.items()}
+    first_name, first = next(iter(series.items()))
+    if kind == "folder":
+        src = inbox / "S01"
+        for rel, data in members.items():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes(data)
+    elif kind == "zip":
+        src = write_zip(inbox / "S01.zip", members)
+    elif kind == "gz":
+        src = inbox / f"{first_name}.gz"
+        src.write_bytes(gzip.compress(first))
+        members = {first_name: first}
+    elif kind == "file":
+        src = inbox / first_name
+        src.write_bytes(first)
+        members = {first_name: first}
+    else:
+        mode = {"tar": "w", "tgz": "w:gz", "tar.gz": "w:gz", "tar.bz2": "w:bz2"}.get(kind, "w:xz")
+        src = write_tar(inbox / f"S01.{kind}", members, mode)
+    before = snapshot(inbox)
+    dest = tmp_path / "out" / "raw" / "sub-01" / "S01"
+    packet_kind = kind if kind in ("folder", "file", "gz", "zip") else "tar"
+    result = import_packet(packet(src, "S01", packet_kind), dest)
+    assert snapshot(inbox) == before  # the input is never modified
+    assert tree(dest) == members
+    assert result.n_files == len(members) and result.problems == ()
+    expected_mode = "hardlink" if kind in ("folder", "file") else "extract"
+    assert result.mode == expected_mode
+    if kind == "folder":
+        rel = next(iter(members))
+        assert (dest / rel).stat().st_ino == (src / rel).stat().st_ino
+    assert [p.name for p in dest.parent.iterdir()] == ["S01"]  # no work folders left
+
+
+def test_import_folder_with_links_and_nested_archives(
+    tmp_path: Path, series: dict[str, bytes]
+) -> None:
+    names = sorted(series)
+    src = tmp_path / "inbox" / "S01"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / names[0]).write_bytes(series[names[0]])
+    (src / "a" / "link.dcm").symlink_to(names[0])  # inside the packet: imported as a file
+    (src / "a" / "dirlink").symlink_to("../a")  # a folder: skipped
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    (src / "escape.dcm").symlink_to(secret)  # outside the packet: skipped
+    write_zip(src / "more.zip", {names[1]: series[names[1]]})
+    (src / f"{names[2]}.gz").write_bytes(gzip.compress(series[names[2]]))
+    before = snapshot(src)
+    dest = tmp_path / "out" / "S01"
+    result = import_packet(packet(src, "S01", "folder"), dest)
+    assert snapshot(src) == before  # the zip and .gz in the input are still there
+    assert tree(dest) == {
+        f"a/{names[0]}": series[names[0]],
+        "a/link.dcm": series[names[0]],
+        f"more/{names[1]}": series[names[1]],
+        names[2]: series[names[2]],
+    }
+    reasons = {p.where: p.reason for p in result.problems}
+    assert set(reasons) == {"a/dirlink", "escape.dcm"}
+    assert "outside the packet" in reasons["escape.dcm"]
+    assert result.n_files == 4 and result.mode == "hardlink"
+
+
+def test_failed_import_keeps_previous_and_leaves_nothing(
+    tmp_path: Path, series: dict[str, bytes]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    good = write_zip(inbox / "S01.zip", {f"t1/{n}": d for n, d in series.items()})
+    data = good.read_bytes()
+    broken = inbox / "S01b.zip"
+    broken.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "out" / "S01"
+    dest.mkdir(parents=True)
+    (dest / "previous.dcm").write_bytes(b"previous import")
+    with pytest.raises(ArchiveError, match=r"S01b\.zip"):
+        import_packet(packet(broken, "S01", "zip"), dest)
+    assert tree(dest) == {"previous.dcm": b"previous import"}
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["S01"]
+    with pytest.raises(ArchiveError, match="max_total_bytes"):
+        import_packet(packet(good, "S01", "zip"), dest, ExtractLimits(max_total_bytes=1000))
+    assert tree(dest) == {"previous.dcm": b"previous import"}
+    # A successful import replaces it, and removes work folders of killed imports.
+    (dest.parent / ".S01.importing-killed").mkdir()
+    result = import_packet(packet(good, "S01", "zip"), dest)
+    assert "previous.dcm" not in tree(dest) and result.n_files == len(series)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["S01"]
+
+
+def test_import_refuses_destination_inside_packet(tmp_path: Path) -> None:
+    src = tmp_path / "S01"
+    src.mkdir()
+    with pytest.raises(OutputError, match="one contains the other"):
+        import_packet(packet(src, "S01", "folder"), src / "out")
+
+
+def test_import_result_is_frozen() -> None:
+    result = ImportResult(n_files=1, mode="copy", problems=())
+    with pytest.raises(AttributeError):
+        result.n_files = 2  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- archive policy
+
+
+@pytest.fixture
+def packets(tmp_path: Path, series: dict[str, bytes]) -> dict[str, Packet]:
+    inbox = tmp_path / "inbox"
+    (inbox / "S01" / "t1").mkdir(parents=True)
+    for name, data in series.items():
+        (inbox / "S01" / "t1" / name).write_bytes(data)
+    write_zip(inbox / "S02.zip", series)
+    return {
+        "folder": packet(inbox / "S01", "S01", "folder"),
+        "zip": packet(inbox / "S02.zip", "S02", "zip"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_archive_policies(tmp_path: Path, packets: dict[str, Packet], kind: str) -> None:
+    pkt = packets[kind]
+    archive_dir = tmp_path / "archive"
+    before = snapshot(pkt.path)
+    assert apply_archive_policy(pkt, "leave", archive_dir) is None
+    assert snapshot(pkt.path) == before and not archive_dir.exists()
+    assert "copied" in (apply_archive_policy(pkt, "copy", archive_dir) or "")
+    copy = archive_dir / pkt.path.name
+    assert snapshot(pkt.path) == before
+    assert contents(copy) == contents(pkt.path)
+    # Copying again replaces the previous copy (re-runs work).
+    apply_archive_policy(pkt, "copy", archive_dir)
+    assert sorted(p.name for p in archive_dir.iterdir()) == [pkt.path.name]
+    moved_to = tmp_path / "moved"
+    assert "moved" in (apply_archive_policy(pkt, "move", moved_to) or "")
+    assert not os.path.lexists(pkt.path)
+    assert contents(moved_to / pkt.path.name) == {k: v[0] for k, v in before.items()}
+
+
+def test_archive_delete_and_symlinked_entry(tmp_path: Path, packets: dict[str, Packet]) -> None:
+    pkt = packets["folder"]
+    link = pkt.path.parent / "S01_link"
+    link.symlink_to(pkt.path)
+    assert apply_archive_policy(packet(link, "S01", "folder"), "delete", tmp_path / "a") is not None
+    assert not os.path.lexists(link) and pkt.path.is_dir()  # only the link went
+    assert "deleted" in (apply_archive_policy(pkt, "delete", tmp_path / "a") or "")
+    assert not pkt.path.exists()
+
+
+def test_archive_policy_refusals(tmp_path: Path, packets: dict[str, Packet]) -> None:
+    pkt = packets["folder"]
+    before = snapshot(pkt.path)
+    for policy in ("copy", "move", "delete"):
+        with pytest.raises(OutputError, match="inside it"):
+            apply_archive_policy(pkt, policy, pkt.path / "archive")
+    for policy in ("copy", "move"):
+        with pytest.raises(OutputError, match="the packet itself"):
+            apply_archive_policy(pkt, policy, pkt.path.parent)
+    with pytest.raises(ConfigError, match="unknown archive policy"):
+        apply_archive_policy(pkt, "shred", tmp_path / "a")
+    assert snapshot(pkt.path) == before
