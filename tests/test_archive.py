@@ -778,3 +778,22 @@ def test_bz2_and_xz_streams(tmp_path: Path) -> None:
         with pytest.raises(ArchiveLimitError, match="max_ratio"):
             extract_archive(archive, tmp_path / "out", limits)
         assert not (tmp_path / "out").exists()
+
+
+def test_tar_gz_with_many_members_reads_every_byte(tmp_path):
+    """Regression: the gzip decoder returns short reads, which tarfile takes for truncation."""
+    import random
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(7)
+    for i in range(40):
+        size = rng.randint(1_000, 200_000)
+        (src / f"f{i:02d}").write_bytes(bytes(rng.getrandbits(3) for _ in range(size)))
+    packed = tmp_path / "p.tar.gz"
+    with tarfile.open(packed, "w:gz") as tf:
+        tf.add(src, arcname="p")
+    dest = tmp_path / "out"
+    assert extract_archive(packed, dest) == []
+    for path in src.iterdir():
+        assert (dest / "p" / path.name).read_bytes() == path.read_bytes()

@@ -521,15 +521,29 @@ class _GzipDecoder:
     def read(self, size: int = -1, /) -> bytes:
         size = _CHUNK if size is None or size < 0 else size
         while not self._eof:
+            drained = False
             if not self._tail:
                 self._tail = self._raw.read(16 * 1024)
                 if not self._tail:
-                    if self._in_member:
-                        raise EOFError(
-                            "compressed file ended before the end-of-stream marker was reached"
-                        )
-                    self._eof = True
-                    break
+                    if not self._in_member:
+                        self._eof = True
+                        break
+                    # input exhausted: zlib may still hold output it could not return
+                    # because of the size limit of the previous call
+                    drained = True
+            if drained:
+                out = self._dec.decompress(b"", size)
+                if self._dec.eof:
+                    self._tail = self._dec.unused_data
+                    self._dec = zlib.decompressobj(wbits=31)
+                    self._in_member = False
+                if out:
+                    return out
+                if self._in_member:
+                    raise EOFError(
+                        "compressed file ended before the end-of-stream marker was reached"
+                    )
+                continue
             if not self._in_member:
                 stripped = self._tail.lstrip(b"\0")
                 self.consumed += len(self._tail) - len(stripped)
@@ -612,6 +626,13 @@ class _GuardedStream:
                 f"a header of {_human(size)} at offset {self._pos}: damaged or hostile archive"
             )
         data = self._f.read(size)
+        if 0 < len(data) < size:  # decoders may return short reads; tarfile wants full ones
+            parts = [data]
+            missing = size - len(data)
+            while missing and (more := self._f.read(missing)):
+                parts.append(more)
+                missing -= len(more)
+            data = b"".join(parts)
         self._pos += len(data)
         self.last = data[-_BLOCK:] if len(data) >= _BLOCK else (self.last + data)[-_BLOCK:]
         if self.compression != "none":
