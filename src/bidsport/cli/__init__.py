@@ -1,0 +1,1 @@
+"""Command-line interface: the parser (pure) and the entry point."""

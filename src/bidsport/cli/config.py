@@ -1,0 +1,54 @@
+"""Turn parsed arguments into a :class:`~bidsport.options.RunOptions` record.
+
+Configuration files (mapping, manifest, rules) are read and validated here, before any
+work starts, so a mistake in one of them stops the run at once with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bidsport.archive import ExtractLimits
+from bidsport.ingest import read_manifest, read_mapping
+from bidsport.options import RunOptions
+from bidsport.rules import load_rules
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        participant_labels=tuple(args.participant_label or ()),
+        session_labels=tuple(args.session_label or ()),
+        pattern=args.pattern,
+        nameformat=args.nameformat,
+        mapping=read_mapping(args.mapping) if args.mapping else None,
+        manifest=tuple(read_manifest(args.manifest)) if args.manifest else (),
+        archive=args.archive,
+        limits=ExtractLimits(
+            max_total_bytes=args.max_extract_size,
+            max_members=args.max_extract_members,
+            max_ratio=args.max_extract_ratio,
+        ),
+        symlink=not args.no_symlink,
+        keep_derived=args.keep_derived,
+        skip_dicom_check=args.skip_dicom_check,
+        rules=tuple(load_rules(args.rules)) if args.rules else (),
+        output_format=args.output_format,
+        layout=args.layout,
+        include_datatypes=frozenset(args.include_datatype) if args.include_datatype else None,
+        exclude_datatypes=frozenset(args.exclude_datatype or ()),
+        include_provenances=(
+            frozenset(args.include_provenance) if args.include_provenance else None
+        ),
+        exclude_provenances=frozenset(args.exclude_provenance or ()),
+        overwrite=args.overwrite,
+        compression_level=args.compression_level,
+        anonymize=args.anonymize,
+        anonymize_key=args.anonymize_key,
+        anonymize_policy=args.anonymize_policy,
+        keep_private_tags=args.keep_private_tags,
+        allow_burned_in=args.allow_burned_in,
+        work_dir=args.work_dir.absolute() if args.work_dir else None,
+        n_procs=args.n_procs,
+        dry_run=args.dry_run,
+        progress=not args.quiet,
+    )

@@ -1,0 +1,669 @@
+"""The participant level: import → organize → classify → convert, one session at a time.
+
+Each session is processed under its own lock and writes only its own subtree, its own
+tables and its own status record, so many participant-level jobs can run at once on one
+output dataset (SLURM arrays). A failure is recorded and the run goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bidsport import fileops
+from bidsport.classify import classify_all
+from bidsport.convert import SeriesConversion, convert_series
+from bidsport.errors import BidsportError, ConversionError
+from bidsport.index import group_series, scan_session
+from bidsport.ingest import (
+    apply_archive_policy,
+    assign_packets,
+    discover_packets,
+    import_packet,
+)
+from bidsport.layout import DatasetLayout, sub_ses_prefix
+from bidsport.naming import RunCandidate, assign_runs, bids_basename, map_outputs
+from bidsport.options import RunOptions
+from bidsport.organize import FileDecision, decide_files, lay_out
+from bidsport.phi import scrub_sidecar
+from bidsport.records import (
+    Assignment,
+    Classification,
+    ConvertedImage,
+    FileHeader,
+    Problem,
+    Series,
+    SessionResult,
+)
+from bidsport.status import StatusRow, read_status_record, record_session
+
+log = logging.getLogger(__name__)
+
+SERIES_COLUMNS = [
+    "series_id",
+    "series_number",
+    "series_description",
+    "protocol_name",
+    "n_files",
+    "n_volumes",
+    "acq_time",
+    "datatype",
+    "suffix",
+    "entities",
+    "run",
+    "provenance",
+    "outputs",
+    "excluded",
+    "review",
+    "rule",
+    "evidence",
+]
+FILES_COLUMNS = ["file", "flat_name", "series_uid", "excluded"]
+
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Packets assigned to sessions, after selection by label."""
+
+    assignments: tuple[Assignment, ...]
+    problems: tuple[Problem, ...]
+    n_packets: int
+
+
+def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
+    """Find the packets of the inbox and assign them to subjects/sessions."""
+    packets, problems = discover_packets(dicom_dir, opts.pattern)
+    assignments, assign_problems = assign_packets(packets, opts.nameformat, opts.mapping)
+    selected = [
+        a
+        for a in assignments
+        if (not opts.participant_labels or a.subject in opts.participant_labels)
+        and (not opts.session_labels or (a.session or "") in opts.session_labels)
+    ]
+    return Plan(tuple(selected), tuple(problems) + tuple(assign_problems), len(packets))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _acq_datetime(date: str | None, time: str | None) -> str | None:
+    """DICOM date + time → ISO 8601 (``YYYY-MM-DDThh:mm:ss``), or None."""
+    if not date or len(date) < 8 or not time or len(time) < 6:
+        return None
+    return f"{date[0:4]}-{date[4:6]}-{date[6:8]}T{time[0:2]}:{time[2:4]}:{time[4:6]}"
+
+
+def _passes_filters(cls: Classification, opts: RunOptions) -> str | None:
+    """Why a classified series is not converted because of the user's filters, or None."""
+    if opts.include_datatypes is not None and cls.datatype not in opts.include_datatypes:
+        return f"datatype {cls.datatype} not in --include-datatype"
+    if cls.datatype in opts.exclude_datatypes:
+        return f"datatype {cls.datatype} in --exclude-datatype"
+    if opts.include_provenances is not None and cls.provenance not in opts.include_provenances:
+        return f"provenance {cls.provenance} not in --include-provenance"
+    if cls.provenance in opts.exclude_provenances:
+        return f"provenance {cls.provenance} in --exclude-provenance"
+    return None
+
+
+def _existing_runs(series_table: Path) -> dict[str, str]:
+    """Run labels given to series by an earlier run (kept so nothing gets renamed)."""
+    if not series_table.is_file():
+        return {}
+    runs = {}
+    for row in fileops.read_tsv(series_table):
+        if row.get("outputs", "n/a") != "n/a":
+            runs[row["series_id"]] = "" if row.get("run") == "n/a" else row.get("run", "")
+    return runs
+
+
+@contextlib.contextmanager
+def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
+    """The scratch folder: the user's, or a temporary one removed afterwards.
+
+    Without ``--anonymize`` the temporary folder lies inside OUTPUT_DIR (nothing is
+    written elsewhere); with it, outside (identifiable material never enters OUTPUT_DIR).
+    """
+    if opts.work_dir is not None:
+        base = fileops.ensure_dir(opts.work_dir)
+        path = Path(tempfile.mkdtemp(prefix="bidsport-", dir=base))
+    elif opts.anonymize:
+        path = Path(tempfile.mkdtemp(prefix="bidsport-"))
+    else:
+        base = fileops.ensure_dir(layout.sourcedata_dir / "bidsport" / "work")
+        path = Path(tempfile.mkdtemp(prefix=f"{os.uname().nodename}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- one session
+
+
+@dataclass(frozen=True)
+class _Planned:
+    series: Series
+    cls: Classification
+    skip: str | None  #: reason not converted (classification or filters)
+
+
+def _classify_all(series_list: Sequence[Series], opts: RunOptions) -> list[_Planned]:
+    planned = []
+    classes = classify_all(series_list, opts.rules, keep_derived=opts.keep_derived)
+    for series, cls in zip(series_list, classes, strict=True):
+        skip = cls.excluded or _passes_filters(cls, opts)
+        if skip is None and (cls.datatype is None or cls.suffix is None):
+            skip = "no BIDS datatype/suffix"
+        planned.append(_Planned(series, cls, skip))
+    return planned
+
+
+def classify_session(
+    headers: Sequence[FileHeader], raw_root: Path, opts: RunOptions
+) -> tuple[list[FileDecision], list[_Planned]]:
+    """Decide which files are used, group them into series and classify every series.
+
+    Series made of excluded files (derived images, ...) are classified too, so the series
+    table says what they were; they carry the file exclusion as the reason they are skipped.
+    """
+    decisions = decide_files(
+        headers, raw_root, keep_derived=opts.keep_derived, skip_checks=opts.skip_dicom_check
+    )
+    excluded = {d.source: d.reason for d in decisions if d.reason}
+    image_headers = [h for h in headers if h.has_pixel_data and h.series_uid]
+    planned = []
+    for p in _classify_all(group_series(image_headers), opts):
+        kept = tuple(f for f in p.series.files if f not in excluded)
+        if not kept:
+            reasons = sorted({excluded[f] or "" for f in p.series.files})
+            p = dataclasses.replace(p, skip=p.skip or reasons[0])
+        elif len(kept) < p.series.n_files:
+            p = dataclasses.replace(p, series=dataclasses.replace(p.series, files=kept))
+        planned.append(p)
+    return decisions, planned
+
+
+def _finalize_sidecar(
+    sidecar: dict[str, object],
+    *,
+    cls: Classification,
+    series: Series,
+    sources: Sequence[str],
+    anonymize: bool,
+) -> dict[str, object]:
+    data = scrub_sidecar(dict(sidecar), anonymize=anonymize)
+    data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
+    if cls.datatype == "func" and cls.entities.get("task"):
+        data["TaskName"] = cls.entities["task"]
+    data["SeriesInstanceUID"] = series.header.series_uid
+    data["BidsportSourceDicom"] = list(sources)
+    return data
+
+
+def _target_dir(layout: DatasetLayout, subject: str, session: str | None, datatype: str,
+                opts: RunOptions) -> Path:
+    base = layout.session_dir(subject, session)
+    return base / datatype if opts.layout == "bids" else base
+
+
+#: suffixes BIDS requires to be 4D images
+FOUR_D_SUFFIXES = frozenset({"bold", "cbv", "phase", "asl"})
+
+
+def _make_4d(image: Path) -> bool:
+    """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume."""
+    import nibabel as nib
+
+    img = nib.load(image)
+    if len(img.shape) != 3:
+        return False
+    header = img.header.copy()
+    data = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj
+    new = nib.Nifti1Image(data[..., None], img.affine, header)
+    new.header.set_data_shape((*img.shape, 1))
+    nib.save(new, image)
+    return True
+
+
+def _export_series(
+    planned: _Planned,
+    run: str,
+    conversion: SeriesConversion | None,
+    *,
+    layout: DatasetLayout,
+    subject: str,
+    session: str | None,
+    opts: RunOptions,
+    sources: Sequence[Path],
+) -> tuple[list[ConvertedImage], list[Problem]]:
+    """Rename one series' outputs into the dataset (atomically, one file at a time)."""
+    cls = planned.cls
+    assert cls.datatype is not None and cls.suffix is not None
+    entities = dict(cls.entities)
+    if run:
+        entities["run"] = run
+    target_dir = _target_dir(layout, subject, session, cls.datatype, opts)
+    session_dir = layout.session_dir(subject, session)
+    acq_time = _acq_datetime(planned.series.acquisition_date, planned.series.acquisition_time)
+    rel_sources = [os.path.relpath(p, layout.root) for p in sources]
+    images: list[ConvertedImage] = []
+    problems: list[Problem] = []
+    if conversion is None:  # --output-format dcm: organized copies, no conversion
+        name = bids_basename(subject, session, entities, cls.suffix)
+        folder = target_dir / name
+        for src in sources:
+            fileops.copy_file(src, folder / src.name)
+        images.append(
+            ConvertedImage(planned.series.series_id, os.path.relpath(folder, session_dir), acq_time)
+        )
+        return images, problems
+    postfixes = [o.postfix for o in conversion.outputs]
+    for output, mapped in zip(
+        conversion.outputs, map_outputs(cls.suffix, cls.datatype, postfixes), strict=True
+    ):
+        if mapped.dropped:
+            problems.append(
+                Problem(planned.series.series_id, f"dcm2niix output '{output.postfix}' not "
+                        f"exported: {mapped.dropped}", "convert")
+            )
+            continue
+        ents = {**entities, **mapped.entities}
+        if "acq" in mapped.entities and entities.get("acq"):
+            ents["acq"] = entities["acq"] + mapped.entities["acq"]
+        name = bids_basename(subject, session, ents, mapped.suffix)
+        ext = ".nii.gz" if output.image.name.endswith(".nii.gz") else ".nii"
+        image_dst = target_dir / f"{name}{ext}"
+        sidecar_rel = None
+        if output.sidecar is not None:
+            data = json.loads(output.sidecar.read_text(encoding="utf-8", errors="replace"))
+            data = _finalize_sidecar(
+                data, cls=cls, series=planned.series, sources=rel_sources,
+                anonymize=opts.anonymize,
+            )
+            sidecar_dst = target_dir / f"{name}.json"
+            fileops.write_json(sidecar_dst, data)
+            sidecar_rel = os.path.relpath(sidecar_dst, session_dir)
+        for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
+            if side is not None and cls.datatype == "dwi":
+                fileops.move_into_place(side, target_dir / f"{name}{ext_side}")
+        if mapped.suffix in FOUR_D_SUFFIXES and _make_4d(output.image):
+            problems.append(
+                Problem(planned.series.series_id, f"a single volume: {image_dst.name} written "
+                        "as 4D with one volume (BIDS requires 4D)", "convert")
+            )
+        fileops.move_into_place(output.image, image_dst)
+        images.append(
+            ConvertedImage(
+                planned.series.series_id,
+                os.path.relpath(image_dst, session_dir),
+                acq_time,
+                sidecar_rel,
+            )
+        )
+    return images, problems
+
+
+def _intended_for(
+    images: Sequence[tuple[_Planned, ConvertedImage]], subject: str, session: str | None
+) -> dict[str, list[str]]:
+    """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
+
+    Each func/dwi/perf image is corrected by the fieldmaps of the latest fieldmap
+    acquisition before it (or, when none precedes it, the first one after it).
+    """
+    def when(p: _Planned) -> tuple[str, str, int]:
+        s = p.series
+        return (s.acquisition_date or "", s.acquisition_time or "", s.header.series_number or 0)
+
+    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
+    targets = [
+        (p, img) for p, img in images
+        if p.cls.datatype in ("func", "dwi", "perf") and img.relpath.endswith((".nii", ".nii.gz"))
+    ]
+    if not fmaps or not targets:
+        return {}
+    # fieldmap "sets": fieldmaps acquired at the same time point
+    times = sorted({when(p)[:2] for p, _ in fmaps})
+    result: dict[str, list[str]] = {img.sidecar: [] for _, img in fmaps if img.sidecar}
+    prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
+    for p, img in targets:
+        t = when(p)[:2]
+        before = [ft for ft in times if ft <= t]
+        chosen = before[-1] if before else times[0]
+        for fp, fimg in fmaps:
+            if when(fp)[:2] == chosen and fimg.sidecar:
+                result[fimg.sidecar].append(prefix + img.relpath)
+    return result
+
+
+def _complete_phasediff(images: Sequence[tuple[_Planned, ConvertedImage]], session_dir: Path) -> None:
+    """Give phase-difference maps the EchoTime1/EchoTime2 BIDS requires.
+
+    Scanners store the two echoes' magnitudes and the phase difference as separate series,
+    and dcm2niix sees one series at a time: EchoTime1 comes from the shortest echo of the
+    magnitude images acquired at the same time point, EchoTime2 from the phase image.
+    """
+    def read(img: ConvertedImage) -> dict[str, object]:
+        assert img.sidecar is not None
+        return dict(json.loads((session_dir / img.sidecar).read_text(encoding="utf-8")))
+
+    def when(p: _Planned) -> tuple[str, str]:
+        return (p.series.acquisition_date or "", p.series.acquisition_time or "")
+
+    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
+    for p, img in fmaps:
+        if "_phasediff." not in img.relpath:
+            continue
+        data = read(img)
+        if "EchoTime1" in data and "EchoTime2" in data:
+            continue
+        magnitudes = [
+            read(mimg) for mp, mimg in fmaps
+            if "_magnitude" in mimg.relpath and when(mp) == when(p)
+        ] or [
+            read(mimg) for mp, mimg in fmaps
+            if "_magnitude" in mimg.relpath
+            and abs((mp.series.header.series_number or 0) - (p.series.header.series_number or 0))
+            == 1
+        ]
+        times = sorted(
+            float(t) for m in magnitudes if isinstance(t := m.get("EchoTime"), (int, float))
+        )
+        echo2 = data.get("EchoTime")
+        if not times or not isinstance(echo2, (int, float)) or times[0] >= echo2:
+            log.warning("%s: cannot tell EchoTime1/EchoTime2 of this phase difference map",
+                        img.relpath)
+            continue
+        data["EchoTime1"] = times[0]
+        data["EchoTime2"] = float(echo2)
+        fileops.write_json(session_dir / img.sidecar, data)
+
+
+def _write_scans(path: Path, images: Sequence[ConvertedImage]) -> None:
+    rows = [
+        {"filename": img.relpath, "acq_time": img.acq_time}
+        for img in sorted(images, key=lambda i: i.relpath)
+        if img.relpath.endswith((".nii", ".nii.gz"))
+    ]
+    if rows:
+        fileops.write_tsv(path, rows, ["filename", "acq_time"])
+
+
+def _session_done(layout: DatasetLayout, subject: str, session: str | None) -> bool:
+    record = read_status_record(layout, subject, session)
+    return bool(record and record.converted and not record.last_error)
+
+
+def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> None:
+    for path in (layout.session_dir(subject, session), layout.dicom_dir(subject, session)):
+        if path.exists():
+            fileops.remove_tree(path, layout.root)
+    for table in (layout.series_table(subject, session), layout.files_table(subject, session),
+                  layout.index_cache(subject, session)):
+        table.unlink(missing_ok=True)
+
+
+def process_session(
+    assignment: Assignment,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    work_root: Path,
+    progress: Progress | None = None,
+) -> SessionResult:
+    """Import, organize, classify and convert one session; never raises BidsportError."""
+    sub, ses = assignment.subject, assignment.session
+    label = sub_ses_prefix(sub, ses)
+    problems: list[Problem] = []
+    stages = {"imported": False, "organized": False, "converted": False}
+    images: list[ConvertedImage] = []
+
+    def record(error: str | None) -> None:
+        record_session(
+            layout,
+            StatusRow(
+                participant_id=sub,
+                session_id=ses,
+                packet=assignment.packet.name,
+                imported=stages["imported"],
+                organized=stages["organized"],
+                converted=stages["converted"],
+                last_error=error,
+                updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ),
+        )
+
+    try:
+        with fileops.file_lock(layout.lock_file(sub, ses), blocking=False):
+            if opts.overwrite == "skip" and _session_done(layout, sub, ses):
+                log.info("%s: already converted, skipped (--overwrite skip)", label)
+                return SessionResult(sub, ses, True, True, True, skipped=True)
+            if opts.overwrite == "clean":
+                _clean_session(layout, sub, ses)
+            images, problems = _run_session(
+                assignment, layout, opts, work_root / label, stages, progress
+            )
+            failed = [p for p in problems if p.fatal]
+            error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
+            record(error)
+            if not failed and opts.archive != "leave":
+                done = apply_archive_policy(
+                    assignment.packet, opts.archive, layout.sourcedata_dir / "packets"
+                )
+                log.info("%s: packet %s: %s", label, assignment.packet.name, done)
+            return SessionResult(
+                sub, ses, stages["imported"], stages["organized"], stages["converted"],
+                images=tuple(images), problems=tuple(problems), error=error,
+            )
+    except BidsportError as exc:
+        log.error("%s: %s", label, exc)
+        with contextlib.suppress(BidsportError):
+            record(exc.message)
+        return SessionResult(
+            sub, ses, stages["imported"], stages["organized"], stages["converted"],
+            images=tuple(images), problems=tuple(problems), error=exc.message,
+        )
+
+
+def _run_session(
+    assignment: Assignment,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    work: Path,
+    stages: dict[str, bool],
+    progress: Progress | None,
+) -> tuple[list[ConvertedImage], list[Problem]]:
+    sub, ses = assignment.subject, assignment.session
+    label = sub_ses_prefix(sub, ses)
+    problems: list[Problem] = []
+    say = progress or (lambda _msg: None)
+
+    # ---- import
+    raw_root = layout.raw_dir(sub, ses)
+    packet_dir = raw_root / assignment.packet.name
+    say(f"{label}: importing {assignment.packet.path.name}")
+    result = import_packet(assignment.packet, packet_dir, opts.limits)
+    problems += result.problems
+    stages["imported"] = True
+    log.info("%s: imported %d files (%s)", label, result.n_files, result.mode)
+
+    # ---- scan and decide
+    say(f"{label}: reading headers")
+    headers: list[FileHeader] = []
+    for item in scan_session(
+        raw_root, n_procs=opts.n_procs, cache_file=layout.index_cache(sub, ses)
+    ):
+        if isinstance(item, Problem):
+            problems.append(item)
+        else:
+            headers.append(item)
+    decisions, planned = classify_session(headers, raw_root, opts)
+    dicom_dir = layout.dicom_dir(sub, ses)
+    lay_out(decisions, dicom_dir, symlink=opts.symlink)
+    _write_files_table(layout, sub, ses, raw_root, decisions, problems)
+    stages["organized"] = True
+    flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
+
+    # ---- runs
+    to_convert = [p for p in planned if p.skip is None]
+    candidates = [
+        RunCandidate(
+            p.series.series_id, p.cls.datatype or "", p.cls.suffix or "", dict(p.cls.entities),
+            (p.series.acquisition_date or "", p.series.acquisition_time or "",
+             p.series.header.series_number or 0),
+        )
+        for p in to_convert
+    ]
+    runs = assign_runs(candidates, _existing_runs(layout.series_table(sub, ses)))
+
+    # ---- convert, slowest (most files) first
+    say(f"{label}: converting {len(to_convert)} series")
+    exported: list[tuple[_Planned, ConvertedImage]] = []
+    outputs_by_series: dict[str, list[str]] = {}
+    failures: dict[str, str] = {}
+
+    def convert_one(p: _Planned) -> SeriesConversion | None:
+        if opts.output_format == "dcm":
+            return None
+        files = [flat[f] for f in p.series.files]
+        return convert_series(
+            p.series.series_id, files, work / f"series-{p.series.series_id}",
+            compress=opts.output_format == "nii.gz", level=opts.compression_level,
+        )
+
+    order = sorted(to_convert, key=lambda p: -p.series.n_files)
+    with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
+        futures = {pool.submit(convert_one, p): p for p in order}
+        for future in as_completed(futures):
+            p = futures[future]
+            try:
+                conversion = future.result()
+                imgs, probs = _export_series(
+                    p, runs.get(p.series.series_id, ""), conversion, layout=layout,
+                    subject=sub, session=ses, opts=opts,
+                    sources=[flat[f] for f in p.series.files],
+                )
+            except ConversionError as exc:
+                failures[p.series.series_id] = exc.message
+                problems.append(Problem(p.series.series_id, exc.message, "convert", fatal=True))
+                continue
+            problems += probs
+            exported += [(p, img) for img in imgs]
+            outputs_by_series[p.series.series_id] = [img.relpath for img in imgs]
+
+    # ---- fieldmaps, scans.tsv, tables
+    session_dir = layout.session_dir(sub, ses)
+    for sidecar_rel, targets in _intended_for(exported, sub, ses).items():
+        if targets:
+            path = session_dir / sidecar_rel
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["IntendedFor"] = sorted(targets)
+            fileops.write_json(path, data)
+    _complete_phasediff(exported, session_dir)
+    _write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
+    _write_series_table(layout, sub, ses, planned, runs, outputs_by_series, failures)
+    stages["converted"] = not failures and bool(exported or not to_convert)
+    return [img for _, img in exported], problems
+
+
+def _write_files_table(
+    layout: DatasetLayout,
+    sub: str,
+    ses: str | None,
+    raw_root: Path,
+    decisions: Sequence[FileDecision],
+    problems: Sequence[Problem],
+) -> None:
+    rows = [
+        {
+            "file": os.path.relpath(d.source, raw_root),
+            "flat_name": d.flat_name,
+            "series_uid": d.series_uid,
+            "excluded": d.reason,
+        }
+        for d in decisions
+    ]
+    rows += [
+        {"file": p.where, "flat_name": None, "series_uid": None, "excluded": p.reason}
+        for p in problems
+        if p.stage == "organize"
+    ]
+    rows.sort(key=lambda r: str(r["file"]))
+    fileops.write_tsv(layout.files_table(sub, ses), rows, FILES_COLUMNS)
+
+
+def _write_series_table(
+    layout: DatasetLayout,
+    sub: str,
+    ses: str | None,
+    planned: Sequence[_Planned],
+    runs: dict[str, str],
+    outputs: dict[str, list[str]],
+    failures: dict[str, str],
+) -> None:
+    rows = []
+    for p in planned:
+        s, c = p.series, p.cls
+        rows.append(
+            {
+                "series_id": s.series_id,
+                "series_number": s.header.series_number,
+                "series_description": s.header.series_description,
+                "protocol_name": s.header.protocol_name,
+                "n_files": s.n_files,
+                "n_volumes": s.n_volumes,
+                "acq_time": _acq_datetime(s.acquisition_date, s.acquisition_time),
+                "datatype": c.datatype,
+                "suffix": c.suffix,
+                "entities": ";".join(f"{k}-{v}" for k, v in c.entities.items()),
+                "run": runs.get(s.series_id) if s.series_id in outputs else None,
+                "provenance": c.provenance,
+                "outputs": ";".join(outputs.get(s.series_id, [])),
+                "excluded": failures.get(s.series_id) or p.skip,
+                "review": c.review,
+                "rule": c.rule,
+                "evidence": " | ".join(c.evidence),
+            }
+        )
+    fileops.write_tsv(layout.series_table(sub, ses), rows, SERIES_COLUMNS)
+
+
+# --------------------------------------------------------------------------- the level
+
+
+@dataclass(frozen=True)
+class ParticipantRun:
+    results: tuple[SessionResult, ...]
+    problems: tuple[Problem, ...]  #: import-level problems (packets not assigned, ...)
+    n_packets: int
+
+
+def run_participant_level(
+    dicom_dir: Path,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    progress: Progress | None = None,
+) -> ParticipantRun:
+    """Process every selected session of the inbox; failures are recorded, not raised."""
+    plan = plan_sessions(dicom_dir, opts)
+    fileops.ensure_dir(layout.root)
+    results = []
+    with _work_dir(opts, layout) as work_root:
+        for assignment in plan.assignments:
+            results.append(process_session(assignment, layout, opts, work_root, progress))
+    return ParticipantRun(tuple(results), plan.problems, plan.n_packets)

@@ -1,0 +1,146 @@
+"""The whole participant + group level on the example inbox, through the CLI entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bidsport.cli.run import main
+from bidsport.example import NAMEFORMAT, write_example_inbox
+from bidsport.fileops import read_tsv
+from bidsport.validator import find_validator
+
+SESSIONS = ["P01_V1", "P01_V2", "P02_V1", "P02_V2", "P03_V1", "P03_V2", "P04_V1"]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and mtime of every file below ``folder``."""
+    result = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            result[str(path.relative_to(folder))] = (digest, path.stat().st_mtime_ns)
+    return result
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    base = tmp_path_factory.mktemp("example")
+    inbox = base / "inbox"
+    write_example_inbox(inbox)
+    before = snapshot(inbox)
+    out = base / "bids"
+    code = main([str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "-v"])
+    return inbox, out, before, code
+
+
+def test_participant_level_succeeds_and_leaves_the_inbox_alone(example):
+    inbox, out, before, code = example
+    assert code == 0
+    assert snapshot(inbox) == before
+
+
+def test_every_session_has_the_expected_images(example):
+    _, out, _, _ = example
+    for packet in SESSIONS:
+        sub, ses = packet.split("_")
+        d = out / f"sub-{sub}" / f"ses-{ses}"
+        p = f"sub-{sub}_ses-{ses}"
+        expected = [
+            f"anat/{p}_T1w.nii.gz",
+            f"anat/{p}_T2w.nii.gz",
+            f"anat/{p}_FLAIR.nii.gz",
+            f"func/{p}_task-rest_dir-AP_bold.nii.gz",
+            f"func/{p}_task-rest_dir-AP_sbref.nii.gz",
+            f"dwi/{p}_dir-AP_dwi.nii.gz",
+            f"dwi/{p}_dir-AP_dwi.bval",
+            f"dwi/{p}_dir-AP_dwi.bvec",
+            f"fmap/{p}_magnitude1.nii.gz",
+            f"fmap/{p}_phasediff.nii.gz",
+        ]
+        missing = [e for e in expected if not (d / e).is_file()]
+        assert not missing, f"{packet}: missing {missing}; have {sorted(map(str, d.rglob('*')))}"
+        bold = json.loads((d / f"func/{p}_task-rest_dir-AP_bold.json").read_text())
+        assert bold["TaskName"] == "rest"
+        assert "InstitutionName" not in bold and "StationName" not in bold
+        phasediff = json.loads((d / f"fmap/{p}_phasediff.json").read_text())
+        assert (
+            f"bids::sub-{sub}/ses-{ses}/func/{p}_task-rest_dir-AP_bold.nii.gz"
+            in (phasediff["IntendedFor"])
+        )
+        scans = read_tsv(d / f"{p}_scans.tsv")
+        assert {r["filename"] for r in scans} >= {e for e in expected if e.endswith(".nii.gz")}
+        assert all(r["acq_time"].startswith("2024-01-0") for r in scans)
+
+
+def test_series_table_explains_exclusions(example):
+    _, out, _, _ = example
+    rows = read_tsv(out / "sourcedata/bidsport/sub-P01/ses-V1/series.tsv")
+    by_desc = {r["series_description"]: r for r in rows}
+    assert by_desc["localizer"]["provenance"] == "localizer"
+    assert by_desc["localizer"]["outputs"] == "n/a"
+    assert by_desc["dMRI_dir6_AP_ADC"]["provenance"] == "dti_map"
+    assert "derived" in by_desc["dMRI_dir6_AP_ADC"]["excluded"].lower()
+    assert all(r["evidence"] != "n/a" for r in rows)
+    files = read_tsv(out / "sourcedata/bidsport/sub-P01/ses-V1/files.tsv")
+    reasons = {Path(r["file"]).name: r["excluded"] for r in files}
+    for junk in ("README.txt", "empty.dat", "Thumbs.db", "truncated"):
+        assert reasons[junk] != "n/a", junk
+
+
+def test_every_symlink_is_relative_and_stays_inside(example):
+    _, out, _, _ = example
+    links = [p for p in out.rglob("*") if p.is_symlink()]
+    assert links
+    root = out.resolve()
+    for link in links:
+        assert not os.path.isabs(os.readlink(link)), link
+        assert link.resolve().is_file() and link.resolve().is_relative_to(root), link
+
+
+def test_status_table_has_every_session(example):
+    _, out, _, _ = example
+    rows = read_tsv(out / "sourcedata/status.tsv")
+    assert len(rows) == len(SESSIONS)
+    assert all(r["converted"] == "true" and r["last_error"] == "n/a" for r in rows)
+
+
+def test_rerun_does_no_conversion_work(example):
+    inbox, out, _, _ = example
+    images = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    code = main([str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT])
+    assert code == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == images
+
+
+def test_group_level_validates(example):
+    inbox, out, _, _ = example
+    if find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    code = main([str(inbox), str(out), "group"])
+    assert code == 0
+    participants = read_tsv(out / "participants.tsv")
+    assert [r["participant_id"] for r in participants] == [
+        "sub-P01",
+        "sub-P02",
+        "sub-P03",
+        "sub-P04",
+    ]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert any(g["Name"] == "dcm2niix" for g in description["GeneratedBy"])
+
+
+def test_dry_run_writes_nothing(example, tmp_path, capsys):
+    inbox, _, _, _ = example
+    out = tmp_path / "dry"
+    code = main([str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "--dry-run"])
+    assert code == 0
+    assert not out.exists()
+    text = capsys.readouterr().out
+    assert "P02_V1.tar.gz -> sub-P02 ses-V1" in text
+    assert "anat/sub-P02_ses-V1_T1w" in text
+    assert "Thumbs.db" in text
