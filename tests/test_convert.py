@@ -78,8 +78,14 @@ def test_collect_groups_side_files(tmp_path):
 def test_multi_echo_series_gives_one_output_per_echo(tmp_path):
     dicom = tmp_path / "dicom"
     for echo, te in ((1, 4.92), (2, 7.38)):
-        spec = SeriesSpec("gre_field_mapping", 8, echo_number=echo, echo_time=te,
-                          sequence_name="*fm2d2r", mr_acquisition_type="2D")
+        spec = SeriesSpec(
+            "gre_field_mapping",
+            8,
+            echo_number=echo,
+            echo_time=te,
+            sequence_name="*fm2d2r",
+            mr_acquisition_type="2D",
+        )
         write_series(spec, dicom, name_pattern=f"e{echo}_{{instance:05d}}.dcm")
     # same series UID and instance numbers across echoes, as Siemens writes them
     result = convert_series("fm", sorted(dicom.iterdir()), tmp_path / "work")

@@ -13,13 +13,16 @@ from bidsport.naming import (
 )
 
 
-def cand(sid: str, time: str, number: int = 1, suffix: str = "T1w", **entities: str) -> RunCandidate:
+def cand(
+    sid: str, time: str, number: int = 1, suffix: str = "T1w", **entities: str
+) -> RunCandidate:
     return RunCandidate(sid, "anat", suffix, entities, ("20240101", time, number))
 
 
 def test_basename_orders_entities_the_bids_way():
-    name = bids_basename("01", "2", {"part": "mag", "echo": "1", "acq": "x", "task": "rest"},
-                         "bold")
+    name = bids_basename(
+        "01", "2", {"part": "mag", "echo": "1", "acq": "x", "task": "rest"}, "bold"
+    )
     assert name == "sub-01_ses-2_task-rest_acq-x_echo-1_part-mag_bold"
 
 
@@ -85,14 +88,30 @@ def test_sanitized_labels_are_bids_legal(text):
         ("phasediff", "fmap", ["_e1_ph", "_e2_ph"], [("phase1", {}), ("phase2", {})]),
         ("fieldmap", "fmap", ["_e1", "_e2_fieldmaphz"], [("magnitude", {}), ("fieldmap", {})]),
         ("bold", "func", [""], [("bold", {})]),
-        ("bold", "func", ["_e1", "_e2", "_e3"],
-         [("bold", {"echo": "1"}), ("bold", {"echo": "2"}), ("bold", {"echo": "3"})]),
-        ("T2starw", "anat", ["_e1", "_e1_ph"],
-         [("T2starw", {"part": "mag"}), ("T2starw", {"part": "phase"})]),
-        ("T1w", "anat", ["_real", "_imaginary"],
-         [("T1w", {"part": "real"}), ("T1w", {"part": "imag"})]),
-        ("T1w", "anat", ["_i00001", "_i00002"],
-         [("T1w", {"acq": "i00001"}), ("T1w", {"acq": "i00002"})]),
+        (
+            "bold",
+            "func",
+            ["_e1", "_e2", "_e3"],
+            [("bold", {"echo": "1"}), ("bold", {"echo": "2"}), ("bold", {"echo": "3"})],
+        ),
+        (
+            "T2starw",
+            "anat",
+            ["_e1", "_e1_ph"],
+            [("T2starw", {"part": "mag"}), ("T2starw", {"part": "phase"})],
+        ),
+        (
+            "T1w",
+            "anat",
+            ["_real", "_imaginary"],
+            [("T1w", {"part": "real"}), ("T1w", {"part": "imag"})],
+        ),
+        (
+            "T1w",
+            "anat",
+            ["_i00001", "_i00002"],
+            [("T1w", {"acq": "i00001"}), ("T1w", {"acq": "i00002"})],
+        ),
     ],
 )
 def test_dcm2niix_outputs_map_to_bids(suffix, datatype, postfixes, expected):

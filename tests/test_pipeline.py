@@ -39,7 +39,7 @@ def example(tmp_path_factory):
 
 
 def test_participant_level_succeeds_and_leaves_the_inbox_alone(example):
-    inbox, out, before, code = example
+    inbox, _, before, code = example
     assert code == 0
     assert snapshot(inbox) == before
 

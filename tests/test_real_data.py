@@ -8,7 +8,6 @@ the converted images are compared with the dataset's Ref/ outputs (shape, b-valu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -36,14 +35,10 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         "fmap/sub-nih_dir-PA_epi.nii.gz": "EPI_PE=PA_4.nii",
         "fmap/sub-nih_dir-RL_epi.nii.gz": "EPI_PE=RL_5.nii",
         "fmap/sub-nih_dir-LR_epi.nii.gz": "EPI_PE=LR_6.nii",
-        "func/sub-nih_task-unknown_acq-AxialEPIFMRIInterleavedItoS_bold.nii.gz":
-            "DCM2NIIX_regression_test_4.nii",
-        "func/sub-nih_task-unknown_acq-AxialEPIFMRISequentialItoS_bold.nii.gz":
-            "DCM2NIIX_regression_test_5.nii",
-        "func/sub-nih_task-unknown_acq-AxialEPIFMRIInterleavedStoI_bold.nii.gz":
-            "DCM2NIIX_regression_test_6.nii",
-        "func/sub-nih_task-unknown_acq-AxialEPIFMRISequentialStoI_bold.nii.gz":
-            "DCM2NIIX_regression_test_7.nii",
+        "func/sub-nih_task-unknown_acq-AxialEPIFMRIInterleavedItoS_bold.nii.gz": "DCM2NIIX_regression_test_4.nii",
+        "func/sub-nih_task-unknown_acq-AxialEPIFMRISequentialItoS_bold.nii.gz": "DCM2NIIX_regression_test_5.nii",
+        "func/sub-nih_task-unknown_acq-AxialEPIFMRIInterleavedStoI_bold.nii.gz": "DCM2NIIX_regression_test_6.nii",
+        "func/sub-nih_task-unknown_acq-AxialEPIFMRISequentialStoI_bold.nii.gz": "DCM2NIIX_regression_test_7.nii",
     },
     "philips": {
         "dwi/sub-philips_dwi.nii.gz": None,
@@ -97,8 +92,13 @@ def test_every_reference_image_is_converted_as_expected(real_dataset, dataset):
                 assert values == [float(v) for v in ref_bval.read_text().split()]
         sidecar = json.loads((sub_dir / image.replace(".nii.gz", ".json")).read_text())
         assert "SeriesInstanceUID" in sidecar and sidecar["BidsportSourceDicom"]
-        for key in ("PatientName", "PatientID", "InstitutionName", "StationName",
-                    "DeviceSerialNumber"):
+        for key in (
+            "PatientName",
+            "PatientID",
+            "InstitutionName",
+            "StationName",
+            "DeviceSerialNumber",
+        ):
             assert key not in sidecar, f"{image}: {key}"
 
 

@@ -71,14 +71,22 @@ def build_dcm2niix_args(
     """
     args = [
         str(binary),
-        "-b", "y",
-        "-ba", "y",
-        "-i", "n",
-        "-w", "1",
-        "-d", "0",
-        "-l", "o",
-        "-x", "n",
-        "-z", "y" if compress else "n",
+        "-b",
+        "y",
+        "-ba",
+        "y",
+        "-i",
+        "n",
+        "-w",
+        "1",
+        "-d",
+        "0",
+        "-l",
+        "o",
+        "-x",
+        "n",
+        "-z",
+        "y" if compress else "n",
     ]
     if compress:
         args.append(f"-{level}")

@@ -64,10 +64,15 @@ def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview
         excluded += [(str(d.source.relative_to(root)), d.reason) for d in decisions if d.reason]
         candidates = [
             RunCandidate(
-                p.series.series_id, p.cls.datatype or "", p.cls.suffix or "",
+                p.series.series_id,
+                p.cls.datatype or "",
+                p.cls.suffix or "",
                 dict(p.cls.entities),
-                (p.series.acquisition_date or "", p.series.acquisition_time or "",
-                 p.series.header.series_number or 0),
+                (
+                    p.series.acquisition_date or "",
+                    p.series.acquisition_time or "",
+                    p.series.header.series_number or 0,
+                ),
             )
             for p in planned
             if p.skip is None
@@ -117,8 +122,9 @@ def format_preview(result: Preview) -> str:
             lines.append(f"  ERROR: {session.error}")
         for s in session.series:
             target = s.name or f"not converted: {s.skip}"
-            lines.append(f"  {s.description or s.series_id} [{s.n_files} files, {s.provenance}]"
-                         f" -> {target}")
+            lines.append(
+                f"  {s.description or s.series_id} [{s.n_files} files, {s.provenance}] -> {target}"
+            )
             if s.evidence:
                 lines.append(f"      because: {'; '.join(s.evidence)}")
         for file, reason in session.excluded_files:

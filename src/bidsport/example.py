@@ -5,7 +5,8 @@ Four participants, seven packets, one of every archive kind (.zip, .tar, .tgz, .
 files, a zip inside a folder, junk (text, zero-byte, truncated and random files), a
 localizer and a derived series (ADC map). Packets are named ``<subject>_<session>``, so::
 
-    bidsport DIR/inbox DIR/bids participant --nameformat '(?P<subject_id>[^_]+)_(?P<session_name>.+)'
+    bidsport DIR/inbox DIR/bids participant \\
+        --nameformat '(?P<subject_id>[^_]+)_(?P<session_name>.+)'
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def write_example_inbox(inbox: Path) -> list[Path]:
     for i, name in enumerate(names):
         subject_id, visit = name.split("_")
         subject = Subject(
-            patient_id=f"EX{subject_id}", patient_name=f"Example^{subject_id}",
+            patient_id=f"EX{subject_id}",
+            patient_name=f"Example^{subject_id}",
             birth_date=f"19{70 + i}0101",
         )
         study = Study(key=name, date=f"2024010{1 + int(visit[1:])}", accession=f"ACC{i:04d}")
@@ -86,8 +88,13 @@ def write_example_inbox(inbox: Path) -> list[Path]:
                     if path.is_file():
                         zf.write(path, path.relative_to(folder))
         else:
-            mode = {"tar": "w", "tar.gz": "w:gz", "tgz": "w:gz", "tar.bz2": "w:bz2",
-                    "tar.xz": "w:xz"}[kind]
+            mode = {
+                "tar": "w",
+                "tar.gz": "w:gz",
+                "tgz": "w:gz",
+                "tar.bz2": "w:bz2",
+                "tar.xz": "w:xz",
+            }[kind]
             target = inbox / f"{name}.{kind}"
             with tarfile.open(target, mode) as tf:  # type: ignore[call-overload]
                 tf.add(folder, arcname=name)
@@ -98,7 +105,8 @@ def write_example_inbox(inbox: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bidsport.example", description=__doc__,
+        prog="python -m bidsport.example",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inbox", type=Path, help="folder to create the example inbox in")

@@ -56,7 +56,9 @@ def decide_files(
     for h in headers:
         reason = None if skip_checks else file_exclusion(h, keep_derived=keep_derived)
         if reason is None and h.sop_instance_uid and h.sop_instance_uid in seen:
-            reason = f"duplicate SOPInstanceUID of {os.path.relpath(seen[h.sop_instance_uid], raw_root)}"
+            reason = (
+                f"duplicate SOPInstanceUID of {os.path.relpath(seen[h.sop_instance_uid], raw_root)}"
+            )
         if reason is None and not h.series_uid:
             reason = "no SeriesInstanceUID"
         key = os.path.relpath(h.path, raw_root)

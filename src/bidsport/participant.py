@@ -24,6 +24,13 @@ from bidsport import fileops
 from bidsport.classify import classify_all
 from bidsport.convert import SeriesConversion, convert_series
 from bidsport.errors import BidsportError, ConversionError
+from bidsport.export import (
+    acq_datetime,
+    complete_phasediff,
+    export_series,
+    intended_for,
+    write_scans,
+)
 from bidsport.index import group_series, scan_session
 from bidsport.ingest import (
     apply_archive_policy,
@@ -32,15 +39,15 @@ from bidsport.ingest import (
     import_packet,
 )
 from bidsport.layout import DatasetLayout, sub_ses_prefix
-from bidsport.naming import RunCandidate, assign_runs, bids_basename, map_outputs
+from bidsport.naming import RunCandidate, assign_runs
 from bidsport.options import RunOptions
 from bidsport.organize import FileDecision, decide_files, lay_out
-from bidsport.phi import scrub_sidecar
 from bidsport.records import (
     Assignment,
     Classification,
     ConvertedImage,
     FileHeader,
+    PlannedSeries,
     Problem,
     Series,
     SessionResult,
@@ -101,13 +108,6 @@ def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
 # --------------------------------------------------------------------------- helpers
 
 
-def _acq_datetime(date: str | None, time: str | None) -> str | None:
-    """DICOM date + time → ISO 8601 (``YYYY-MM-DDThh:mm:ss``), or None."""
-    if not date or len(date) < 8 or not time or len(time) < 6:
-        return None
-    return f"{date[0:4]}-{date[4:6]}-{date[6:8]}T{time[0:2]}:{time[2:4]}:{time[4:6]}"
-
-
 def _passes_filters(cls: Classification, opts: RunOptions) -> str | None:
     """Why a classified series is not converted because of the user's filters, or None."""
     if opts.include_datatypes is not None and cls.datatype not in opts.include_datatypes:
@@ -156,27 +156,20 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
 # --------------------------------------------------------------------------- one session
 
 
-@dataclass(frozen=True)
-class _Planned:
-    series: Series
-    cls: Classification
-    skip: str | None  #: reason not converted (classification or filters)
-
-
-def _classify_all(series_list: Sequence[Series], opts: RunOptions) -> list[_Planned]:
+def _classify_all(series_list: Sequence[Series], opts: RunOptions) -> list[PlannedSeries]:
     planned = []
     classes = classify_all(series_list, opts.rules, keep_derived=opts.keep_derived)
     for series, cls in zip(series_list, classes, strict=True):
         skip = cls.excluded or _passes_filters(cls, opts)
         if skip is None and (cls.datatype is None or cls.suffix is None):
             skip = "no BIDS datatype/suffix"
-        planned.append(_Planned(series, cls, skip))
+        planned.append(PlannedSeries(series, cls, skip))
     return planned
 
 
 def classify_session(
     headers: Sequence[FileHeader], raw_root: Path, opts: RunOptions
-) -> tuple[list[FileDecision], list[_Planned]]:
+) -> tuple[list[FileDecision], list[PlannedSeries]]:
     """Decide which files are used, group them into series and classify every series.
 
     Series made of excluded files (derived images, ...) are classified too, so the series
@@ -199,212 +192,6 @@ def classify_session(
     return decisions, planned
 
 
-def _finalize_sidecar(
-    sidecar: dict[str, object],
-    *,
-    cls: Classification,
-    series: Series,
-    sources: Sequence[str],
-    anonymize: bool,
-) -> dict[str, object]:
-    data = scrub_sidecar(dict(sidecar), anonymize=anonymize)
-    data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
-    if cls.datatype == "func" and cls.entities.get("task"):
-        data["TaskName"] = cls.entities["task"]
-    data["SeriesInstanceUID"] = series.header.series_uid
-    data["BidsportSourceDicom"] = list(sources)
-    return data
-
-
-def _target_dir(layout: DatasetLayout, subject: str, session: str | None, datatype: str,
-                opts: RunOptions) -> Path:
-    base = layout.session_dir(subject, session)
-    return base / datatype if opts.layout == "bids" else base
-
-
-#: suffixes BIDS requires to be 4D images
-FOUR_D_SUFFIXES = frozenset({"bold", "cbv", "phase", "asl"})
-
-
-def _make_4d(image: Path) -> bool:
-    """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume."""
-    import nibabel as nib
-
-    img = nib.load(image)
-    if len(img.shape) != 3:
-        return False
-    header = img.header.copy()
-    data = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj
-    new = nib.Nifti1Image(data[..., None], img.affine, header)
-    new.header.set_data_shape((*img.shape, 1))
-    nib.save(new, image)
-    return True
-
-
-def _export_series(
-    planned: _Planned,
-    run: str,
-    conversion: SeriesConversion | None,
-    *,
-    layout: DatasetLayout,
-    subject: str,
-    session: str | None,
-    opts: RunOptions,
-    sources: Sequence[Path],
-) -> tuple[list[ConvertedImage], list[Problem]]:
-    """Rename one series' outputs into the dataset (atomically, one file at a time)."""
-    cls = planned.cls
-    assert cls.datatype is not None and cls.suffix is not None
-    entities = dict(cls.entities)
-    if run:
-        entities["run"] = run
-    target_dir = _target_dir(layout, subject, session, cls.datatype, opts)
-    session_dir = layout.session_dir(subject, session)
-    acq_time = _acq_datetime(planned.series.acquisition_date, planned.series.acquisition_time)
-    rel_sources = [os.path.relpath(p, layout.root) for p in sources]
-    images: list[ConvertedImage] = []
-    problems: list[Problem] = []
-    if conversion is None:  # --output-format dcm: organized copies, no conversion
-        name = bids_basename(subject, session, entities, cls.suffix)
-        folder = target_dir / name
-        for src in sources:
-            fileops.copy_file(src, folder / src.name)
-        images.append(
-            ConvertedImage(planned.series.series_id, os.path.relpath(folder, session_dir), acq_time)
-        )
-        return images, problems
-    postfixes = [o.postfix for o in conversion.outputs]
-    for output, mapped in zip(
-        conversion.outputs, map_outputs(cls.suffix, cls.datatype, postfixes), strict=True
-    ):
-        if mapped.dropped:
-            problems.append(
-                Problem(planned.series.series_id, f"dcm2niix output '{output.postfix}' not "
-                        f"exported: {mapped.dropped}", "convert")
-            )
-            continue
-        ents = {**entities, **mapped.entities}
-        if "acq" in mapped.entities and entities.get("acq"):
-            ents["acq"] = entities["acq"] + mapped.entities["acq"]
-        name = bids_basename(subject, session, ents, mapped.suffix)
-        ext = ".nii.gz" if output.image.name.endswith(".nii.gz") else ".nii"
-        image_dst = target_dir / f"{name}{ext}"
-        sidecar_rel = None
-        if output.sidecar is not None:
-            data = json.loads(output.sidecar.read_text(encoding="utf-8", errors="replace"))
-            data = _finalize_sidecar(
-                data, cls=cls, series=planned.series, sources=rel_sources,
-                anonymize=opts.anonymize,
-            )
-            sidecar_dst = target_dir / f"{name}.json"
-            fileops.write_json(sidecar_dst, data)
-            sidecar_rel = os.path.relpath(sidecar_dst, session_dir)
-        for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
-            if side is not None and cls.datatype == "dwi":
-                fileops.move_into_place(side, target_dir / f"{name}{ext_side}")
-        if mapped.suffix in FOUR_D_SUFFIXES and _make_4d(output.image):
-            problems.append(
-                Problem(planned.series.series_id, f"a single volume: {image_dst.name} written "
-                        "as 4D with one volume (BIDS requires 4D)", "convert")
-            )
-        fileops.move_into_place(output.image, image_dst)
-        images.append(
-            ConvertedImage(
-                planned.series.series_id,
-                os.path.relpath(image_dst, session_dir),
-                acq_time,
-                sidecar_rel,
-            )
-        )
-    return images, problems
-
-
-def _intended_for(
-    images: Sequence[tuple[_Planned, ConvertedImage]], subject: str, session: str | None
-) -> dict[str, list[str]]:
-    """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
-
-    Each func/dwi/perf image is corrected by the fieldmaps of the latest fieldmap
-    acquisition before it (or, when none precedes it, the first one after it).
-    """
-    def when(p: _Planned) -> tuple[str, str, int]:
-        s = p.series
-        return (s.acquisition_date or "", s.acquisition_time or "", s.header.series_number or 0)
-
-    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
-    targets = [
-        (p, img) for p, img in images
-        if p.cls.datatype in ("func", "dwi", "perf") and img.relpath.endswith((".nii", ".nii.gz"))
-    ]
-    if not fmaps or not targets:
-        return {}
-    # fieldmap "sets": fieldmaps acquired at the same time point
-    times = sorted({when(p)[:2] for p, _ in fmaps})
-    result: dict[str, list[str]] = {img.sidecar: [] for _, img in fmaps if img.sidecar}
-    prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
-    for p, img in targets:
-        t = when(p)[:2]
-        before = [ft for ft in times if ft <= t]
-        chosen = before[-1] if before else times[0]
-        for fp, fimg in fmaps:
-            if when(fp)[:2] == chosen and fimg.sidecar:
-                result[fimg.sidecar].append(prefix + img.relpath)
-    return result
-
-
-def _complete_phasediff(images: Sequence[tuple[_Planned, ConvertedImage]], session_dir: Path) -> None:
-    """Give phase-difference maps the EchoTime1/EchoTime2 BIDS requires.
-
-    Scanners store the two echoes' magnitudes and the phase difference as separate series,
-    and dcm2niix sees one series at a time: EchoTime1 comes from the shortest echo of the
-    magnitude images acquired at the same time point, EchoTime2 from the phase image.
-    """
-    def read(img: ConvertedImage) -> dict[str, object]:
-        assert img.sidecar is not None
-        return dict(json.loads((session_dir / img.sidecar).read_text(encoding="utf-8")))
-
-    def when(p: _Planned) -> tuple[str, str]:
-        return (p.series.acquisition_date or "", p.series.acquisition_time or "")
-
-    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
-    for p, img in fmaps:
-        if "_phasediff." not in img.relpath:
-            continue
-        data = read(img)
-        if "EchoTime1" in data and "EchoTime2" in data:
-            continue
-        magnitudes = [
-            read(mimg) for mp, mimg in fmaps
-            if "_magnitude" in mimg.relpath and when(mp) == when(p)
-        ] or [
-            read(mimg) for mp, mimg in fmaps
-            if "_magnitude" in mimg.relpath
-            and abs((mp.series.header.series_number or 0) - (p.series.header.series_number or 0))
-            == 1
-        ]
-        times = sorted(
-            float(t) for m in magnitudes if isinstance(t := m.get("EchoTime"), (int, float))
-        )
-        echo2 = data.get("EchoTime")
-        if not times or not isinstance(echo2, (int, float)) or times[0] >= echo2:
-            log.warning("%s: cannot tell EchoTime1/EchoTime2 of this phase difference map",
-                        img.relpath)
-            continue
-        data["EchoTime1"] = times[0]
-        data["EchoTime2"] = float(echo2)
-        fileops.write_json(session_dir / img.sidecar, data)
-
-
-def _write_scans(path: Path, images: Sequence[ConvertedImage]) -> None:
-    rows = [
-        {"filename": img.relpath, "acq_time": img.acq_time}
-        for img in sorted(images, key=lambda i: i.relpath)
-        if img.relpath.endswith((".nii", ".nii.gz"))
-    ]
-    if rows:
-        fileops.write_tsv(path, rows, ["filename", "acq_time"])
-
-
 def _session_done(layout: DatasetLayout, subject: str, session: str | None) -> bool:
     record = read_status_record(layout, subject, session)
     return bool(record and record.converted and not record.last_error)
@@ -414,8 +201,11 @@ def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> 
     for path in (layout.session_dir(subject, session), layout.dicom_dir(subject, session)):
         if path.exists():
             fileops.remove_tree(path, layout.root)
-    for table in (layout.series_table(subject, session), layout.files_table(subject, session),
-                  layout.index_cache(subject, session)):
+    for table in (
+        layout.series_table(subject, session),
+        layout.files_table(subject, session),
+        layout.index_cache(subject, session),
+    ):
         table.unlink(missing_ok=True)
 
 
@@ -467,16 +257,28 @@ def process_session(
                 )
                 log.info("%s: packet %s: %s", label, assignment.packet.name, done)
             return SessionResult(
-                sub, ses, stages["imported"], stages["organized"], stages["converted"],
-                images=tuple(images), problems=tuple(problems), error=error,
+                sub,
+                ses,
+                stages["imported"],
+                stages["organized"],
+                stages["converted"],
+                images=tuple(images),
+                problems=tuple(problems),
+                error=error,
             )
     except BidsportError as exc:
         log.error("%s: %s", label, exc)
         with contextlib.suppress(BidsportError):
             record(exc.message)
         return SessionResult(
-            sub, ses, stages["imported"], stages["organized"], stages["converted"],
-            images=tuple(images), problems=tuple(problems), error=exc.message,
+            sub,
+            ses,
+            stages["imported"],
+            stages["organized"],
+            stages["converted"],
+            images=tuple(images),
+            problems=tuple(problems),
+            error=exc.message,
         )
 
 
@@ -523,9 +325,15 @@ def _run_session(
     to_convert = [p for p in planned if p.skip is None]
     candidates = [
         RunCandidate(
-            p.series.series_id, p.cls.datatype or "", p.cls.suffix or "", dict(p.cls.entities),
-            (p.series.acquisition_date or "", p.series.acquisition_time or "",
-             p.series.header.series_number or 0),
+            p.series.series_id,
+            p.cls.datatype or "",
+            p.cls.suffix or "",
+            dict(p.cls.entities),
+            (
+                p.series.acquisition_date or "",
+                p.series.acquisition_time or "",
+                p.series.header.series_number or 0,
+            ),
         )
         for p in to_convert
     ]
@@ -533,17 +341,20 @@ def _run_session(
 
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
-    exported: list[tuple[_Planned, ConvertedImage]] = []
+    exported: list[tuple[PlannedSeries, ConvertedImage]] = []
     outputs_by_series: dict[str, list[str]] = {}
     failures: dict[str, str] = {}
 
-    def convert_one(p: _Planned) -> SeriesConversion | None:
+    def convert_one(p: PlannedSeries) -> SeriesConversion | None:
         if opts.output_format == "dcm":
             return None
         files = [flat[f] for f in p.series.files]
         return convert_series(
-            p.series.series_id, files, work / f"series-{p.series.series_id}",
-            compress=opts.output_format == "nii.gz", level=opts.compression_level,
+            p.series.series_id,
+            files,
+            work / f"series-{p.series.series_id}",
+            compress=opts.output_format == "nii.gz",
+            level=opts.compression_level,
         )
 
     order = sorted(to_convert, key=lambda p: -p.series.n_files)
@@ -553,9 +364,14 @@ def _run_session(
             p = futures[future]
             try:
                 conversion = future.result()
-                imgs, probs = _export_series(
-                    p, runs.get(p.series.series_id, ""), conversion, layout=layout,
-                    subject=sub, session=ses, opts=opts,
+                imgs, probs = export_series(
+                    p,
+                    runs.get(p.series.series_id, ""),
+                    conversion,
+                    layout=layout,
+                    subject=sub,
+                    session=ses,
+                    opts=opts,
                     sources=[flat[f] for f in p.series.files],
                 )
             except ConversionError as exc:
@@ -568,14 +384,14 @@ def _run_session(
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
-    for sidecar_rel, targets in _intended_for(exported, sub, ses).items():
+    for sidecar_rel, targets in intended_for(exported, sub, ses).items():
         if targets:
             path = session_dir / sidecar_rel
             data = json.loads(path.read_text(encoding="utf-8"))
             data["IntendedFor"] = sorted(targets)
             fileops.write_json(path, data)
-    _complete_phasediff(exported, session_dir)
-    _write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
+    complete_phasediff(exported, session_dir)
+    write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
     _write_series_table(layout, sub, ses, planned, runs, outputs_by_series, failures)
     stages["converted"] = not failures and bool(exported or not to_convert)
     return [img for _, img in exported], problems
@@ -611,7 +427,7 @@ def _write_series_table(
     layout: DatasetLayout,
     sub: str,
     ses: str | None,
-    planned: Sequence[_Planned],
+    planned: Sequence[PlannedSeries],
     runs: dict[str, str],
     outputs: dict[str, list[str]],
     failures: dict[str, str],
@@ -627,7 +443,7 @@ def _write_series_table(
                 "protocol_name": s.header.protocol_name,
                 "n_files": s.n_files,
                 "n_volumes": s.n_volumes,
-                "acq_time": _acq_datetime(s.acquisition_date, s.acquisition_time),
+                "acq_time": acq_datetime(s.acquisition_date, s.acquisition_time),
                 "datatype": c.datatype,
                 "suffix": c.suffix,
                 "entities": ";".join(f"{k}-{v}" for k, v in c.entities.items()),

@@ -169,6 +169,15 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class PlannedSeries:
+    """A classified series and, when it is not converted, the reason why."""
+
+    series: Series
+    cls: Classification
+    skip: str | None  #: classification exclusion, user filter, or file exclusion
+
+
+@dataclass(frozen=True)
 class ConvertedImage:
     """One image written into the BIDS tree (NIfTI or DICOM folder) for a series."""
 

@@ -37,7 +37,8 @@ exit codes:
 
 examples:
   bidsport /data/inbox /data/bids participant --participant-label 001 002
-  bidsport /data/inbox /data/bids participant --nameformat '(?P<subject_id>[^_]+)_(?P<session_name>.+)'
+  bidsport /data/inbox /data/bids participant \\
+      --nameformat '(?P<subject_id>[^_]+)_(?P<session_name>.+)'
   bidsport /data/inbox /data/bids group
   bidsport todicom sub-01/anat/sub-01_label-lesion_mask.nii.gz -o lesion_dcm
 """

@@ -25,8 +25,13 @@ def _setup_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
     root.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(
-        logging.ERROR if quiet else logging.DEBUG if verbose > 1 else
-        logging.INFO if verbose else logging.WARNING
+        logging.ERROR
+        if quiet
+        else logging.DEBUG
+        if verbose > 1
+        else logging.INFO
+        if verbose
+        else logging.WARNING
     )
     console.setFormatter(logging.Formatter("bidsport: %(levelname)s: %(message)s"))
     root.addHandler(console)

@@ -1,0 +1,255 @@
+"""Export: a converted series' outputs become BIDS files, with complete sidecars.
+
+dcm2niix's outputs of one series are renamed to their BIDS names and moved into the
+dataset one file at a time (atomic renames). Sidecars are scrubbed of identifiers and
+completed with what BIDS needs and dcm2niix cannot know from one series alone: TaskName,
+IntendedFor, EchoTime1/EchoTime2 of phase-difference maps, and the source series.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from bidsport import fileops
+from bidsport.convert import SeriesConversion
+from bidsport.layout import DatasetLayout
+from bidsport.naming import bids_basename, map_outputs
+from bidsport.options import RunOptions
+from bidsport.phi import scrub_sidecar
+from bidsport.records import Classification, ConvertedImage, PlannedSeries, Problem, Series
+
+log = logging.getLogger(__name__)
+
+
+def acq_datetime(date: str | None, time: str | None) -> str | None:
+    """DICOM date + time → ISO 8601 (``YYYY-MM-DDThh:mm:ss``), or None."""
+    if not date or len(date) < 8 or not time or len(time) < 6:
+        return None
+    return f"{date[0:4]}-{date[4:6]}-{date[6:8]}T{time[0:2]}:{time[2:4]}:{time[4:6]}"
+
+
+def finalize_sidecar(
+    sidecar: dict[str, object],
+    *,
+    cls: Classification,
+    series: Series,
+    sources: Sequence[str],
+    anonymize: bool,
+) -> dict[str, object]:
+    data = scrub_sidecar(dict(sidecar), anonymize=anonymize)
+    data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
+    if cls.datatype == "func" and cls.entities.get("task"):
+        data["TaskName"] = cls.entities["task"]
+    data["SeriesInstanceUID"] = series.header.series_uid
+    data["BidsportSourceDicom"] = list(sources)
+    return data
+
+
+def bids_dir(
+    layout: DatasetLayout, subject: str, session: str | None, datatype: str, opts: RunOptions
+) -> Path:
+    base = layout.session_dir(subject, session)
+    return base / datatype if opts.layout == "bids" else base
+
+
+#: suffixes BIDS requires to be 4D images
+FOUR_D_SUFFIXES = frozenset({"bold", "cbv", "phase", "asl"})
+
+
+def make_4d(image: Path) -> bool:
+    """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume."""
+    import nibabel as nib
+
+    img = nib.load(image)
+    if len(img.shape) != 3:
+        return False
+    header = img.header.copy()
+    data = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else img.dataobj
+    new = nib.Nifti1Image(data[..., None], img.affine, header)
+    new.header.set_data_shape((*img.shape, 1))
+    nib.save(new, image)
+    return True
+
+
+def export_series(
+    planned: PlannedSeries,
+    run: str,
+    conversion: SeriesConversion | None,
+    *,
+    layout: DatasetLayout,
+    subject: str,
+    session: str | None,
+    opts: RunOptions,
+    sources: Sequence[Path],
+) -> tuple[list[ConvertedImage], list[Problem]]:
+    """Rename one series' outputs into the dataset (atomically, one file at a time)."""
+    cls = planned.cls
+    assert cls.datatype is not None and cls.suffix is not None
+    entities = dict(cls.entities)
+    if run:
+        entities["run"] = run
+    target_dir = bids_dir(layout, subject, session, cls.datatype, opts)
+    session_dir = layout.session_dir(subject, session)
+    acq_time = acq_datetime(planned.series.acquisition_date, planned.series.acquisition_time)
+    rel_sources = [os.path.relpath(p, layout.root) for p in sources]
+    images: list[ConvertedImage] = []
+    problems: list[Problem] = []
+    if conversion is None:  # --output-format dcm: organized copies, no conversion
+        name = bids_basename(subject, session, entities, cls.suffix)
+        folder = target_dir / name
+        for src in sources:
+            fileops.copy_file(src, folder / src.name)
+        images.append(
+            ConvertedImage(planned.series.series_id, os.path.relpath(folder, session_dir), acq_time)
+        )
+        return images, problems
+    postfixes = [o.postfix for o in conversion.outputs]
+    for output, mapped in zip(
+        conversion.outputs, map_outputs(cls.suffix, cls.datatype, postfixes), strict=True
+    ):
+        if mapped.dropped:
+            problems.append(
+                Problem(
+                    planned.series.series_id,
+                    f"dcm2niix output '{output.postfix}' not exported: {mapped.dropped}",
+                    "convert",
+                )
+            )
+            continue
+        ents = {**entities, **mapped.entities}
+        if "acq" in mapped.entities and entities.get("acq"):
+            ents["acq"] = entities["acq"] + mapped.entities["acq"]
+        name = bids_basename(subject, session, ents, mapped.suffix)
+        ext = ".nii.gz" if output.image.name.endswith(".nii.gz") else ".nii"
+        image_dst = target_dir / f"{name}{ext}"
+        sidecar_rel = None
+        if output.sidecar is not None:
+            data = json.loads(output.sidecar.read_text(encoding="utf-8", errors="replace"))
+            data = finalize_sidecar(
+                data,
+                cls=cls,
+                series=planned.series,
+                sources=rel_sources,
+                anonymize=opts.anonymize,
+            )
+            sidecar_dst = target_dir / f"{name}.json"
+            fileops.write_json(sidecar_dst, data)
+            sidecar_rel = os.path.relpath(sidecar_dst, session_dir)
+        for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
+            if side is not None and cls.datatype == "dwi":
+                fileops.move_into_place(side, target_dir / f"{name}{ext_side}")
+        if mapped.suffix in FOUR_D_SUFFIXES and make_4d(output.image):
+            problems.append(
+                Problem(
+                    planned.series.series_id,
+                    f"a single volume: {image_dst.name} written "
+                    "as 4D with one volume (BIDS requires 4D)",
+                    "convert",
+                )
+            )
+        fileops.move_into_place(output.image, image_dst)
+        images.append(
+            ConvertedImage(
+                planned.series.series_id,
+                os.path.relpath(image_dst, session_dir),
+                acq_time,
+                sidecar_rel,
+            )
+        )
+    return images, problems
+
+
+def intended_for(
+    images: Sequence[tuple[PlannedSeries, ConvertedImage]], subject: str, session: str | None
+) -> dict[str, list[str]]:
+    """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
+
+    Each func/dwi/perf image is corrected by the fieldmaps of the latest fieldmap
+    acquisition before it (or, when none precedes it, the first one after it).
+    """
+
+    def when(p: PlannedSeries) -> tuple[str, str, int]:
+        s = p.series
+        return (s.acquisition_date or "", s.acquisition_time or "", s.header.series_number or 0)
+
+    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
+    targets = [
+        (p, img)
+        for p, img in images
+        if p.cls.datatype in ("func", "dwi", "perf") and img.relpath.endswith((".nii", ".nii.gz"))
+    ]
+    if not fmaps or not targets:
+        return {}
+    # fieldmap "sets": fieldmaps acquired at the same time point
+    times = sorted({when(p)[:2] for p, _ in fmaps})
+    result: dict[str, list[str]] = {img.sidecar: [] for _, img in fmaps if img.sidecar}
+    prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
+    for p, img in targets:
+        t = when(p)[:2]
+        before = [ft for ft in times if ft <= t]
+        chosen = before[-1] if before else times[0]
+        for fp, fimg in fmaps:
+            if when(fp)[:2] == chosen and fimg.sidecar:
+                result[fimg.sidecar].append(prefix + img.relpath)
+    return result
+
+
+def complete_phasediff(
+    images: Sequence[tuple[PlannedSeries, ConvertedImage]], session_dir: Path
+) -> None:
+    """Give phase-difference maps the EchoTime1/EchoTime2 BIDS requires.
+
+    Scanners store the two echoes' magnitudes and the phase difference as separate series,
+    and dcm2niix sees one series at a time: EchoTime1 comes from the shortest echo of the
+    magnitude images acquired at the same time point, EchoTime2 from the phase image.
+    """
+
+    def read(img: ConvertedImage) -> dict[str, object]:
+        assert img.sidecar is not None
+        return dict(json.loads((session_dir / img.sidecar).read_text(encoding="utf-8")))
+
+    def when(p: PlannedSeries) -> tuple[str, str]:
+        return (p.series.acquisition_date or "", p.series.acquisition_time or "")
+
+    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
+    for p, img in fmaps:
+        if "_phasediff." not in img.relpath:
+            continue
+        data = read(img)
+        if "EchoTime1" in data and "EchoTime2" in data:
+            continue
+        magnitudes = [
+            read(mimg) for mp, mimg in fmaps if "_magnitude" in mimg.relpath and when(mp) == when(p)
+        ] or [
+            read(mimg)
+            for mp, mimg in fmaps
+            if "_magnitude" in mimg.relpath
+            and abs((mp.series.header.series_number or 0) - (p.series.header.series_number or 0))
+            == 1
+        ]
+        times = sorted(
+            float(t) for m in magnitudes if isinstance(t := m.get("EchoTime"), (int, float))
+        )
+        echo2 = data.get("EchoTime")
+        if not times or not isinstance(echo2, (int, float)) or times[0] >= echo2:
+            log.warning(
+                "%s: cannot tell EchoTime1/EchoTime2 of this phase difference map", img.relpath
+            )
+            continue
+        data["EchoTime1"] = times[0]
+        data["EchoTime2"] = float(echo2)
+        fileops.write_json(session_dir / img.sidecar, data)
+
+
+def write_scans(path: Path, images: Sequence[ConvertedImage]) -> None:
+    rows = [
+        {"filename": img.relpath, "acq_time": img.acq_time}
+        for img in sorted(images, key=lambda i: i.relpath)
+        if img.relpath.endswith((".nii", ".nii.gz"))
+    ]
+    if rows:
+        fileops.write_tsv(path, rows, ["filename", "acq_time"])
