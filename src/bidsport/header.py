@@ -1,0 +1,1050 @@
+"""Read the DICOM header fields bidsport needs, fast.
+
+A full ``pydicom.dcmread`` decodes every element of a file, and MR files carry hundreds
+of private elements (a Siemens XA header holds ~165 kB of private blobs, a Philips one
+~540 elements). :func:`read_header` instead walks the element headers of the leading
+bytes of the file, keeps the raw bytes of the ~50 elements listed in :data:`_VR` and
+skips every other value by its length (large skipped values are never read from disk).
+
+* Transfer syntaxes: implicit and explicit VR little endian, explicit big endian,
+  deflated, and every encapsulated (compressed) syntax. Files without the 128-byte
+  preamble and ``DICM`` prefix are read when the data look like DICOM.
+* Pixel data: found at the end of the walk, or, for classic single-frame files with
+  native pixel data, by checking that the file ends with a PixelData element of the
+  size given by Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames
+  (one seek instead of walking the last private groups). A file cut anywhere before
+  the end of its pixel data is rejected as truncated.
+* Enhanced (multi-frame) files: values missing at the top level are taken from the
+  first item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence
+  (EffectiveEchoTime for EchoTime, FrameType for a missing ImageType, ...);
+  ``scanning_sequence`` is derived from EchoPulseSequence (GR/SE), EchoPlanarPulseSequence
+  (EP) and InversionRecovery (IR), and "COLUMN" is written "COL" as in classic files.
+  The other frames are walked for one value only: ``temporal_position`` of a
+  multi-frame file is the highest TemporalPositionIndex among its frames (a file holds
+  several temporal positions; the record has one field per file).
+* Private b-values: Siemens (0019,xx0C), GE (0043,xx39, first value; GE adds 10^9 to
+  the value on some software), Philips (2001,xx03), each checked against its private
+  creator. GE's image type (0043,xx2F: 0 magnitude, 1 phase, 2 real, 3 imaginary)
+  fills ``complex_image_component`` when ComplexImageComponent is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeAlias
+
+from pydicom.charset import convert_encodings, decode_bytes
+
+from bidsport.errors import DicomReadError
+from bidsport.records import FileHeader
+
+log = logging.getLogger(__name__)
+
+#: Bump when the fields read (or how they are read) change: index caches are invalidated.
+READER_VERSION = 1
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+_FIRST_READ = 65536  # bytes read first; more only when the header goes on
+_CHUNK = 65536
+_MAX_VALUE = 1 << 20  # longest value kept (bytes); longer ones are skipped
+_MAX_DEPTH = 12  # nesting of sequences
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_NATIVE_SYNTAXES = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE})
+
+_ALL_VRS = frozenset(
+    {
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST",
+        b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+    }
+)  # fmt: skip
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+#: explicit VR -> size of the element header
+_HEADER_SIZE = {vr: 12 if vr in _LONG_VRS else 8 for vr in _ALL_VRS}
+#: the same keyed by the VR's two bytes read as an unsigned short (faster to look up),
+#: and those numbers back to VRs, for each byte order
+_VR_CODE_SIZE = {
+    little: {struct.unpack("<H" if little else ">H", vr)[0]: n for vr, n in _HEADER_SIZE.items()}
+    for little in (True, False)
+}
+_VR_CODE_NAME = {
+    little: {struct.unpack("<H" if little else ">H", vr)[0]: vr for vr in _ALL_VRS}
+    for little in (True, False)
+}
+#: VRs whose values are text in the SpecificCharacterSet (the others are ASCII)
+_TEXT_VRS = frozenset({b"LO", b"SH", b"LT", b"ST", b"UT", b"UC", b"PN"})
+_TEXT_NUMBER_VRS = frozenset({b"IS", b"DS"})
+
+# Tags (group << 16 | element)
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float/DoubleFloat/PixelData
+_SHARED_FG = 0x52009229
+_PER_FRAME_FG = 0x52009230
+_NUMBER_OF_FRAMES = 0x00280008
+
+#: Every element read, with its VR (needed for implicit VR files and VR "UN").
+_VR: dict[int, str] = {
+    0x00020002: "UI",  # MediaStorageSOPClassUID
+    0x00020010: "UI",  # TransferSyntaxUID
+    0x00080005: "CS",  # SpecificCharacterSet
+    0x00080008: "CS",  # ImageType
+    0x00080016: "UI",  # SOPClassUID
+    0x00080018: "UI",  # SOPInstanceUID
+    0x00080020: "DA",  # StudyDate
+    0x00080021: "DA",  # SeriesDate
+    0x00080022: "DA",  # AcquisitionDate
+    0x0008002A: "DT",  # AcquisitionDateTime
+    0x00080031: "TM",  # SeriesTime
+    0x00080032: "TM",  # AcquisitionTime
+    0x00080033: "TM",  # ContentTime
+    0x00080060: "CS",  # Modality
+    0x00080070: "LO",  # Manufacturer
+    0x0008103E: "LO",  # SeriesDescription
+    0x00081090: "LO",  # ManufacturerModelName
+    0x00089007: "CS",  # FrameType (in MRImageFrameTypeSequence)
+    0x00089208: "CS",  # ComplexImageComponent
+    0x00180020: "CS",  # ScanningSequence
+    0x00180021: "CS",  # SequenceVariant
+    0x00180022: "CS",  # ScanOptions
+    0x00180023: "CS",  # MRAcquisitionType
+    0x00180024: "SH",  # SequenceName
+    0x00180080: "DS",  # RepetitionTime
+    0x00180081: "DS",  # EchoTime
+    0x00180082: "DS",  # InversionTime
+    0x00180086: "IS",  # EchoNumbers
+    0x00180087: "DS",  # MagneticFieldStrength
+    0x00181020: "LO",  # SoftwareVersions
+    0x00181030: "LO",  # ProtocolName
+    0x00181312: "CS",  # InPlanePhaseEncodingDirection
+    0x00181314: "DS",  # FlipAngle
+    0x00189005: "SH",  # PulseSequenceName
+    0x00189008: "CS",  # EchoPulseSequence (enhanced)
+    0x00189009: "CS",  # InversionRecovery (enhanced)
+    0x00189018: "CS",  # EchoPlanarPulseSequence (enhanced)
+    0x00189074: "DT",  # FrameAcquisitionDateTime
+    0x00189079: "FD",  # InversionTimes
+    0x00189082: "FD",  # EffectiveEchoTime
+    0x00189087: "FD",  # DiffusionBValue
+    0x0020000D: "UI",  # StudyInstanceUID
+    0x0020000E: "UI",  # SeriesInstanceUID
+    0x00200011: "IS",  # SeriesNumber
+    0x00200012: "IS",  # AcquisitionNumber
+    0x00200013: "IS",  # InstanceNumber
+    0x00200032: "DS",  # ImagePositionPatient
+    0x00200037: "DS",  # ImageOrientationPatient
+    0x00200052: "UI",  # FrameOfReferenceUID
+    0x00200100: "IS",  # TemporalPositionIdentifier
+    0x00209057: "UL",  # InStackPositionNumber
+    0x00209128: "UL",  # TemporalPositionIndex
+    0x00280002: "US",  # SamplesPerPixel
+    0x00280008: "IS",  # NumberOfFrames
+    0x00280010: "US",  # Rows
+    0x00280011: "US",  # Columns
+    0x00280100: "US",  # BitsAllocated
+    0x00280301: "CS",  # BurnedInAnnotation
+}
+
+# Private elements: group -> (creator, element offset in the block, VR)
+_PRIVATE: dict[int, tuple[tuple[str, int, str], ...]] = {
+    0x0019: (("SIEMENS MR HEADER", 0x0C, "IS"),),  # B_value
+    0x0043: (("GEMS_PARM_01", 0x39, "IS"), ("GEMS_PARM_01", 0x2F, "SS")),  # b-value, image type
+    0x2001: (("Philips Imaging DD 001", 0x03, "FL"),),  # Diffusion B-Factor
+}
+for _group, _entries in _PRIVATE.items():
+    for _block in range(0x10, 0x100):
+        _VR[_group << 16 | _block] = "LO"  # private creators
+        for _creator, _offset, _vr in _entries:
+            _VR[_group << 16 | _block << 8 | _offset] = _vr
+
+_WANTED = frozenset(_VR)
+_VR_BYTES = {tag: vr.encode() for tag, vr in _VR.items()}
+_WANTED_SEQUENCES = frozenset({_SHARED_FG, _PER_FRAME_FG})
+_LAST_CLASSIC_GROUP = max(_PRIVATE)  # nothing needed after this group but the pixel data
+
+# Functional group macros: value tag -> the sequence holding it
+_FG_MACRO = {
+    0x00180080: 0x00189112,  # RepetitionTime: MRTimingAndRelatedParametersSequence
+    0x00181314: 0x00189112,  # FlipAngle
+    0x00189082: 0x00189114,  # EffectiveEchoTime: MREchoSequence
+    0x00189079: 0x00189115,  # InversionTimes: MRModifierSequence
+    0x00189009: 0x00189115,  # InversionRecovery
+    0x00189087: 0x00189117,  # DiffusionBValue: MRDiffusionSequence
+    0x00181312: 0x00189125,  # InPlanePhaseEncodingDirection: MRFOVGeometrySequence
+    0x00089007: 0x00189226,  # FrameType: MRImageFrameTypeSequence
+    0x00089208: 0x00189226,  # ComplexImageComponent
+    0x00189074: 0x00209111,  # FrameAcquisitionDateTime: FrameContentSequence
+    0x00209128: 0x00209111,  # TemporalPositionIndex
+    0x00209057: 0x00209111,  # InStackPositionNumber
+    0x00200032: 0x00209113,  # ImagePositionPatient: PlanePositionSequence
+    0x00200037: 0x00209116,  # ImageOrientationPatient: PlaneOrientationSequence
+}
+
+_GE_COMPONENTS = {0: "MAGNITUDE", 1: "PHASE", 2: "REAL", 3: "IMAGINARY"}
+#: EchoPulseSequence of enhanced MR -> ScanningSequence values of classic MR
+_ENHANCED_SCANNING = {"GRADIENT": ("GR",), "SPIN": ("SE",), "BOTH": ("SE", "GR")}
+
+_S_EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_S_EXPLICIT_CODE = {True: struct.Struct("<HHHH"), False: struct.Struct(">HHHH")}
+_S_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+_S_U32 = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+_BINARY_FORMATS = {
+    b"US": "H",
+    b"SS": "h",
+    b"UL": "L",
+    b"SL": "l",
+    b"FL": "f",
+    b"FD": "d",
+    b"SV": "q",
+}
+
+
+class _Malformed(Exception):
+    """Raised inside the parser; turned into a DicomReadError by read_header."""
+
+
+class _Truncated(_Malformed):
+    pass
+
+
+# --------------------------------------------------------------------------- byte access
+
+
+class _FileSource:
+    """Random access to a file through one window of bytes (read on demand)."""
+
+    def __init__(self, fh: BinaryIO, size: int, first: bytes) -> None:
+        self.fh = fh
+        self.size = size
+        self.base = 0
+        self.data = first
+
+    def window(self, pos: int, n: int) -> tuple[bytes, int]:
+        """A window holding at least ``[pos, pos + n)`` (less at the end of the file)."""
+        data = self.data
+        if self.base <= pos and pos + n <= self.base + len(data):
+            return data, self.base
+        self.fh.seek(pos)
+        self.data = self.fh.read(max(n, _CHUNK))
+        self.base = pos
+        return self.data, pos
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if pos + n > self.size:
+            raise _Truncated(f"element at byte {pos} runs past the end of the file")
+        data, base = self.window(pos, n)
+        start = pos - base
+        return data[start : start + n]
+
+
+class _MemorySource:
+    """The same interface over bytes in memory (deflated data sets, nested sequences)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.base = 0
+        self.size = len(data)
+
+    def window(self, pos: int, n: int) -> tuple[bytes, int]:
+        return self.data, 0
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if pos + n > self.size:
+            raise _Truncated(f"element at byte {pos} runs past the end of the data")
+        return self.data[pos : pos + n]
+
+
+_Source: TypeAlias = "_FileSource | _MemorySource"
+_Raw: TypeAlias = "tuple[bytes | None, bytes]"  # (VR as read, or None when implicit; value bytes)
+# An item of a sequence: tag -> raw value, or a list of items for a nested sequence
+_Item: TypeAlias = "dict[int, _Raw | list[_Item]]"
+
+
+@dataclass
+class _Syntax:
+    little: bool
+    explicit: bool
+
+
+# --------------------------------------------------------------------------- element walking
+
+
+def _element_header(src: _Source, pos: int, syntax: _Syntax) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, length, value position) of the element at ``pos``."""
+    raw = src.read_at(pos, 8)
+    little = syntax.little
+    if syntax.explicit:
+        group, elem, vr_b, length = _S_EXPLICIT[little].unpack(raw)
+        if group == 0xFFFE:  # items and delimiters have no VR
+            length = _S_U32[little].unpack_from(raw, 4)[0]
+            return group << 16 | elem, None, length, pos + 8
+        if vr_b in _LONG_VRS:
+            length = _S_U32[little].unpack(src.read_at(pos + 8, 4))[0]
+            return group << 16 | elem, vr_b, length, pos + 12
+        if vr_b in _ALL_VRS:
+            return group << 16 | elem, vr_b, length, pos + 8
+        # an implicit element inside an explicit data set (seen in broken exports)
+        length = _S_U32[little].unpack_from(raw, 4)[0]
+        return group << 16 | elem, None, length, pos + 8
+    group, elem, length = _S_IMPLICIT[little].unpack(raw)
+    return group << 16 | elem, None, length, pos + 8
+
+
+def _skip_undefined(src: _Source, pos: int, syntax: _Syntax, depth: int) -> int:
+    """Skip a sequence of undefined length whose items start at ``pos``; return its end."""
+    if depth > _MAX_DEPTH:
+        raise _Malformed("sequences nested too deep")
+    little, explicit = syntax.little, syntax.explicit
+    unpack_implicit = _S_IMPLICIT[little].unpack_from
+    unpack_explicit = _S_EXPLICIT[little].unpack_from
+    unpack_u32 = _S_U32[little].unpack_from
+    size = src.size
+    data, base = src.window(pos, 12)
+    in_item = False  # False: expecting items; True: expecting elements of an item
+    while True:
+        off = pos - base
+        if off < 0 or off + 12 > len(data):
+            data, base = src.window(pos, 12)
+            off = pos - base
+            if off + 8 > len(data):
+                raise _Truncated(f"sequence at byte {pos} cut short")
+        if not in_item:
+            group, elem, length = unpack_implicit(data, off)
+            pos += 8
+            if group != 0xFFFE or elem not in (0xE000, 0xE0DD):
+                raise _Malformed(f"expected a sequence item at byte {pos - 8}")
+            if elem == 0xE0DD:
+                return pos
+            if length == 0xFFFFFFFF:
+                in_item = True
+            else:
+                pos += length
+        else:
+            vr: bytes | None = None
+            if explicit:
+                group, elem, vr, length = unpack_explicit(data, off)
+                if group != 0xFFFE and vr in _LONG_VRS:
+                    if off + 12 > len(data):
+                        raise _Truncated(f"element header at byte {pos} cut short")
+                    length = unpack_u32(data, off + 8)[0]
+                    pos += 12
+                elif group != 0xFFFE and vr in _ALL_VRS:
+                    pos += 8
+                else:  # delimiters, and implicit elements in broken exports
+                    vr = None
+                    length = unpack_u32(data, off + 4)[0]
+                    pos += 8
+            else:
+                group, elem, length = unpack_implicit(data, off)
+                pos += 8
+            if group == 0xFFFE and elem == 0xE00D:
+                in_item = False
+            elif length == 0xFFFFFFFF:
+                inner = _Syntax(little, False) if vr == b"UN" else syntax
+                pos = _skip_undefined(src, pos, inner, depth + 1)
+            else:
+                pos += length
+        if pos > size:
+            raise _Truncated("a sequence runs past the end of the file")
+
+
+def _read_sequence(
+    src: _Source, pos: int, length: int, syntax: _Syntax, depth: int
+) -> tuple[list[_Item], int]:
+    """Parse the items of a sequence starting at ``pos``: (items, position after it)."""
+    if depth > _MAX_DEPTH:
+        raise _Malformed("sequences nested too deep")
+    end = None if length == 0xFFFFFFFF else pos + length
+    if end is not None and end > src.size:
+        raise _Truncated("a sequence runs past the end of the file")
+    items: list[_Item] = []
+    while end is None or pos < end:
+        tag, _vr, item_len, vpos = _element_header(src, pos, _Syntax(syntax.little, False))
+        if tag == _SEQ_END:
+            pos = vpos
+            break
+        if tag != _ITEM:
+            raise _Malformed(f"expected a sequence item at byte {pos}, found tag {tag:08X}")
+        item, pos = _read_item(src, vpos, item_len, syntax, depth + 1)
+        items.append(item)
+    return items, pos
+
+
+def _read_item(
+    src: _Source, pos: int, length: int, syntax: _Syntax, depth: int
+) -> tuple[_Item, int]:
+    end = None if length == 0xFFFFFFFF else pos + length
+    item: _Item = {}
+    while end is None or pos < end:
+        tag, vr, vlen, vpos = _element_header(src, pos, syntax)
+        if tag == _ITEM_END:
+            return item, vpos
+        if vlen == 0xFFFFFFFF or vr == b"SQ":
+            inner = _Syntax(syntax.little, False) if vr == b"UN" else syntax
+            item[tag], pos = _read_sequence(src, vpos, vlen, inner, depth)
+            continue
+        pos = vpos + vlen
+        if pos > src.size:
+            raise _Truncated("an element runs past the end of the file")
+        if vlen <= 1024:
+            item[tag] = (vr, src.read_at(vpos, vlen))
+    return item, pos
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+@dataclass
+class _Parsed:
+    values: dict[int, _Raw]
+    shared: _Item | None = None
+    first_frame: _Item | None = None
+    max_temporal_index: int | None = None
+    has_pixel_data: bool = False
+
+
+def _encapsulated_complete(src: _Source, pos: int, little: bool) -> None:
+    """Check that the fragments of encapsulated pixel data starting at ``pos`` all exist."""
+    delimiter = struct.pack("<HHL" if little else ">HHL", 0xFFFE, 0xE0DD, 0)
+    if src.size >= pos + 8 and src.read_at(src.size - 8, 8) == delimiter:
+        return
+    fmt = _S_IMPLICIT[little]
+    while True:
+        group, elem, length = fmt.unpack(src.read_at(pos, 8))
+        tag = group << 16 | elem
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise _Malformed(f"bad pixel data fragment at byte {pos}")
+        pos += 8 + length
+        if pos > src.size:
+            raise _Truncated("pixel data cut short")
+
+
+def _native_pixel_length(values: dict[int, _Raw], little: bool) -> int | None:
+    try:
+        rows = _int(values.get(0x00280010), 0x00280010, little)
+        cols = _int(values.get(0x00280011), 0x00280011, little)
+        bits = _int(values.get(0x00280100), 0x00280100, little)
+        spp = _int(values.get(0x00280002), 0x00280002, little) or 1
+        frames = _int(values.get(_NUMBER_OF_FRAMES), _NUMBER_OF_FRAMES, little) or 1
+    except (ValueError, struct.error):
+        return None
+    if not rows or not cols or not bits:
+        return None
+    n = (rows * cols * spp * frames * bits + 7) // 8
+    return n + (n & 1)
+
+
+def _pixel_data_at_end(src: _Source, values: dict[int, _Raw], syntax: _Syntax) -> bool:
+    """True when the file ends with a PixelData element of the size the header implies."""
+    length = _native_pixel_length(values, syntax.little)
+    if length is None:
+        return False
+    head = 12 if syntax.explicit else 8
+    pos = src.size - length - head
+    if pos < 0:
+        return False
+    raw = src.read_at(pos, head)
+    if syntax.explicit:
+        group, elem, vr, _ = _S_EXPLICIT[syntax.little].unpack_from(raw)
+        if vr not in (b"OB", b"OW") or raw[6:8] != b"\0\0":
+            return False
+        found = _S_U32[syntax.little].unpack_from(raw, 8)[0]
+    else:
+        group, elem, found = _S_IMPLICIT[syntax.little].unpack(raw)
+    return (group, elem, found) == (0x7FE0, 0x0010, length)
+
+
+def _parse_dataset(
+    src: _Source, pos: int, syntax: _Syntax, *, encapsulated: bool, forced: bool
+) -> _Parsed:
+    """Walk the top-level elements from ``pos``, keeping the wanted ones.
+
+    The loop is the hot spot of a session scan (hundreds of elements per file), so
+    elements that are neither wanted nor special take a short path: unpack the header
+    (the VR as a number), one dict and one set lookup, advance.
+    """
+    values: dict[int, _Raw] = {}
+    parsed = _Parsed(values)
+    little = syntax.little
+    explicit = syntax.explicit
+    unpack_explicit = _S_EXPLICIT_CODE[little].unpack_from
+    unpack_implicit = _S_IMPLICIT[little].unpack_from
+    unpack_u32 = _S_U32[little].unpack_from
+    header_size = _VR_CODE_SIZE[little]
+    vr_name = _VR_CODE_NAME[little]
+    wanted = _WANTED
+    size = src.size
+    data, base = src.window(pos, 12)
+    dlen = len(data)
+    off = pos - base
+    last_tag = -1
+    tail_checked = encapsulated
+    while True:
+        if off + 12 > dlen:  # refill the window (or stop at the end of the file)
+            pos = base + off
+            if pos >= size:
+                if pos > size:
+                    raise _Truncated("the last element runs past the end of the file")
+                return parsed
+            data, base = src.window(pos, 12)
+            dlen = len(data)
+            off = pos - base
+            if off + 8 > dlen:
+                raise _Truncated(f"element header at byte {pos} cut short")
+        if explicit:  # the VR is read as a number (code), a VR name only when needed
+            group, elem, code, length = unpack_explicit(data, off)
+            head = header_size.get(code, 0)
+            if head == 12:
+                if off + 12 > dlen:
+                    raise _Truncated(f"element header at byte {base + off} cut short")
+                length = unpack_u32(data, off + 8)[0]
+            elif head == 0:
+                if forced:
+                    raise _Malformed(f"invalid VR {data[off + 4 : off + 6]!r} at byte {base + off}")
+                # an implicit element inside an explicit data set (broken exports)
+                code = 0
+                length = unpack_u32(data, off + 4)[0]
+                head = 8
+        else:
+            group, elem, length = unpack_implicit(data, off)
+            code = 0
+            head = 8
+        tag = group << 16 | elem
+        if forced:
+            if tag < last_tag:
+                raise _Malformed(f"elements out of order at byte {base + off}")
+            last_tag = tag
+        if length == 0xFFFFFFFF or not 0x00080000 <= tag <= 0x2001FFFF:
+            # the slow path: undefined lengths, pixel data, trailing groups, directories
+            pos = base + off
+            if group >= 0x7FE0:
+                if tag in _PIXEL_TAGS:
+                    parsed.has_pixel_data = True
+                    if length == 0xFFFFFFFF:
+                        _encapsulated_complete(src, pos + head, little)
+                    elif pos + head + length > size:
+                        raise _Truncated("pixel data cut short")
+                    return parsed
+                if group > 0x7FE0:  # trailing padding or signatures, no pixel data before
+                    return parsed
+            elif group == 0xFFFE:
+                raise _Malformed(f"unexpected item tag at byte {pos}")
+            elif group == 0x0004 and (elem >> 8) == 0x12:  # directory records
+                values[0x00041220] = (b"SQ", b"")
+            if group > _LAST_CLASSIC_GROUP and not tail_checked:
+                tail_checked = True
+                if _NUMBER_OF_FRAMES not in values and _pixel_data_at_end(src, values, syntax):
+                    parsed.has_pixel_data = True
+                    return parsed
+            vpos = pos + head
+            if length == 0xFFFFFFFF:
+                inner = _Syntax(little, False) if vr_name.get(code) == b"UN" else syntax
+                if tag in _WANTED_SEQUENCES:
+                    pos = _read_functional_groups(src, tag, vpos, length, inner, parsed)
+                else:
+                    pos = _skip_undefined(src, vpos, inner, 1)
+            elif tag in _WANTED_SEQUENCES:
+                pos = _read_functional_groups(src, tag, vpos, length, syntax, parsed)
+            else:
+                pos = vpos + length
+            if pos > size:
+                raise _Truncated(f"element ({group:04X},{elem:04X}) runs past the end of the file")
+            off = pos - base
+            if off < 0:
+                data, base = src.window(pos, 12)
+                dlen = len(data)
+                off = pos - base
+            continue
+        if tag in wanted and length <= _MAX_VALUE:
+            start = off + head
+            stop = start + length
+            vr = vr_name.get(code)
+            if stop <= dlen:
+                values[tag] = (vr, data[start:stop])
+            else:
+                pos = base + start
+                values[tag] = (vr, src.read_at(pos, length))
+                data, base = src.window(pos + length, 12)
+                dlen = len(data)
+                off = pos + length - base
+                continue
+        off += head + length
+
+
+def _read_functional_groups(
+    src: _Source, tag: int, pos: int, length: int, syntax: _Syntax, parsed: _Parsed
+) -> int:
+    """Parse the shared functional groups, the first frame's, and the temporal position
+    index of every other frame (their other macros are skipped by length)."""
+    if tag == _SHARED_FG:
+        items, after = _read_sequence(src, pos, length, syntax, 1)
+        parsed.shared = items[0] if items else None
+        return after
+    end = None if length == 0xFFFFFFFF else pos + length
+    items_syntax = _Syntax(syntax.little, False)
+    highest: int | None = None
+    index = 0
+    while end is None or pos < end:
+        item_tag, _vr, item_len, vpos = _element_header(src, pos, items_syntax)
+        if item_tag == _SEQ_END:
+            pos = vpos
+            break
+        if item_tag != _ITEM:
+            raise _Malformed(f"expected a sequence item at byte {pos}, found tag {item_tag:08X}")
+        number: int | None
+        if index == 0:
+            parsed.first_frame, pos = _read_item(src, vpos, item_len, syntax, 2)
+            raw = _fg_value(parsed.first_frame, None, 0x00209128, syntax)
+            number = _int(raw, 0x00209128, syntax.little)
+        else:
+            number, pos = _frame_temporal_index(src, vpos, item_len, syntax)
+        if number is not None and (highest is None or number > highest):
+            highest = number
+        index += 1
+    parsed.max_temporal_index = highest
+    return pos
+
+
+def _frame_temporal_index(
+    src: _Source, pos: int, length: int, syntax: _Syntax
+) -> tuple[int | None, int]:
+    """(TemporalPositionIndex, end of the item) of one PerFrameFunctionalGroups item."""
+    end = None if length == 0xFFFFFFFF else pos + length
+    number = None
+    while end is None or pos < end:
+        tag, vr, vlen, vpos = _element_header(src, pos, syntax)
+        if tag == _ITEM_END:
+            return number, vpos
+        inner = _Syntax(syntax.little, False) if vr == b"UN" else syntax
+        if tag == 0x00209111:  # FrameContentSequence
+            items, pos = _read_sequence(src, vpos, vlen, inner, 3)
+            raw = items[0].get(0x00209128) if items else None
+            number = _int(raw, 0x00209128, syntax.little) if isinstance(raw, tuple) else None
+            if end is not None:
+                return number, end
+        elif vlen == 0xFFFFFFFF:
+            pos = _skip_undefined(src, vpos, inner, 3)
+        else:
+            pos = vpos + vlen
+        if pos > src.size:
+            raise _Truncated("a frame's functional groups run past the end of the file")
+    return number, pos
+
+
+def _first_item(item: _Item | None, tag: int, syntax: _Syntax) -> _Item | None:
+    if item is None:
+        return None
+    value = item.get(tag)
+    if isinstance(value, list):
+        return value[0] if value else None
+    if isinstance(value, tuple):  # a sequence of defined length in implicit VR
+        try:
+            items, _ = _read_sequence(_MemorySource(value[1]), 0, len(value[1]), syntax, 2)
+        except _Malformed:
+            return None
+        return items[0] if items else None
+    return None
+
+
+def _fg_value(first: _Item | None, shared: _Item | None, tag: int, syntax: _Syntax) -> _Raw | None:
+    """A value from a functional group macro: the first frame's, else the shared one."""
+    macro = _FG_MACRO[tag]
+    for group in (first, shared):
+        item = _first_item(group, macro, syntax)
+        if item is not None:
+            value = item.get(tag)
+            if isinstance(value, tuple):
+                return value
+    return None
+
+
+# --------------------------------------------------------------------------- value decoding
+
+
+def _vr_of(raw: _Raw, tag: int) -> bytes:
+    vr = raw[0]
+    if vr is None or vr == b"UN":
+        return _VR_BYTES.get(tag, b"UN")
+    return vr
+
+
+def _text(raw: _Raw | None, tag: int, encodings: list[str] | None) -> str | None:
+    """A string value, stripped; None when absent or empty."""
+    if raw is None:
+        return None
+    value = raw[1]
+    if (
+        encodings is not None
+        and (not value.isascii() or b"\x1b" in value)  # ISO 2022 escapes are ASCII
+        and _vr_of(raw, tag) in _TEXT_VRS
+    ):
+        text = decode_bytes(value, encodings, {0x5C})
+    else:
+        text = value.decode("latin-1")
+    return text.strip(" \x00") or None
+
+
+def _strings(raw: _Raw | None, tag: int, encodings: list[str] | None) -> tuple[str, ...]:
+    text = _text(raw, tag, encodings)
+    if text is None:
+        return ()
+    return tuple(part.strip(" \x00") for part in text.split("\\"))
+
+
+def _numbers(raw: _Raw | None, tag: int, little: bool) -> tuple[float, ...]:
+    """All values of a numeric element (DS/IS text, or binary); ValueError if malformed."""
+    if raw is None or not raw[1]:
+        return ()
+    fmt = _BINARY_FORMATS.get(_vr_of(raw, tag))
+    if fmt is not None:
+        size = struct.calcsize("<" + fmt)
+        count = len(raw[1]) // size
+        values = struct.unpack(("<" if little else ">") + fmt * count, raw[1][: count * size])
+        return tuple(float(v) for v in values)
+    text = raw[1].decode("latin-1").strip(" \x00")
+    return tuple(float(part) for part in text.split("\\") if part.strip(" \x00"))
+
+
+def _float(raw: _Raw | None, tag: int, little: bool) -> float | None:
+    """The first value of a numeric element; None when absent or malformed."""
+    if raw is None:
+        return None
+    value = raw[1]
+    try:
+        if _vr_of(raw, tag) in _TEXT_NUMBER_VRS:
+            text = value.split(b"\\", 1)[0].strip(b" \x00")
+            return float(text) if text else None
+        numbers = _numbers(raw, tag, little)
+    except (ValueError, struct.error):
+        log.debug("unreadable number in (%04X,%04X): %r", tag >> 16, tag & 0xFFFF, value)
+        return None
+    return numbers[0] if numbers else None
+
+
+def _int(raw: _Raw | None, tag: int, little: bool) -> int | None:
+    value = _float(raw, tag, little)
+    if value is None or value != value or abs(value) > 2**62:
+        return None
+    return int(value)
+
+
+def _private_blocks(values: dict[int, _Raw]) -> dict[tuple[int, str], int]:
+    """(group, private creator) -> block number, for the private groups read."""
+    blocks = {}
+    for tag, raw in values.items():
+        if tag >> 16 in _PRIVATE and 0x10 <= tag & 0xFFFF <= 0xFF:
+            blocks[(tag >> 16, raw[1].decode("latin-1").strip(" \x00"))] = tag & 0xFF
+    return blocks
+
+
+def _private(
+    values: dict[int, _Raw],
+    blocks: dict[tuple[int, str], int],
+    group: int,
+    creator: str,
+    offset: int,
+) -> _Raw | None:
+    """The element at ``offset`` of the block reserved by ``creator`` in ``group``."""
+    block = blocks.get((group, creator))
+    return None if block is None else values.get(group << 16 | block << 8 | offset)
+
+
+def _b_value(
+    values: dict[int, _Raw],
+    blocks: dict[tuple[int, str], int],
+    first: _Item | None,
+    shared: _Item | None,
+    syntax: _Syntax,
+) -> float | None:
+    little = syntax.little
+    b = _float(values.get(0x00189087), 0x00189087, little)
+    if b is None and (first is not None or shared is not None):
+        b = _float(_fg_value(first, shared, 0x00189087, syntax), 0x00189087, little)
+    if b is not None:
+        return b
+    raw = _private(values, blocks, 0x0019, "SIEMENS MR HEADER", 0x0C)
+    if raw is not None:
+        return _float(raw, 0x0019100C, little)
+    raw = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x39)
+    if raw is not None:
+        b = _float(raw, 0x00431039, little)
+        if b is not None and b >= 1e9:  # some GE software adds 10^9 (dcm2niix does too)
+            b = b % 1e9
+        return b
+    raw = _private(values, blocks, 0x2001, "Philips Imaging DD 001", 0x03)
+    if raw is not None:
+        return _float(raw, 0x20011003, little)
+    return None
+
+
+def _build(
+    path: Path,
+    st: os.stat_result,
+    meta: dict[int, _Raw],
+    parsed: _Parsed,
+    syntax: _Syntax,
+    ts: str | None,
+) -> FileHeader:
+    values = parsed.values
+    little = syntax.little
+    first, shared = parsed.first_frame, parsed.shared
+    enhanced = first is not None or shared is not None
+    blocks = _private_blocks(values)
+    charset = _strings(values.get(0x00080005), 0x00080005, None)
+    encodings = convert_encodings(list(charset)) if charset else None
+    if encodings == ["iso8859"] or encodings == ["latin_1"]:
+        encodings = None  # the latin-1 fast path decodes these already
+
+    def text(tag: int) -> str | None:
+        return _text(values.get(tag), tag, encodings)
+
+    def strings(tag: int) -> tuple[str, ...]:
+        return _strings(values.get(tag), tag, encodings)
+
+    def number(tag: int) -> float | None:
+        value = _float(values.get(tag), tag, little)
+        if value is None and enhanced and tag in _FG_MACRO:
+            value = _float(_fg_value(first, shared, tag, syntax), tag, little)
+        return value
+
+    def integer(tag: int) -> int | None:
+        return _int(values.get(tag), tag, little)
+
+    def numbers(tag: int) -> tuple[float, ...]:
+        raw = values.get(tag)
+        if raw is None and enhanced and tag in _FG_MACRO:
+            raw = _fg_value(first, shared, tag, syntax)
+        try:
+            return _numbers(raw, tag, little)
+        except (ValueError, struct.error):
+            return ()
+
+    def fg_text(tag: int) -> str | None:
+        if not enhanced:
+            return None
+        return _text(_fg_value(first, shared, tag, syntax), tag, encodings)
+
+    scanning = tuple(v.upper() for v in strings(0x00180020))
+    if not scanning and enhanced:  # enhanced MR describes the sequence in other words
+        scanning = _ENHANCED_SCANNING.get(text(0x00189008) or "", ())
+        if text(0x00189018) == "YES":
+            scanning = ("EP", *scanning)
+        if (text(0x00189009) or fg_text(0x00189009)) == "YES":
+            scanning = (*scanning, "IR")
+    image_type = tuple(v.upper() for v in strings(0x00080008))
+    if not image_type and enhanced:
+        image_type = tuple(
+            v.upper()
+            for v in _strings(_fg_value(first, shared, 0x00089007, syntax), 0x00089007, None)
+        )
+    component = text(0x00089208) or fg_text(0x00089208)
+    if component is None:
+        ge_type = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x2F)
+        if ge_type is not None:
+            component = _GE_COMPONENTS.get(_int(ge_type, 0x0043102F, little) or 0)
+    echo_time = number(0x00180081)
+    if echo_time is None and enhanced:
+        echo_time = number(0x00189082)
+    inversion_time = number(0x00180082)
+    if inversion_time is None and enhanced:
+        inversion_time = number(0x00189079)
+    temporal = integer(0x00200100)
+    if parsed.max_temporal_index is not None:
+        temporal = parsed.max_temporal_index
+    sop_class = text(0x00080016) or _text(meta.get(0x00020002), 0x00020002, None)
+    phase_dir = text(0x00181312) or fg_text(0x00181312)
+    if phase_dir == "COLUMN":  # enhanced files spell it out
+        phase_dir = "COL"
+    return FileHeader(
+        path=path,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        sop_class_uid=sop_class,
+        sop_instance_uid=text(0x00080018),
+        study_uid=text(0x0020000D),
+        series_uid=text(0x0020000E),
+        frame_of_reference_uid=text(0x00200052),
+        modality=text(0x00080060),
+        manufacturer=text(0x00080070),
+        model=text(0x00081090),
+        software_versions=text(0x00181020),
+        series_number=integer(0x00200011),
+        instance_number=integer(0x00200013),
+        acquisition_number=integer(0x00200012),
+        echo_number=integer(0x00180086),
+        temporal_position=temporal,
+        series_description=text(0x0008103E),
+        protocol_name=text(0x00181030),
+        sequence_name=text(0x00180024) or text(0x00189005),
+        image_type=image_type,
+        scanning_sequence=scanning,
+        sequence_variant=tuple(v.upper() for v in strings(0x00180021)),
+        scan_options=tuple(v.upper() for v in strings(0x00180022)),
+        mr_acquisition_type=text(0x00180023),
+        repetition_time=number(0x00180080),
+        echo_time=echo_time,
+        inversion_time=inversion_time,
+        flip_angle=number(0x00181314),
+        b_value=_b_value(values, blocks, first, shared, syntax),
+        magnetic_field_strength=number(0x00180087),
+        in_plane_phase_encoding=phase_dir,
+        image_orientation=numbers(0x00200037),
+        image_position=numbers(0x00200032),
+        rows=integer(0x00280010),
+        columns=integer(0x00280011),
+        number_of_frames=integer(_NUMBER_OF_FRAMES),
+        study_date=text(0x00080020),
+        series_date=text(0x00080021),
+        acquisition_date=text(0x00080022),
+        acquisition_time=text(0x00080032),
+        series_time=text(0x00080031),
+        content_time=text(0x00080033),
+        acquisition_datetime=text(0x0008002A) or fg_text(0x00189074),
+        has_pixel_data=parsed.has_pixel_data,
+        burned_in_annotation=text(0x00280301),
+        transfer_syntax_uid=ts,
+        complex_image_component=component.upper() if component else None,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _syntax_of(ts: str) -> _Syntax:
+    if ts == IMPLICIT_LE:
+        return _Syntax(True, False)
+    if ts == EXPLICIT_BE:
+        return _Syntax(False, True)
+    return _Syntax(True, True)
+
+
+def _guess_syntax(head: bytes) -> _Syntax | None:
+    """The encoding of a data set starting at ``head``, or None if it is not DICOM-like."""
+    if len(head) < 8:
+        return None
+    explicit = head[4:6] in _ALL_VRS
+    group_le = head[0] | head[1] << 8
+    if 0x0002 <= group_le <= 0x0010 and group_le % 2 == 0:
+        return _Syntax(True, explicit)
+    group_be = head[0] << 8 | head[1]
+    if explicit and 0x0002 <= group_be <= 0x0010 and group_be % 2 == 0:
+        return _Syntax(False, True)
+    return None
+
+
+def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
+    """Parse the group 0002 file meta information (explicit VR little endian)."""
+    meta: dict[int, _Raw] = {}
+    syntax = _Syntax(True, True)
+    while pos + 8 <= src.size:
+        if src.read_at(pos, 2) != b"\x02\x00":
+            break
+        tag, vr, length, vpos = _element_header(src, pos, syntax)
+        if vr is None or length == 0xFFFFFFFF or vpos + length > src.size:
+            raise _Malformed(f"malformed file meta information at byte {pos}")
+        if tag in (0x00020002, 0x00020010):
+            meta[tag] = (vr, src.read_at(vpos, length))
+        pos = vpos + length
+    return meta, pos
+
+
+def read_header(path: Path) -> FileHeader:
+    """Read the header of one DICOM file.
+
+    Raises :class:`DicomReadError` (message ``"<path>: <reason>"``) for an empty,
+    truncated or unreadable file, a file that is not DICOM, and a DICOMDIR.
+    """
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size == 0:
+                raise DicomReadError(f"{path}: empty file (0 bytes)")
+            first = fh.read(_FIRST_READ)
+            return _read(path, fh, st, first)
+    except OSError as exc:
+        raise DicomReadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHeader:
+    src: _Source = _FileSource(fh, st.st_size, first)
+    forced = False
+    try:
+        if first[128:132] == b"DICM":
+            meta, pos = _read_meta(src, 132)
+        elif first[:2] == b"\x02\x00" and first[4:6] in _ALL_VRS:  # meta, no preamble
+            meta, pos = _read_meta(src, 0)
+        else:
+            meta, pos = {}, 0
+        ts = _text(meta.get(0x00020010), 0x00020010, None)
+        sop_class = _text(meta.get(0x00020002), 0x00020002, None)
+        if sop_class == DICOMDIR_SOP_CLASS:
+            raise DicomReadError(f"{path}: DICOMDIR (a media index, not an image)")
+        if (meta or first[128:132] == b"DICM") and pos + 8 > src.size:
+            raise _Truncated("no data set after the file meta information")
+        head = src.read_at(pos, min(8, src.size - pos)) if pos < src.size else b""
+        if ts == DEFLATED_LE:
+            fh.seek(pos)
+            try:
+                inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read())
+            except zlib.error as exc:
+                raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
+            src, pos = _MemorySource(inflated), 0
+            syntax = _Syntax(True, True)
+        elif ts is None:
+            guessed = _guess_syntax(head)
+            if guessed is None:
+                if meta or first[128:132] == b"DICM":
+                    raise _Truncated("no data set after the file meta information")
+                raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
+            forced = not meta
+            syntax = guessed
+        else:
+            syntax = _syntax_of(ts)
+            if len(head) >= 6:  # trust the data over the meta (mislabelled exports exist)
+                looks_explicit = head[4:6] in _ALL_VRS
+                if looks_explicit != syntax.explicit and syntax.little:
+                    syntax = _Syntax(True, looks_explicit)
+        encapsulated = ts is not None and ts not in _NATIVE_SYNTAXES
+        parsed = _parse_dataset(src, pos, syntax, encapsulated=encapsulated, forced=forced)
+    except _Truncated as exc:
+        raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
+    except _Malformed as exc:
+        reason = "not a DICOM file" if forced else "malformed DICOM file"
+        raise DicomReadError(f"{path}: {reason} ({exc})") from exc
+    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+        reason = "not a DICOM file" if forced else "malformed DICOM file"
+        raise DicomReadError(f"{path}: {reason} ({type(exc).__name__}: {exc})") from exc
+    values = parsed.values
+    if 0x00041220 in values:
+        raise DicomReadError(f"{path}: DICOMDIR (a media index, not an image)")
+    if forced and not _looks_like_dicom(values):
+        raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
+    try:
+        return _build(path, st, meta, parsed, syntax, ts)
+    except (struct.error, ValueError, UnicodeError, LookupError) as exc:
+        raise DicomReadError(f"{path}: malformed DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _looks_like_dicom(values: dict[int, _Raw]) -> bool:
+    """For files read without a DICM prefix: a SOP class UID or a few identifying elements."""
+    sop = values.get(0x00080016)
+    if sop is not None:
+        uid = sop[1].rstrip(b" \x00")
+        return bool(uid) and all(c in b"0123456789." for c in uid)
+    known = sum(1 for tag in values if tag >> 16 == 0x0008)
+    return known >= 3

@@ -1,0 +1,549 @@
+"""Tests of bidsport.header: the fast DICOM header reader.
+
+Every claim is checked against pydicom (the reference decoder) on synthetic series and
+on the real vendor files of ../shared/data, in every transfer syntax we support.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.fileset import FileSet
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+)
+
+from bidsport.errors import DicomReadError
+from bidsport.header import read_header
+from bidsport.records import FileHeader
+from bidsport.synthetic import SeriesSpec, Study, series_datasets, typical_session, write_series
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _save(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _one(spec: SeriesSpec | None = None, **changes: Any) -> Dataset:
+    """The first dataset of a small synthetic series, with attributes changed."""
+    ds = series_datasets(spec or SeriesSpec("t1", 3, n_slices=1))[0]
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _first_value(value: Any) -> Any:
+    return value[0] if isinstance(value, MultiValue | list) else value
+
+
+def _values(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, MultiValue | list):
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
+def _expected(ds: Dataset) -> dict[str, Any]:
+    """What read_header must report for a classic dataset, according to pydicom."""
+
+    def get(keyword: str, conv: Any = None) -> Any:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        return conv(value) if conv else value
+
+    def text(keyword: str) -> str | None:
+        value = get(keyword)
+        if value is None:
+            return None
+        if isinstance(value, MultiValue):
+            return "\\".join(str(v) for v in value)
+        return str(value).strip() or None
+
+    return {
+        "sop_class_uid": text("SOPClassUID"),
+        "sop_instance_uid": text("SOPInstanceUID"),
+        "study_uid": text("StudyInstanceUID"),
+        "series_uid": text("SeriesInstanceUID"),
+        "frame_of_reference_uid": text("FrameOfReferenceUID"),
+        "modality": text("Modality"),
+        "manufacturer": text("Manufacturer"),
+        "model": text("ManufacturerModelName"),
+        "software_versions": text("SoftwareVersions"),
+        "series_number": get("SeriesNumber", int),
+        "instance_number": get("InstanceNumber", int),
+        "acquisition_number": get("AcquisitionNumber", int),
+        "echo_number": get("EchoNumbers", lambda v: int(_first_value(v))),
+        "temporal_position": get("TemporalPositionIdentifier", int),
+        "series_description": text("SeriesDescription"),
+        "protocol_name": text("ProtocolName"),
+        "sequence_name": text("SequenceName"),
+        "image_type": tuple(v.upper() for v in _values(ds.get("ImageType"))),
+        "scanning_sequence": _values(ds.get("ScanningSequence")),
+        "sequence_variant": _values(ds.get("SequenceVariant")),
+        "scan_options": _values(ds.get("ScanOptions")),
+        "mr_acquisition_type": text("MRAcquisitionType"),
+        "repetition_time": get("RepetitionTime", float),
+        "echo_time": get("EchoTime", float),
+        "inversion_time": get("InversionTime", float),
+        "flip_angle": get("FlipAngle", float),
+        "magnetic_field_strength": get("MagneticFieldStrength", float),
+        "in_plane_phase_encoding": text("InPlanePhaseEncodingDirection"),
+        "image_orientation": tuple(float(v) for v in ds.get("ImageOrientationPatient", [])),
+        "image_position": tuple(float(v) for v in ds.get("ImagePositionPatient", [])),
+        "rows": get("Rows", int),
+        "columns": get("Columns", int),
+        "study_date": text("StudyDate"),
+        "series_date": text("SeriesDate"),
+        "acquisition_date": text("AcquisitionDate"),
+        "acquisition_time": text("AcquisitionTime"),
+        "series_time": text("SeriesTime"),
+        "content_time": text("ContentTime"),
+        "has_pixel_data": "PixelData" in ds,
+        "burned_in_annotation": text("BurnedInAnnotation"),
+    }
+
+
+def _assert_matches(h: FileHeader, ds: Dataset) -> None:
+    expected = _expected(ds)
+    got = {name: getattr(h, name) for name in expected}
+    assert got == expected, {k: (got[k], v) for k, v in expected.items() if got[k] != v}
+
+
+def _real_files(shared_data: Path) -> list[Path]:
+    return sorted(
+        Path(folder) / name
+        for data_in in sorted(shared_data.glob("dcm_qa_*/In"))
+        for folder, _dirs, names in os.walk(data_in)
+        for name in names
+    )
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_session_matches_pydicom(tmp_path: Path) -> None:
+    for spec in typical_session():
+        for path in write_series(spec, tmp_path / spec.description):
+            h = read_header(path)
+            ds = pydicom.dcmread(path)
+            _assert_matches(h, ds)
+            assert h.path == path
+            assert (h.size, h.mtime_ns) == (path.stat().st_size, path.stat().st_mtime_ns)
+            assert h.transfer_syntax_uid == ExplicitVRLittleEndian
+            assert h.b_value == (float(ds.DiffusionBValue) if "DiffusionBValue" in ds else None)
+            assert h.number_of_frames is None
+            assert h.complex_image_component is None
+
+
+def test_spec_values_come_through(tmp_path: Path) -> None:
+    spec = SeriesSpec(
+        "dMRI_b", 7, n_slices=2, n_volumes=3, b_values=(0, 1000, 2000), echo_time=89.0,
+        repetition_time=3000.0, inversion_time=None, orientation="coronal",
+        image_type=("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"), scan_options=("FS",),
+        acquisition_time="101500.000000",
+    )  # fmt: skip
+    headers = [read_header(p) for p in write_series(spec, tmp_path)]
+    assert [h.b_value for h in headers] == [0.0, 0.0, 1000.0, 1000.0, 2000.0, 2000.0]
+    assert [h.temporal_position for h in headers] == [1, 1, 2, 2, 3, 3]
+    first = headers[0]
+    assert first.image_orientation == (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    assert first.image_type == ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE")
+    assert first.scan_options == ("FS",)
+    assert (first.echo_time, first.repetition_time, first.inversion_time) == (89.0, 3000.0, None)
+    assert first.acquisition_time == "101500.000000"
+    assert first.has_pixel_data
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]
+)
+def test_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
+    ds = _one(SeriesSpec("dwi", 4, n_slices=1, b_values=(1000,)))
+    reference = read_header(_save(ds, tmp_path / "explicit.dcm"))
+    path = _save(ds, tmp_path / "other.dcm", syntax)
+    h = read_header(path)
+    assert h.transfer_syntax_uid == syntax
+    _assert_matches(h, pydicom.dcmread(path))
+    assert h.b_value == 1000.0
+    ignore = {"path", "size", "mtime_ns", "transfer_syntax_uid"}
+    for name in FileHeader.__dataclass_fields__:
+        if name not in ignore:
+            assert getattr(h, name) == getattr(reference, name), name
+
+
+def test_no_preamble(tmp_path: Path) -> None:
+    """A file meta without the 128-byte preamble, and a bare data set, are both read."""
+    ds = _one()
+    full = _save(ds, tmp_path / "full.dcm").read_bytes()
+    meta_only = tmp_path / "nopreamble"
+    meta_only.write_bytes(full[132:])
+    del ds.file_meta
+    bare = tmp_path / "bare"
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert bare.read_bytes()[:2] == b"\x08\x00"  # starts with the data set itself
+    implicit_bare = tmp_path / "implicit_bare"
+    ds.save_as(implicit_bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert implicit_bare.read_bytes()[4:6] != b"CS"
+    reference = read_header(tmp_path / "full.dcm")
+    for path in (meta_only, bare, implicit_bare):
+        h = read_header(path)
+        assert h.sop_instance_uid == reference.sop_instance_uid
+        assert h.series_description == "t1"
+        assert h.repetition_time == reference.repetition_time
+        assert h.has_pixel_data
+
+
+def test_character_sets(tmp_path: Path) -> None:
+    ds = _one(SpecificCharacterSet="ISO_IR 192", SeriesDescription="Gehirn: Übersicht ✓ 脳")
+    h = read_header(_save(ds, tmp_path / "utf8.dcm"))
+    assert h.series_description == "Gehirn: Übersicht ✓ 脳"
+    ds = _one(SpecificCharacterSet="ISO_IR 100", ProtocolName="Protokoll für Kopf")
+    assert read_header(_save(ds, tmp_path / "latin1.dcm")).protocol_name == "Protokoll für Kopf"
+
+
+def test_pixel_data_variants(tmp_path: Path) -> None:
+    # trailing padding after the pixel data: the end-of-file shortcut does not apply
+    ds = _one()
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 64)  # DataSetTrailingPadding
+    assert read_header(_save(ds, tmp_path / "padded.dcm")).has_pixel_data
+    # a large private group after the last group read, then the pixel data
+    ds = _one()
+    block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+    for i in range(200):
+        block.add_new(i, "DS", str(i))
+    block2 = ds.private_block(0x2007, "BLOB", create=True)
+    block2.add_new(0x01, "OB", os.urandom(300_000))  # beyond the first 64 KiB
+    private = _save(ds, tmp_path / "private.dcm")
+    h = read_header(private)
+    assert h.has_pixel_data and h.rows == 16
+    cut = tmp_path / "private_cut.dcm"
+    cut.write_bytes(private.read_bytes()[:-10])  # the end-of-file check fails: walked
+    with pytest.raises(DicomReadError, match="truncated"):
+        read_header(cut)
+    # float pixel data (parametric maps) counts as pixel data
+    ds = _one()
+    del ds.PixelData
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = struct.pack("<256f", *range(256))
+    assert read_header(_save(ds, tmp_path / "float.dcm")).has_pixel_data
+    # and a header without any
+    ds = _one()
+    del ds.PixelData
+    assert not read_header(_save(ds, tmp_path / "nopixels.dcm")).has_pixel_data
+
+
+def test_values_beyond_the_first_read(tmp_path: Path) -> None:
+    """Wanted elements after a big private blob are still found (the window moves)."""
+    ds = _one()
+    ds.private_block(0x0009, "BIG", create=True).add_new(0x01, "OB", b"x" * 200_000)
+    ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "1500")
+    h = read_header(_save(ds, tmp_path / "big.dcm"))
+    assert h.b_value == 1500.0
+    assert h.series_uid == ds.SeriesInstanceUID and h.rows == 16 and h.has_pixel_data
+
+
+def test_undefined_length_sequences_are_skipped(tmp_path: Path) -> None:
+    ds = _one()
+    item = Dataset()
+    item.ReferencedSOPClassUID = MRImageStorage
+    inner = Dataset()
+    inner.CodeValue = "121311"
+    item.PurposeOfReferenceCodeSequence = [inner]
+    ds.ReferencedImageSequence = [item, item]
+    path = tmp_path / "seq.dcm"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    # pydicom writes defined lengths; rewrite them as undefined (as scanners do)
+    raw = pydicom.dcmread(path)
+    for elem in raw.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for it in elem.value:
+                it.is_undefined_length_sequence_item = True
+    raw.save_as(path)
+    assert b"\xfe\xff\xdd\xe0" in path.read_bytes()  # a sequence delimiter is there
+    _assert_matches(read_header(path), pydicom.dcmread(path))
+
+
+# --------------------------------------------------------------------------- vendor private tags
+
+
+@pytest.mark.parametrize(
+    ("group", "creator", "element", "vr", "value", "expected"),
+    [
+        (0x0019, "SIEMENS MR HEADER", 0x0C, "IS", "1000", 1000.0),
+        (0x0043, "GEMS_PARM_01", 0x39, "IS", ["1000000700", "8", "0", "0"], 700.0),
+        (0x0043, "GEMS_PARM_01", 0x39, "IS", ["1500", "8", "0", "0"], 1500.0),
+        (0x2001, "Philips Imaging DD 001", 0x03, "FL", 2000.0, 2000.0),
+        (0x0019, "SOMETHING ELSE", 0x0C, "IS", "1000", None),  # wrong creator: ignored
+    ],
+)
+def test_private_b_values(
+    tmp_path: Path, group: int, creator: str, element: int, vr: str, value: Any, expected: Any
+) -> None:
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        ds = _one()
+        ds.private_block(group, "OTHER VENDOR", create=True).add_new(element, vr, value)
+        ds.private_block(group, creator, create=True).add_new(element, vr, value)
+        h = read_header(_save(ds, tmp_path / "b.dcm", syntax))
+        assert h.b_value == expected, syntax
+
+
+def test_standard_b_value_wins_and_ge_image_type(tmp_path: Path) -> None:
+    ds = _one(DiffusionBValue=800.0)
+    ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "1000")
+    assert read_header(_save(ds, tmp_path / "a.dcm")).b_value == 800.0
+    ds = _one(Manufacturer="GE MEDICAL SYSTEMS")
+    ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x2F, "SS", 1)
+    assert read_header(_save(ds, tmp_path / "b.dcm")).complex_image_component == "PHASE"
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def test_empty_text_and_random_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    with pytest.raises(DicomReadError, match="empty file"):
+        read_header(empty)
+    text = tmp_path / "notes.txt"
+    text.write_text("Subject Name:  TEST\nStudy Date:  20180918\n" * 20)
+    with pytest.raises(DicomReadError, match="not a DICOM file"):
+        read_header(text)
+    rng = random.Random(7)
+    for i in range(300):
+        junk = tmp_path / f"junk{i}"
+        junk.write_bytes(rng.randbytes(rng.randrange(1, 3000)))
+        with pytest.raises(DicomReadError):
+            read_header(junk)
+    # random bytes that start like a data set are still refused
+    for i in range(300):
+        junk = tmp_path / f"start{i}"
+        body = rng.randbytes(rng.randrange(1, 800))
+        junk.write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + body)
+        with pytest.raises(DicomReadError):
+            read_header(junk)
+    missing = tmp_path / "missing.dcm"
+    with pytest.raises(DicomReadError, match="cannot read"):
+        read_header(missing)
+
+
+def _element_spans(path: Path) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of the top-level elements of an explicit LE file."""
+    data = path.read_bytes()
+    spans, pos = [], 132
+    while pos < len(data):
+        vr = data[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR", b"OF", b"OD", b"OL"):
+            length = struct.unpack_from("<L", data, pos + 8)[0]
+            end = pos + 12 + length
+        else:
+            end = pos + 8 + struct.unpack_from("<H", data, pos + 6)[0]
+        spans.append((pos, end))
+        pos = end
+    return spans
+
+
+def test_truncated_files(tmp_path: Path) -> None:
+    source = _save(_one(), tmp_path / "whole.dcm")
+    data = source.read_bytes()
+    spans = _element_spans(source)
+    assert spans[-1][1] == len(data)
+    cut = tmp_path / "cut.dcm"
+    cuts = [5, 100, 131, 135, 140]  # in the preamble, the prefix, the meta
+    cuts += [start + 3 for start, _ in spans]  # inside each element header
+    cuts += [(start + end) // 2 for start, end in spans if end - start > 16]  # inside values
+    cuts += [len(data) - 1, len(data) - 100]  # inside the pixel data
+    for n in cuts:
+        cut.write_bytes(data[:n])
+        with pytest.raises(DicomReadError, match=r"truncated|not a DICOM"):
+            read_header(cut)
+    # cut exactly between two elements: readable, but without pixel data
+    cut.write_bytes(data[: spans[-2][1]])
+    assert not read_header(cut).has_pixel_data
+
+
+def test_truncated_real_files(shared_data: Path, tmp_path: Path) -> None:
+    """Never an unexpected exception, never pixel data in a cut file (real vendor files)."""
+    sources = [
+        shared_data / "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2/i22.MRDC.1",
+        shared_data / "dcm_qa_enh/In/Siemens/XA10/6_1.dcm",
+        shared_data / "dcm_qa_ts/In/2.dcm",  # implicit VR
+        shared_data / "dcm_qa_ts/In/3.dcm",  # big endian
+        shared_data / "dcm_qa_ts/In/5.dcm",  # JPEG lossless (encapsulated)
+    ]
+    rng = random.Random(3)
+    cut = tmp_path / "cut"
+    for source in sources:
+        data = source.read_bytes()
+        for n in sorted(rng.sample(range(1, len(data)), 60)):
+            cut.write_bytes(data[:n])
+            try:
+                h = read_header(cut)
+            except DicomReadError:
+                continue
+            assert not h.has_pixel_data, (source.name, n)
+
+
+def test_dicomdir_is_refused(tmp_path: Path) -> None:
+    image = _save(_one(), tmp_path / "image.dcm")
+    fs = FileSet()
+    fs.add(pydicom.dcmread(image))
+    fs.write(tmp_path / "media")
+    dicomdir = tmp_path / "media" / "DICOMDIR"
+    with pytest.raises(DicomReadError, match=r"DICOMDIR \(a media index, not an image\)"):
+        read_header(dicomdir)
+    # a hand-made one: directory records but a wrong (image) SOP class in the meta
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    ds.FileSetID = "MEDIA"
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.DirectoryRecordSequence = []
+    with pytest.raises(DicomReadError, match="DICOMDIR"):
+        read_header(_save(ds, tmp_path / "handmade"))
+
+
+def test_readable_but_incomplete_files(tmp_path: Path) -> None:
+    ds = _one()
+    del ds.SeriesInstanceUID
+    h = read_header(_save(ds, tmp_path / "nouid.dcm"))
+    assert h.series_uid is None and h.has_pixel_data
+    ds = _one()
+    del ds.PixelData
+    h = read_header(_save(ds, tmp_path / "nopix.dcm"))
+    assert h.series_uid is not None and not h.has_pixel_data
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_every_real_file(shared_data: Path) -> None:
+    """Every file pydicom reads as DICOM is read; every other one is refused, with a reason."""
+    files = _real_files(shared_data)
+    assert len(files) > 1500
+    read = refused = 0
+    for path in files:
+        try:
+            h = read_header(path)
+        except DicomReadError as exc:
+            assert path.suffix == ".txt", exc  # only the READMEs and notes
+            assert "not a DICOM file" in str(exc)
+            refused += 1
+            continue
+        assert h.has_pixel_data and h.series_uid and h.modality == "MR", path
+        read += 1
+    assert (read, refused) == (len(files) - 13, 13)
+
+
+def test_real_files_match_pydicom(shared_data: Path) -> None:
+    by_folder: dict[Path, list[Path]] = {}
+    for path in _real_files(shared_data):
+        if path.suffix != ".txt":
+            by_folder.setdefault(path.parent, []).append(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about vendors' long values
+        for files in by_folder.values():
+            for path in files[:4] + files[-2:]:
+                ds = pydicom.dcmread(path)
+                h = read_header(path)
+                if "PerFrameFunctionalGroupsSequence" in ds:
+                    continue  # tested below
+                _assert_matches(h, ds)
+                assert h.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+
+
+def test_transfer_syntax_collection(shared_data: Path) -> None:
+    """One image in nine transfer syntaxes: the same header each time."""
+    headers = [read_header(p) for p in sorted((shared_data / "dcm_qa_ts/In").glob("*.dcm"))]
+    assert len(headers) == 9
+    assert len({h.transfer_syntax_uid for h in headers}) == 7
+    assert [h.series_number for h in headers] == list(range(1, 10))
+    first = headers[0]
+    for h in headers:
+        assert h.has_pixel_data
+        assert h.image_type == ("ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC")
+        for name in (
+            "series_uid",
+            "echo_time",
+            "repetition_time",
+            "image_orientation",
+            "image_position",
+            "rows",
+            "columns",
+            "acquisition_time",
+            "protocol_name",
+        ):
+            assert getattr(h, name) == getattr(first, name), (h.path.name, name)  # fmt: skip
+
+
+def test_vendor_b_values(shared_data: Path) -> None:
+    ge = [read_header(p) for p in (shared_data / "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2").iterdir()]
+    bvals = (shared_data / "dcm_qa_ge/Ref/Ax_DWI_TENSOR_R2_1.bval").read_text().split()
+    assert {h.b_value for h in ge} == {float(b) for b in bvals} == {0.0, 1000.0}
+    philips_dir = shared_data / "dcm_qa_philips/In/Vanderbilt_2018/601_WIP_dti_ax"
+    philips = [read_header(p) for p in sorted(philips_dir.iterdir())[:60]]
+    assert {h.b_value for h in philips} == {0.0, 2000.0}
+
+
+def test_enhanced_files(shared_data: Path) -> None:
+    siemens = [
+        read_header(p) for p in sorted((shared_data / "dcm_qa_enh/In/Siemens/XA10").iterdir())
+    ]
+    assert [h.temporal_position for h in siemens] == [1, 2, 3, 4]
+    for h in siemens:
+        assert h.number_of_frames == 6
+        assert (h.repetition_time, h.echo_time, h.flip_angle) == (500.0, 30.0, 52.0)
+        assert h.in_plane_phase_encoding == "COL"
+        assert h.image_type == ("ORIGINAL", "PRIMARY", "M", "NONE")
+        assert h.scanning_sequence == ("EP", "GR")
+        assert h.complex_image_component == "MAGNITUDE"
+        assert h.image_orientation == (1.0, -5e-13, 1e-06, -5e-13, 1.0, 1e-06)
+        assert h.acquisition_datetime is not None and h.acquisition_datetime.startswith("2018")
+    philips = read_header(shared_data / "dcm_qa_enh/In/Philips/IM_0027_fMAP.dcm")
+    ds = pydicom.dcmread(shared_data / "dcm_qa_enh/In/Philips/IM_0027_fMAP.dcm")
+    frame = ds.PerFrameFunctionalGroupsSequence[0]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert philips.number_of_frames == 64
+    assert philips.echo_time == frame.MREchoSequence[0].EffectiveEchoTime
+    timing = shared.MRTimingAndRelatedParametersSequence[0]
+    assert philips.repetition_time == float(timing.RepetitionTime)
+    assert philips.flip_angle == float(timing.FlipAngle)
+    position = frame.PlanePositionSequence[0].ImagePositionPatient
+    assert philips.image_position == tuple(float(v) for v in position)
+    assert philips.image_type == ("ORIGINAL", "PRIMARY", "T1", "MIXED")
+    assert philips.complex_image_component == "MIXED"
+    assert philips.temporal_position == 1
+
+
+def test_study_independent_reading(tmp_path: Path) -> None:
+    """A file from another vendor's study layout: CT is read too (exclusion is not our job)."""
+    ds = _one(Modality="CT", Manufacturer="ACME")
+    h = read_header(_save(ds, tmp_path / "ct.dcm", ImplicitVRLittleEndian))
+    assert (h.modality, h.manufacturer) == ("CT", "ACME")
+    study = Study(manufacturer="Philips Medical Systems")
+    ds = series_datasets(SeriesSpec("x", 1, n_slices=1), study=study)[0]
+    assert read_header(_save(ds, tmp_path / "p.dcm")).manufacturer == "Philips Medical Systems"
