@@ -90,3 +90,32 @@ def test_multi_echo_series_gives_one_output_per_echo(tmp_path):
     # same series UID and instance numbers across echoes, as Siemens writes them
     result = convert_series("fm", sorted(dicom.iterdir()), tmp_path / "work")
     assert sorted(o.postfix for o in result.outputs) == ["_e1", "_e2"]
+
+
+def test_volumes_saved_as_separate_series_become_one_4d_image(tmp_path):
+    """Siemens XA 'interoperability' exports: one series per fMRI volume (MFSPLIT)."""
+    from bidsport.synthetic import uid
+
+    files = []
+    for volume in range(4):
+        spec = SeriesSpec(
+            "fMRI_rest",
+            6 + volume,
+            n_slices=3,
+            repetition_time=1000.0,
+            image_type=("ORIGINAL", "PRIMARY", "M", "ND", "MFSPLIT"),
+            acquisition_time=f"1000{volume:02d}.000000",
+            scanning_sequence=("EP",),
+            mr_acquisition_type="2D",
+        )
+        files += write_series(
+            spec, tmp_path / "dicom", name_pattern=f"v{volume}_{{instance:05d}}.dcm"
+        )
+    before = {p: p.read_bytes() for p in files}
+    merged = convert_series("run", files, tmp_path / "w", merge_as=(uid("merged"), 6))
+    assert len(merged.outputs) == 1
+    assert nib.load(merged.outputs[0].image).shape == (16, 16, 3, 4)
+    assert {p: p.read_bytes() for p in files} == before  # sources untouched
+    # without the merge dcm2niix writes one 3D image per volume
+    split = convert_series("run", files, tmp_path / "w2")
+    assert len(split.outputs) == 4

@@ -144,3 +144,32 @@ def test_dry_run_writes_nothing(example, tmp_path, capsys):
     assert "P02_V1.tar.gz -> sub-P02 ses-V1" in text
     assert "anat/sub-P02_ses-V1_T1w" in text
     assert "Thumbs.db" in text
+
+
+def test_siemens_xa_mfsplit_run_becomes_one_bold(tmp_path):
+    """Every fMRI volume exported as its own series (ImageType MFSPLIT): one 4D bold."""
+    import nibabel as nib
+
+    from bidsport.synthetic import SeriesSpec, write_series
+
+    packet = tmp_path / "inbox" / "XA01"
+    for volume in range(12):
+        spec = SeriesSpec(
+            "fMRI_rest_AP",
+            5,
+            n_slices=3,
+            repetition_time=1000.0,
+            image_type=("ORIGINAL", "PRIMARY", "M", "ND", "MFSPLIT"),
+            acquisition_time=f"1000{volume:02d}.000000",
+            scanning_sequence=("EP",),
+            sequence_name="epfid2d1_64",
+            mr_acquisition_type="2D",
+            echo_time=30.0,
+            extra={"SeriesInstanceUID": f"1.2.3.4.{volume + 1}"},
+        )
+        write_series(spec, packet, name_pattern=f"v{volume:02d}_{{instance:05d}}.dcm")
+    out = tmp_path / "bids"
+    assert main([str(tmp_path / "inbox"), str(out), "participant"]) == 0
+    bolds = sorted((out / "sub-XA01" / "func").glob("*_bold.nii.gz"))
+    assert [b.name for b in bolds] == ["sub-XA01_task-rest_dir-AP_bold.nii.gz"]
+    assert nib.load(bolds[0]).shape == (16, 16, 3, 12)

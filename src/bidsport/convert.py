@@ -8,6 +8,7 @@ links to that series' files only, so the command line never grows with the file 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bidsport.errors import ConversionError, ExternalToolError
 from bidsport.fileops import ensure_dir
@@ -66,8 +68,9 @@ def build_dcm2niix_args(
 
     ``-ba y`` strips the identifiers dcm2niix knows about (bidsport scrubs more later);
     ``-i n`` converts everything it was given (bidsport already decided what to convert);
-    ``-w 1`` overwrites within the private output folder; ``-d 0`` no recursion (the
-    link folder is flat); ``-l o`` keeps the stored integers as they are.
+    ``-w 2`` adds a suffix where two images would get one name (never overwrite: the
+    output folder is private and fresh, so a clash means dcm2niix split the series);
+    ``-d 0`` no recursion (the link folder is flat); ``-l o`` keeps the stored integers.
     """
     args = [
         str(binary),
@@ -78,7 +81,7 @@ def build_dcm2niix_args(
         "-i",
         "n",
         "-w",
-        "1",
+        "2",
         "-d",
         "0",
         "-l",
@@ -113,6 +116,30 @@ class SeriesConversion:
     seconds: float
 
 
+def load_sidecar(path: Path) -> dict[str, Any]:
+    """Read a dcm2niix JSON sidecar, tolerating its trailing commas (seen in the wild).
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.json"
+    >>> _ = f.write_text('{"FrameTimesStart": [\\n0,\\n], "EchoTime": 0.03}')
+    >>> load_sidecar(f)
+    {'FrameTimesStart': [0], 'EchoTime': 0.03}
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = json.loads(re.sub(r",(\s*[\]}])", r"\1", text))
+        except json.JSONDecodeError as exc:
+            raise ConversionError(
+                f"dcm2niix wrote an unreadable sidecar {path.name}: {exc}"
+            ) from exc
+    if not isinstance(data, dict):
+        raise ConversionError(f"dcm2niix wrote a sidecar {path.name} that is not a JSON object")
+    return data
+
+
 def _split_ext(path: Path) -> tuple[str, str]:
     for ext in SIDE_EXTENSIONS:
         if path.name.endswith(ext):
@@ -145,6 +172,20 @@ def collect_outputs(out_dir: Path, name: str) -> list[Dcm2niixOutput]:
     return outputs
 
 
+def _copy_with_series_identity(
+    src: Path, dst: Path, series_uid: str, number: int | None, instance: int
+) -> None:
+    """Copy a DICOM file as instance ``instance`` of series ``series_uid``."""
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    ds.SeriesInstanceUID = series_uid
+    if number is not None:
+        ds.SeriesNumber = number
+    ds.InstanceNumber = instance
+    ds.save_as(dst)
+
+
 def convert_series(
     series_id: str,
     files: Sequence[Path],
@@ -152,16 +193,26 @@ def convert_series(
     *,
     compress: bool = True,
     level: int = 3,
+    merge_as: tuple[str, int | None] | None = None,
 ) -> SeriesConversion:
     """Convert one series: link its files into a private folder and run dcm2niix there.
 
-    Outputs stay in ``work_dir/out``; the caller renames them into the dataset.
+    ``merge_as`` (SeriesInstanceUID, SeriesNumber) is for acquisitions a scanner split into
+    one series per volume (Siemens XA MFSPLIT): dcm2niix never stacks separate series, so
+    the files are copied into the private folder with one series identity instead of
+    linked (the source files are not touched). Outputs stay in ``work_dir/out``; the
+    caller renames them into the dataset. ``files`` must be in acquisition order (volume by
+    volume) when ``merge_as`` is given: they are renumbered in that order.
     """
     binary = dcm2niix_binary()
     in_dir = ensure_dir(work_dir / "in")
     out_dir = ensure_dir(work_dir / "out")
     for index, src in enumerate(files):
-        os.symlink(os.path.abspath(src), in_dir / f"{index:06d}.dcm")
+        dst = in_dir / f"{index:06d}.dcm"
+        if merge_as is None:
+            os.symlink(os.path.abspath(src), dst)
+        else:
+            _copy_with_series_identity(src, dst, *merge_as, instance=index + 1)
     name = "series"
     args = build_dcm2niix_args(binary, in_dir, out_dir, name, compress=compress, level=level)
     result = run_command(args, timeout=3600)

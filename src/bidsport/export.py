@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bidsport import fileops
-from bidsport.convert import SeriesConversion
+from bidsport.convert import SeriesConversion, load_sidecar
 from bidsport.layout import DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
@@ -128,7 +128,7 @@ def export_series(
         image_dst = target_dir / f"{name}{ext}"
         sidecar_rel = None
         if output.sidecar is not None:
-            data = json.loads(output.sidecar.read_text(encoding="utf-8", errors="replace"))
+            data = load_sidecar(output.sidecar)
             data = finalize_sidecar(
                 data,
                 cls=cls,

@@ -355,6 +355,11 @@ def _run_session(
             work / f"series-{p.series.series_id}",
             compress=opts.output_format == "nii.gz",
             level=opts.compression_level,
+            merge_as=(
+                (p.series.header.series_uid or p.series.series_id, p.series.header.series_number)
+                if p.series.merged_from
+                else None
+            ),
         )
 
     order = sorted(to_convert, key=lambda p: -p.series.n_files)

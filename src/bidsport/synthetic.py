@@ -209,6 +209,9 @@ def series_datasets(
             ds.PixelData = pixels[z].tobytes()
             for keyword, value in {**subject.extra, **spec.extra}.items():
                 setattr(ds, keyword, value)
+            if ds.SeriesInstanceUID != series_uid:  # overridden: keep SOP UIDs unique
+                ds.SOPInstanceUID = uid(ds.SeriesInstanceUID, instance)
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             datasets.append(ds)
     return datasets
 
