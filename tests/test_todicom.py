@@ -1,0 +1,779 @@
+"""``bidsport todicom``: NIfTI → DICOM series, checked end to end with real tools.
+
+Round trips: DICOM → dcm2niix → NIfTI → todicom → DICOM → dcm2niix → NIfTI must give the
+first NIfTI back (voxel values exactly for integers, within the stated precision for
+floats; affine within 1e-4 mm), for synthetic axial, coronal, sagittal and oblique series
+(2D and 3D acquisitions, 3D and 4D images, flipped and permuted storage) and for real
+vendor data. Every file written is read by pydicom without a warning, checked by dciodvfy
+(when dicom3tools is installed) and converted by dcm2niix without a warning; SEG objects
+are read back with highdicom.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import dcm2niix
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+from bidsport import fileops
+from bidsport.cli import todicom as cli
+from bidsport.errors import ConversionError, OutputError, ReferenceError_, UsageError
+from bidsport.runner import run_command
+from bidsport.synthetic import SeriesSpec, Study, Subject, series_datasets
+from bidsport.todicom import ExportOptions, ExportResult, export_nifti
+from bidsport.todicom.geometry import ras_to_lps
+from bidsport.todicom.reference import find_dataset_root, resolve_bids_uri
+from bidsport.todicom.sidecar import dicom_attributes, read_label_table
+
+REPO = Path(__file__).resolve().parents[1]
+DCIODVFY = shutil.which("dciodvfy")
+BOSH = shutil.which("bosh") or (
+    "/opt/bpvenv/bin/bosh" if Path("/opt/bpvenv/bin/bosh").is_file() else None
+)
+#: dcm2niix says this for every file whose Manufacturer is not a scanner vendor it knows.
+#: Our files' Manufacturer is "bidsport" (General Equipment: who made the instance), so the
+#: line is expected; any other warning fails the tests.
+VENDOR_LINE = "Unable to determine manufacturer (0008,0070)"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dcm2niix_convert(src: Path, out: Path) -> tuple[list[Path], list[str]]:
+    """Convert a folder; return the NIfTI files and dcm2niix's warnings/errors."""
+    fileops.ensure_dir(out)
+    result = run_command([dcm2niix.bin, "-z", "y", "-b", "y", "-f", "%s", "-o", out, src])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    problems = [
+        line
+        for line in text.splitlines()
+        if ("warning" in line.lower() or "error" in line.lower()) and VENDOR_LINE not in line
+    ]
+    return sorted(out.glob("*.nii.gz")), problems
+
+
+def check_files(paths: Iterable[Path]) -> None:
+    """pydicom reads every file without a warning; dciodvfy reports no error."""
+    paths = list(paths)
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = pydicom.dcmread(path)
+            for element in ds.iterall():
+                _ = element.value
+            assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    if DCIODVFY is None:
+        return
+    sample = paths if len(paths) <= 4 else [paths[0], paths[len(paths) // 2], paths[-1]]
+    for path in sample:
+        result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
+        errors = [
+            ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")
+        ]
+        assert not errors, f"{path.name}: {errors}"
+
+
+def assert_same_nifti(
+    first: Path, second: Path, *, value_tol: float = 0.0, exact_layout: bool = True
+) -> None:
+    """Same image: affine within 1e-4 mm, values within ``value_tol``.
+
+    With ``exact_layout`` the voxel storage order must be the same too; otherwise the
+    second image is first reordered (axis permutation and flips only) like the first.
+    """
+    a, b = nib.load(first), nib.load(second)
+    data_a, data_b = np.asarray(a.get_fdata()), np.asarray(b.get_fdata())
+    affine_b = b.affine
+    if not exact_layout:
+        transform = ornt_transform(io_orientation(b.affine), io_orientation(a.affine))
+        affine_b = b.affine @ inv_ornt_aff(transform, b.shape[:3])
+        data_b = apply_orientation(data_b, transform)
+    assert data_a.shape == data_b.shape, (first, second)
+    assert np.abs(a.affine - affine_b).max() < 1e-4, (a.affine, affine_b)
+    diff = float(np.abs(data_a - data_b).max())
+    assert diff <= value_tol, f"values differ by {diff} (allowed {value_tol})"
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    ax, ay, az = np.radians([ax, ay, az])
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+OBLIQUE = rotation(18, -11, 7)
+DEFAULT_SUBJECT = Subject()
+DEFAULT_STUDY = Study()
+
+
+def write_series(
+    folder: Path,
+    *,
+    orientation: str = "axial",
+    rotate: np.ndarray | None = None,
+    acquisition: str = "2D",
+    n_volumes: int = 1,
+    number: int = 3,
+    description: str = "t1",
+    subject: Subject = DEFAULT_SUBJECT,
+    study: Study = DEFAULT_STUDY,
+    n_slices: int = 6,
+) -> list[Path]:
+    """A synthetic series (anisotropic pixels); ``rotate`` turns it about the isocentre."""
+    spec = SeriesSpec(
+        description,
+        number,
+        n_slices=n_slices,
+        rows=12,
+        columns=10,
+        orientation=orientation,
+        mr_acquisition_type=acquisition,
+        n_volumes=n_volumes,
+        pixel_spacing=1.5,
+        slice_thickness=2.5,
+        extra={"PixelSpacing": [1.5, 1.25], "BodyPartExamined": "BRAIN"},
+    )
+    fileops.ensure_dir(folder)
+    paths = []
+    for n, ds in enumerate(series_datasets(spec, subject, study)):
+        if rotate is not None:
+            iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+            ds.ImageOrientationPatient = [
+                round(float(x), 10) for x in np.concatenate([rotate @ iop[:3], rotate @ iop[3:]])
+            ]
+            ipp = rotate @ np.asarray(ds.ImagePositionPatient, dtype=float)
+            ds.ImagePositionPatient = [round(float(x), 6) for x in ipp]
+        path = folder / f"{number:03d}_{n:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def round_trip(
+    tmp: Path,
+    src: Path,
+    nifti: Path,
+    *,
+    kind: str = "mr",
+    reference: Path | None = None,
+    **options: Any,
+) -> tuple[ExportResult, Path]:
+    """todicom then dcm2niix; returns the result and the NIfTI dcm2niix made of it."""
+    result = export_nifti(
+        nifti, tmp / "dicom_out", ExportOptions(kind=kind, reference=reference or src, **options)
+    )
+    check_files(result.files)
+    niftis, problems = dcm2niix_convert(result.output_dir, tmp / "back")
+    assert not problems, problems
+    assert len(niftis) == 1, niftis
+    return result, niftis[0]
+
+
+def first_conversion(tmp: Path, src: Path) -> Path:
+    niftis, _ = dcm2niix_convert(src, tmp / "first")
+    assert len(niftis) == 1, niftis
+    return niftis[0]
+
+
+def header(path: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def assert_in_reference_study(result: ExportResult, reference_file: Path) -> None:
+    ref = header(reference_file)
+    out = header(result.files[0])
+    assert out.StudyInstanceUID == ref.StudyInstanceUID
+    assert out.PatientID == ref.PatientID
+    assert out.PatientName == ref.PatientName
+    assert out.FrameOfReferenceUID == ref.FrameOfReferenceUID
+    assert out.SeriesInstanceUID != ref.SeriesInstanceUID
+    assert out.SeriesInstanceUID == result.series_uid
+    uids = {header(p).SOPInstanceUID for p in result.files}
+    assert len(uids) == len(result.files)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+SYNTHETIC = {
+    "axial-2D": dict(orientation="axial"),
+    "coronal-2D": dict(orientation="coronal"),
+    "sagittal-2D": dict(orientation="sagittal"),
+    "oblique-2D": dict(orientation="axial", rotate=OBLIQUE),
+    "oblique-sagittal-2D": dict(orientation="sagittal", rotate=rotation(-14, 22, 9)),
+    "axial-3D": dict(orientation="axial", acquisition="3D"),
+    "coronal-3D": dict(orientation="coronal", acquisition="3D"),
+    "oblique-3D": dict(orientation="sagittal", rotate=OBLIQUE, acquisition="3D"),
+    "axial-2D-4D": dict(orientation="axial", n_volumes=3),
+    "oblique-2D-4D": dict(orientation="coronal", rotate=OBLIQUE, n_volumes=3),
+}
+
+
+@pytest.mark.parametrize("case", list(SYNTHETIC))
+def test_round_trip_synthetic(tmp_path: Path, case: str) -> None:
+    src = tmp_path / "src"
+    files = write_series(src, **SYNTHETIC[case])
+    first = first_conversion(tmp_path, src)
+    result, back = round_trip(tmp_path, src, first)
+    assert result.kind == "mr" and result.exact and result.same_grid
+    assert_same_nifti(first, back)
+    assert_in_reference_study(result, files[0])
+    out = header(result.files[0])
+    assert list(out.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert out.SOPClassUID == pydicom.uid.MRImageStorage
+    assert "NOT FOR CLINICAL USE" in out.SeriesDescription
+    assert "NOT FOR CLINICAL USE" in out.ImageComments
+    assert out.DerivationDescription.startswith(first.name)
+    assert out.RepetitionTime == 2000.0 and out.EchoTime == 3.0 and out.FlipAngle == 9.0
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("oblique-2D-4D", "enhanced"),
+        ("oblique-3D", "enhanced"),
+        ("oblique-2D-4D", "sc"),
+        ("sagittal-2D", "sc"),
+    ],
+)
+def test_round_trip_other_kinds(tmp_path: Path, case: str, kind: str) -> None:
+    src = tmp_path / "src"
+    files = write_series(src, **SYNTHETIC[case])
+    first = first_conversion(tmp_path, src)
+    result, back = round_trip(tmp_path, src, first, kind=kind)
+    # Enhanced MR may not say "3D" (MR Pulse Sequence is for ORIGINAL images only), so
+    # dcm2niix keeps a 3D acquisition in acquisition order: same image, other voxel order.
+    assert_same_nifti(first, back, exact_layout="3D" not in case)
+    assert_in_reference_study(result, files[0])
+    out = header(result.files[0])
+    if kind == "enhanced":
+        assert len(result.files) == 1
+        assert out.SOPClassUID == pydicom.uid.EnhancedMRImageStorage
+        assert out.ContentQualification == "RESEARCH"
+        n_voxels = int(np.prod(nib.load(first).shape))
+        assert int(out.NumberOfFrames) * out.Rows * out.Columns == n_voxels
+    else:
+        assert out.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+
+
+@pytest.mark.parametrize("kind", ["mr", "enhanced"])
+def test_float_values_within_stated_precision(tmp_path: Path, kind: str) -> None:
+    src = tmp_path / "src"
+    write_series(src, orientation="coronal", rotate=OBLIQUE, n_volumes=2)
+    first = first_conversion(tmp_path, src)
+    img = nib.load(first)
+    rng = np.random.default_rng(1)
+    values = (img.get_fdata() * 0.0137 - 0.8 + rng.normal(0, 0.01, img.shape)).astype(np.float32)
+    float_file = tmp_path / "sub-01_T1map.nii.gz"
+    nib.save(nib.Nifti1Image(values, img.affine), float_file)
+    assert nib.load(float_file).get_data_dtype() == np.float32
+    result, back = round_trip(tmp_path, src, float_file, kind=kind)
+    assert not result.exact
+    span = float(values.max() - values.min())
+    assert 0 < result.max_error <= span / 65535 / 2 * 1.0001
+    # float32 in the NIfTI header (scl_slope/scl_inter) adds a relative 6e-8 at most
+    tolerance = result.max_error + 1e-6 * float(np.abs(values).max())
+    assert_same_nifti(float_file, back, value_tol=tolerance)
+    out = header(result.files[0])
+    if kind == "mr":
+        assert out.ImageType[2] == "T1 MAP"
+        assert float(out.RescaleSlope) > 0
+
+
+@pytest.mark.parametrize(
+    "transform",
+    ["canonical", "permuted", "flipped"],
+)
+def test_any_voxel_order_goes_back_to_the_reference_layout(tmp_path: Path, transform: str) -> None:
+    """A NIfTI stored in another voxel order (e.g. RAS after a pipeline) is written in the
+    reference's orientation: dcm2niix then gives back the first NIfTI, voxel for voxel."""
+    src = tmp_path / "src"
+    write_series(src, orientation="sagittal", rotate=OBLIQUE)
+    first = first_conversion(tmp_path, src)
+    img = nib.load(first)
+    data = np.asanyarray(img.dataobj)
+    if transform == "canonical":
+        other = nib.as_closest_canonical(img)
+    else:
+        ornt = (
+            np.array([[2, 1], [0, 1], [1, 1]])
+            if transform == "permuted"
+            else np.array([[0, -1], [1, 1], [2, -1]])
+        )
+        other = nib.Nifti1Image(
+            apply_orientation(data, ornt),
+            img.affine @ inv_ornt_aff(ornt, data.shape),
+            img.header,
+        )
+    moved = tmp_path / f"sub-01_desc-{transform}_T1w.nii.gz"
+    nib.save(other, moved)
+    assert not np.allclose(nib.load(moved).affine, img.affine)
+    _, back = round_trip(tmp_path, src, moved)
+    assert_same_nifti(first, back)
+
+
+def test_segmentation_read_back_with_highdicom(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = write_series(src, orientation="axial", rotate=OBLIQUE, n_slices=8)
+    first = first_conversion(tmp_path, src)
+    img = nib.load(first)
+    data = img.get_fdata()
+    labels = np.zeros(data.shape, np.uint8)
+    labels[data > np.percentile(data, 40)] = 2
+    labels[data > np.percentile(data, 75)] = 5
+    labels[data > np.percentile(data, 95)] = 9
+    dseg = tmp_path / "sub-01_desc-tissue_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, img.affine), dseg)
+    (tmp_path / "sub-01_desc-tissue_dseg.tsv").write_text(
+        "index\tname\tcolor\n2\tgrey matter\t#808080\n5\twhite matter\t#ffffff\n"
+        "9\tlesion core\t#ff0000\n"
+    )
+    result = export_nifti(dseg, tmp_path / "out", ExportOptions(reference=src))
+    assert result.kind == "seg" and result.kind_reason == "BIDS suffix _dseg"
+    check_files(result.files)
+    assert_in_reference_study(result, files[0])
+    assert_segmentation_matches(
+        result.files[0], labels, img.affine, {2: "grey matter", 5: "white matter", 9: "lesion core"}
+    )
+
+
+def assert_segmentation_matches(
+    path: Path, labels: np.ndarray, affine: np.ndarray, names: dict[int, str]
+) -> None:
+    """highdicom reads the SEG; each segment is where the NIfTI has its label."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg = hd.seg.segread(path)
+    numbers = seg.get_segment_numbers()
+    assert len(numbers) == len(names)
+    value_of = {}
+    for number in numbers:
+        description = seg.get_segment_description(number)
+        value = int(str(description.TrackingID).split()[-1])
+        assert description.SegmentLabel == names[value]
+        value_of[number] = value
+    volume = seg.get_volume(combine_segments=True)
+    index = np.indices(volume.array.shape).reshape(3, -1)
+    world = volume.affine[:3, :3] @ index + volume.affine[:3, 3:4]
+    to_voxel = np.linalg.inv(ras_to_lps(affine))
+    voxel = to_voxel[:3, :3] @ world + to_voxel[:3, 3:4]
+    assert np.abs(voxel - np.rint(voxel)).max() < 0.01
+    ijk = np.rint(voxel).astype(int)
+    expected = labels[ijk[0], ijk[1], ijk[2]]
+    lut = np.zeros(max(numbers) + 1, dtype=np.int64)
+    for number, value in value_of.items():
+        lut[number] = value
+    got = lut[volume.array.reshape(-1).astype(np.int64)]
+    assert np.array_equal(got, expected)
+    # every labelled voxel of the NIfTI is in the SEG's frames
+    assert int((expected > 0).sum()) == int((labels > 0).sum())
+
+
+# --------------------------------------------------------------------------- BIDS contract
+
+
+def build_dataset(root: Path, *, subject: Subject = DEFAULT_SUBJECT) -> dict[str, Any]:
+    """A bidsport-like output: sourcedata/dicom links, a converted T1w with the sidecar keys."""
+    fileops.write_json(root / "dataset_description.json", {"Name": "t", "BIDSVersion": "1.9.0"})
+    raw = root / "sourcedata" / "raw" / "sub-01" / "ses-1" / "packet"
+    t1 = write_series(
+        raw / "t1", orientation="sagittal", rotate=OBLIQUE, acquisition="3D", subject=subject
+    )
+    flair = write_series(
+        raw / "flair", orientation="axial", number=4, description="flair", subject=subject
+    )
+    dicom_dir = root / "sourcedata" / "dicom" / "sub-01" / "ses-1"
+    for path in t1 + flair:
+        fileops.relative_symlink(path, dicom_dir / path.name)
+    t1_links = [dicom_dir / p.name for p in t1]
+    anat = root / "sub-01" / "ses-1" / "anat"
+    staging = root / "staging"
+    for link in t1_links:
+        fileops.relative_symlink(link, staging / link.name)
+    niftis, _ = dcm2niix_convert(staging, anat)
+    fileops.remove_tree(staging, root)
+    image = anat / "sub-01_ses-1_T1w.nii.gz"
+    niftis[0].rename(image)
+    sidecar = json.loads(
+        niftis[0].with_name(niftis[0].name.replace(".nii.gz", ".json")).read_text()
+    )
+    sidecar["SeriesInstanceUID"] = str(header(t1[0]).SeriesInstanceUID)
+    sidecar["BidsportSourceDicom"] = [str(p.relative_to(root)) for p in t1_links]
+    niftis[0].with_name(niftis[0].name.replace(".nii.gz", ".json")).unlink()
+    fileops.write_json(anat / "sub-01_ses-1_T1w.json", sidecar)
+    return {"image": image, "t1": t1, "flair": flair, "dicom_dir": dicom_dir}
+
+
+def test_reference_found_from_the_sidecar(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    assert find_dataset_root(ds["image"]) == root.absolute()
+    result, back = round_trip(tmp_path, ds["dicom_dir"], ds["image"], reference=None)
+    result_ref = export_nifti(ds["image"], tmp_path / "x", ExportOptions())
+    assert result_ref.reference.endswith("BidsportSourceDicom of sub-01_ses-1_T1w.nii.gz)")
+    assert result.reference_series_uid == str(header(ds["t1"][0]).SeriesInstanceUID)
+    assert_same_nifti(ds["image"], back)
+    assert_in_reference_study(result, ds["t1"][0])
+    assert header(result.files[0]).SeriesDescription == "T1w NOT FOR CLINICAL USE"
+
+
+def test_reference_from_the_series_uid_when_the_file_list_is_missing(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    sidecar_file = ds["image"].with_name("sub-01_ses-1_T1w.json")
+    sidecar = json.loads(sidecar_file.read_text())
+    del sidecar["BidsportSourceDicom"]
+    fileops.write_json(sidecar_file, sidecar)
+    result = export_nifti(ds["image"], tmp_path / "out")
+    assert "SeriesInstanceUID of sub-01_ses-1_T1w.nii.gz" in result.reference
+    assert result.reference_series_uid == sidecar["SeriesInstanceUID"]
+
+
+def test_derivative_mask_follows_sources_to_the_raw_image(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    deriv = root / "derivatives" / "pipe"
+    fileops.write_json(
+        deriv / "dataset_description.json",
+        {
+            "Name": "pipe",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "maskmaker"}],
+            "DatasetLinks": {"raw": "../.."},
+        },
+    )
+    img = nib.load(ds["image"])
+    data = img.get_fdata()
+    mask = (data > np.median(data)).astype(np.uint8)
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(mask, img.affine))  # pipelines: RAS
+    mask_file = (
+        deriv / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_space-T1w_desc-brain_mask.nii.gz"
+    )
+    fileops.ensure_dir(mask_file.parent)
+    nib.save(canonical, mask_file)
+    fileops.write_json(
+        mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")),
+        {"Sources": ["bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"]},
+    )
+    assert resolve_bids_uri("bids:raw:sub-01", deriv) == deriv / "../.." / "sub-01"
+    result = export_nifti(mask_file, tmp_path / "out")
+    assert result.kind == "seg" and result.same_grid
+    check_files(result.files)
+    assert_in_reference_study(result, ds["t1"][0])
+    seg = header(result.files[0])
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "maskmaker"
+    assert_segmentation_matches(
+        result.files[0], np.asanyarray(canonical.dataobj), canonical.affine, {1: "brain"}
+    )
+
+
+def test_reference_given_as_a_bids_image_for_a_nifti_without_sidecar(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    img = nib.load(ds["image"])
+    lone = tmp_path / "result.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj) * 2, img.affine), lone)
+    result = export_nifti(lone, tmp_path / "out", ExportOptions(reference=ds["image"]))
+    assert result.kind == "mr" and result.exact
+    assert header(result.files[0]).SeriesDescription == "result NOT FOR CLINICAL USE"
+    assert_in_reference_study(result, ds["t1"][0])
+
+
+def test_folder_with_several_series(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    img = nib.load(ds["image"])
+    unrelated_grid = img.affine.copy()
+    unrelated_grid[:3, :3] *= 0.9  # a resampled image: on no series' grid
+    lone = tmp_path / "resampled.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), unrelated_grid), lone)
+    with pytest.raises(ReferenceError_, match="holds 2 series") as info:
+        export_nifti(lone, tmp_path / "out", ExportOptions(reference=ds["dicom_dir"]))
+    assert "--reference-series-uid" in str(info.value)
+    flair_uid = str(header(ds["flair"][0]).SeriesInstanceUID)
+    result = export_nifti(
+        lone,
+        tmp_path / "out",
+        ExportOptions(reference=ds["dicom_dir"], reference_series_uid=flair_uid),
+    )
+    assert result.reference_series_uid == flair_uid
+    # the only series on the NIfTI's grid is chosen without asking
+    on_grid = export_nifti(ds["image"], tmp_path / "out2", ExportOptions(reference=ds["dicom_dir"]))
+    assert on_grid.reference_series_uid == str(header(ds["t1"][0]).SeriesInstanceUID)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the reference's, on purpose
+def test_invalid_reference_values_are_not_copied(tmp_path: Path) -> None:
+    """Anonymizers write '***' into dates and ages (as in dcm_qa_uih): written empty."""
+    masked = Subject(birth_date="***", age="***")
+    src = tmp_path / "src"
+    files = write_series(src, subject=masked, study=Study(date="***"))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesTime = "**:**"
+        ds.save_as(path)
+    first = first_conversion(tmp_path, src)
+    result, back = round_trip(tmp_path, src, first)
+    assert_same_nifti(first, back)
+    out = header(result.files[0])
+    assert out.PatientBirthDate == "" and out.PatientAge == "" and out.StudyDate == ""
+    assert out.PatientID == "PID0001"
+
+
+def test_anonymized_reference_keeps_the_output_anonymized(tmp_path: Path) -> None:
+    anonymous = Subject(
+        patient_id="sub-01",
+        patient_name="sub-01",
+        birth_date="",
+        age="",
+        extra={"PatientIdentityRemoved": "YES"},
+    )
+    root = tmp_path / "bids"
+    ds = build_dataset(root, subject=anonymous)
+    sidecar_file = ds["image"].with_name("sub-01_ses-1_T1w.json")
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar.update(
+        {
+            "PatientName": "Doe^Jane",
+            "PatientBirthDate": "19800101",
+            "InstitutionName": "General Hospital",
+        }
+    )  # as dcm2niix -ba n writes
+    fileops.write_json(sidecar_file, sidecar)
+    result = export_nifti(ds["image"], tmp_path / "out")
+    out = header(result.files[0])
+    assert out.PatientID == "sub-01" and out.PatientName == "sub-01"
+    assert out.PatientIdentityRemoved == "YES"
+    assert out.SeriesDate == out.StudyDate == header(ds["t1"][0]).StudyDate
+    for path in result.files:
+        content = path.read_bytes()
+        for leak in (b"Doe^Jane", b"19800101", b"General Hospital", b"PID0001"):
+            assert leak not in content, (path.name, leak)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_other_subject_is_refused_unless_forced(tmp_path: Path) -> None:
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    other = tmp_path / "sub-02_ses-1_desc-x_T1w.nii.gz"
+    shutil.copy(ds["image"], other)
+    with pytest.raises(ReferenceError_, match="subject '02' but the reference is subject '01'"):
+        export_nifti(other, tmp_path / "out", ExportOptions(reference=ds["dicom_dir"] / ".."))
+    result = export_nifti(other, tmp_path / "out", ExportOptions(reference=ds["image"], force=True))
+    assert result.forced and "subject" in result.forced[0]
+
+
+@pytest.mark.parametrize("how", ["shifted", "template"])
+def test_unrelated_space_is_refused(tmp_path: Path, how: str) -> None:
+    src = tmp_path / "src"
+    write_series(src, orientation="axial")
+    img = nib.load(first_conversion(tmp_path, src))
+    affine = img.affine.copy()
+    name = "sub-01_desc-x_T1w.nii.gz"
+    if how == "shifted":
+        affine[:3, 3] += 400.0
+    else:
+        name = "sub-01_space-MNI152NLin2009cAsym_desc-x_T1w.nii.gz"
+    moved = tmp_path / name
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), affine), moved)
+    expected = "0% overlap" if how == "shifted" else "template space"
+    with pytest.raises(ReferenceError_, match=expected) as info:
+        export_nifti(moved, tmp_path / "out", ExportOptions(reference=src))
+    assert "--force" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_nifti_is_a_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_series(src)
+    first = first_conversion(tmp_path, src)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(gzip.compress(gzip.decompress(first.read_bytes())[:900]))
+    with pytest.raises(ConversionError, match=r"truncated\.nii\.gz"):
+        export_nifti(truncated, tmp_path / "out", ExportOptions(reference=src))
+    garbage = tmp_path / "garbage.nii"
+    garbage.write_bytes(b"not a nifti at all" * 30)
+    with pytest.raises(ConversionError, match=r"cannot read .*garbage\.nii as NIfTI"):
+        export_nifti(garbage, tmp_path / "out", ExportOptions(reference=src))
+    with pytest.raises(ConversionError, match="not found"):
+        export_nifti(tmp_path / "missing.nii.gz", tmp_path / "out", ExportOptions(reference=src))
+
+
+def test_missing_reference_and_existing_output(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_series(src)
+    first = first_conversion(tmp_path, src)  # dcm2niix sidecar: no bidsport keys
+    with pytest.raises(ReferenceError_, match="no reference DICOM series"):
+        export_nifti(first, tmp_path / "out")
+    export_nifti(first, tmp_path / "out", ExportOptions(reference=src))
+    with pytest.raises(OutputError, match="already exists"):
+        export_nifti(first, tmp_path / "out", ExportOptions(reference=src))
+    again = export_nifti(first, tmp_path / "out", ExportOptions(reference=src, overwrite=True))
+    assert len(list(again.output_dir.iterdir())) == len(again.files)
+    img = nib.load(first)
+    continuous = tmp_path / "continuous.nii.gz"
+    nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32) / 7, img.affine), continuous)
+    with pytest.raises(UsageError, match="not a label map"):
+        export_nifti(continuous, tmp_path / "seg", ExportOptions(reference=src, kind="seg"))
+
+
+# --------------------------------------------------------------------------- real data
+
+
+REAL = {
+    # name: (folder, what it covers)
+    "ge-3d-t1-oblique": "dcm_qa_ge/In/05_3D_Ax_T1_MP_RAGE_R22",
+    "ge-dwi-double-oblique-4d": "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2",
+    "philips-fmri-oblique-4d-scaled": "dcm_qa_philips/In/Magdeburg_2014/fmri",
+    "siemens-enhanced-4d": "dcm_qa_enh/In/Siemens/XA10",
+    "siemens-mosaic-4d": "dcm_qa_nih/In/20180918Si/mr_0003",
+}
+
+
+@pytest.mark.parametrize("case", list(REAL))
+def test_round_trip_real_data(tmp_path: Path, shared_data: Path, case: str) -> None:
+    src = shared_data / REAL[case]
+    first = first_conversion(tmp_path, src)
+    result, back = round_trip(tmp_path, src, first)
+    assert result.exact
+    assert_same_nifti(first, back)
+    ref_file = next(p for p in sorted(src.iterdir()) if p.suffix != ".txt")
+    assert_in_reference_study(result, ref_file)
+
+
+def test_real_data_enhanced_and_segmentation(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / REAL["philips-fmri-oblique-4d-scaled"]
+    first = first_conversion(tmp_path, src)
+    _, back = round_trip(tmp_path, src, first, kind="enhanced")
+    assert_same_nifti(first, back)
+    img = nib.load(first)
+    volume = img.get_fdata()[..., 0]
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[volume > np.percentile(volume, 60)] = 1
+    labels[volume > np.percentile(volume, 90)] = 3
+    dseg = tmp_path / "sub-01_desc-x_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, img.affine), dseg)
+    labels_json = tmp_path / "labels.json"
+    fileops.write_json(labels_json, {"1": "brain", "3": {"name": "bright", "color": "#ffff00"}})
+    result = export_nifti(
+        dseg, tmp_path / "seg", ExportOptions(reference=src, labels_file=labels_json)
+    )
+    check_files(result.files)
+    assert_segmentation_matches(result.files[0], labels, img.affine, {1: "brain", 3: "bright"})
+
+
+# --------------------------------------------------------------------------- CLI, descriptor
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    write_series(src, orientation="coronal")
+    first = first_conversion(tmp_path, src)
+    code = cli.main(
+        [
+            str(first),
+            "-o",
+            str(tmp_path / "out"),
+            "--reference",
+            str(src),
+            "--series-description",
+            "my {name}",
+            "--series-number",
+            "77",
+            "--no-disclaimer",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "series 77 'my 3'" in printed and "values exact" in printed
+    out = header(next((tmp_path / "out").rglob("*.dcm")))
+    assert out.SeriesDescription == "my 3" and out.SeriesNumber == 77
+    assert "NOT FOR CLINICAL USE" not in out.ImageComments
+    # several inputs: one fails (no reference in its sidecar), the other is written
+    code = cli.main(
+        [
+            str(first),
+            str(tmp_path / "nope.nii.gz"),
+            "-o",
+            str(tmp_path / "o2"),
+            "--reference",
+            str(src),
+        ]
+    )
+    assert code == 3
+    assert "1 of 2 NIfTI images written" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([str(first)])  # -o is required
+
+
+def test_descriptor_matches_the_parser(tmp_path: Path) -> None:
+    descriptor_file = REPO / "descriptors" / "bidsport-todicom.json"
+    descriptor = json.loads(descriptor_file.read_text())
+    flags = {i.get("command-line-flag") for i in descriptor["inputs"]}
+    for action in cli.build_parser()._actions:
+        if action.dest in ("help", "version"):
+            continue
+        if action.option_strings:
+            assert any(f in flags for f in action.option_strings), action.option_strings
+    if BOSH is None:
+        pytest.skip("bosh (boutiques) is not installed")
+    result = run_command([BOSH, "validate", descriptor_file])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sidecar_mapping_and_label_tables(tmp_path: Path) -> None:
+    attrs = dicom_attributes(
+        {
+            "RepetitionTime": 0.8,
+            "EchoTime": 0.037,
+            "InversionTime": 0.9,
+            "FlipAngle": 52,
+            "MagneticFieldStrength": 3,
+            "EchoTrainLength": 64.0,
+            "SequenceVariant": "SK_SP_MP",
+            "ScanningSequence": "EP",
+            "MRAcquisitionType": "2D",
+            "ProtocolName": "rest",
+            "ScanOptions": "FS_NOT-A-CODE",
+            "SliceTiming": [0, 0.4],
+            "EchoNumber": 2,
+        }
+    )
+    assert attrs == {
+        "RepetitionTime": 800.0,
+        "EchoTime": 37.0,
+        "InversionTime": 900.0,
+        "FlipAngle": 52.0,
+        "MagneticFieldStrength": 3.0,
+        "EchoTrainLength": 64,
+        "EchoNumbers": 2,
+        "ScanningSequence": ["EP"],
+        "SequenceVariant": ["SK", "SP", "MP"],
+        "MRAcquisitionType": "2D",
+        "ProtocolName": "rest",
+    }
+    table = tmp_path / "x_dseg.tsv"
+    table.write_text("index\tname\n1\tLeft-Hippocampus\n2\tRight-Hippocampus\n")
+    assert read_label_table(table)[2].name == "Right-Hippocampus"
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("value\tlabel\n1\tx\n")
+    with pytest.raises(UsageError, match="needs the columns 'index' and 'name'"):
+        read_label_table(bad)
