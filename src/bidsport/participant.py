@@ -14,9 +14,10 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -209,6 +210,39 @@ def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> 
         table.unlink(missing_ok=True)
 
 
+@dataclass
+class _SessionState:
+    """What a session run has done so far (mutable, private to one session run)."""
+
+    stages: dict[str, bool] = field(
+        default_factory=lambda: {"imported": False, "organized": False, "converted": False}
+    )
+    timings: dict[str, float] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    images: list[ConvertedImage] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def result(self, subject: str, session: str | None, error: str | None = None) -> SessionResult:
+        return SessionResult(
+            subject,
+            session,
+            self.stages["imported"],
+            self.stages["organized"],
+            self.stages["converted"],
+            images=tuple(self.images),
+            problems=tuple(self.problems),
+            error=error,
+            timings=tuple(self.timings.items()),
+        )
+
+
 def process_session(
     assignment: Assignment,
     layout: DatasetLayout,
@@ -219,9 +253,7 @@ def process_session(
     """Import, organize, classify and convert one session; never raises BidsportError."""
     sub, ses = assignment.subject, assignment.session
     label = sub_ses_prefix(sub, ses)
-    problems: list[Problem] = []
-    stages = {"imported": False, "organized": False, "converted": False}
-    images: list[ConvertedImage] = []
+    state = _SessionState()
 
     def record(error: str | None) -> None:
         record_session(
@@ -230,9 +262,9 @@ def process_session(
                 participant_id=sub,
                 session_id=ses,
                 packet=assignment.packet.name,
-                imported=stages["imported"],
-                organized=stages["organized"],
-                converted=stages["converted"],
+                imported=state.stages["imported"],
+                organized=state.stages["organized"],
+                converted=state.stages["converted"],
                 last_error=error,
                 updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             ),
@@ -245,41 +277,22 @@ def process_session(
                 return SessionResult(sub, ses, True, True, True, skipped=True)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
-            images, problems = _run_session(
-                assignment, layout, opts, work_root / label, stages, progress
-            )
-            failed = [p for p in problems if p.fatal]
+            _run_session(assignment, layout, opts, work_root / label, state, progress)
+            failed = [p for p in state.problems if p.fatal]
             error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
-            record(error)
+            with state.timed("status"):
+                record(error)
             if not failed and opts.archive != "leave":
                 done = apply_archive_policy(
                     assignment.packet, opts.archive, layout.sourcedata_dir / "packets"
                 )
                 log.info("%s: packet %s: %s", label, assignment.packet.name, done)
-            return SessionResult(
-                sub,
-                ses,
-                stages["imported"],
-                stages["organized"],
-                stages["converted"],
-                images=tuple(images),
-                problems=tuple(problems),
-                error=error,
-            )
+            return state.result(sub, ses, error)
     except BidsportError as exc:
         log.error("%s: %s", label, exc)
         with contextlib.suppress(BidsportError):
             record(exc.message)
-        return SessionResult(
-            sub,
-            ses,
-            stages["imported"],
-            stages["organized"],
-            stages["converted"],
-            images=tuple(images),
-            problems=tuple(problems),
-            error=exc.message,
-        )
+        return state.result(sub, ses, exc.message)
 
 
 def _run_session(
@@ -287,38 +300,42 @@ def _run_session(
     layout: DatasetLayout,
     opts: RunOptions,
     work: Path,
-    stages: dict[str, bool],
+    state: _SessionState,
     progress: Progress | None,
-) -> tuple[list[ConvertedImage], list[Problem]]:
+) -> None:
     sub, ses = assignment.subject, assignment.session
     label = sub_ses_prefix(sub, ses)
-    problems: list[Problem] = []
+    problems = state.problems
     say = progress or (lambda _msg: None)
 
     # ---- import
     raw_root = layout.raw_dir(sub, ses)
     packet_dir = raw_root / assignment.packet.name
     say(f"{label}: importing {assignment.packet.path.name}")
-    result = import_packet(assignment.packet, packet_dir, opts.limits)
+    with state.timed("import"):
+        result = import_packet(assignment.packet, packet_dir, opts.limits)
     problems += result.problems
-    stages["imported"] = True
+    state.stages["imported"] = True
     log.info("%s: imported %d files (%s)", label, result.n_files, result.mode)
 
-    # ---- scan and decide
+    # ---- scan, decide, organize
     say(f"{label}: reading headers")
     headers: list[FileHeader] = []
-    for item in scan_session(
-        raw_root, n_procs=opts.n_procs, cache_file=layout.index_cache(sub, ses)
-    ):
-        if isinstance(item, Problem):
-            problems.append(item)
-        else:
-            headers.append(item)
-    decisions, planned = classify_session(headers, raw_root, opts)
+    with state.timed("scan"):
+        for item in scan_session(
+            raw_root, n_procs=opts.n_procs, cache_file=layout.index_cache(sub, ses)
+        ):
+            if isinstance(item, Problem):
+                problems.append(item)
+            else:
+                headers.append(item)
+    with state.timed("classify"):
+        decisions, planned = classify_session(headers, raw_root, opts)
     dicom_dir = layout.dicom_dir(sub, ses)
-    lay_out(decisions, dicom_dir, symlink=opts.symlink)
-    _write_files_table(layout, sub, ses, raw_root, decisions, problems)
-    stages["organized"] = True
+    with state.timed("organize"):
+        lay_out(decisions, dicom_dir, symlink=opts.symlink)
+        _write_files_table(layout, sub, ses, raw_root, decisions, problems)
+    state.stages["organized"] = True
     flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
 
     # ---- runs
@@ -363,7 +380,7 @@ def _run_session(
         )
 
     order = sorted(to_convert, key=lambda p: -p.series.n_files)
-    with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
+    with state.timed("convert"), ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
         futures = {pool.submit(convert_one, p): p for p in order}
         for future in as_completed(futures):
             p = futures[future]
@@ -389,17 +406,18 @@ def _run_session(
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
-    for sidecar_rel, targets in intended_for(exported, sub, ses).items():
-        if targets:
-            path = session_dir / sidecar_rel
-            data = json.loads(path.read_text(encoding="utf-8"))
-            data["IntendedFor"] = sorted(targets)
-            fileops.write_json(path, data)
-    complete_phasediff(exported, session_dir)
-    write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
-    _write_series_table(layout, sub, ses, planned, runs, outputs_by_series, failures)
-    stages["converted"] = not failures and bool(exported or not to_convert)
-    return [img for _, img in exported], problems
+    with state.timed("finalize"):
+        for sidecar_rel, targets in intended_for(exported, sub, ses).items():
+            if targets:
+                path = session_dir / sidecar_rel
+                data = json.loads(path.read_text(encoding="utf-8"))
+                data["IntendedFor"] = sorted(targets)
+                fileops.write_json(path, data)
+        complete_phasediff(exported, session_dir)
+        write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
+        _write_series_table(layout, sub, ses, planned, runs, outputs_by_series, failures)
+    state.images += [img for _, img in exported]
+    state.stages["converted"] = not failures and bool(exported or not to_convert)
 
 
 def _write_files_table(

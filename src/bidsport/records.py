@@ -200,6 +200,7 @@ class SessionResult:
     images: tuple[ConvertedImage, ...] = ()
     problems: tuple[Problem, ...] = ()
     error: str | None = None  #: the error that stopped this session, if any
+    timings: tuple[tuple[str, float], ...] = ()  #: wall seconds per stage
 
     @property
     def ok(self) -> bool:
