@@ -173,3 +173,45 @@ def test_siemens_xa_mfsplit_run_becomes_one_bold(tmp_path):
     bolds = sorted((out / "sub-XA01" / "func").glob("*_bold.nii.gz"))
     assert [b.name for b in bolds] == ["sub-XA01_task-rest_dir-AP_bold.nii.gz"]
     assert nib.load(bolds[0]).shape == (16, 16, 3, 12)
+
+
+def test_run_report_lists_every_session_and_exclusion(example):
+    _, out, _, _ = example
+    reports = sorted((out / "derivatives/bidsport/logs").glob("participant_*_report.json"))
+    assert reports
+    report = json.loads(reports[0].read_text())
+    assert report["exit_code"] == 0
+    assert report["summary"]["sessions"] == len(SESSIONS)
+    first = next(s for s in report["sessions"] if s["participant_id"] == "sub-P01")
+    assert any("Thumbs.db" in p["where"] for p in first["problems"])
+    assert {"import", "scan", "convert"} <= set(first["seconds"])
+
+
+def test_one_bad_packet_gives_partial_success_and_names_it(tmp_path, capsys):
+    from bidsport.synthetic import typical_session, write_series
+
+    inbox = tmp_path / "inbox"
+    write_series(typical_session()[1], inbox / "good")
+    (inbox / "broken.zip").write_bytes(b"PK\x03\x04 this zip was cut short")
+    out = tmp_path / "bids"
+    code = main([str(inbox), str(out), "participant"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "broken.zip" in err
+    assert (out / "sub-good" / "anat" / "sub-good_T1w.nii.gz").is_file()
+    rows = {r["participant_id"]: r for r in read_tsv(out / "sourcedata/status.tsv")}
+    assert rows["sub-good"]["converted"] == "true"
+    assert rows["sub-broken"]["converted"] == "false" and rows["sub-broken"]["last_error"] != "n/a"
+
+
+def test_nothing_done_and_bad_usage_codes(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "only.zip").write_bytes(b"PK\x03\x04 broken")
+    assert main([str(inbox), str(tmp_path / "out"), "participant"]) == 4
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "missing"), str(tmp_path / "out"), "participant"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main([str(inbox), str(tmp_path / "out"), "participant", "--participant-label", "a_b"])
+    assert exc.value.code == 2

@@ -117,7 +117,7 @@ def relative_symlink(target: Path, link: Path) -> None:
     """Make ``link`` a symlink to ``target`` by a relative path (replacing a link there)."""
     ensure_dir(link.parent)
     rel = os.path.relpath(target, link.parent)
-    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.symlink(rel, tmp)
@@ -139,7 +139,7 @@ def hardlink_or_copy(src: Path, dst: Path) -> str:
     Returns "hardlink" or "copy". The source is never modified (only its link count).
     """
     ensure_dir(dst.parent)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp, follow_symlinks=True)
@@ -149,6 +149,34 @@ def hardlink_or_copy(src: Path, dst: Path) -> str:
         tmp.unlink(missing_ok=True)
     copy_file(src, dst)
     return "copy"
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files a killed run left below ``folder``; return how many.
+
+    Every temporary name this module makes is ``.<name>.<something>.tmp``; call this only
+    on folders no other run is writing to (under the session lock).
+    """
+    removed = 0
+    if not folder.is_dir():
+        return removed
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(".tmp"):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_within(path: Path, root: Path) -> bool:

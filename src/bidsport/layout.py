@@ -79,6 +79,23 @@ class DatasetLayout:
     def report_file(self) -> Path:
         return self.derivatives_dir / "report.html"
 
+    @property
+    def work_dir(self) -> Path:
+        """Default scratch space of participant runs (removed when they end)."""
+        return self.sourcedata_dir / "bidsport" / "work"
+
+    @property
+    def status_lock_file(self) -> Path:
+        return self.sourcedata_dir / ".status.tsv.lock"
+
+    @property
+    def participants_json_file(self) -> Path:
+        return self.root / "participants.json"
+
+    @property
+    def readme_file(self) -> Path:
+        return self.root / "README"
+
     def raw_dir(self, subject: str, session: str | None) -> Path:
         return self.sourcedata_dir / "raw" / sub_ses_dir(subject, session)
 

@@ -146,12 +146,30 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
     elif opts.anonymize:
         path = Path(tempfile.mkdtemp(prefix="bidsport-"))
     else:
-        base = fileops.ensure_dir(layout.sourcedata_dir / "bidsport" / "work")
-        path = Path(tempfile.mkdtemp(prefix=f"{os.uname().nodename}-", dir=base))
+        base = fileops.ensure_dir(layout.work_dir)
+        _remove_dead_work_dirs(base)
+        path = Path(tempfile.mkdtemp(prefix=f"{os.uname().nodename}-{os.getpid()}-", dir=base))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if opts.work_dir is None and not opts.anonymize:
+            with contextlib.suppress(OSError):
+                layout.work_dir.rmdir()  # only when empty: other runs may be working
+
+
+def _remove_dead_work_dirs(base: Path) -> None:
+    """Remove scratch folders that runs killed on this machine left behind.
+
+    They are named ``<host>-<pid>-<random>``; folders of other hosts (a cluster sharing
+    the dataset) are left alone, since their runs cannot be checked from here.
+    """
+    host = os.uname().nodename
+    for entry in base.iterdir():
+        name_host, _, pid = entry.name.rpartition("-")[0].rpartition("-")
+        if name_host == host and pid.isdigit() and not fileops.process_alive(int(pid)):
+            log.info("removing the scratch folder of a killed run: %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- one session
@@ -275,6 +293,13 @@ def process_session(
             if opts.overwrite == "skip" and _session_done(layout, sub, ses):
                 log.info("%s: already converted, skipped (--overwrite skip)", label)
                 return SessionResult(sub, ses, True, True, True, skipped=True)
+            for folder in (
+                layout.session_dir(sub, ses),
+                layout.dicom_dir(sub, ses),
+                layout.tables_dir(sub, ses),
+                layout.raw_dir(sub, ses),
+            ):
+                fileops.remove_stale_temps(folder)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
             _run_session(assignment, layout, opts, work_root / label, state, progress)

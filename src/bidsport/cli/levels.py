@@ -3,23 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bidsport import __version__
 from bidsport.errors import ExitCode
+from bidsport.fileops import write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
+from bidsport.participant import ParticipantRun
 
 
-def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str], None] | None]:
+    """A one-line progress display on a terminal; nothing in logs, pipes or CI."""
     if quiet or not sys.stderr.isatty():
-        return None
-    return lambda message: print(f"  {message}", file=sys.stderr)
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=0, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False) as bar:
+
+        def say(message: str) -> None:
+            bar.set_description_str(message)
+            bar.refresh()
+
+        yield say
+
+
+def participant_exit_code(run: ParticipantRun) -> ExitCode:
+    """0 all done; 3 some packets/sessions/series failed; 4 nothing could be done."""
+    failed = sum(1 for r in run.results if r.error)
+    import_failures = [p for p in run.problems if p.fatal]
+    if not run.results:
+        return ExitCode.FAILED
+    if failed == len(run.results):
+        return ExitCode.FAILED
+    if failed or import_failures:
+        return ExitCode.PARTIAL
+    return ExitCode.SUCCESS
 
 
 def run_participant(
-    dicom_dir: Path, layout: DatasetLayout, opts: RunOptions, *, quiet: bool = False
+    dicom_dir: Path,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    *,
+    quiet: bool = False,
+    report_file: Path | None = None,
+    argv: Sequence[str] = (),
 ) -> int:
     """Run the participant level and print one line per session and every problem."""
     if opts.dry_run:
@@ -31,45 +70,48 @@ def run_participant(
     from bidsport.participant import run_participant_level
     from bidsport.status import add_expected
 
+    started = _now()
     if opts.manifest:
         add_expected(layout, list(opts.manifest))
-    run = run_participant_level(dicom_dir, layout, opts, progress=_progress(quiet))
-    out = sys.stdout
+    with _progress(quiet) as progress:
+        run = run_participant_level(dicom_dir, layout, opts, progress=progress)
+    code = participant_exit_code(run)
+    if report_file is not None:
+        from bidsport.runreport import build_run_report
+
+        report = build_run_report(
+            run, argv=argv, exit_code=int(code), started=started, finished=_now()
+        )
+        write_json(report_file, report)
     for problem in run.problems:
-        print(f"skipped {problem.where}: {problem.reason}", file=sys.stderr)
-    n_failed = 0
+        print(f"packet {problem.where}: not imported: {problem.reason}", file=sys.stderr)
     for result in run.results:
         label = sub_ses_prefix(result.subject, result.session)
         if result.skipped:
             status = "already done (skipped)"
         elif result.error:
             status = f"FAILED: {result.error}"
-            n_failed += 1
         else:
             status = f"{len(result.images)} images"
         if not quiet:
-            print(f"{label}: {status}", file=out)
+            print(f"{label}: {status}")
         for problem in result.problems:
             if problem.fatal or not quiet:
                 kind = "error" if problem.fatal else "note"
                 print(f"  {kind}: {problem.where}: {problem.reason}", file=sys.stderr)
     n_sessions = len(run.results)
-    import_failures = [p for p in run.problems if p.fatal]
+    n_failed = sum(1 for r in run.results if r.error)
     if not quiet:
         print(
             f"{n_sessions - n_failed} of {n_sessions} sessions succeeded "
-            f"({run.n_packets} packets in the inbox, {len(import_failures)} could not be "
-            "assigned)",
-            file=out,
+            f"({run.n_packets} packets in the inbox, "
+            f"{sum(1 for p in run.problems if p.fatal)} could not be assigned)"
         )
-    if n_sessions == 0 and not import_failures:
+        if report_file is not None:
+            print(f"report: {report_file}")
+    if not run.results:
         print("bidsport: no packet matched the selection", file=sys.stderr)
-        return int(ExitCode.FAILED)
-    if n_failed == n_sessions and n_sessions:
-        return int(ExitCode.FAILED)
-    if n_failed or import_failures:
-        return int(ExitCode.PARTIAL)
-    return int(ExitCode.SUCCESS)
+    return int(code)
 
 
 def run_group_level(

@@ -5,6 +5,7 @@ This is the only place that prints for the pipeline and turns errors into exit c
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ log = logging.getLogger("bidsport")
 def _setup_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
     root = logging.getLogger("bidsport")
     root.setLevel(logging.DEBUG)
+    for handler in root.handlers:
+        handler.close()
     root.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if not args.dicom_dir.is_dir() and args.analysis_level == "participant":
         parser.error(f"DICOM_DIR {args.dicom_dir} is not an existing folder")
-    return _guard(lambda: _run(args, parser))
+    return _guard(lambda: _run(args, args_list))
 
 
 def _guard(func) -> int:  # type: ignore[no-untyped-def]
@@ -78,7 +81,7 @@ def _guard(func) -> int:  # type: ignore[no-untyped-def]
         return int(ExitCode.INTERNAL)
 
 
-def _run(args, parser) -> int:  # type: ignore[no-untyped-def]
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from bidsport.cli.config import options_from_args
 
     opts = options_from_args(args)
@@ -94,6 +97,13 @@ def _run(args, parser) -> int:  # type: ignore[no-untyped-def]
             print(subject)
         return 0
 
+    if args.regenerate:
+        from bidsport.status import regenerate_status
+
+        rows = regenerate_status(layout, list(opts.manifest))
+        print(f"{layout.status_file}: rebuilt from what is on disk ({len(rows)} rows)")
+        return 0
+
     log_file = None
     if not opts.dry_run and not opts.anonymize:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -103,14 +113,22 @@ def _run(args, parser) -> int:  # type: ignore[no-untyped-def]
         )
     _setup_logging(args.verbose, args.quiet, log_file)
     if log_file is not None:
-        log.info("bidsport %s: %s", __version__, " ".join(sys.argv))
+        log.info("bidsport %s: bidsport %s", __version__, " ".join(argv))
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         log.debug("effective configuration: %s", json.dumps(config, default=str))
 
     if args.analysis_level == "participant":
         from bidsport.cli.levels import run_participant
 
-        return run_participant(args.dicom_dir, layout, opts, quiet=args.quiet)
+        report_file = log_file.with_name(log_file.stem + "_report.json") if log_file else None
+        return run_participant(
+            args.dicom_dir,
+            layout,
+            opts,
+            quiet=args.quiet,
+            report_file=report_file,
+            argv=["bidsport", *argv],
+        )
     from bidsport.cli.levels import run_group_level
 
     return run_group_level(args.dicom_dir, layout, opts, args)

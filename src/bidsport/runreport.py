@@ -1,0 +1,63 @@
+"""The machine-readable report of a participant-level run (JSON, one per run).
+
+It lists every packet that could not be assigned, every session with its outcome, and
+every failed or excluded file and series with its reason, plus wall time per stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bidsport import __version__
+from bidsport.participant import ParticipantRun
+from bidsport.records import Problem
+
+
+def _problem(p: Problem) -> dict[str, Any]:
+    return {"where": p.where, "stage": p.stage, "reason": p.reason, "fatal": p.fatal}
+
+
+def build_run_report(
+    run: ParticipantRun,
+    *,
+    argv: Sequence[str],
+    exit_code: int,
+    started: str,
+    finished: str,
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict (pure)."""
+    sessions = []
+    for r in run.results:
+        status = "skipped" if r.skipped else "failed" if r.error else "done"
+        sessions.append(
+            {
+                "participant_id": f"sub-{r.subject}",
+                "session_id": f"ses-{r.session}" if r.session else None,
+                "status": status,
+                "error": r.error,
+                "imported": r.imported,
+                "organized": r.organized,
+                "converted": r.converted,
+                "images": [img.relpath for img in r.images],
+                "problems": [_problem(p) for p in r.problems],
+                "seconds": {stage: round(sec, 3) for stage, sec in r.timings},
+            }
+        )
+    return {
+        "bidsport_version": __version__,
+        "command": list(argv),
+        "started": started,
+        "finished": finished,
+        "exit_code": exit_code,
+        "packets_in_inbox": run.n_packets,
+        "packets_not_imported": [_problem(p) for p in run.problems],
+        "sessions": sessions,
+        "summary": {
+            "sessions": len(run.results),
+            "done": sum(1 for s in sessions if s["status"] == "done"),
+            "skipped": sum(1 for s in sessions if s["status"] == "skipped"),
+            "failed": sum(1 for s in sessions if s["status"] == "failed"),
+            "excluded_or_failed_items": sum(len(s["problems"]) for s in sessions),
+        },
+    }
