@@ -349,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir",
         type=Path,
         metavar="DIR",
-        help="scratch folder (extraction with --anonymize, conversion); default: a temporary "
-        "folder removed afterwards",
+        help="scratch folder (conversion; packet extraction with --anonymize); default: a "
+        "temporary folder removed afterwards, inside OUTPUT_DIR/sourcedata/bidsport/work (with "
+        "--anonymize: in the system temporary folder, so nothing identifiable enters OUTPUT_DIR)",
     )
     run.add_argument(
         "--n-procs",
