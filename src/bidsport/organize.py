@@ -35,7 +35,7 @@ def flat_name(header: FileHeader, source_key: str) -> str:
     >>> from pathlib import Path
     >>> h = FileHeader(Path("x"), 0, 0, series_number=3, instance_number=12)
     >>> flat_name(h, "pkt/a/IM0001")
-    '0003_000012_4c5dc2d4.dcm'
+    '0003_000012_247a3c68.dcm'
     """
     digest = hashlib.sha1(source_key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     series = header.series_number if header.series_number is not None else 0
