@@ -1,0 +1,601 @@
+"""Identifiers of the source data, and keeping them out of what bidsport writes.
+
+:class:`Identifiers` holds the identifying values read from the original DICOM headers
+(before any de-identification): patient names, IDs, birth dates, accession numbers,
+institution, station and device identifiers, addresses, staff names. The audit
+(:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text` removes them from
+free text; :func:`scrub_sidecar` removes identifying keys from BIDS JSON sidecars.
+
+Matching rules (shared by the audit and the scrubbers, see :class:`Matcher`):
+
+* case-insensitive;
+* values shorter than :data:`MIN_LENGTH` (3) characters are ignored: "F", "1", "MR" match
+  everywhere;
+* names, and other search strings shorter than :data:`SUBSTRING_LENGTH` (6) characters,
+  only match as a token: not preceded by a letter when they start with a letter (by a digit
+  when they start with a digit), and likewise after their end. "DEV" matches ``sub-DEV01``
+  but not ``device``; "Doe" matches ``Doe_Jane`` but not ``Doeblin``; "Timing" does not
+  match ``SliceTiming``. Longer IDs, dates, institutions... match anywhere;
+* names are also searched as their components (family, given, ... of at least 3
+  characters), with ``^`` replaced by a space, in "given family" order and joined by ``_``
+  or nothing; birth dates in the usual spellings (``19800101``, ``1980-01-01``,
+  ``01.01.1980``, ...); multi-word institution names with ``_``, ``-`` or no separator.
+
+A file of identifiers is itself PHI: :func:`save_identifiers` writes it with mode 0600,
+and it must be kept outside OUTPUT_DIR (in the work dir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+
+from bidsport import fileops
+from bidsport.errors import ConfigError
+
+MIN_LENGTH = 3
+SUBSTRING_LENGTH = 6
+#: kinds matched as whole tokens whatever their length ("Timing" must not match
+#: "SliceTiming"; concatenations like "DoeJane" are search strings of their own)
+_TOKEN_KINDS = frozenset({"name", "staff_name"})
+
+#: kind of identifier → DICOM keywords it is read from (top level and nested sequences)
+SOURCE_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "name": (
+        "PatientName",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "ResponsiblePerson",
+    ),
+    "staff_name": (
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "PhysiciansOfRecord",
+        "RequestingPhysician",
+        "NameOfPhysiciansReadingStudy",
+        "ScheduledPerformingPhysicianName",
+    ),
+    "id": ("PatientID", "OtherPatientIDs", "MedicalRecordLocator", "IssuerOfPatientID"),
+    "birth_date": ("PatientBirthDate",),
+    "accession": (
+        "AccessionNumber",
+        "StudyID",
+        "RequestedProcedureID",
+        "ScheduledProcedureStepID",
+        "PerformedProcedureStepID",
+        "PlacerOrderNumberImagingServiceRequest",
+        "FillerOrderNumberImagingServiceRequest",
+        "AdmissionID",
+    ),
+    "institution": ("InstitutionName",),
+    "station": (
+        "StationName",
+        "SourceApplicationEntityTitle",
+        "PerformedStationAETitle",
+        "ScheduledStationAETitle",
+    ),
+    "device_serial": ("DeviceSerialNumber",),
+    "address": ("PatientAddress", "InstitutionAddress", "PatientTelephoneNumbers"),
+}
+KINDS = tuple(SOURCE_KEYWORDS)
+_TAG_KIND: tuple[tuple[BaseTag, str], ...] = tuple(
+    (BaseTag(tag_for_keyword(kw) or 0), kind) for kind, kws in SOURCE_KEYWORDS.items() for kw in kws
+)
+#: the tags :func:`identifiers_from_dataset` reads
+SOURCE_TAGS: frozenset[BaseTag] = frozenset(tag for tag, _ in _TAG_KIND)
+_FIELD = {
+    "name": "names",
+    "staff_name": "staff_names",
+    "id": "ids",
+    "birth_date": "birth_dates",
+    "accession": "accessions",
+    "institution": "institutions",
+    "station": "stations",
+    "device_serial": "device_serials",
+    "address": "addresses",
+}
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """Identifying values of the source data, by kind (raw DICOM spellings).
+
+    Merge with ``|``. Values are stored as read (``Doe^Jane``, ``19800101``); the search
+    strings derived from them come from :meth:`search_terms`.
+    """
+
+    names: frozenset[str] = frozenset()
+    staff_names: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+    birth_dates: frozenset[str] = frozenset()
+    accessions: frozenset[str] = frozenset()
+    institutions: frozenset[str] = frozenset()
+    stations: frozenset[str] = frozenset()
+    device_serials: frozenset[str] = frozenset()
+    addresses: frozenset[str] = frozenset()
+
+    def __or__(self, other: Identifiers) -> Identifiers:
+        return Identifiers(
+            **{
+                f.name: getattr(self, f.name) | getattr(other, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
+
+    def values(self, kind: str) -> frozenset[str]:
+        value: frozenset[str] = getattr(self, _FIELD[kind])
+        return value
+
+    def is_empty(self) -> bool:
+        return not any(self.values(kind) for kind in KINDS)
+
+    def search_terms(self) -> list[tuple[str, str, str]]:
+        """``(term, kind, ref)`` for every search string, ``ref`` like ``"name#1"``.
+
+        ``ref`` names the value by its kind and rank (values sorted), so a report can tell
+        hits of different values apart without containing them.
+        """
+        terms: list[tuple[str, str, str]] = []
+        for kind in KINDS:
+            for rank, value in enumerate(sorted(self.values(kind)), start=1):
+                ref = f"{kind}#{rank}"
+                for term in _variants(kind, value):
+                    if len(term) >= MIN_LENGTH:
+                        terms.append((term, kind, ref))
+        return terms
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {_FIELD[kind]: sorted(self.values(kind)) for kind in KINDS}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "identifiers") -> Identifiers:
+        unknown = set(data) - set(_FIELD.values())
+        if unknown:
+            raise ConfigError(f"{source}: unknown identifier kinds {sorted(unknown)}")
+        fields: dict[str, frozenset[str]] = {}
+        for name, values in data.items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"{source}: '{name}' must be a list of strings")
+            fields[name] = frozenset(values)
+        return cls(**fields)
+
+
+def _clean(value: object) -> str:
+    return str(value).strip().strip("\x00").strip()
+
+
+def _multi(value: object) -> Iterator[str]:
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    for item in items:
+        text = _clean(item)
+        if text:
+            yield text
+
+
+def identifiers_from_dataset(ds: Dataset, *, deep: bool = True) -> Identifiers:
+    """The identifiers found in one header (with ``deep``, in nested sequences too)."""
+    found: dict[str, set[str]] = {kind: set() for kind in KINDS}
+
+    def visit(dataset: Dataset) -> None:
+        for tag, kind in _TAG_KIND:
+            if tag in dataset:
+                value = dataset[tag].value
+                if value is not None:
+                    found[kind].update(_multi(value))
+        if deep:
+            for tag in list(dataset.keys()):
+                if tag.is_private or _raw_vr(dataset, tag) != "SQ":
+                    continue
+                for item in dataset[tag].value or ():
+                    visit(item)
+
+    visit(ds)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "SourceApplicationEntityTitle" in meta:
+        found["station"].update(_multi(meta.SourceApplicationEntityTitle))
+    # a site or station "named" after the vendor or model identifies nothing, and would
+    # make every Manufacturer field a hit
+    vendor = {
+        v.casefold()
+        for key in ("Manufacturer", "ManufacturerModelName")
+        for v in _multi(ds.get(key) or "")
+    }
+    for kind in ("institution", "station", "address"):
+        found[kind] = {v for v in found[kind] if v.casefold() not in vendor}
+    # placeholders left by earlier de-identification ("***", "ANONYMOUS"...) are no PHI
+    for kind in KINDS:
+        found[kind] = {v for v in found[kind] if v.strip("*?-_ .").casefold() not in _PLACEHOLDERS}
+    return Identifiers(**{_FIELD[kind]: frozenset(values) for kind, values in found.items()})
+
+
+_PLACEHOLDERS = frozenset(
+    {
+        "",
+        "anonymous",
+        "anonymized",
+        "anon",
+        "unknown",
+        "none",
+        "n/a",
+        "na",
+        "removed",
+        "deidentified",
+        "de-identified",
+        "xxx",
+        "x",
+    }
+)
+
+
+def _raw_vr(dataset: Dataset, tag: BaseTag) -> str:
+    """The VR of an element without decoding its value (dictionary VR for implicit VR)."""
+    vr = dataset.get_item(tag).VR
+    if vr is None or vr == "UN":
+        try:
+            return str(dictionary_VR(tag))
+        except KeyError:
+            return "UN"
+    return str(vr)
+
+
+def merge_identifiers(items: Iterable[Identifiers]) -> Identifiers:
+    result = Identifiers()
+    for item in items:
+        result = result | item
+    return result
+
+
+def save_identifiers(path: Path, identifiers: Identifiers) -> None:
+    """Write ``identifiers`` as JSON with mode 0600 (the file is PHI: keep it out of
+    OUTPUT_DIR)."""
+    text = json.dumps(identifiers.to_json(), indent=2, ensure_ascii=False) + "\n"
+    with fileops.atomic_path(path) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def load_identifiers(path: Path) -> Identifiers:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read identifiers file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return Identifiers.from_json(data, str(path))
+
+
+# --------------------------------------------------------------------------- variants
+
+_DATE = re.compile(r"^(\d{4})[-.]?(\d{2})[-.]?(\d{2})$")
+
+
+def _name_variants(value: str, components: bool) -> Iterator[str]:
+    for group in value.split("="):  # alphabetic=ideographic=phonetic representations
+        parts = [p.strip() for p in group.split("^")]
+        parts = [p for p in parts if p]
+        if not parts:
+            continue
+        yield group.rstrip("^ ")
+        family, given = parts[0], parts[1] if len(parts) > 1 else ""
+        yield " ".join(parts)
+        if given:
+            for sep in ("^", " ", "_", "", ", ", ","):
+                yield f"{family}{sep}{given}"
+                yield f"{given}{sep}{family}"
+        if components:
+            for part in parts:
+                yield part
+                words = part.split()
+                if len(words) > 1:
+                    yield from (w for w in words if len(w) >= 4)
+
+
+def _variants(kind: str, value: str) -> Iterator[str]:
+    value = _clean(value)
+    if not value:
+        return
+    if kind in ("name", "staff_name"):
+        yield from _name_variants(value, components=kind == "name")
+        return
+    yield value
+    if kind == "birth_date":
+        m = _DATE.match(value)
+        if m:
+            y, mo, d = m.groups()
+            yield from (
+                f"{y}{mo}{d}",
+                f"{y}-{mo}-{d}",
+                f"{y}.{mo}.{d}",
+                f"{y}/{mo}/{d}",
+                f"{d}.{mo}.{y}",
+                f"{d}/{mo}/{y}",
+                f"{mo}/{d}/{y}",
+                f"{d}-{mo}-{y}",
+            )
+        return
+    if " " in value:
+        for sep in ("_", "-", ""):
+            yield re.sub(r"\s+", sep, value)
+    if kind == "address":
+        for part in re.split(r"[,^\n\r;]+", value):
+            part = part.strip(" .-")
+            if len(part) >= 5:
+                yield part
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class Match:
+    start: int
+    end: int
+    kind: str
+    ref: str
+
+
+def _bounded(term: str, word: str, digit: str, *, always: bool = False) -> str:
+    pattern = re.escape(term)
+    if len(term) >= SUBSTRING_LENGTH and not always:
+        return pattern
+    first, last = term[0], term[-1]
+    if first.isalpha():
+        pattern = f"(?<!{word})" + pattern
+    elif first.isdigit():
+        pattern = f"(?<!{digit})" + pattern
+    if last.isalpha():
+        pattern += f"(?!{word})"
+    elif last.isdigit():
+        pattern += f"(?!{digit})"
+    return pattern
+
+
+class Matcher:
+    """Finds the identifiers in text (``str``) or raw bytes (Latin-1 and UTF-8 spellings).
+
+    Bytes are searched in their ASCII-lowercased copy (same offsets) with a case-sensitive
+    pattern of lowercased terms, after a plain substring pre-check: most data (pixel data,
+    vendor headers) contains no identifier, and ``in`` is much faster than the regex.
+    """
+
+    def __init__(self, identifiers: Identifiers) -> None:
+        terms = identifiers.search_terms()
+        # longest first, so "Doe^Jane" wins over "Doe"
+        terms.sort(key=lambda t: -len(t[0]))
+        self._lookup: dict[str, tuple[str, str]] = {}
+        self._blookup: dict[bytes, tuple[str, str]] = {}
+        text_parts: list[str] = []
+        byte_parts: list[bytes] = []
+        for term, kind, ref in terms:
+            key = term.casefold()
+            if key in self._lookup:
+                continue
+            self._lookup[key] = (kind, ref)
+            token = kind in _TOKEN_KINDS
+            text_parts.append(_bounded(term, r"[^\W\d_]", r"\d", always=token))
+            for enc in ("latin-1", "utf-8"):
+                for candidate in (term.lower(), term.upper()):
+                    try:
+                        raw = candidate.encode(enc).lower()
+                    except UnicodeEncodeError:
+                        continue
+                    if raw not in self._blookup:
+                        self._blookup[raw] = (kind, ref)
+                        pat = _bounded(raw.decode("latin-1"), "[A-Za-z]", "[0-9]", always=token)
+                        byte_parts.append(pat.encode("latin-1"))
+        self._text_terms = tuple(self._lookup)
+        #: every search string is ASCII: its bytes are the same in any DICOM character set
+        self.ascii_only = all(term.isascii() for term in self._lookup)
+        self._byte_terms = tuple(self._blookup)
+        self._text = re.compile("|".join(text_parts), re.IGNORECASE) if text_parts else None
+        self._bytes = re.compile(b"|".join(byte_parts)) if byte_parts else None
+
+    @property
+    def empty(self) -> bool:
+        return self._text is None
+
+    def _may_hold_text(self, text: str) -> bool:
+        folded = text.casefold()
+        return any(term in folded for term in self._text_terms)
+
+    def find(self, text: str) -> list[Match]:
+        if self._text is None or not text or not self._may_hold_text(text):
+            return []
+        out = []
+        for m in self._text.finditer(text):
+            kind, ref = self._lookup.get(m.group(0).casefold(), ("unknown", "?"))
+            out.append(Match(m.start(), m.end(), kind, ref))
+        return out
+
+    def _lowered(self, data: bytes) -> bytes | None:
+        """``data`` lowercased if it may hold an identifier, else None."""
+        if self._bytes is None or not data:
+            return None
+        low = data.lower()
+        if any(term in low for term in self._byte_terms):
+            return low
+        return None
+
+    def find_bytes(self, data: bytes) -> list[Match]:
+        low = self._lowered(data)
+        if low is None or self._bytes is None:
+            return []
+        out = []
+        for m in self._bytes.finditer(low):
+            kind, ref = self._blookup.get(m.group(0), ("unknown", "?"))
+            out.append(Match(m.start(), m.end(), kind, ref))
+        return out
+
+    def scrub(self, text: str, replacement: str = "X") -> str:
+        if self._text is None or not text or not self._may_hold_text(text):
+            return text
+        return self._text.sub(replacement, text)
+
+    def scrub_same_length(self, data: bytes) -> bytes:
+        """Overwrite every identifier in ``data`` with ``X``, keeping the length."""
+        matches = self.find_bytes(data)
+        if not matches:
+            return data
+        out = bytearray(data)
+        for m in matches:
+            out[m.start : m.end] = b"X" * (m.end - m.start)
+        return bytes(out)
+
+
+@lru_cache(maxsize=64)
+def matcher_for(identifiers: Identifiers) -> Matcher:
+    """A (cached) :class:`Matcher` for ``identifiers``."""
+    return Matcher(identifiers)
+
+
+def scrub_text(text: str, identifiers: Identifiers) -> str:
+    """``text`` with every identifier replaced by ``X`` (see the module's matching rules)."""
+    return matcher_for(identifiers).scrub(text)
+
+
+def subject_label_identity_check(label: str, identifiers: Identifiers) -> str | None:
+    """Why ``label`` must not be used as a subject label, or None.
+
+    A label that equals or contains the patient's name (or a name component), ID, birth
+    date or accession number would put PHI into every file name of the dataset. The
+    comparison ignores case and every character that is not a letter or digit (BIDS labels
+    are alphanumeric). The reason does not repeat the identifier (it goes to logs).
+    """
+    plain = re.sub(r"[^0-9a-z]", "", label.lower().removeprefix("sub-"))
+    if not plain:
+        return None
+    checks = (
+        ("name", "patient name"),
+        ("id", "patient ID"),
+        ("birth_date", "birth date"),
+        ("accession", "accession number"),
+    )
+    for kind, what in checks:
+        for value in sorted(identifiers.values(kind)):
+            for term in _variants(kind, value):
+                term_plain = re.sub(r"[^0-9a-z]", "", term.lower())
+                if len(term_plain) < MIN_LENGTH:
+                    continue
+                if term_plain == plain or _contains_token(plain, term_plain, kind):
+                    how = "equals" if term_plain == plain else "contains"
+                    return (
+                        f"the subject label {how} the {what} of its DICOM files; map the "
+                        "packet to a neutral label with --mapping (e.g. a study code)"
+                    )
+    return None
+
+
+def _contains_token(haystack: str, needle: str, kind: str) -> bool:
+    pattern = _bounded(needle, "[a-z]", "[0-9]", always=kind in _TOKEN_KINDS)
+    return re.search(pattern, haystack) is not None
+
+
+# --------------------------------------------------------------------------- sidecars
+
+#: keys dcm2niix may write that identify the patient, site or device: always removed
+#: (``dcm2niix -ba y`` drops only the patient's name, ID, birth date and the UIDs).
+SIDECAR_PHI_KEYS: frozenset[str] = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "AccessionNumber",
+        "StudyID",
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "StationName",
+        "DeviceSerialNumber",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "PhysiciansOfRecord",
+        "RequestingPhysician",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        # Siemens UIDs carry the scanner's serial number and the acquisition date-time
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "FrameOfReferenceUID",
+        "ReferencedSOPInstanceUID",
+    }
+)
+#: also removed with ``--anonymize``: real dates and the patient's characteristics
+#: (age and sex belong in participants.tsv; dates only as shifted acq_time in _scans.tsv)
+SIDECAR_ANONYMIZE_KEYS: frozenset[str] = frozenset(
+    {
+        "PatientSex",
+        "PatientAge",
+        "PatientWeight",
+        "PatientSize",
+        "ImageComments",
+        "StudyComments",
+        "PatientComments",
+    }
+)
+#: free-text keys scrubbed of the identifiers when ``identifiers`` are given
+SIDECAR_TEXT_KEYS: frozenset[str] = frozenset(
+    {
+        "SeriesDescription",
+        "ProtocolName",
+        "StudyDescription",
+        "ProcedureStepDescription",
+        "ImageComments",
+        "DerivationDescription",
+        "BodyPartExamined",
+        "ReceiveCoilName",
+    }
+)
+_DATE_KEY = re.compile(r"Date(Time)?$")
+
+
+def scrub_sidecar(
+    d: Mapping[str, Any], *, anonymize: bool = False, identifiers: Identifiers | None = None
+) -> dict[str, Any]:
+    """A copy of sidecar ``d`` without identifying keys.
+
+    Always drops :data:`SIDECAR_PHI_KEYS`; with ``anonymize`` also every ``...Date`` /
+    ``...DateTime`` key (``AcquisitionDateTime``, ``StudyDate``...; ``AcquisitionTime`` as a
+    time of day stays) and :data:`SIDECAR_ANONYMIZE_KEYS`. With ``identifiers``, every
+    string value left (nested too) is scrubbed with :func:`scrub_text`.
+    """
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in SIDECAR_PHI_KEYS:
+            continue
+        if anonymize and (key in SIDECAR_ANONYMIZE_KEYS or _DATE_KEY.search(key)):
+            continue
+        out[key] = value
+    if identifiers is not None and not identifiers.is_empty():
+        matcher = matcher_for(identifiers)
+        scrubbed = _scrub_json(out, matcher)
+        assert isinstance(scrubbed, dict)
+        out = scrubbed
+    return out
+
+
+def _scrub_json(value: Any, matcher: Matcher) -> Any:
+    if isinstance(value, str):
+        return matcher.scrub(value)
+    if isinstance(value, list):
+        return [_scrub_json(v, matcher) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_json(v, matcher) for k, v in value.items()}
+    return value
