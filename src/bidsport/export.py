@@ -11,18 +11,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bidsport import fileops
+from bidsport.anonymize.keys import shift_iso_datetime
 from bidsport.convert import SeriesConversion, load_sidecar
 from bidsport.layout import DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
-from bidsport.phi import scrub_sidecar
+from bidsport.phi import Identifiers, scrub_sidecar
 from bidsport.records import Classification, ConvertedImage, PlannedSeries, Problem, Series
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deidentify:
+    """How a session's outputs are de-identified (with --anonymize).
+
+    dcm2niix reads the original files (it needs their private tags), so what it writes is
+    de-identified here: identifiers scrubbed from every sidecar value (and ``text`` from
+    anything else written), dates dropped from sidecars, ``acq_time`` shifted like the
+    anonymized DICOMs, and UIDs replaced by those of the anonymized copies.
+    """
+
+    identifiers: Identifiers
+    date_shift_days: int
+    series_uid: Callable[[str], str]  #: original UID → UID in the anonymized copies
+    text: Callable[[str], str]  #: removes identifiers and original UIDs from free text
 
 
 def acq_datetime(date: str | None, time: str | None) -> str | None:
@@ -38,13 +56,19 @@ def finalize_sidecar(
     cls: Classification,
     series: Series,
     sources: Sequence[str],
-    anonymize: bool,
+    deidentify: Deidentify | None = None,
 ) -> dict[str, object]:
-    data = scrub_sidecar(dict(sidecar), anonymize=anonymize)
+    """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS."""
+    data = scrub_sidecar(
+        dict(sidecar),
+        anonymize=deidentify is not None,
+        identifiers=deidentify.identifiers if deidentify else None,
+    )
     data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
     if cls.datatype == "func" and cls.entities.get("task"):
         data["TaskName"] = cls.entities["task"]
-    data["SeriesInstanceUID"] = series.header.series_uid
+    uid = series.header.series_uid
+    data["SeriesInstanceUID"] = deidentify.series_uid(uid) if deidentify and uid else uid
     data["BidsportSourceDicom"] = list(sources)
     return data
 
@@ -65,6 +89,7 @@ def make_4d(image: Path) -> bool:
     import nibabel as nib
 
     img = nib.load(image)
+    assert isinstance(img, nib.Nifti1Image)
     if len(img.shape) != 3:
         return False
     header = img.header.copy()
@@ -85,6 +110,7 @@ def export_series(
     session: str | None,
     opts: RunOptions,
     sources: Sequence[Path],
+    deidentify: Deidentify | None = None,
 ) -> tuple[list[ConvertedImage], list[Problem]]:
     """Rename one series' outputs into the dataset (atomically, one file at a time)."""
     cls = planned.cls
@@ -95,6 +121,8 @@ def export_series(
     target_dir = bids_dir(layout, subject, session, cls.datatype, opts)
     session_dir = layout.session_dir(subject, session)
     acq_time = acq_datetime(planned.series.acquisition_date, planned.series.acquisition_time)
+    if deidentify is not None:  # shifted like the dates of the anonymized DICOMs (BIDS)
+        acq_time = shift_iso_datetime(acq_time, deidentify.date_shift_days)
     rel_sources = [os.path.relpath(p, layout.root) for p in sources]
     images: list[ConvertedImage] = []
     problems: list[Problem] = []
@@ -134,7 +162,7 @@ def export_series(
                 cls=cls,
                 series=planned.series,
                 sources=rel_sources,
-                anonymize=opts.anonymize,
+                deidentify=deidentify,
             )
             sidecar_dst = target_dir / f"{name}.json"
             fileops.write_json(sidecar_dst, data)
@@ -242,6 +270,7 @@ def complete_phasediff(
             continue
         data["EchoTime1"] = times[0]
         data["EchoTime2"] = float(echo2)
+        assert img.sidecar is not None  # fmaps were selected with a sidecar
         fileops.write_json(session_dir / img.sidecar, data)
 
 

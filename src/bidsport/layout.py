@@ -21,6 +21,7 @@ One place that knows the layout, so that no stage builds paths by hand::
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,10 @@ class DatasetLayout:
         return self.status_rows_dir / f"{sub_ses_prefix(subject, session)}.json"
 
     def lock_file(self, subject: str, session: str | None) -> Path:
-        return self.tables_dir(subject, session) / ".lock"
+        """The session's lock: named by a hash, so that a label refused for carrying a
+        patient's identity (with --anonymize) is never written into the dataset."""
+        digest = hashlib.sha256(sub_ses_prefix(subject, session).encode()).hexdigest()[:20]
+        return self.sourcedata_dir / "bidsport" / "locks" / f"{digest}.lock"
 
     def session_dir(self, subject: str, session: str | None) -> Path:
         """The BIDS folder of a subject/session (``sub-<s>[/ses-<t>]``)."""

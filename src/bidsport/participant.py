@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bidsport import fileops
+from bidsport import fileops, privacy
 from bidsport.classify import classify_all
 from bidsport.convert import SeriesConversion, convert_series
-from bidsport.errors import BidsportError, ConversionError
+from bidsport.errors import AnonymizationError, BidsportError, ConversionError
 from bidsport.export import (
+    Deidentify,
     acq_datetime,
     complete_phasediff,
     export_series,
@@ -43,6 +44,7 @@ from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.naming import RunCandidate, assign_runs
 from bidsport.options import RunOptions
 from bidsport.organize import FileDecision, decide_files, lay_out
+from bidsport.phi import subject_label_identity_check
 from bidsport.records import (
     Assignment,
     Classification,
@@ -238,6 +240,10 @@ class _SessionState:
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     images: list[ConvertedImage] = field(default_factory=list)
+    #: with --anonymize: how outputs are de-identified, and a function that removes the
+    #: source identifiers (and original UIDs) from any text written
+    deidentify: Deidentify | None = None
+    scrub: Callable[[str], str] = field(default=str)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -255,8 +261,11 @@ class _SessionState:
             self.stages["organized"],
             self.stages["converted"],
             images=tuple(self.images),
-            problems=tuple(self.problems),
-            error=error,
+            problems=tuple(
+                dataclasses.replace(p, where=self.scrub(p.where), reason=self.scrub(p.reason))
+                for p in self.problems
+            ),
+            error=self.scrub(error) if error else None,
             timings=tuple(self.timings.items()),
         )
 
@@ -267,6 +276,7 @@ def process_session(
     opts: RunOptions,
     work_root: Path,
     progress: Progress | None = None,
+    anon: privacy.Anonymization | None = None,
 ) -> SessionResult:
     """Import, organize, classify and convert one session; never raises BidsportError."""
     sub, ses = assignment.subject, assignment.session
@@ -279,7 +289,7 @@ def process_session(
             StatusRow(
                 participant_id=sub,
                 session_id=ses,
-                packet=assignment.packet.name,
+                packet=state.scrub(assignment.packet.name),
                 imported=state.stages["imported"],
                 organized=state.stages["organized"],
                 converted=state.stages["converted"],
@@ -302,7 +312,7 @@ def process_session(
                 fileops.remove_stale_temps(folder)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
-            _run_session(assignment, layout, opts, work_root / label, state, progress)
+            _run_session(assignment, layout, opts, work_root / label, state, progress, anon)
             failed = [p for p in state.problems if p.fatal]
             error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
             with state.timed("status"):
@@ -314,10 +324,60 @@ def process_session(
                 log.info("%s: packet %s: %s", label, assignment.packet.name, done)
             return state.result(sub, ses, error)
     except BidsportError as exc:
-        log.error("%s: %s", label, exc)
-        with contextlib.suppress(BidsportError):
-            record(exc.message)
-        return state.result(sub, ses, exc.message)
+        message = state.scrub(exc.message)
+        log.error("%s: %s", label, message)
+        if not isinstance(exc, AnonymizationError):  # a refused label is not written anywhere
+            with contextlib.suppress(BidsportError):
+                record(message)
+        return state.result(sub, ses, message)
+
+
+def _scan(
+    root: Path, opts: RunOptions, cache_file: Path | None, state: _SessionState
+) -> list[FileHeader]:
+    headers: list[FileHeader] = []
+    with state.timed("scan"):
+        for item in scan_session(root, n_procs=opts.n_procs, cache_file=cache_file):
+            if isinstance(item, Problem):
+                state.problems.append(item)
+            else:
+                headers.append(item)
+    return headers
+
+
+def _anonymize_session(
+    anon: privacy.Anonymization,
+    sub: str,
+    decisions: list[FileDecision],
+    dicom_dir: Path,
+    opts: RunOptions,
+    state: _SessionState,
+) -> list[FileDecision]:
+    """Write de-identified copies of the used files into the flat folder.
+
+    Refuses a subject label that carries the patient's identity; keeps the source
+    identifiers beside the key (for the PHI audit); excludes what the policy excludes.
+    """
+    used = [d for d in decisions if d.flat_name]
+    first_of_series: dict[str | None, Path] = {}
+    for d in used:
+        first_of_series.setdefault(d.series_uid, d.source)
+    identifiers = privacy.read_identifiers(first_of_series.values())
+    reason = subject_label_identity_check(sub, identifiers)
+    if reason:
+        raise AnonymizationError(f"sub-{sub}: {reason}", "use --mapping to give it a study code")
+    privacy.remember_identifiers(anon, sub, identifiers)
+    state.deidentify = privacy.deidentifier(anon, sub, identifiers)
+    state.scrub = state.deidentify.text
+    pairs = [(d.source, dicom_dir / d.flat_name) for d in used if d.flat_name]
+    reasons = privacy.anonymize_files(anon, pairs, sub, identifiers, n_procs=opts.n_procs)
+    excluded = {src: why for (src, _), why in zip(pairs, reasons, strict=True) if why}
+    return [
+        dataclasses.replace(d, flat_name=None, reason=excluded[d.source])
+        if d.source in excluded
+        else d
+        for d in decisions
+    ]
 
 
 def _run_session(
@@ -327,14 +387,15 @@ def _run_session(
     work: Path,
     state: _SessionState,
     progress: Progress | None,
+    anon: privacy.Anonymization | None = None,
 ) -> None:
     sub, ses = assignment.subject, assignment.session
     label = sub_ses_prefix(sub, ses)
     problems = state.problems
     say = progress or (lambda _msg: None)
 
-    # ---- import
-    raw_root = layout.raw_dir(sub, ses)
+    # ---- import (with --anonymize: into the work dir, never into OUTPUT_DIR)
+    raw_root = work / "raw" if anon else layout.raw_dir(sub, ses)
     packet_dir = raw_root / assignment.packet.name
     say(f"{label}: importing {assignment.packet.path.name}")
     with state.timed("import"):
@@ -345,29 +406,36 @@ def _run_session(
 
     # ---- scan, decide, organize
     say(f"{label}: reading headers")
-    headers: list[FileHeader] = []
-    with state.timed("scan"):
-        for item in scan_session(
-            raw_root, n_procs=opts.n_procs, cache_file=layout.index_cache(sub, ses)
-        ):
-            if isinstance(item, Problem):
-                problems.append(item)
-            else:
-                headers.append(item)
+    headers = _scan(raw_root, opts, None if anon else layout.index_cache(sub, ses), state)
     with state.timed("classify"):
         decisions, planned = classify_session(headers, raw_root, opts)
     dicom_dir = layout.dicom_dir(sub, ses)
-    with state.timed("organize"):
-        lay_out(decisions, dicom_dir, symlink=opts.symlink)
-        _write_files_table(layout, sub, ses, raw_root, decisions, problems)
+    if anon is None:
+        with state.timed("organize"):
+            lay_out(decisions, dicom_dir, symlink=opts.symlink)
+        flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
+    else:
+        say(f"{label}: anonymizing")
+        with state.timed("anonymize"):
+            decisions = _anonymize_session(anon, sub, decisions, dicom_dir, opts, state)
+        refused = {d.source for d in decisions if d.reason and d.flat_name is None}
+        with state.timed("classify"):  # without what anonymization excluded (burned-in, ...)
+            _, planned = classify_session(
+                [h for h in headers if h.path not in refused], raw_root, opts
+            )
+        flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
+    _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
     state.stages["organized"] = True
-    flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
 
-    # ---- runs
+    # ---- runs (series are named in tables by their public id: with --anonymize, the
+    # UIDs of the anonymized copies)
+    def sid(p: PlannedSeries) -> str:
+        return state.scrub(p.series.series_id)
+
     to_convert = [p for p in planned if p.skip is None]
     candidates = [
         RunCandidate(
-            p.series.series_id,
+            sid(p),
             p.cls.datatype or "",
             p.cls.suffix or "",
             dict(p.cls.entities),
@@ -390,7 +458,10 @@ def _run_session(
     def convert_one(p: PlannedSeries) -> SeriesConversion | None:
         if opts.output_format == "dcm":
             return None
-        files = [flat[f] for f in p.series.files]
+        # with --anonymize dcm2niix reads the originals in the work dir: the private tags it
+        # needs (mosaics, diffusion, slice timing) are gone from the anonymized copies;
+        # its outputs are de-identified afterwards (export)
+        files = list(p.series.files) if anon else [flat[f] for f in p.series.files]
         return convert_series(
             p.series.series_id,
             files,
@@ -413,21 +484,22 @@ def _run_session(
                 conversion = future.result()
                 imgs, probs = export_series(
                     p,
-                    runs.get(p.series.series_id, ""),
+                    runs.get(sid(p), ""),
                     conversion,
                     layout=layout,
                     subject=sub,
                     session=ses,
                     opts=opts,
                     sources=[flat[f] for f in p.series.files],
+                    deidentify=state.deidentify,
                 )
             except ConversionError as exc:
-                failures[p.series.series_id] = exc.message
-                problems.append(Problem(p.series.series_id, exc.message, "convert", fatal=True))
+                failures[sid(p)] = exc.message
+                problems.append(Problem(sid(p), exc.message, "convert", fatal=True))
                 continue
             problems += probs
             exported += [(p, img) for img in imgs]
-            outputs_by_series[p.series.series_id] = [img.relpath for img in imgs]
+            outputs_by_series[sid(p)] = [img.relpath for img in imgs]
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
@@ -440,7 +512,9 @@ def _run_session(
                 fileops.write_json(path, data)
         complete_phasediff(exported, session_dir)
         write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
-        _write_series_table(layout, sub, ses, planned, runs, outputs_by_series, failures)
+        _write_series_table(
+            layout, sub, ses, planned, runs, outputs_by_series, failures, state.scrub
+        )
     state.images += [img for _, img in exported]
     state.stages["converted"] = not failures and bool(exported or not to_convert)
 
@@ -452,18 +526,23 @@ def _write_files_table(
     raw_root: Path,
     decisions: Sequence[FileDecision],
     problems: Sequence[Problem],
+    scrub: Callable[[str], str] = str,
 ) -> None:
+    """Every file of the session: its flat name, or why it was not used.
+
+    ``scrub`` removes the source identifiers from file paths (with --anonymize).
+    """
     rows = [
         {
-            "file": os.path.relpath(d.source, raw_root),
+            "file": scrub(os.path.relpath(d.source, raw_root)),
             "flat_name": d.flat_name,
-            "series_uid": d.series_uid,
+            "series_uid": None if scrub is not str else d.series_uid,
             "excluded": d.reason,
         }
         for d in decisions
     ]
     rows += [
-        {"file": p.where, "flat_name": None, "series_uid": None, "excluded": p.reason}
+        {"file": scrub(p.where), "flat_name": None, "series_uid": None, "excluded": p.reason}
         for p in problems
         if p.stage == "organize"
     ]
@@ -479,29 +558,42 @@ def _write_series_table(
     runs: dict[str, str],
     outputs: dict[str, list[str]],
     failures: dict[str, str],
+    scrub: Callable[[str], str] = str,
 ) -> None:
+    """Every series of the session: its BIDS name(s), or why it was not converted.
+
+    Series are keyed by their public id (``scrub`` of the series id); free text goes
+    through ``scrub`` too (with --anonymize it removes the source identifiers).
+    """
+
+    def text(value: str | None) -> str | None:
+        return scrub(value) if value else value
+
     rows = []
     for p in planned:
         s, c = p.series, p.cls
+        sid = scrub(s.series_id)
         rows.append(
             {
-                "series_id": s.series_id,
+                "series_id": sid,
                 "series_number": s.header.series_number,
-                "series_description": s.header.series_description,
-                "protocol_name": s.header.protocol_name,
+                "series_description": text(s.header.series_description),
+                "protocol_name": text(s.header.protocol_name),
                 "n_files": s.n_files,
                 "n_volumes": s.n_volumes,
-                "acq_time": acq_datetime(s.acquisition_date, s.acquisition_time),
+                "acq_time": None
+                if scrub is not str
+                else acq_datetime(s.acquisition_date, s.acquisition_time),
                 "datatype": c.datatype,
                 "suffix": c.suffix,
                 "entities": ";".join(f"{k}-{v}" for k, v in c.entities.items()),
-                "run": runs.get(s.series_id) if s.series_id in outputs else None,
+                "run": runs.get(sid) if sid in outputs else None,
                 "provenance": c.provenance,
-                "outputs": ";".join(outputs.get(s.series_id, [])),
-                "excluded": failures.get(s.series_id) or p.skip,
+                "outputs": ";".join(outputs.get(sid, [])),
+                "excluded": text(failures.get(sid) or p.skip),
                 "review": c.review,
                 "rule": c.rule,
-                "evidence": " | ".join(c.evidence),
+                "evidence": text(" | ".join(c.evidence)),
             }
         )
     fileops.write_tsv(layout.series_table(sub, ses), rows, SERIES_COLUMNS)
@@ -525,9 +617,10 @@ def run_participant_level(
 ) -> ParticipantRun:
     """Process every selected session of the inbox; failures are recorded, not raised."""
     plan = plan_sessions(dicom_dir, opts)
+    anon = privacy.set_up(opts, layout.root) if opts.anonymize else None
     fileops.ensure_dir(layout.root)
     results = []
     with _work_dir(opts, layout) as work_root:
         for assignment in plan.assignments:
-            results.append(process_session(assignment, layout, opts, work_root, progress))
+            results.append(process_session(assignment, layout, opts, work_root, progress, anon))
     return ParticipantRun(tuple(results), plan.problems, plan.n_packets)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bidsport.errors import ExternalToolError
 
@@ -56,3 +59,12 @@ def run_command(
     seconds = time.perf_counter() - start
     log.debug("ran %s -> exit %d (%.2f s)", shlex.join(argv), proc.returncode, seconds)
     return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, seconds)
+
+
+def process_pool_context() -> Any:
+    """The start method for worker processes: ``fork`` when safe (one thread: quick, and
+    no ``__main__`` guard needed in scripts), else ``forkserver`` (or ``spawn``)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")

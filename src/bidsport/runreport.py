@@ -44,6 +44,9 @@ def build_run_report(
                 "seconds": {stage: round(sec, 3) for stage, sec in r.timings},
             }
         )
+    done = sum(1 for r in run.results if not r.skipped and not r.error)
+    skipped = sum(1 for r in run.results if r.skipped)
+    failed = sum(1 for r in run.results if r.error)
     return {
         "bidsport_version": __version__,
         "command": list(argv),
@@ -55,9 +58,9 @@ def build_run_report(
         "sessions": sessions,
         "summary": {
             "sessions": len(run.results),
-            "done": sum(1 for s in sessions if s["status"] == "done"),
-            "skipped": sum(1 for s in sessions if s["status"] == "skipped"),
-            "failed": sum(1 for s in sessions if s["status"] == "failed"),
-            "excluded_or_failed_items": sum(len(s["problems"]) for s in sessions),
+            "done": done,
+            "skipped": skipped,
+            "failed": failed,
+            "excluded_or_failed_items": sum(len(r.problems) for r in run.results),
         },
     }

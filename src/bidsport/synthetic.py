@@ -95,11 +95,10 @@ def _volume_pixels(spec: SeriesSpec, volume: int, seed: int) -> np.ndarray:
 
 
 def _add_seconds(hhmmss: str, seconds: float) -> str:
-    h, m, s = int(hhmmss[0:2]), int(hhmmss[2:4]), float(hhmmss[4:] or 0)
-    total = h * 3600 + m * 60 + s + seconds
-    h, rem = divmod(total, 3600)
-    m, s = divmod(rem, 60)
-    return f"{int(h) % 24:02d}{int(m):02d}{s:09.6f}"
+    total = int(hhmmss[0:2]) * 3600 + int(hhmmss[2:4]) * 60 + float(hhmmss[4:] or 0) + seconds
+    hours, rem = divmod(total, 3600)
+    minutes, secs = divmod(rem, 60)
+    return f"{int(hours) % 24:02d}{int(minutes):02d}{secs:09.6f}"
 
 
 def series_datasets(
@@ -124,7 +123,7 @@ def series_datasets(
             ds = Dataset()
             ds.file_meta = FileMetaDataset()
             ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-            sop_uid = uid(series_uid, instance)
+            sop_uid = generate_uid(entropy_srcs=[series_uid, str(instance)])
             ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.SOPClassUID = MRImageStorage

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bidsport import __version__
-from bidsport.errors import ExitCode
+from bidsport.errors import ExitCode, UsageError
 from bidsport.fileops import write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
@@ -130,7 +130,28 @@ def run_group_level(
     )
     if not args.quiet:
         print(format_summary(result))
+    if args.audit_phi:
+        _audit(dicom_dir, layout, opts)
     code = ExitCode.SUCCESS
     if result.validation is not None and result.validation.ran and result.validation.errors:
         code = ExitCode.INVALID
     return int(code)
+
+
+def _audit(dicom_dir: Path, layout: DatasetLayout, opts: RunOptions) -> None:
+    """Look for the source identifiers in every file under OUTPUT_DIR; raise on a hit."""
+    from bidsport import privacy
+    from bidsport.audit import check_tree
+
+    identifiers = privacy.inbox_identifiers(dicom_dir, opts) if dicom_dir.is_dir() else None
+    if opts.anonymize_key is not None or opts.work_dir is not None:
+        stored = privacy.stored_identifiers(privacy.set_up(opts, layout.root).store_dir)
+        identifiers = stored if identifiers is None else identifiers | stored
+    if identifiers is None or identifiers.is_empty():
+        raise UsageError(
+            "--audit-phi found no source identifiers to look for",
+            "give the inbox (DICOM_DIR) the dataset was made from, or the --anonymize-key "
+            "of the participant runs",
+        )
+    check_tree(layout.root, identifiers)
+    print(f"PHI audit: no identifier of the source data found under {layout.root}")

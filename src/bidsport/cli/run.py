@@ -104,11 +104,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{layout.status_file}: rebuilt from what is on disk ({len(rows)} rows)")
         return 0
 
+    # logs and the run report name packets and files: with --anonymize they go to the work
+    # dir (when one is given), never into OUTPUT_DIR
+    log_dir = layout.logs_dir if not opts.anonymize else opts.work_dir and opts.work_dir / "logs"
     log_file = None
-    if not opts.dry_run and not opts.anonymize:
+    if not opts.dry_run and log_dir:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         who = "-".join(opts.participant_labels[:3]) or "all"
-        log_file = layout.logs_dir / (
+        log_file = log_dir / (
             f"{args.analysis_level}_{who}_{stamp}_{os.uname().nodename}_{os.getpid()}.log"
         )
     _setup_logging(args.verbose, args.quiet, log_file)

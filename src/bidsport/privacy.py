@@ -1,0 +1,223 @@
+"""``--anonymize`` in the pipeline, and the identifiers the PHI audit looks for.
+
+The de-identification itself is :mod:`bidsport.anonymize` (dicognito plus bidsport's
+policy); this module connects it to a participant run:
+
+* the project key: ``--anonymize-key FILE``, else ``<work dir>/bidsport-anonymize.key``
+  when a ``--work-dir`` is given (it must outlive the run: a new key means new
+  pseudonyms); never inside OUTPUT_DIR;
+* the identifiers of the source data, read from the originals before anonymization, kept
+  beside the key in ``<key>.phi/`` (one JSON file per subject, named by a keyed hash, mode
+  0600): they are PHI, needed by ``group --audit-phi``, and never enter OUTPUT_DIR;
+* de-identified copies of a session's files, written in parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+from bidsport.anonymize import (
+    AnonymizePolicy,
+    Anonymizer,
+    default_policy,
+    load_or_create_key,
+    load_policy,
+)
+from bidsport.errors import BidsportError, UsageError
+from bidsport.export import Deidentify
+from bidsport.options import RunOptions
+from bidsport.phi import (
+    Identifiers,
+    identifiers_from_dataset,
+    load_identifiers,
+    matcher_for,
+    merge_identifiers,
+    save_identifiers,
+)
+from bidsport.runner import process_pool_context
+
+log = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "bidsport-anonymize.key"
+
+
+@dataclass(frozen=True)
+class Anonymization:
+    """Everything a participant run needs to de-identify files."""
+
+    key: bytes
+    policy: AnonymizePolicy
+    store_dir: Path  #: where the source identifiers are kept (PHI, outside OUTPUT_DIR)
+
+
+def key_file(opts: RunOptions) -> Path:
+    """The key file of this run (see the module docstring)."""
+    if opts.anonymize_key is not None:
+        return opts.anonymize_key
+    if opts.work_dir is not None:
+        return opts.work_dir / KEY_FILE_NAME
+    raise UsageError(
+        "--anonymize needs a project key that outlives the run",
+        "give --anonymize-key FILE (a path outside OUTPUT_DIR, created on the first run and "
+        "reused: the same key gives the same pseudonyms and date shifts), or a --work-dir",
+    )
+
+
+def set_up(opts: RunOptions, output_dir: Path) -> Anonymization:
+    """Load (or create) the key and the policy; raises UsageError/ConfigError."""
+    path = key_file(opts).absolute()
+    key = load_or_create_key(path, forbidden_root=output_dir)
+    if opts.anonymize_policy is not None:
+        policy = load_policy(
+            opts.anonymize_policy,
+            keep_private=opts.keep_private_tags,
+            allow_burned_in=opts.allow_burned_in,
+        )
+    else:
+        policy = default_policy(opts.keep_private_tags, allow_burned_in=opts.allow_burned_in)
+    return Anonymization(key, policy, path.with_name(path.name + ".phi"))
+
+
+# --------------------------------------------------------------------------- identifiers
+
+
+def read_identifiers(paths: Iterable[Path]) -> Identifiers:
+    """The identifiers in the headers of ``paths`` (nested sequences included)."""
+    found = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # any unreadable file is already excluded elsewhere
+            log.debug("no identifiers read from %s: %s", path, exc)
+            continue
+        found.append(identifiers_from_dataset(ds))
+    return merge_identifiers(found)
+
+
+def _subject_file(anon: Anonymization, subject: str) -> Path:
+    digest = hashlib.sha256(anon.key + subject.encode("utf-8")).hexdigest()[:16]
+    return anon.store_dir / f"{digest}.json"
+
+
+def remember_identifiers(anon: Anonymization, subject: str, identifiers: Identifiers) -> None:
+    """Add ``identifiers`` to what is kept for ``subject`` (for the PHI audit)."""
+    path = _subject_file(anon, subject)
+    if path.is_file():
+        identifiers = load_identifiers(path) | identifiers
+    save_identifiers(path, identifiers)
+
+
+def stored_identifiers(store_dir: Path) -> Identifiers:
+    """Every subject's identifiers kept in ``store_dir``."""
+    if not store_dir.is_dir():
+        return Identifiers()
+    return merge_identifiers(load_identifiers(p) for p in sorted(store_dir.glob("*.json")))
+
+
+# --------------------------------------------------------------------------- outputs
+
+_UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){3,}\b")
+
+
+def deidentifier(anon: Anonymization, subject: str, identifiers: Identifiers) -> Deidentify:
+    """How the outputs of ``subject``'s session are de-identified (see :class:`Deidentify`)."""
+    anonymizer = Anonymizer(anon.key, anon.policy)
+    matcher = matcher_for(identifiers)
+
+    def text(value: str) -> str:
+        return matcher.scrub(_UID.sub(lambda m: anonymizer.new_uid(m.group()), value))
+
+    return Deidentify(
+        identifiers=identifiers,
+        date_shift_days=anonymizer.date_shift_days(subject),
+        series_uid=anonymizer.new_uid,
+        text=text,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+_WORKER: Anonymizer | None = None
+
+
+def _init_worker(key: bytes, policy: AnonymizePolicy) -> None:
+    global _WORKER
+    _WORKER = Anonymizer(key, policy)
+
+
+def _anonymize_chunk(
+    pairs: Sequence[tuple[Path, Path]], subject: str, identifiers: Identifiers
+) -> list[str | None]:
+    assert _WORKER is not None
+    reasons: list[str | None] = []
+    for src, dst in pairs:
+        try:
+            reasons.append(_WORKER.anonymize_file(src, dst, subject, identifiers).excluded)
+        except BidsportError as exc:
+            reasons.append(f"cannot be anonymized: {exc.message}")
+    return reasons
+
+
+def anonymize_files(
+    anon: Anonymization,
+    pairs: Sequence[tuple[Path, Path]],
+    subject: str,
+    identifiers: Identifiers,
+    *,
+    n_procs: int = 1,
+    chunk: int = 64,
+) -> list[str | None]:
+    """Write de-identified copies (``src`` → ``dst``); per pair, the exclusion reason or None.
+
+    A file the policy excludes (burned-in annotations, screen saves) is not written.
+    """
+    chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
+    if n_procs <= 1 or len(chunks) <= 1:
+        _init_worker(anon.key, anon.policy)
+        return [r for c in chunks for r in _anonymize_chunk(c, subject, identifiers)]
+    with ProcessPoolExecutor(
+        max_workers=n_procs,
+        mp_context=process_pool_context(),
+        initializer=_init_worker,
+        initargs=(anon.key, anon.policy),
+    ) as pool:
+        results = pool.map(
+            _anonymize_chunk, chunks, [subject] * len(chunks), [identifiers] * len(chunks)
+        )
+        return [r for part in results for r in part]
+
+
+def inbox_identifiers(dicom_dir: Path, opts: RunOptions) -> Identifiers:
+    """The identifiers in every DICOM file of the inbox's packets (for the PHI audit).
+
+    Archive packets are extracted into a temporary folder (in the work dir when one is
+    given) that is removed afterwards.
+    """
+    import shutil
+    import tempfile
+
+    from bidsport.ingest import discover_packets, import_packet
+
+    packets, _ = discover_packets(dicom_dir, opts.pattern)
+    found = []
+    for packet in packets:
+        if packet.kind == "folder":
+            found.append(read_identifiers(p for p in packet.path.rglob("*") if p.is_file()))
+            continue
+        tmp = Path(tempfile.mkdtemp(prefix="bidsport-audit-", dir=opts.work_dir))
+        try:
+            import_packet(packet, tmp / "packet", opts.limits)
+            found.append(read_identifiers(p for p in (tmp / "packet").rglob("*") if p.is_file()))
+        except BidsportError as exc:
+            log.warning("PHI audit: identifiers of packet %s not read: %s", packet.name, exc)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return merge_identifiers(found)
