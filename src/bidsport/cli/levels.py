@@ -65,6 +65,20 @@ def run_participant(
         from bidsport.dryrun import format_preview, preview
 
         print(format_preview(preview(dicom_dir, opts)))
+        if opts.anonymize:
+            from bidsport.anonymize import default_policy, describe_actions, load_policy
+
+            policy = (
+                load_policy(
+                    opts.anonymize_policy,
+                    keep_private=opts.keep_private_tags,
+                    allow_burned_in=opts.allow_burned_in,
+                )
+                if opts.anonymize_policy
+                else default_policy(opts.keep_private_tags, allow_burned_in=opts.allow_burned_in)
+            )
+            print("\nde-identification (--anonymize), element by element:")
+            print("\n".join(f"  {line}" for line in describe_actions(policy)))
         return int(ExitCode.SUCCESS)
 
     from bidsport.participant import run_participant_level
