@@ -124,6 +124,13 @@ def test_group_writes_a_valid_dataset(dataset: DatasetLayout, validator: list[st
     text = format_summary(result)
     assert "sub-01" in text and "total" in text and "0 errors" in text
 
+    # the HTML report: every status row, and where it is in the summary
+    assert result.report == dataset.report_file and dataset.report_file in result.written
+    page = dataset.report_file.read_text(encoding="utf-8")
+    assert '<section id="sub-01">' in page and '<section id="sub-02">' in page
+    assert "<title>study: bidsport report</title>" in page and "bidsport 0.1.0" in page
+    assert text.splitlines()[-1] == f"report: {dataset.report_file}"
+
 
 def test_group_is_idempotent_and_adds_subjects(
     tmp_path: Path, dataset: DatasetLayout, validator: list[str]
@@ -206,6 +213,18 @@ def test_broken_dataset_reports_the_error(tmp_path: Path, dataset: DatasetLayout
     assert ("NOT_INCLUDED", "/sub-01/anat/sub-01_T1wx.nii.gz") in errors
     text = format_summary(result)
     assert "error: NOT_INCLUDED /sub-01/anat/sub-01_T1wx.nii.gz" in text
+
+
+def test_group_without_report(tmp_path: Path, dataset: DatasetLayout) -> None:
+    root = tmp_path / "noreport"
+    shutil.copytree(dataset.root, root, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    layout = DatasetLayout(root)
+    result = run_group(
+        layout, validate=False, report=False, dcm2niix_version=None, bidsport_version="0.1.0"
+    )
+    assert result.report is None and not layout.report_file.exists()
+    assert not any(path.suffix == ".html" for path in result.written)
+    assert "report:" not in format_summary(result)
 
 
 def test_group_needs_the_dataset(tmp_path: Path) -> None:

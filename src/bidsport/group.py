@@ -13,6 +13,8 @@ dataset, never the DICOM inbox. It writes, through :mod:`bidsport.fileops` (atom
 * ``participants.json``: describes ``participant_id``; other descriptions are kept.
 * ``README``: a short generated text, only when no README file exists.
 * ``sourcedata/status.tsv``: rebuilt from the per-session records and the disk.
+* ``derivatives/bidsport/report.html`` and its thumbnails (:mod:`bidsport.htmlreport`):
+  status, series tables and a picture of every converted image, for curators.
 
 No ``.bidsignore`` is written: everything else bidsport writes lies in ``sourcedata/``
 and ``derivatives/``, which the validator ignores.
@@ -32,6 +34,7 @@ from typing import Any
 
 from bidsport import fileops
 from bidsport.errors import OutputError, UsageError
+from bidsport.htmlreport import write_report
 from bidsport.layout import DatasetLayout
 from bidsport.status import StatusRow, regenerate_status
 from bidsport.validator import (
@@ -75,6 +78,7 @@ class GroupResult:
     totals: SummaryRow
     validation: ValidationResult | None  #: None with ``validate=False``
     written: tuple[Path, ...]  #: the files created or changed by this run
+    report: Path | None = None  #: the HTML report (None with ``report=False``)
 
 
 # --------------------------------------------------------------------------- pure
@@ -225,8 +229,11 @@ def run_group(
     bidsport_version: str,
     manifest_pairs: Sequence[tuple[str, str | None]] = (),
     validate: bool = True,
+    report: bool = True,
 ) -> GroupResult:
     """Write the dataset-level files, rebuild the status table and validate the dataset.
+
+    With ``report``, also write the HTML report (:func:`bidsport.htmlreport.write_report`).
 
     Idempotent: a second run with the same arguments changes no file. Raises
     :class:`UsageError` when the dataset folder does not exist, :class:`OutputError`
@@ -262,6 +269,17 @@ def run_group(
         written.append(layout.status_file)
     summary, totals = summarize(status)
 
+    report_file = None
+    if report:
+        outcome = write_report(
+            layout,
+            status,
+            title=str(description.get("Name") or name),
+            generator=f"bidsport {bidsport_version}",
+        )
+        written += outcome.written
+        report_file = outcome.report_file
+
     validation = None
     if validate:
         validation = run_validator(root, command=command)
@@ -274,6 +292,7 @@ def run_group(
         totals=totals,
         validation=validation,
         written=tuple(written),
+        report=report_file,
     )
 
 
@@ -307,7 +326,7 @@ def _issue_lines(kind: str, issues: Sequence[Issue]) -> list[str]:
 
 
 def format_summary(result: GroupResult) -> str:
-    """A plain-text report: sessions per stage and participant, then the validation."""
+    """A plain-text report: sessions per stage and participant, the validation, the report."""
     header = ("participant", "sessions", "imported", "organized", "converted", "failed")
     rows = [
         (f"sub-{r.participant_id}", r.sessions, r.imported, r.organized, r.converted, r.failed)
@@ -329,4 +348,6 @@ def format_summary(result: GroupResult) -> str:
         )
         lines += _issue_lines("error", validation.errors)
         lines += _issue_lines("warning", validation.warnings)
+    if result.report is not None:
+        lines.append(f"report: {result.report}")
     return "\n".join(lines)

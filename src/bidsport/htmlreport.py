@@ -1,0 +1,748 @@
+"""The group report ``derivatives/bidsport/report.html``: status, series and thumbnails.
+
+One self-contained HTML page for curators: the status of every subject/session, then per
+session the series table (classification, provenance, why a series was not converted)
+with a thumbnail of every converted image (middle slices of its first volume in three
+planes, so a T1w can be seen to look like a T1w).
+
+The thumbnails are grayscale PNG files under ``derivatives/bidsport/thumbnails/``,
+mirroring the dataset (``sub-<s>/[ses-<t>/]<datatype>/<name>.png``), referenced from the
+page by relative paths: the page stays small on large datasets (the browser loads the
+pictures lazily), the folder can be moved or mounted anywhere, and a thumbnail is only
+recomputed when its image is newer than it. The PNG encoder is the standard library's
+(``zlib`` + ``struct``); the page has no script and loads nothing from elsewhere.
+
+The report holds no time stamp of its own, so a second group run changes nothing. It
+shows what the tables say (``status.tsv``, each session's ``series.tsv``), which carry no
+identifying data beyond the packet names and the free-text series descriptions (escaped).
+
+Pure parts (PNG encoding, slicing, resampling, HTML) are apart from the I/O
+(:func:`read_first_volume`, :func:`collect_sessions`, :func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
+
+from bidsport import fileops
+from bidsport.layout import DatasetLayout, sub_ses_dir, sub_ses_prefix
+from bidsport.status import StatusRow
+
+log = logging.getLogger(__name__)
+
+#: Largest side (pixels) of each of the three panels of a thumbnail.
+THUMBNAIL_SIZE = 128
+#: Pixels between the panels of a thumbnail, and their value (white: the page's colour).
+PANEL_GAP = 2
+GAP_VALUE = 255
+#: Percentiles of the intensities mapped to black and white.
+WINDOW_PERCENTILES = (0.5, 99.5)
+#: Image file names that get a thumbnail.
+IMAGE_SUFFIXES = (".nii.gz", ".nii")
+#: Folder of the thumbnails, relative to the report's folder.
+THUMBNAIL_DIR = "thumbnails"
+#: Written into every thumbnail; a thumbnail without it is made again even when it is
+#: newer than its image. Change the number whenever thumbnails change (size, layout).
+THUMBNAIL_SOFTWARE = "bidsport thumbnail 1"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SOFTWARE_TEXT = b"Software\0" + THUMBNAIL_SOFTWARE.encode("latin-1")
+#: What reading a broken NIfTI file raises.
+_UNREADABLE = (ImageFileError, HeaderDataError, OSError, ValueError, EOFError, zlib.error)
+#: Content-Security-Policy of the page: no script, nothing from the network.
+CSP = "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'"
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A thumbnail PNG, as the page references it."""
+
+    relpath: str  #: POSIX path relative to the report's folder
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImagePreview:
+    """One output of a series and its thumbnail (or why there is none)."""
+
+    output: str  #: path of the output relative to the session folder
+    thumbnail: Thumbnail | None = None
+    note: str | None = None  #: why there is no thumbnail
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One row of a session's ``series.tsv`` (``n/a`` and missing columns are None)."""
+
+    series_id: str | None
+    series_number: str | None
+    series_description: str | None
+    protocol_name: str | None
+    n_files: str | None
+    n_volumes: str | None
+    acq_time: str | None
+    datatype: str | None
+    suffix: str | None
+    entities: str | None
+    run: str | None
+    provenance: str | None
+    outputs: tuple[str, ...]
+    excluded: str | None
+    review: bool
+    rule: str | None
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """A series of the report: its table row and the previews of its outputs."""
+
+    row: SeriesRow
+    previews: tuple[ImagePreview, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionReport:
+    """What the report shows of one subject/session."""
+
+    status: StatusRow
+    series: tuple[SeriesEntry, ...] = ()
+    note: str | None = None  #: e.g. why there is no series table
+
+    @property
+    def anchor(self) -> str:
+        return sub_ses_prefix(self.status.participant_id, self.status.session_id)
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What :func:`write_report` did."""
+
+    report_file: Path
+    written: tuple[Path, ...]  #: files created or changed (report, thumbnails)
+    removed: tuple[Path, ...]  #: thumbnails of images that no longer exist
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _filter_rows(pixels: np.ndarray) -> np.ndarray:
+    """The PNG scanlines of 8-bit grayscale ``pixels``: filter type byte + filtered row.
+
+    Each row gets the filter (None, Sub, Up, Average, Paeth) whose output has the smallest
+    sum of absolute signed bytes, the heuristic of the PNG specification (section 12.8).
+    """
+    x = pixels.astype(np.int16)
+    a = np.zeros_like(x)  # left
+    a[:, 1:] = x[:, :-1]
+    b = np.zeros_like(x)  # up
+    b[1:] = x[:-1]
+    c = np.zeros_like(x)  # up-left
+    c[1:, 1:] = x[:-1, :-1]
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    filtered = (np.stack([x, x - a, x - b, x - (a + b) // 2, x - paeth]) % 256).astype(np.uint8)
+    cost = np.abs(filtered.view(np.int8).astype(np.int32)).sum(axis=2)
+    choice = np.argmin(cost, axis=0)
+    rows = np.empty((x.shape[0], x.shape[1] + 1), np.uint8)
+    rows[:, 0] = choice
+    rows[:, 1:] = filtered[choice, np.arange(x.shape[0])]
+    return rows
+
+
+def encode_png(pixels: np.ndarray, software: str | None = None) -> bytes:
+    """A grayscale 8-bit PNG of a 2-D ``uint8`` array (first row at the top).
+
+    ``software`` (Latin-1 text) is stored as the PNG's ``Software`` text.
+
+    >>> encode_png(np.zeros((2, 3), np.uint8))[:8] == _PNG_SIGNATURE
+    True
+    """
+    if pixels.ndim != 2 or pixels.dtype != np.uint8 or 0 in pixels.shape:
+        raise ValueError(f"need a non-empty 2-D uint8 array, got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape
+    rows = _filter_rows(pixels)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    text = _chunk(b"tEXt", b"Software\0" + software.encode("latin-1")) if software else b""
+    return (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + text
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or None when ``data`` is not a PNG.
+
+    >>> png_size(encode_png(np.zeros((2, 3), np.uint8)))
+    (3, 2)
+    """
+    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the three array axes of a NIfTI affine (1 where unusable)."""
+    sizes = [float(s) for s in np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))]
+    x, y, z = (s if np.isfinite(s) and s > 0 else 1.0 for s in sizes)
+    return x, y, z
+
+
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``volume`` with its axes reordered and flipped to the closest RAS+ orientation.
+
+    Returns the array (a view) and its voxel sizes in the new axis order.
+    """
+    ornt = nib.orientations.io_orientation(np.asarray(affine, float))
+    sizes_in = voxel_sizes(affine)
+    sizes = [1.0, 1.0, 1.0]
+    for axis_in, (axis_out, _flip) in enumerate(ornt):
+        sizes[int(axis_out)] = sizes_in[axis_in]
+    ras = nib.orientations.apply_orientation(volume, ornt)
+    return ras, (sizes[0], sizes[1], sizes[2])
+
+
+def middle_planes(
+    volume: np.ndarray, sizes: tuple[float, float, float]
+) -> list[tuple[np.ndarray, tuple[float, float]]]:
+    """The middle sagittal, coronal and axial slices of a RAS+ volume, as displayed.
+
+    Each plane comes with its (row, column) pixel sizes in mm. Superior is up in the
+    sagittal and coronal planes, anterior up in the axial plane; anterior is right in the
+    sagittal plane and the subject's right is right in the others (neurological).
+    """
+    nx, ny, nz = volume.shape
+    sx, sy, sz = sizes
+    sagittal = volume[nx // 2, :, :].T[::-1, :]  # rows: z (superior first), columns: y
+    coronal = volume[:, ny // 2, :].T[::-1, :]  # rows: z, columns: x
+    axial = volume[:, :, nz // 2].T[::-1, :]  # rows: y (anterior first), columns: x
+    return [(sagittal, (sz, sy)), (coronal, (sz, sx)), (axial, (sy, sx))]
+
+
+def window(values: Sequence[np.ndarray]) -> tuple[float, float]:
+    """The intensities shown as black and white: robust percentiles of ``values``."""
+    finite = np.concatenate([v[np.isfinite(v)].ravel() for v in values])
+    if finite.size == 0:
+        return 0.0, 0.0
+    low, high = (float(x) for x in np.percentile(finite, WINDOW_PERCENTILES))
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    return low, high
+
+
+def to_uint8(plane: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``plane`` scaled so that ``low`` is 0 and ``high`` 255 (NaN: 0)."""
+    if high <= low:
+        return np.where(np.isfinite(plane) & (plane > low), 255, 0).astype(np.uint8)
+    scaled = (np.clip(plane, low, high) - low) * (255.0 / (high - low))
+    return np.nan_to_num(np.rint(scaled), nan=0.0).astype(np.uint8)
+
+
+def _resize_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Resample one axis to ``size`` samples: block averages when shrinking, then linear."""
+    moved = np.moveaxis(array, axis, 0)
+    n = moved.shape[0]
+    factor = n // size
+    if factor >= 2:
+        kept = n - n % factor
+        moved = moved[:kept].reshape(kept // factor, factor, *moved.shape[1:]).mean(axis=1)
+        n = moved.shape[0]
+    if n != size:
+        position = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        lower = np.floor(position).astype(int)
+        upper = np.minimum(lower + 1, n - 1)
+        weight = (position - lower).reshape(-1, *([1] * (moved.ndim - 1)))
+        moved = moved[lower] * (1 - weight) + moved[upper] * weight
+    return np.moveaxis(moved, 0, axis)
+
+
+def resample(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``plane`` (2-D) resampled to ``shape`` (rows, columns).
+
+    >>> resample(np.arange(16.0).reshape(4, 4), (2, 2)).tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    out = _resize_axis(np.asarray(plane, float), shape[0], 0)
+    return _resize_axis(out, shape[1], 1)
+
+
+def montage(
+    volume: np.ndarray,
+    sizes: tuple[float, float, float],
+    box: int = THUMBNAIL_SIZE,
+    gap: int = PANEL_GAP,
+) -> np.ndarray:
+    """Three middle planes of a RAS+ volume side by side, as one ``uint8`` picture.
+
+    All planes share one scale (mm per pixel), chosen so that the largest side of the
+    field of view is ``box`` pixels; planes are centred vertically on a black background.
+    """
+    planes = middle_planes(volume, sizes)
+    extent = max(n * s for n, s in zip(volume.shape, sizes, strict=True))
+    scale = box / extent if extent > 0 else 1.0
+    low, high = window([np.asarray(p, float) for p, _ in planes])
+    panels = []
+    for plane, (row_mm, col_mm) in planes:
+        shape = (
+            max(1, min(box, round(plane.shape[0] * row_mm * scale))),
+            max(1, min(box, round(plane.shape[1] * col_mm * scale))),
+        )
+        panels.append(to_uint8(resample(plane, shape), low, high))
+    height = max(p.shape[0] for p in panels)
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    picture = np.zeros((height, width), np.uint8)
+    column = 0
+    for i, panel in enumerate(panels):
+        if i:
+            picture[:, column - gap : column] = GAP_VALUE
+        top = (height - panel.shape[0]) // 2
+        picture[top : top + panel.shape[0], column : column + panel.shape[1]] = panel
+        column += panel.shape[1] + gap
+    return picture
+
+
+def read_first_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The first 3-D volume of a NIfTI image (as numbers) and its affine.
+
+    Only the first volume of a 4-D image is read. Complex data gives magnitudes, RGB data
+    its mean. Raises nibabel's and numpy's errors (``ImageFileError``, ``OSError``,
+    ``ValueError``, ``EOFError``) for unreadable files.
+    """
+    image = nib.load(path)
+    if not isinstance(image, SpatialImage):
+        raise ValueError(f"{path} is not an image with a shape and an affine")
+    shape = image.shape
+    if len(shape) > 3:
+        data = np.asanyarray(image.dataobj[(slice(None),) * 3 + (0,) * (len(shape) - 3)])
+    else:
+        data = np.asanyarray(image.dataobj)
+    while data.ndim < 3:
+        data = data[..., np.newaxis]
+    if data.dtype.names:  # RGB(A) images
+        data = np.mean([data[name].astype(float) for name in data.dtype.names], axis=0)
+    elif np.iscomplexobj(data):
+        data = np.abs(data)
+    return np.asarray(data), np.asarray(image.affine)
+
+
+def thumbnail_png(path: Path, box: int = THUMBNAIL_SIZE) -> bytes:
+    """The thumbnail of a NIfTI image as PNG bytes (see :func:`montage`)."""
+    volume, affine = read_first_volume(path)
+    ras, sizes = to_ras(volume, affine)
+    return encode_png(montage(ras, sizes, box), software=THUMBNAIL_SOFTWARE)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _cell(row: Mapping[str, str], column: str) -> str | None:
+    value = row.get(column)
+    return None if value is None or value in ("", "n/a") else value
+
+
+def series_row(row: Mapping[str, str]) -> SeriesRow:
+    """A :class:`SeriesRow` from a ``series.tsv`` row (as :func:`fileops.read_tsv` reads it)."""
+    outputs = _cell(row, "outputs")
+    evidence = _cell(row, "evidence")
+    return SeriesRow(
+        series_id=_cell(row, "series_id"),
+        series_number=_cell(row, "series_number"),
+        series_description=_cell(row, "series_description"),
+        protocol_name=_cell(row, "protocol_name"),
+        n_files=_cell(row, "n_files"),
+        n_volumes=_cell(row, "n_volumes"),
+        acq_time=_cell(row, "acq_time"),
+        datatype=_cell(row, "datatype"),
+        suffix=_cell(row, "suffix"),
+        entities=_cell(row, "entities"),
+        run=_cell(row, "run"),
+        provenance=_cell(row, "provenance"),
+        outputs=tuple(o for o in (outputs or "").split(";") if o),
+        excluded=_cell(row, "excluded"),
+        review=(_cell(row, "review") or "").lower() == "true",
+        rule=_cell(row, "rule"),
+        evidence=tuple(e.strip() for e in (evidence or "").split(" | ") if e.strip()),
+    )
+
+
+def thumbnail_relpath(subject: str, session: str | None, output: str) -> str | None:
+    """Where the thumbnail of a session's ``output`` lives, relative to the report's folder.
+
+    None when ``output`` is not a NIfTI image or not a plain path inside the session.
+
+    >>> thumbnail_relpath("01", "1", "anat/sub-01_ses-1_T1w.nii.gz")
+    'thumbnails/sub-01/ses-1/anat/sub-01_ses-1_T1w.png'
+    >>> thumbnail_relpath("01", None, "../x.nii") is None
+    True
+    """
+    path = PurePosixPath(output)
+    if path.is_absolute() or ".." in path.parts or "\\" in output:
+        return None
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), None)
+    if suffix is None or path.name == suffix:
+        return None
+    png = path.with_name(path.name[: -len(suffix)] + ".png")
+    return str(PurePosixPath(THUMBNAIL_DIR, sub_ses_dir(subject, session).as_posix(), png))
+
+
+# --------------------------------------------------------------------------- HTML
+
+_STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.6em;margin:0 0 .2em}h2{margin-top:1.6em}
+h3{margin:1.4em 0 .4em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.4em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}
+td.na{color:#999}
+tr.ok td.state{background:#dff0d8}tr.failed td.state{background:#f2dede}
+tr.partial td.state{background:#fcf8e3}tr.expected td.state{background:#eee}
+tr.excluded td{color:#777}tr.review td{background:#fcf8e3}
+.badge{font-size:.75em;padding:1px 6px;border-radius:8px;background:#ddd;margin-left:.5em}
+.badge.ok{background:#dff0d8}.badge.failed{background:#f2dede}
+.badge.review{background:#fcf8e3}
+figure{display:inline-block;margin:0 4px 4px 0}
+figure img{display:block;background:#000;image-rendering:auto}
+figcaption{font-size:.75em;color:#555;max-width:400px;overflow-wrap:anywhere}
+td{overflow-wrap:anywhere}td:last-child{min-width:390px}
+table.series td:first-child,.badge{white-space:nowrap;overflow-wrap:normal}
+details summary{cursor:pointer;color:#555}
+.error{color:#a94442}.note{color:#777;font-style:italic}
+code{font-size:.9em}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _td(value: object | None, cls: str | None = None) -> str:
+    if value is None or value == "":
+        return '<td class="na">n/a</td>'
+    attr = f' class="{_e(cls)}"' if cls else ""
+    return f"<td{attr}>{_e(value)}</td>"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _state(row: StatusRow) -> tuple[str, str]:
+    """(CSS class, word) of a status row."""
+    if row.last_error:
+        return "failed", "failed"
+    if row.converted:
+        return "ok", "converted"
+    if row.imported or row.organized:
+        return "partial", "in progress"
+    return "expected", "expected"
+
+
+def _status_table(sessions: Sequence[SessionReport]) -> list[str]:
+    out = [
+        '<table class="status">',
+        "<tr><th>participant</th><th>session</th><th>packet</th><th>imported</th>"
+        "<th>organized</th><th>converted</th><th>state</th><th>last error</th>"
+        "<th>updated</th></tr>",
+    ]
+    for s in sessions:
+        row = s.status
+        cls, word = _state(row)
+        out.append(
+            f'<tr class="{cls}"><td><a href="#{_e(s.anchor)}">sub-{_e(row.participant_id)}'
+            "</a></td>"
+            + _td(f"ses-{row.session_id}" if row.session_id else None)
+            + _td(row.packet)
+            + _td(_yes(row.imported))
+            + _td(_yes(row.organized))
+            + _td(_yes(row.converted))
+            + _td(word, "state")
+            + _td(row.last_error, "error")
+            + _td(row.updated)
+            + "</tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _preview_html(preview: ImagePreview) -> str:
+    caption = f"<figcaption>{_e(preview.output)}</figcaption>"
+    thumb = preview.thumbnail
+    if thumb is None:
+        note = preview.note or "no preview"
+        return f'<figure><span class="note">{_e(note)}</span>{caption}</figure>'
+    return (
+        f'<figure><img src="{_e(thumb.relpath)}" width="{thumb.width}" '
+        f'height="{thumb.height}" loading="lazy" alt="{_e(preview.output)}">{caption}</figure>'
+    )
+
+
+def _bids_name(row: SeriesRow) -> str | None:
+    if not row.datatype and not row.suffix:
+        return None
+    parts = [row.datatype or "?", "/"]
+    if row.entities:
+        parts.append(row.entities.replace(";", "_") + "_")
+    if row.run:
+        parts.append(f"run-{row.run}_")
+    parts.append(row.suffix or "?")
+    return "".join(parts)
+
+
+def _series_table(entries: Sequence[SeriesEntry]) -> list[str]:
+    out = [
+        '<table class="series">',
+        "<tr><th>#</th><th>description</th><th>files / volumes</th><th>acquired</th>"
+        "<th>classified as</th><th>provenance</th><th>outcome</th><th>preview</th></tr>",
+    ]
+    for entry in entries:
+        row = entry.row
+        cls = "excluded" if row.excluded or not row.outputs else "converted"
+        if row.review:
+            cls += " review"
+        description = _e(row.series_description or "n/a")
+        if row.protocol_name and row.protocol_name != row.series_description:
+            description += f'<br><span class="note">protocol: {_e(row.protocol_name)}</span>'
+        if row.evidence:
+            items = "".join(f"<li>{_e(e)}</li>" for e in row.evidence)
+            description += f"<details><summary>evidence</summary><ul>{items}</ul></details>"
+        if row.rule:
+            description += f'<br><span class="note">rule: {_e(row.rule)}</span>'
+        counts = f"{row.n_files or '?'} / {row.n_volumes or '?'}"
+        if row.excluded:
+            outcome = f'<span class="error">not converted: {_e(row.excluded)}</span>'
+        elif row.outputs:
+            outcome = "<br>".join(f"<code>{_e(o)}</code>" for o in row.outputs)
+        else:
+            outcome = '<span class="note">no output</span>'
+        if row.review:
+            outcome += '<span class="badge review">review</span>'
+        previews = "".join(_preview_html(p) for p in entry.previews)
+        out.append(
+            f'<tr class="{cls}">'
+            + _td(row.series_number)
+            + f"<td>{description}</td>"
+            + _td(counts)
+            + _td(row.acq_time)
+            + _td(_bids_name(row))
+            + _td(row.provenance)
+            + f"<td>{outcome}</td>"
+            + f"<td>{previews}</td>"
+            + "</tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _session_section(s: SessionReport) -> list[str]:
+    row = s.status
+    cls, word = _state(row)
+    title = f"sub-{row.participant_id}" + (f" ses-{row.session_id}" if row.session_id else "")
+    out = [
+        f'<section id="{_e(s.anchor)}">',
+        f'<h3>{_e(title)}<span class="badge {cls}">{_e(word)}</span></h3>',
+    ]
+    if row.packet:
+        out.append(f"<p>packet: <code>{_e(row.packet)}</code></p>")
+    if row.last_error:
+        out.append(f'<p class="error">last error: {_e(row.last_error)}</p>')
+    if s.note:
+        out.append(f'<p class="note">{_e(s.note)}</p>')
+    if s.series:
+        converted = sum(1 for e in s.series if e.row.outputs and not e.row.excluded)
+        out.append(f"<p>{len(s.series)} series, {converted} converted</p>")
+        out += _series_table(s.series)
+    out.append("</section>")
+    return out
+
+
+def build_html(
+    title: str, sessions: Sequence[SessionReport], *, generator: str = "bidsport"
+) -> str:
+    """The report page (pure): a status table, then one section per session.
+
+    Every text is escaped; the page holds no script and refers only to the thumbnails
+    (relative paths) and to anchors of its own.
+    """
+    n_subjects = len({s.status.participant_id for s in sessions})
+    states = [_state(s.status)[0] for s in sessions]
+    n_review = sum(1 for s in sessions for e in s.series if e.row.review)
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta name="generator" content="{_e(generator)}">',
+        f"<title>{_e(title)}: bidsport report</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p>{n_subjects} participants, {len(sessions)} sessions: {states.count('ok')} "
+        f"converted, {states.count('failed')} failed, {states.count('partial')} in progress, "
+        f"{states.count('expected')} expected; {n_review} series flagged for review. "
+        f"Report by {_e(generator)}.</p>",
+        '<h2 id="status">Status</h2>',
+        *_status_table(sessions),
+        '<h2 id="sessions">Sessions</h2>',
+    ]
+    if not sessions:
+        lines.append('<p class="note">no session yet</p>')
+    for session in sessions:
+        lines += _session_section(session)
+    lines += ["</body>", "</html>", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def _thumbnail(
+    image: Path, png_path: Path, relpath: str, written: list[Path]
+) -> tuple[Thumbnail | None, str | None]:
+    """Make (or reuse) the thumbnail of ``image``; returns it, or why there is none."""
+    try:
+        image_mtime = image.stat().st_mtime_ns
+    except OSError:
+        return None, "image missing"
+    try:
+        if png_path.stat().st_mtime_ns >= image_mtime:
+            old = png_path.read_bytes()
+            size = png_size(old)
+            if size is not None and _SOFTWARE_TEXT in old[:200]:
+                return Thumbnail(relpath, *size), None
+    except OSError:
+        pass
+    try:
+        data = thumbnail_png(image)
+    except _UNREADABLE as exc:
+        log.warning("no thumbnail for %s: %s", image, exc)
+        return None, f"no preview: {exc}"
+    size = png_size(data) or (0, 0)
+    try:
+        unchanged = png_path.read_bytes() == data
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        fileops.write_bytes(png_path, data)
+        written.append(png_path)
+    return Thumbnail(relpath, *size), None
+
+
+def _session_report(
+    layout: DatasetLayout, row: StatusRow, written: list[Path], used: set[Path]
+) -> SessionReport:
+    sub, ses = row.participant_id, row.session_id
+    table = layout.series_table(sub, ses)
+    if not table.is_file():
+        return SessionReport(row, note="no series table yet (not organized)")
+    try:
+        rows = [series_row(r) for r in fileops.read_tsv(table)]
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s: %s", table, exc)
+        return SessionReport(row, note=f"series table unreadable: {exc}")
+    session_dir = layout.session_dir(sub, ses)
+    entries = []
+    for series in rows:
+        previews = []
+        for output in series.outputs if not series.excluded else ():
+            relpath = thumbnail_relpath(sub, ses, output)
+            if relpath is None:
+                previews.append(ImagePreview(output, note="no preview (not a NIfTI image)"))
+                continue
+            png_path = layout.derivatives_dir / relpath
+            used.add(png_path)
+            thumb, note = _thumbnail(session_dir / output, png_path, relpath, written)
+            previews.append(ImagePreview(output, thumb, note))
+        entries.append(SeriesEntry(series, tuple(previews)))
+    return SessionReport(row, tuple(entries))
+
+
+def collect_sessions(
+    layout: DatasetLayout, status: Iterable[StatusRow]
+) -> tuple[list[SessionReport], list[Path], set[Path]]:
+    """Read every session's series table and make the missing or stale thumbnails.
+
+    Returns the sessions (in status order), the thumbnails written, and every thumbnail
+    the report refers to.
+    """
+    written: list[Path] = []
+    used: set[Path] = set()
+    sessions = [_session_report(layout, row, written, used) for row in status]
+    return sessions, written, used
+
+
+def _prune_thumbnails(folder: Path, used: set[Path]) -> list[Path]:
+    """Remove the PNGs below ``folder`` that the report does not use, then empty folders."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for dirpath, _dirnames, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            path = Path(dirpath, name)
+            if name.endswith(".png") and path not in used:
+                fileops.remove_tree(path, folder)
+                removed.append(path)
+        current = Path(dirpath)
+        if current != folder and not any(current.iterdir()):
+            fileops.remove_tree(current, folder)
+    return removed
+
+
+def write_report(
+    layout: DatasetLayout,
+    status: Sequence[StatusRow],
+    *,
+    title: str,
+    generator: str = "bidsport",
+) -> ReportOutcome:
+    """Write ``layout.report_file`` and its thumbnails (through :mod:`bidsport.fileops`).
+
+    Files whose content would not change are not rewritten; thumbnails of images that
+    are gone are removed. A thumbnail that cannot be made is logged and shown as a note.
+    """
+    sessions, written, used = collect_sessions(layout, sorted(status, key=lambda r: r.key))
+    removed = _prune_thumbnails(layout.derivatives_dir / THUMBNAIL_DIR, used)
+    text = build_html(title, sessions, generator=generator)
+    report_file = layout.report_file
+    try:
+        unchanged = report_file.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        unchanged = False
+    if not unchanged:
+        fileops.write_text(report_file, text)
+        written.append(report_file)
+    for path in removed:
+        log.info("removed the thumbnail of a vanished image: %s", path)
+    return ReportOutcome(report_file, tuple(written), tuple(removed))
