@@ -5,6 +5,7 @@ need=()
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v groff >/dev/null 2>&1 || need+=(groff-base)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "ci/system.sh: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2

@@ -57,18 +57,26 @@ def finalize_sidecar(
     series: Series,
     sources: Sequence[str],
     deidentify: Deidentify | None = None,
+    identifiers: Identifiers | None = None,
 ) -> dict[str, object]:
-    """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS."""
+    """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS.
+
+    Always: the identifying keys dcm2niix keeps are dropped and the session's
+    ``identifiers`` scrubbed from every value. The source SeriesInstanceUID (Siemens UIDs
+    embed the scanner serial and the date) is only recorded as the UID of the anonymized
+    copies; ``BidsportSourceDicom`` is what links an image to its DICOMs.
+    """
     data = scrub_sidecar(
         dict(sidecar),
         anonymize=deidentify is not None,
-        identifiers=deidentify.identifiers if deidentify else None,
+        identifiers=deidentify.identifiers if deidentify else identifiers,
     )
     data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
     if cls.datatype == "func" and cls.entities.get("task"):
         data["TaskName"] = cls.entities["task"]
     uid = series.header.series_uid
-    data["SeriesInstanceUID"] = deidentify.series_uid(uid) if deidentify and uid else uid
+    if deidentify is not None and uid:
+        data["SeriesInstanceUID"] = deidentify.series_uid(uid)
     data["BidsportSourceDicom"] = list(sources)
     return data
 
@@ -111,6 +119,7 @@ def export_series(
     opts: RunOptions,
     sources: Sequence[Path],
     deidentify: Deidentify | None = None,
+    identifiers: Identifiers | None = None,
 ) -> tuple[list[ConvertedImage], list[Problem]]:
     """Rename one series' outputs into the dataset (atomically, one file at a time)."""
     cls = planned.cls
@@ -163,6 +172,7 @@ def export_series(
                 series=planned.series,
                 sources=rel_sources,
                 deidentify=deidentify,
+                identifiers=identifiers,
             )
             sidecar_dst = target_dir / f"{name}.json"
             fileops.write_json(sidecar_dst, data)

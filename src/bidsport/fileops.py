@@ -199,10 +199,11 @@ def remove_tree(path: Path, root: Path) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, blocking: bool = True) -> Iterator[None]:
+def file_lock(path: Path, *, blocking: bool = True, what: str | None = None) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) held on ``path`` for the block.
 
-    With ``blocking=False`` a held lock raises :class:`LockedError` at once.
+    With ``blocking=False`` a held lock raises :class:`LockedError` at once, naming
+    ``what`` is locked (default: the lock file's folder).
     """
     import fcntl
 
@@ -215,7 +216,8 @@ def file_lock(path: Path, *, blocking: bool = True) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError as exc:
             raise LockedError(
-                f"{path.parent} is being processed by another bidsport run (lock {path.name})",
+                f"{what or path.parent} is being processed by another bidsport run "
+                f"(lock {path})",
                 "wait for the other run to finish; a lock of a killed run is released "
                 "automatically",
             ) from exc

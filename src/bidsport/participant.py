@@ -24,7 +24,7 @@ from pathlib import Path
 from bidsport import fileops, privacy
 from bidsport.classify import classify_all
 from bidsport.convert import SeriesConversion, convert_series
-from bidsport.errors import AnonymizationError, BidsportError, ConversionError
+from bidsport.errors import AnonymizationError, BidsportError, ConversionError, LockedError
 from bidsport.export import (
     Deidentify,
     acq_datetime,
@@ -44,7 +44,7 @@ from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.naming import RunCandidate, assign_runs
 from bidsport.options import RunOptions
 from bidsport.organize import FileDecision, decide_files, lay_out
-from bidsport.phi import subject_label_identity_check
+from bidsport.phi import Identifiers, subject_label_identity_check
 from bidsport.records import (
     Assignment,
     Classification,
@@ -243,6 +243,7 @@ class _SessionState:
     #: with --anonymize: how outputs are de-identified, and a function that removes the
     #: source identifiers (and original UIDs) from any text written
     deidentify: Deidentify | None = None
+    identifiers: Identifiers | None = None  #: the source identifiers (scrubbed from sidecars)
     scrub: Callable[[str], str] = field(default=str)
 
     @contextlib.contextmanager
@@ -299,7 +300,7 @@ def process_session(
         )
 
     try:
-        with fileops.file_lock(layout.lock_file(sub, ses), blocking=False):
+        with fileops.file_lock(layout.lock_file(sub, ses), blocking=False, what=label):
             if opts.overwrite == "skip" and _session_done(layout, sub, ses):
                 log.info("%s: already converted, skipped (--overwrite skip)", label)
                 return SessionResult(sub, ses, True, True, True, skipped=True)
@@ -326,7 +327,8 @@ def process_session(
     except BidsportError as exc:
         message = state.scrub(exc.message)
         log.error("%s: %s", label, message)
-        if not isinstance(exc, AnonymizationError):  # a refused label is not written anywhere
+        # a refused label is not written anywhere; a locked session's record is the other run's
+        if not isinstance(exc, (AnonymizationError, LockedError)):
             with contextlib.suppress(BidsportError):
                 record(message)
         return state.result(sub, ses, message)
@@ -345,6 +347,14 @@ def _scan(
     return headers
 
 
+def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
+    first: dict[str | None, Path] = {}
+    for d in decisions:
+        if d.flat_name:
+            first.setdefault(d.series_uid, d.source)
+    return list(first.values())
+
+
 def _anonymize_session(
     anon: privacy.Anonymization,
     sub: str,
@@ -359,10 +369,7 @@ def _anonymize_session(
     identifiers beside the key (for the PHI audit); excludes what the policy excludes.
     """
     used = [d for d in decisions if d.flat_name]
-    first_of_series: dict[str | None, Path] = {}
-    for d in used:
-        first_of_series.setdefault(d.series_uid, d.source)
-    identifiers = privacy.read_identifiers(first_of_series.values())
+    identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
     reason = subject_label_identity_check(sub, identifiers)
     if reason:
         raise AnonymizationError(f"sub-{sub}: {reason}", "use --mapping to give it a study code")
@@ -413,6 +420,8 @@ def _run_session(
     if anon is None:
         with state.timed("organize"):
             lay_out(decisions, dicom_dir, symlink=opts.symlink)
+        # even without --anonymize, sidecars are scrubbed of the patient's identifiers
+        state.identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     else:
         say(f"{label}: anonymizing")
@@ -492,6 +501,7 @@ def _run_session(
                     opts=opts,
                     sources=[flat[f] for f in p.series.files],
                     deidentify=state.deidentify,
+                    identifiers=state.identifiers,
                 )
             except ConversionError as exc:
                 failures[sid(p)] = exc.message

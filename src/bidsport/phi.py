@@ -529,6 +529,10 @@ SIDECAR_PHI_KEYS: frozenset[str] = frozenset(
         "RequestingPhysician",
         "PatientAddress",
         "PatientTelephoneNumbers",
+        # free text where consoles and technicians write names
+        "ImageComments",
+        "StudyComments",
+        "PatientComments",
         # Siemens UIDs carry the scanner's serial number and the acquisition date-time
         "StudyInstanceUID",
         "SeriesInstanceUID",
