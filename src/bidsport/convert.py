@@ -67,6 +67,8 @@ def build_dcm2niix_args(
     """The dcm2niix command line for one series (pure).
 
     ``-ba y`` strips the identifiers dcm2niix knows about (bidsport scrubs more later);
+    ``-c ""`` leaves the NIfTI aux_file empty (dcm2niix puts ImageComments there, where
+    consoles write patient names);
     ``-i n`` converts everything it was given (bidsport already decided what to convert);
     ``-w 2`` adds a suffix where two images would get one name (never overwrite: the
     output folder is private and fresh, so a clash means dcm2niix split the series);
@@ -78,6 +80,8 @@ def build_dcm2niix_args(
         "y",
         "-ba",
         "y",
+        "-c",
+        "",
         "-i",
         "n",
         "-w",
