@@ -20,6 +20,7 @@ Each issue may also carry ``suggestion``, ``affects``, ``line`` and ``character`
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import logging
 import re
@@ -102,7 +103,13 @@ def validator_version(command: Sequence[str]) -> str | None:
         log.warning("cannot ask the BIDS validator its version: %s", exc)
         return None
     match = _VERSION.search(_ANSI.sub("", result.stdout))
-    return match.group(0) if match else None
+    if match:
+        return match.group(0)
+    # some builds print a commit hash instead: the Python package knows its version
+    try:
+        return importlib.metadata.version("bids-validator-deno")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def validator_bids_version(command: Sequence[str] | None = None) -> str | None:
