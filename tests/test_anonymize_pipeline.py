@@ -55,31 +55,65 @@ LEAKS = {
 }
 #: what a grep must not find (the distinctive part of each value)
 NEEDLES = sorted(
-    {"ZZLEAKNAME", "ZZPID4711", "ZZACC0815", "ZZSAINT", "ZZSTATION9", "ZZOTHERNAME",
-     "ZZREQUESTER", "ZZREFERRER", "ZZOPERATOR", "ZZPERFORMER", "ZZSERIAL123", "ZZPRIVATE",
-     "ZZNESTED", "ZZLANDIA", "ZZASTRONAUT", "ZZPPS0001", "ZZPLACER01", "ZZFILLER01",
-     "ZZREQPROC1", "ZZSPS00001", "ZZSTUDYCOMMENT", "ZZRADIOLOGY", "ZZREGION", "19710203"}
+    {
+        "ZZLEAKNAME",
+        "ZZPID4711",
+        "ZZACC0815",
+        "ZZSAINT",
+        "ZZSTATION9",
+        "ZZOTHERNAME",
+        "ZZREQUESTER",
+        "ZZREFERRER",
+        "ZZOPERATOR",
+        "ZZPERFORMER",
+        "ZZSERIAL123",
+        "ZZPRIVATE",
+        "ZZNESTED",
+        "ZZLANDIA",
+        "ZZASTRONAUT",
+        "ZZPPS0001",
+        "ZZPLACER01",
+        "ZZFILLER01",
+        "ZZREQPROC1",
+        "ZZSPS00001",
+        "ZZSTUDYCOMMENT",
+        "ZZRADIOLOGY",
+        "ZZREGION",
+        "19710203",
+    }
 )
 NAMEFORMAT = r"(?P<subject_id>[A-Z]+\d+)_(?P<session_name>[^_]+)"
 
 
-def _identified_series(folder: Path, birth: str = LEAKS["PatientBirthDate"], *, date: str,
-                       study_key: str) -> None:
-    extra = {k: v for k, v in LEAKS.items() if k not in ("PatientName", "PatientID",
-                                                           "PatientBirthDate")}
+def _identified_series(
+    folder: Path, birth: str = LEAKS["PatientBirthDate"], *, date: str, study_key: str
+) -> None:
+    extra = {
+        k: v for k, v in LEAKS.items() if k not in ("PatientName", "PatientID", "PatientBirthDate")
+    }
     nested = Dataset()
     nested.RequestedProcedureID = "ZZNESTED01"
     nested.RequestedProcedureDescription = "for Zzleakname"
     extra["RequestAttributesSequence"] = Sequence([nested])
-    subject = Subject(patient_id=LEAKS["PatientID"], patient_name=LEAKS["PatientName"],
-                      birth_date=birth, extra=extra)
-    study = Study(key=study_key, date=date, accession=LEAKS["AccessionNumber"],
-                  institution=LEAKS["InstitutionName"], station=LEAKS["StationName"])
+    subject = Subject(
+        patient_id=LEAKS["PatientID"],
+        patient_name=LEAKS["PatientName"],
+        birth_date=birth,
+        extra=extra,
+    )
+    study = Study(
+        key=study_key,
+        date=date,
+        accession=LEAKS["AccessionNumber"],
+        institution=LEAKS["InstitutionName"],
+        station=LEAKS["StationName"],
+    )
     for spec in typical_session():
         if spec.description == "t1_mprage_sag":
             spec = spec.__class__(**{**spec.__dict__, "description": "t1_mprage_sag_Zzleakname"})
-        paths = write_series(spec, folder, subject, study,
-                             name_pattern="ZZPID4711_{series:03d}_{instance:05d}.dcm")
+        paths = write_series(
+            spec, folder, subject, study, name_pattern="ZZPID4711_{series:03d}_{instance:05d}.dcm"
+        )
         for path in paths:  # a private block with an identifier, as vendors write them
             import pydicom
 
@@ -98,8 +132,16 @@ def runs(tmp_path_factory):
     key = base / "keys" / "project.key"
     work = base / "work"
     out = base / "bids"
-    args = ["--nameformat", NAMEFORMAT, "--anonymize", "--anonymize-key", str(key),
-            "--keep-private-tags", "-w", str(work)]
+    args = [
+        "--nameformat",
+        NAMEFORMAT,
+        "--anonymize",
+        "--anonymize-key",
+        str(key),
+        "--keep-private-tags",
+        "-w",
+        str(work),
+    ]
     first = main([str(inbox), str(out), "participant", *args])
     # a second session of the same subject arrives later, in a separate run
     _identified_series(inbox / "SUB01_V2_Zzleakname", date="20240310", study_key="v2")
@@ -107,8 +149,15 @@ def runs(tmp_path_factory):
     group = main([str(inbox), str(out), "group", "--audit-phi", "--anonymize-key", str(key)])
     plain = base / "plain"
     main([str(inbox), str(plain), "participant", "--nameformat", NAMEFORMAT, "-q"])
-    return {"inbox": inbox, "out": out, "plain": plain, "key": key, "work": work,
-            "codes": (first, second, group), "base": base}
+    return {
+        "inbox": inbox,
+        "out": out,
+        "plain": plain,
+        "key": key,
+        "work": work,
+        "codes": (first, second, group),
+        "base": base,
+    }
 
 
 def test_runs_succeed_and_the_audit_passes(runs):
@@ -167,8 +216,11 @@ def test_same_pseudonyms_and_date_shift_across_sessions_and_runs(runs):
 def test_images_and_analysis_fields_are_unchanged(runs):
     anon, plain = runs["out"], runs["plain"]
     rel = "sub-SUB01/ses-V1"
-    for image in ("anat/sub-SUB01_ses-V1_T1w", "func/sub-SUB01_ses-V1_task-rest_dir-AP_bold",
-                  "dwi/sub-SUB01_ses-V1_dir-AP_dwi"):
+    for image in (
+        "anat/sub-SUB01_ses-V1_T1w",
+        "func/sub-SUB01_ses-V1_task-rest_dir-AP_bold",
+        "dwi/sub-SUB01_ses-V1_dir-AP_dwi",
+    ):
         a = nib.load(anon / rel / f"{image}.nii.gz")
         p = nib.load(plain / rel / f"{image}.nii.gz")
         assert np.array_equal(a.get_fdata(), p.get_fdata()), image
@@ -179,12 +231,15 @@ def test_images_and_analysis_fields_are_unchanged(runs):
             assert sa.get(key) == sp.get(key), (image, key)
     bval = "dwi/sub-SUB01_ses-V1_dir-AP_dwi"
     for ext in (".bval", ".bvec"):
-        assert (anon / rel / f"{bval}{ext}").read_text() == (plain / rel / f"{bval}{ext}").read_text()
+        assert (anon / rel / f"{bval}{ext}").read_text() == (
+            plain / rel / f"{bval}{ext}"
+        ).read_text()
 
 
 def test_the_audit_finds_the_leaks_of_a_plain_run(runs, capsys):
-    code = main([str(runs["inbox"]), str(runs["plain"]), "group", "--audit-phi",
-                 "--skip-validation", "-q"])
+    code = main(
+        [str(runs["inbox"]), str(runs["plain"]), "group", "--audit-phi", "--skip-validation", "-q"]
+    )
     assert code == 5
     err = capsys.readouterr().err
     assert "PHI audit found" in err
@@ -198,8 +253,17 @@ def test_a_label_that_is_the_patient_id_is_refused(tmp_path, runs, capsys):
     src = next(runs["inbox"].rglob("*.dcm"))
     (folder / "a.dcm").write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    code = main([str(inbox), str(out), "participant", "--anonymize",
-                 "--anonymize-key", str(runs["key"]), "-q"])
+    code = main(
+        [
+            str(inbox),
+            str(out),
+            "participant",
+            "--anonymize",
+            "--anonymize-key",
+            str(runs["key"]),
+            "-q",
+        ]
+    )
     assert code == 4
     assert "--mapping" in capsys.readouterr().err
     for path in out.rglob("*"):  # the refused label went nowhere

@@ -111,7 +111,7 @@ def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
 # --------------------------------------------------------------------------- helpers
 
 
-def _passes_filters(cls: Classification, opts: RunOptions) -> str | None:
+def _filtered_out(cls: Classification, opts: RunOptions) -> str | None:
     """Why a classified series is not converted because of the user's filters, or None."""
     if opts.include_datatypes is not None and cls.datatype not in opts.include_datatypes:
         return f"datatype {cls.datatype} not in --include-datatype"
@@ -181,7 +181,7 @@ def _classify_all(series_list: Sequence[Series], opts: RunOptions) -> list[Plann
     planned = []
     classes = classify_all(series_list, opts.rules, keep_derived=opts.keep_derived)
     for series, cls in zip(series_list, classes, strict=True):
-        skip = cls.excluded or _passes_filters(cls, opts)
+        skip = cls.excluded or _filtered_out(cls, opts)
         if skip is None and (cls.datatype is None or cls.suffix is None):
             skip = "no BIDS datatype/suffix"
         planned.append(PlannedSeries(series, cls, skip))
