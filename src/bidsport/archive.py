@@ -672,6 +672,11 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
         return raw.decode("utf-8", "surrogateescape")
 
 
+def _zip_is_dir(info: zipfile.ZipInfo) -> bool:
+    # ZipInfo.is_dir() fails on an empty name (IndexError on Python < 3.12)
+    return info.filename.endswith("/")
+
+
 def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
     try:
         return time.mktime((*info.date_time, 0, 0, -1))
@@ -708,7 +713,7 @@ def _extract_zip(ex: _Extractor) -> None:
                     f"member {name} uses compression method {method}, which Python cannot read",
                     "re-pack the archive with deflate (e.g. 'zip -r' or 7z -mm=Deflate)",
                 )
-            if info.is_dir():
+            if _zip_is_dir(info):
                 continue
             declared += info.file_size
             ex.check_stream_ratio(info.file_size, info.compress_size, f"member {name}")
@@ -732,7 +737,7 @@ def _extract_zip(ex: _Extractor) -> None:
             if reason:
                 ex.skip(name, reason)
                 continue
-            if info.is_dir() or (mode and stat.S_ISDIR(mode)):
+            if _zip_is_dir(info) or (mode and stat.S_ISDIR(mode)):
                 ex.make_dir(name, parts)
                 continue
             try:
@@ -1049,12 +1054,14 @@ def expand_nested(
         except ArchiveLimitError:
             raise
         except ArchiveError as exc:
+            # the message names our working copy of the archive; ``where`` names it better
+            detail = exc.message.removeprefix(f"{path}: ")
             problems.append(
                 Problem(
                     where=label,
-                    reason=f"nested archive not extracted, left as is: {exc.message}",
+                    reason=f"nested archive not extracted, left as is: {detail}",
                     stage=STAGE,
                 )
             )
-            log.warning("nested archive %s not extracted: %s", path, exc.message)
+            log.warning("nested archive %s not extracted: %s", label, detail)
     return problems

@@ -247,6 +247,8 @@ def assign_packets(
     packets: Sequence[Packet],
     nameformat: str | None = None,
     mapping: dict[str, tuple[str, str | None]] | None = None,
+    *,
+    merge_sessions: bool = False,
 ) -> tuple[list[Assignment], list[Problem]]:
     """Give each packet a subject (and session) label.
 
@@ -262,6 +264,11 @@ def assign_packets(
     in case, which clash on case-insensitive file systems); or a subject with some
     packets with a session and some without (BIDS needs all or none). Each colliding
     packet's Problem names the others. The remaining packets are assigned, in order.
+
+    With ``merge_sessions``, several packets of one subject/session are not a collision:
+    a session sent in several parts (a PACS push per series, a series split across two
+    exports) is imported as one; :func:`group_by_session` gathers them. Labels that
+    differ only once cleaned still collide.
     """
     regex = _compile(nameformat, "--nameformat", "subject_id")
     problems: list[Problem] = []
@@ -325,7 +332,7 @@ def assign_packets(
                     f"{others(group, i)}"
                 )
     for group in by_target.values():
-        if len(group) > 1:
+        if len(group) > 1 and not merge_sessions:
             for i in group:
                 cand = candidates[i]
                 reasons[i].append(
@@ -341,6 +348,25 @@ def assign_packets(
             continue
         assignments.append(Assignment(cand.packet, cand.subject, cand.session, cand.source))
     return assignments, problems
+
+
+def group_by_session(assignments: Sequence[Assignment]) -> list[tuple[Assignment, ...]]:
+    """The assignments of each subject/session together (several packets of one session).
+
+    Sessions come in the order of their first packet; packets keep their order.
+
+    >>> from pathlib import Path
+    >>> a, b, c = (Packet(Path(n), n, "folder") for n in ("S1_V1a", "S2_V1", "S1_V1b"))
+    >>> groups = group_by_session(
+    ...     [Assignment(a, "S1", "V1", "nameformat"), Assignment(b, "S2", "V1", "nameformat"),
+    ...      Assignment(c, "S1", "V1", "nameformat")])
+    >>> [[x.packet.name for x in g] for g in groups]
+    [['S1_V1a', 'S1_V1b'], ['S2_V1']]
+    """
+    groups: dict[tuple[str, str | None], list[Assignment]] = {}
+    for assignment in assignments:
+        groups.setdefault((assignment.subject, assignment.session), []).append(assignment)
+    return [tuple(group) for group in groups.values()]
 
 
 # --------------------------------------------------------------------------- tables

@@ -4,19 +4,34 @@ Each session gets ``sourcedata/dicom/sub-<s>[/ses-<t>]/`` holding one entry per 
 file: a relative symlink to the imported file (default) or a copy. The entry names are
 derived from series and instance numbers plus a short hash of the source path, so they
 are unique, stable across re-runs and free of anything the packet or file names carried.
+
+Files written without the 128-byte preamble (starting with ``DICM`` or directly with
+their file meta information) are read by :func:`bidsport.header.read_header` but
+silently skipped by dcm2niix, which would lose their slices: their entry is a copy with
+the preamble (and ``DICM``) put back, never a link. The imported file is not changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidsport.fileops import copy_file, ensure_dir, relative_symlink
+from bidsport.errors import OutputError
+from bidsport.fileops import atomic_path, copy_file, ensure_dir, relative_symlink
 from bidsport.index import file_exclusion
 from bidsport.records import FileHeader
+
+log = logging.getLogger(__name__)
+
+_PREAMBLE = bytes(128)
+#: first bytes of a file meta information element (group 0002, explicit VR little endian)
+_META_START = b"\x02\x00"
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,18 @@ def flat_name(header: FileHeader, source_key: str) -> str:
     return f"{series:04d}_{instance:06d}_{digest}.dcm"
 
 
+_NOT_CONTENT = frozenset({"path", "size", "mtime_ns"})
+
+
+def _same_content(a: FileHeader, b: FileHeader) -> bool:
+    """True when two headers agree on size and every field read (a plain duplicate)."""
+    return a.size == b.size and all(
+        getattr(a, f.name) == getattr(b, f.name)
+        for f in dataclasses.fields(FileHeader)
+        if f.name not in _NOT_CONTENT
+    )
+
+
 def decide_files(
     headers: Iterable[FileHeader],
     raw_root: Path,
@@ -50,31 +77,69 @@ def decide_files(
     keep_derived: bool = False,
     skip_checks: bool = False,
 ) -> list[FileDecision]:
-    """Which readable DICOM files are used (pure apart from nothing: no I/O)."""
+    """Which readable DICOM files are used (pure: no I/O).
+
+    Headers are decided in the order given (the scan's order of relative paths). A file
+    whose SOPInstanceUID was already used is excluded, naming the file kept: a copy sent
+    twice, or a different image under the same UID (a re-sent, re-processed or broken
+    export), which the reason says when the headers differ.
+    """
     decisions = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, FileHeader] = {}
     for h in headers:
         reason = None if skip_checks else file_exclusion(h, keep_derived=keep_derived)
         if reason is None and h.sop_instance_uid and h.sop_instance_uid in seen:
-            reason = (
-                f"duplicate SOPInstanceUID of {os.path.relpath(seen[h.sop_instance_uid], raw_root)}"
-            )
+            first = seen[h.sop_instance_uid]
+            reason = f"duplicate SOPInstanceUID of {os.path.relpath(first.path, raw_root)}"
+            if not _same_content(h, first):
+                reason += " (with different content: only that first file is used)"
         if reason is None and not h.series_uid:
             reason = "no SeriesInstanceUID"
         key = os.path.relpath(h.path, raw_root)
         if reason is None:
             if h.sop_instance_uid:
-                seen[h.sop_instance_uid] = h.path
+                seen[h.sop_instance_uid] = h
             decisions.append(FileDecision(h.path, flat_name(h, key), h.series_uid, None))
         else:
             decisions.append(FileDecision(h.path, None, h.series_uid, reason))
     return decisions
 
 
+def missing_prefix(path: Path) -> bytes:
+    """What ``path`` lacks at its start to be a DICOM file (Part 10) that dcm2niix reads.
+
+    ``b""`` for a file with the preamble and ``DICM`` (and for a raw data set without file
+    meta information, which dcm2niix reads); the 128-byte preamble for a file starting with
+    ``DICM``; the preamble and ``DICM`` for a file starting with its file meta information.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return b""  # unreadable now: linked as it is, the conversion reports it
+    if head[128:132] == b"DICM":
+        return b""
+    if head[:4] == b"DICM":
+        return _PREAMBLE
+    if head[:2] == _META_START:
+        return _PREAMBLE + b"DICM"
+    return b""
+
+
+def _copy_with_prefix(src: Path, dst: Path, prefix: bytes) -> None:
+    try:
+        with atomic_path(dst) as tmp, open(src, "rb") as inp, open(tmp, "wb") as out:
+            out.write(prefix)
+            shutil.copyfileobj(inp, out)
+    except OSError as exc:  # reading the source failed (atomic_path explains writes)
+        raise OutputError(f"cannot copy {src} to {dst}: {exc.strerror or exc}") from exc
+
+
 def lay_out(decisions: Iterable[FileDecision], dicom_dir: Path, *, symlink: bool = True) -> int:
     """Create the flat folder entries for the used files; return how many were made.
 
-    Existing entries that already point at the right file are left alone.
+    Existing entries that already point at the right file are left alone. Files without
+    their preamble get a repaired copy (see :func:`missing_prefix`) instead of a link.
     """
     ensure_dir(dicom_dir)
     made = 0
@@ -82,6 +147,19 @@ def lay_out(decisions: Iterable[FileDecision], dicom_dir: Path, *, symlink: bool
         if decision.flat_name is None:
             continue
         dst = dicom_dir / decision.flat_name
+        prefix = (
+            b"" if _is_current(decision.source, dst, symlink) else missing_prefix(decision.source)
+        )
+        if prefix:
+            if not (
+                dst.is_file()
+                and not dst.is_symlink()
+                and dst.stat().st_size == decision.source.stat().st_size + len(prefix)
+            ):
+                log.info("%s has no DICOM preamble: %s is a repaired copy", decision.source, dst)
+                _copy_with_prefix(decision.source, dst, prefix)
+                made += 1
+            continue
         if symlink:
             rel = os.path.relpath(decision.source, dicom_dir)
             if dst.is_symlink() and os.readlink(dst) == rel:
@@ -96,3 +174,8 @@ def lay_out(decisions: Iterable[FileDecision], dicom_dir: Path, *, symlink: bool
             copy_file(decision.source, dst)
         made += 1
     return made
+
+
+def _is_current(source: Path, dst: Path, symlink: bool) -> bool:
+    """True when ``dst`` is already a link to ``source`` (nothing to check or redo)."""
+    return symlink and dst.is_symlink() and os.readlink(dst) == os.path.relpath(source, dst.parent)

@@ -38,6 +38,7 @@ from bidsport.ingest import (
     apply_archive_policy,
     assign_packets,
     discover_packets,
+    group_by_session,
     import_packet,
 )
 from bidsport.layout import DatasetLayout, sub_ses_prefix
@@ -55,7 +56,13 @@ from bidsport.records import (
     Series,
     SessionResult,
 )
-from bidsport.status import StatusRow, read_status_record, record_session
+from bidsport.status import (
+    StatusRow,
+    read_status_record,
+    record_session,
+    remove_stale_temps,
+    update_table_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +105,9 @@ class Plan:
 def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
     """Find the packets of the inbox and assign them to subjects/sessions."""
     packets, problems = discover_packets(dicom_dir, opts.pattern)
-    assignments, assign_problems = assign_packets(packets, opts.nameformat, opts.mapping)
+    assignments, assign_problems = assign_packets(
+        packets, opts.nameformat, opts.mapping, merge_sessions=True
+    )
     selected = [
         a
         for a in assignments
@@ -213,9 +222,27 @@ def classify_session(
     return decisions, planned
 
 
-def _session_done(layout: DatasetLayout, subject: str, session: str | None) -> bool:
+def _session_done(
+    layout: DatasetLayout,
+    subject: str,
+    session: str | None,
+    packets: Sequence[str],
+    *,
+    by_name: bool = True,
+) -> StatusRow | None:
+    """The session's record when it was converted without error from these packets (a
+    packet that arrived since, e.g. the rest of a split series, means it is not done).
+
+    With ``by_name=False`` (--anonymize: recorded packet names are scrubbed of the
+    patient's identifiers) only the number of packets is compared.
+    """
     record = read_status_record(layout, subject, session)
-    return bool(record and record.converted and not record.last_error)
+    if not (record and record.converted and not record.last_error):
+        return None
+    recorded = (record.packet or "").split(";")
+    if by_name:
+        return record if set(packets) <= set(recorded) else None
+    return record if len(packets) <= len(recorded) else None
 
 
 def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> None:
@@ -272,17 +299,22 @@ class _SessionState:
 
 
 def process_session(
-    assignment: Assignment,
+    assignments: Sequence[Assignment],
     layout: DatasetLayout,
     opts: RunOptions,
     work_root: Path,
     progress: Progress | None = None,
     anon: privacy.Anonymization | None = None,
 ) -> SessionResult:
-    """Import, organize, classify and convert one session; never raises BidsportError."""
-    sub, ses = assignment.subject, assignment.session
+    """Import, organize, classify and convert one session; never raises BidsportError.
+
+    ``assignments`` are the packets of one subject/session: usually one, several when a
+    session was sent in parts (:func:`bidsport.ingest.group_by_session`).
+    """
+    sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
     state = _SessionState()
+    packets = [a.packet.name for a in assignments]
 
     def record(error: str | None) -> None:
         record_session(
@@ -290,7 +322,7 @@ def process_session(
             StatusRow(
                 participant_id=sub,
                 session_id=ses,
-                packet=state.scrub(assignment.packet.name),
+                packet=";".join(state.scrub(name) for name in packets),
                 imported=state.stages["imported"],
                 organized=state.stages["organized"],
                 converted=state.stages["converted"],
@@ -301,8 +333,14 @@ def process_session(
 
     try:
         with fileops.file_lock(layout.lock_file(sub, ses), blocking=False, what=label):
-            if opts.overwrite == "skip" and _session_done(layout, sub, ses):
+            done = (
+                _session_done(layout, sub, ses, packets, by_name=anon is None)
+                if opts.overwrite == "skip"
+                else None
+            )
+            if done is not None:
                 log.info("%s: already converted, skipped (--overwrite skip)", label)
+                update_table_row(layout, done)  # a run killed after the record: heal the table
                 return SessionResult(sub, ses, True, True, True, skipped=True)
             for folder in (
                 layout.session_dir(sub, ses),
@@ -311,18 +349,20 @@ def process_session(
                 layout.raw_dir(sub, ses),
             ):
                 fileops.remove_stale_temps(folder)
+            remove_stale_temps(layout, sub, ses)  # of the status record
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
-            _run_session(assignment, layout, opts, work_root / label, state, progress, anon)
+            _run_session(assignments, layout, opts, work_root / label, state, progress, anon)
             failed = [p for p in state.problems if p.fatal]
             error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
             with state.timed("status"):
                 record(error)
             if not failed and opts.archive != "leave":
-                done = apply_archive_policy(
-                    assignment.packet, opts.archive, layout.sourcedata_dir / "packets"
-                )
-                log.info("%s: packet %s: %s", label, assignment.packet.name, done)
+                for assignment in assignments:
+                    did = apply_archive_policy(
+                        assignment.packet, opts.archive, layout.sourcedata_dir / "packets"
+                    )
+                    log.info("%s: packet %s: %s", label, assignment.packet.name, did)
             return state.result(sub, ses, error)
     except BidsportError as exc:
         message = state.scrub(exc.message)
@@ -388,7 +428,7 @@ def _anonymize_session(
 
 
 def _run_session(
-    assignment: Assignment,
+    assignments: Sequence[Assignment],
     layout: DatasetLayout,
     opts: RunOptions,
     work: Path,
@@ -396,20 +436,28 @@ def _run_session(
     progress: Progress | None,
     anon: privacy.Anonymization | None = None,
 ) -> None:
-    sub, ses = assignment.subject, assignment.session
+    sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
     problems = state.problems
     say = progress or (lambda _msg: None)
 
     # ---- import (with --anonymize: into the work dir, never into OUTPUT_DIR)
     raw_root = work / "raw" if anon else layout.raw_dir(sub, ses)
-    packet_dir = raw_root / assignment.packet.name
-    say(f"{label}: importing {assignment.packet.path.name}")
-    with state.timed("import"):
-        result = import_packet(assignment.packet, packet_dir, opts.limits)
-    problems += result.problems
+    for assignment in assignments:  # every packet of the session, series grouped across them
+        say(f"{label}: importing {assignment.packet.path.name}")
+        with state.timed("import"):
+            result = import_packet(
+                assignment.packet, raw_root / assignment.packet.name, opts.limits
+            )
+        problems += result.problems
+        log.info(
+            "%s: imported %d files of %s (%s)",
+            label,
+            result.n_files,
+            assignment.packet.name,
+            result.mode,
+        )
     state.stages["imported"] = True
-    log.info("%s: imported %d files (%s)", label, result.n_files, result.mode)
 
     # ---- scan, decide, organize
     say(f"{label}: reading headers")
@@ -617,6 +665,7 @@ class ParticipantRun:
     results: tuple[SessionResult, ...]
     problems: tuple[Problem, ...]  #: import-level problems (packets not assigned, ...)
     n_packets: int
+    packets: tuple[tuple[str, ...], ...] = ()  #: the packet names of each result
 
 
 def run_participant_level(
@@ -630,7 +679,9 @@ def run_participant_level(
     anon = privacy.set_up(opts, layout.root) if opts.anonymize else None
     fileops.ensure_dir(layout.root)
     results = []
+    sessions = group_by_session(plan.assignments)
     with _work_dir(opts, layout) as work_root:
-        for assignment in plan.assignments:
-            results.append(process_session(assignment, layout, opts, work_root, progress, anon))
-    return ParticipantRun(tuple(results), plan.problems, plan.n_packets)
+        for session in sessions:
+            results.append(process_session(session, layout, opts, work_root, progress, anon))
+    packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
+    return ParticipantRun(tuple(results), plan.problems, plan.n_packets, packets)

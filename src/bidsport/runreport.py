@@ -25,15 +25,23 @@ def build_run_report(
     exit_code: int,
     started: str,
     finished: str,
+    packets: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict (pure)."""
+    """The report as a JSON-ready dict (pure).
+
+    ``packets`` gives the packet names of each session, in the order of ``run.results``
+    (a session may be made of several packets); without it the key is ``null``.
+    """
+    if packets and len(packets) != len(run.results):
+        raise ValueError(f"{len(packets)} packet lists for {len(run.results)} sessions")
     sessions = []
-    for r in run.results:
+    for i, r in enumerate(run.results):
         status = "skipped" if r.skipped else "failed" if r.error else "done"
         sessions.append(
             {
                 "participant_id": f"sub-{r.subject}",
                 "session_id": f"ses-{r.session}" if r.session else None,
+                "packets": list(packets[i]) if packets else None,
                 "status": status,
                 "error": r.error,
                 "imported": r.imported,

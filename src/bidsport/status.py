@@ -24,6 +24,7 @@ and in the records, labels are stored without prefixes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -328,6 +329,28 @@ def backup_status(layout: DatasetLayout, keep: int = KEEP_BACKUPS) -> Path | Non
     return target
 
 
+def _remove_temps_of(folder: Path, pattern: str) -> int:
+    """Remove ``.<pattern>.*.tmp`` in ``folder``: what atomic writes of files matching
+    ``pattern`` (a glob) left when their run was killed. Returns how many were removed.
+    The caller makes sure that no other run is writing those files now."""
+    removed = 0
+    for path in folder.glob(f".{pattern}.*.tmp"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def remove_stale_temps(layout: DatasetLayout, subject: str, session: str | None) -> int:
+    """Remove what killed runs left of the atomic writes of a session's status record.
+
+    Call it only under the session's lock (no other run writes that record then).
+    Returns how many temporary files were removed.
+    """
+    record = layout.status_row_file(subject, session)
+    return _remove_temps_of(record.parent, glob.escape(record.name))
+
+
 def _replace_table(
     layout: DatasetLayout, old: Sequence[StatusRow] | None, rows: Iterable[StatusRow]
 ) -> bool:
@@ -337,6 +360,10 @@ def _replace_table(
     caller holds the table lock (or knows that nobody else writes).
     """
     new = sorted(rows, key=lambda r: r.key)
+    # Temporary files of the table and its backups that killed runs left: nobody else
+    # writes them while we hold the table lock.
+    _remove_temps_of(layout.status_file.parent, glob.escape(layout.status_file.name))
+    _remove_temps_of(layout.status_backup_dir, "status-*.tsv")
     if old is not None and list(old) == new and layout.status_file.is_file():
         return False
     backup_status(layout)
@@ -384,6 +411,21 @@ def record_session(
     fileops.write_json(
         layout.status_row_file(row.participant_id, row.session_id), _row_to_record(row)
     )
+    update_table_row(layout, row, lock_timeout=lock_timeout)
+
+
+def update_table_row(
+    layout: DatasetLayout, row: StatusRow, *, lock_timeout: float = LOCK_TIMEOUT
+) -> bool:
+    """Put ``row`` into ``status.tsv`` (step 2 of :func:`record_session`); True if it changed.
+
+    Under the table lock: read, merge, back up, atomic replace; nothing is written when
+    the table already holds ``row``. A lock that cannot be had within ``lock_timeout``
+    seconds, or a table that cannot be read or written, only logs a warning (the group
+    level rebuilds the table from the records). A run that finds a session already done
+    calls this with the session's record: a run killed between writing the record and
+    updating the table leaves the two apart, and this heals the table.
+    """
     label = f"sub-{row.participant_id}" + (f"_ses-{row.session_id}" if row.session_id else "")
     try:
         with contextlib.ExitStack() as stack:
@@ -396,11 +438,11 @@ def record_session(
                     lock_timeout,
                     layout.status_row_file(row.participant_id, row.session_id),
                 )
-                return
+                return False
             old = read_status(layout)
             rows = {r.key: r for r in old}
             rows[row.key] = row
-            _replace_table(layout, old, rows.values())
+            return _replace_table(layout, old, rows.values())
     except (OutputError, OSError) as exc:
         log.warning(
             "%s: could not update %s (%s); the group level will rebuild it",
@@ -408,6 +450,7 @@ def record_session(
             layout.status_file,
             exc,
         )
+        return False
 
 
 def add_expected(

@@ -94,7 +94,12 @@ def run_participant(
         from bidsport.runreport import build_run_report
 
         report = build_run_report(
-            run, argv=argv, exit_code=int(code), started=started, finished=_now()
+            run,
+            argv=argv,
+            exit_code=int(code),
+            started=started,
+            finished=_now(),
+            packets=run.packets,
         )
         write_json(report_file, report)
     for problem in run.problems:
