@@ -215,3 +215,25 @@ def test_nothing_done_and_bad_usage_codes(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(inbox), str(tmp_path / "out"), "participant", "--participant-label", "a_b"])
     assert exc.value.code == 2
+
+
+def test_a_bug_in_one_session_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    """An unexpected exception (a bug, not bad input) fails its session only: exit code 1."""
+    from bidsport import participant
+    from bidsport.synthetic import typical_session, write_series
+
+    inbox = tmp_path / "inbox"
+    for name in ("A1", "B2"):
+        write_series(typical_session()[1], inbox / name)
+    real = participant._run_session
+
+    def buggy(assignments, *args, **kwargs):
+        if assignments[0].subject == "A1":
+            raise ZeroDivisionError("a bug")
+        return real(assignments, *args, **kwargs)
+
+    monkeypatch.setattr(participant, "_run_session", buggy)
+    code = main([str(inbox), str(tmp_path / "out"), "participant"])
+    assert code == 1
+    assert (tmp_path / "out/sub-B2/anat/sub-B2_T1w.nii.gz").is_file()
+    assert "internal error" in capsys.readouterr().out

@@ -682,6 +682,14 @@ def run_participant_level(
     sessions = group_by_session(plan.assignments)
     with _work_dir(opts, layout) as work_root:
         for session in sessions:
-            results.append(process_session(session, layout, opts, work_root, progress, anon))
+            try:
+                result = process_session(session, layout, opts, work_root, progress, anon)
+            except Exception as exc:  # a bug: report it, and go on with the other sessions
+                sub, ses = session[0].subject, session[0].session
+                log.exception("%s: internal error", sub_ses_prefix(sub, ses))
+                result = SessionResult(
+                    sub, ses, error=f"internal error (a bug): {exc!r}", internal=True
+                )
+            results.append(result)
     packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
     return ParticipantRun(tuple(results), plan.problems, plan.n_packets, packets)

@@ -201,6 +201,7 @@ class SessionResult:
     problems: tuple[Problem, ...] = ()
     error: str | None = None  #: the error that stopped this session, if any
     timings: tuple[tuple[str, float], ...] = ()  #: wall seconds per stage
+    internal: bool = False  #: the error is a bug in bidsport (exit code 1), not the input's
 
     @property
     def ok(self) -> bool:
