@@ -14,9 +14,9 @@ from pathlib import Path
 from bidsport.errors import BidsportError
 from bidsport.index import scan_session
 from bidsport.ingest import import_packet
-from bidsport.naming import RunCandidate, assign_runs, bids_basename
+from bidsport.naming import assign_runs, bids_basename
 from bidsport.options import RunOptions
-from bidsport.participant import classify_session, plan_sessions
+from bidsport.participant import classify_session, plan_sessions, run_candidate
 from bidsport.records import Assignment, FileHeader, Problem
 
 
@@ -62,21 +62,7 @@ def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview
                 headers.append(item)
         decisions, planned = classify_session(headers, root, opts)
         excluded += [(str(d.source.relative_to(root)), d.reason) for d in decisions if d.reason]
-        candidates = [
-            RunCandidate(
-                p.series.series_id,
-                p.cls.datatype or "",
-                p.cls.suffix or "",
-                dict(p.cls.entities),
-                (
-                    p.series.acquisition_date or "",
-                    p.series.acquisition_time or "",
-                    p.series.header.series_number or 0,
-                ),
-            )
-            for p in planned
-            if p.skip is None
-        ]
+        candidates = [run_candidate(p) for p in planned if p.skip is None]
         runs = assign_runs(candidates)
         previews = []
         for p in planned:

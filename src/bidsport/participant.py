@@ -387,6 +387,18 @@ def _scan(
     return headers
 
 
+def run_candidate(p: PlannedSeries, series_id: str | None = None) -> RunCandidate:
+    """What run numbering needs of a series (named ``series_id``, default its own id)."""
+    s = p.series
+    return RunCandidate(
+        series_id or s.series_id,
+        p.cls.datatype or "",
+        p.cls.suffix or "",
+        dict(p.cls.entities),
+        (s.acquisition_date or "", s.acquisition_time or "", s.header.series_number or 0),
+    )
+
+
 def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
     first: dict[str | None, Path] = {}
     for d in decisions:
@@ -490,20 +502,7 @@ def _run_session(
         return state.scrub(p.series.series_id)
 
     to_convert = [p for p in planned if p.skip is None]
-    candidates = [
-        RunCandidate(
-            sid(p),
-            p.cls.datatype or "",
-            p.cls.suffix or "",
-            dict(p.cls.entities),
-            (
-                p.series.acquisition_date or "",
-                p.series.acquisition_time or "",
-                p.series.header.series_number or 0,
-            ),
-        )
-        for p in to_convert
-    ]
+    candidates = [run_candidate(p, sid(p)) for p in to_convert]
     runs = assign_runs(candidates, _existing_runs(layout.series_table(sub, ses)))
 
     # ---- convert, slowest (most files) first

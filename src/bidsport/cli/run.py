@@ -15,35 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bidsport import __version__
+from bidsport.cli.logs import setup_logging
 from bidsport.errors import BidsportError, ExitCode, UsageError
 
 log = logging.getLogger("bidsport")
-
-
-def _setup_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
-    root = logging.getLogger("bidsport")
-    root.setLevel(logging.DEBUG)
-    for handler in root.handlers:
-        handler.close()
-    root.handlers.clear()
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(
-        logging.ERROR
-        if quiet
-        else logging.DEBUG
-        if verbose > 1
-        else logging.INFO
-        if verbose
-        else logging.WARNING
-    )
-    console.setFormatter(logging.Formatter("bidsport: %(levelname)s: %(message)s"))
-    root.addHandler(console)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +89,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         log_file = log_dir / (
             f"{args.analysis_level}_{who}_{stamp}_{os.uname().nodename}_{os.getpid()}.log"
         )
-    _setup_logging(args.verbose, args.quiet, log_file)
+    setup_logging(args.verbose, args.quiet, log_file)
     if log_file is not None:
         log.info("bidsport %s: bidsport %s", __version__, " ".join(argv))
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bidsport import __version__
+from bidsport.cli.logs import setup_logging
 from bidsport.errors import BidsportError, ExitCode
 from bidsport.todicom.export import KINDS, ExportOptions, ExportResult, export_nifti
 
@@ -206,28 +207,10 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.FAILED if failures == len(inputs) else ExitCode.PARTIAL)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    root = logging.getLogger("bidsport")
-    if root.handlers:  # configured by the main CLI
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("bidsport: %(levelname)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(
-        logging.ERROR
-        if quiet
-        else logging.DEBUG
-        if verbose > 1
-        else logging.INFO
-        if verbose
-        else logging.WARNING
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (without the ``todicom`` word) and run. Errors propagate."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet)
     return run(args)
 
 
