@@ -1,8 +1,9 @@
 """Run dcm2niix once per series (never on a whole session) and collect its outputs.
 
 The binary is the one shipped by the pinned PyPI ``dcm2niix`` wheel, called by its path
-(a machine may have an older dcm2niix on PATH). Each series is converted from a folder of
-links to that series' files only, so the command line never grows with the file count.
+(a machine may have an older dcm2niix on PATH). Each series is converted from a folder
+holding that series' files only (their own folder when it holds nothing else, else a
+folder of links to them), so the command line never grows with the file count.
 """
 
 from __future__ import annotations
@@ -190,6 +191,86 @@ def _copy_with_series_identity(
     ds.save_as(dst)
 
 
+def _link_target(path: Path, real_dirs: dict[str, str]) -> str:
+    """Where ``path`` points when it is a symbolic link (one level), else ``path`` itself.
+
+    The link's folder is resolved once per folder (``real_dirs``), so ``..`` in a relative
+    link never climbs out of a symbolic link to a folder; one ``readlink`` per file.
+    """
+    text = str(path)
+    try:
+        target = os.readlink(text)
+    except OSError:  # not a link
+        return os.path.abspath(text)
+    folder = os.path.dirname(os.path.abspath(text))
+    real = real_dirs.get(folder)
+    if real is None:
+        real = real_dirs[folder] = os.path.realpath(folder)
+    return os.path.normpath(os.path.join(real, target))
+
+
+def series_folder(files: Sequence[Path]) -> Path | None:
+    """The folder that holds exactly ``files`` and no other file, if there is one.
+
+    dcm2niix then reads that folder itself (no recursion) instead of a folder of links
+    made for it: scanner and PACS exports usually keep one series per folder, and on
+    network file systems every link costs a round trip. ``files`` may be symbolic links
+    (the flat organized folder): their targets are what counts. Sub-folders are allowed
+    (dcm2niix does not descend with ``-d 0``); any other file means None.
+    """
+    if not files:
+        return None
+    real_dirs: dict[str, str] = {}
+    folder = None
+    names = set()
+    for path in files:
+        parent, name = os.path.split(_link_target(path, real_dirs))
+        if folder is None:
+            folder = parent
+        elif parent != folder:
+            return None
+        names.add(name)
+    if folder is None or len(names) != len(files):
+        return None
+    try:
+        with os.scandir(folder) as entries:
+            found = 0
+            for entry in entries:
+                if entry.name in names:
+                    found += 1
+                elif not entry.is_dir(follow_symlinks=False):
+                    return None
+    except OSError:
+        return None
+    return Path(folder) if found == len(names) else None
+
+
+def _link_files(files: Sequence[Path], in_dir: Path) -> str:
+    """Make ``in_dir`` hold one entry per file; return "hardlink" or "symlink".
+
+    Hard links first (no new inode: on many file systems a fraction of the cost of a
+    symbolic link), to the file itself when ``files`` are symbolic links (``link(2)``
+    would link the symbolic link, whose relative target then points nowhere); symbolic
+    links when the file system refuses hard links (another device, no support).
+    """
+    mode = "hardlink"
+    real_dirs: dict[str, str] = {}
+    for index, src in enumerate(files):
+        dst = in_dir / f"{index:06d}.dcm"
+        target = _link_target(src, real_dirs)
+        if os.path.islink(target):  # a link to a link: rare, resolve it fully
+            target = os.path.realpath(target)
+        if mode == "hardlink":
+            try:
+                os.link(target, dst)
+                continue
+            except OSError as exc:
+                log.debug("hard links refused in %s (%s): symbolic links instead", in_dir, exc)
+                mode = "symlink"
+        os.symlink(target, dst)
+    return mode
+
+
 def convert_series(
     series_id: str,
     files: Sequence[Path],
@@ -199,7 +280,10 @@ def convert_series(
     level: int = 3,
     merge_as: tuple[str, int | None] | None = None,
 ) -> SeriesConversion:
-    """Convert one series: link its files into a private folder and run dcm2niix there.
+    """Convert one series: run dcm2niix on a folder holding exactly its files.
+
+    That is the files' own folder when it holds nothing else (:func:`series_folder`),
+    else a private folder of links to them (hard links where the file system allows).
 
     ``merge_as`` (SeriesInstanceUID, SeriesNumber) is for acquisitions a scanner split into
     one series per volume (Siemens XA MFSPLIT): dcm2niix never stacks separate series, so
@@ -209,23 +293,27 @@ def convert_series(
     volume) when ``merge_as`` is given: they are renumbered in that order.
     """
     binary = dcm2niix_binary()
-    in_dir = ensure_dir(work_dir / "in")
     out_dir = ensure_dir(work_dir / "out")
-    for index, src in enumerate(files):
-        dst = in_dir / f"{index:06d}.dcm"
+    made_dir = None
+    source_dir = series_folder(files) if merge_as is None else None
+    if source_dir is None:
+        source_dir = made_dir = ensure_dir(work_dir / "in")
         if merge_as is None:
-            os.symlink(os.path.abspath(src), dst)
+            _link_files(files, made_dir)
         else:
-            _copy_with_series_identity(src, dst, *merge_as, instance=index + 1)
+            for index, src in enumerate(files):
+                dst = made_dir / f"{index:06d}.dcm"
+                _copy_with_series_identity(src, dst, *merge_as, instance=index + 1)
     name = "series"
-    args = build_dcm2niix_args(binary, in_dir, out_dir, name, compress=compress, level=level)
+    args = build_dcm2niix_args(binary, source_dir, out_dir, name, compress=compress, level=level)
     result = run_command(args, timeout=3600)
     text = result.stdout + result.stderr
     warnings = tuple(
         line.strip() for line in text.splitlines() if line.lower().startswith(("warning", "error"))
     )
     outputs = collect_outputs(out_dir, name)
-    shutil.rmtree(in_dir, ignore_errors=True)
+    if made_dir is not None:
+        shutil.rmtree(made_dir, ignore_errors=True)
     if result.returncode != 0 or not outputs:
         detail = "; ".join(warnings[-3:]) or text.strip().splitlines()[-1:]
         raise ConversionError(

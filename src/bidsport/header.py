@@ -8,7 +8,8 @@ skips every other value by its length (large skipped values are never read from 
 
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian,
   deflated, and every encapsulated (compressed) syntax. Files without the 128-byte
-  preamble and ``DICM`` prefix are read when the data look like DICOM.
+  preamble (starting with ``DICM``, with the file meta information, or with the data
+  set) are read when the data look like DICOM.
 * Pixel data: found at the end of the walk, or, for classic single-frame files with
   native pixel data, by checking that the file ends with a PixelData element of the
   size given by Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames
@@ -30,15 +31,16 @@ skips every other value by its length (large skipped values are never read from 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
-
-from pydicom.charset import convert_encodings, decode_bytes
 
 from bidsport.errors import DicomReadError
 from bidsport.records import FileHeader
@@ -46,7 +48,7 @@ from bidsport.records import FileHeader
 log = logging.getLogger(__name__)
 
 #: Bump when the fields read (or how they are read) change: index caches are invalidated.
-READER_VERSION = 1
+READER_VERSION = 2
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -683,7 +685,30 @@ def _vr_of(raw: _Raw, tag: int) -> bytes:
     return vr
 
 
-def _text(raw: _Raw | None, tag: int, encodings: list[str] | None) -> str | None:
+#: SpecificCharacterSet values whose text the latin-1 fast path decodes exactly
+_LATIN1_CHARSETS = frozenset(
+    {("",), ("ISO_IR 6",), ("ISO_IR 100",), ("ISO 2022 IR 6",), ("ISO 2022 IR 100",)}
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _encodings(charset: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Python codecs for a SpecificCharacterSet, or None where latin-1 decoding is exact.
+
+    pydicom (slow to import: ~0.4 s) is imported only for other character sets, so a
+    scan of latin-1 or ASCII files, and a run with nothing to do, never load it.
+    """
+    if not charset or charset in _LATIN1_CHARSETS:
+        return None
+    from pydicom.charset import convert_encodings
+
+    encodings = convert_encodings(list(charset))
+    if encodings == ["iso8859"] or encodings == ["latin_1"]:
+        return None
+    return tuple(encodings)
+
+
+def _text(raw: _Raw | None, tag: int, encodings: Sequence[str] | None) -> str | None:
     """A string value, stripped; None when absent or empty."""
     if raw is None:
         return None
@@ -693,13 +718,15 @@ def _text(raw: _Raw | None, tag: int, encodings: list[str] | None) -> str | None
         and (not value.isascii() or b"\x1b" in value)  # ISO 2022 escapes are ASCII
         and _vr_of(raw, tag) in _TEXT_VRS
     ):
-        text = decode_bytes(value, encodings, {0x5C})
+        from pydicom.charset import decode_bytes
+
+        text = decode_bytes(value, list(encodings), {0x5C})
     else:
         text = value.decode("latin-1")
     return text.strip(" \x00") or None
 
 
-def _strings(raw: _Raw | None, tag: int, encodings: list[str] | None) -> tuple[str, ...]:
+def _strings(raw: _Raw | None, tag: int, encodings: Sequence[str] | None) -> tuple[str, ...]:
     text = _text(raw, tag, encodings)
     if text is None:
         return ()
@@ -806,9 +833,7 @@ def _build(
     enhanced = first is not None or shared is not None
     blocks = _private_blocks(values)
     charset = _strings(values.get(0x00080005), 0x00080005, None)
-    encodings = convert_encodings(list(charset)) if charset else None
-    if encodings == ["iso8859"] or encodings == ["latin_1"]:
-        encodings = None  # the latin-1 fast path decodes these already
+    encodings = _encodings(charset)
 
     def text(tag: int) -> str | None:
         return _text(values.get(tag), tag, encodings)
@@ -870,7 +895,7 @@ def _build(
     phase_dir = text(0x00181312) or fg_text(0x00181312)
     if phase_dir == "COLUMN":  # enhanced files spell it out
         phase_dir = "COL"
-    return FileHeader(
+    header = FileHeader(
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
@@ -920,6 +945,32 @@ def _build(
         transfer_syntax_uid=ts,
         complex_image_component=component.upper() if component else None,
     )
+    return _shared(header)
+
+
+#: Values repeated from file to file (study and series UIDs, descriptions, sequence
+#: parameters, orientation...) are kept once per process instead of once per header: the
+#: headers of a 100,000-file session take ~40% less memory, and a chunk of headers sent
+#: by a worker process carries each value once. Bounded: emptied when full. (Equal floats
+#: are one object: a -0.0 may become 0.0, which compares equal.)
+_SHARED: dict[tuple[type, object], object] = {}
+_SHARED_MAX = 4096
+_SHAREABLE = frozenset({str, float, tuple})
+_NOT_SHARED = frozenset({"path", "size", "mtime_ns"})
+_SHARED_FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader) if f.name not in _NOT_SHARED)
+
+
+def _shared(header: FileHeader) -> FileHeader:
+    """``header`` (just made) with its str, float and tuple values replaced by equal
+    shared objects."""
+    shared = _SHARED
+    if len(shared) >= _SHARED_MAX:
+        shared.clear()
+    for name in _SHARED_FIELDS:
+        value = getattr(header, name)
+        if value.__class__ in _SHAREABLE:
+            object.__setattr__(header, name, shared.setdefault((value.__class__, value), value))
+    return header
 
 
 # --------------------------------------------------------------------------- entry point
@@ -955,8 +1006,10 @@ def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
         if src.read_at(pos, 2) != b"\x02\x00":
             break
         tag, vr, length, vpos = _element_header(src, pos, syntax)
-        if vr is None or length == 0xFFFFFFFF or vpos + length > src.size:
+        if vr is None or length == 0xFFFFFFFF:
             raise _Malformed(f"malformed file meta information at byte {pos}")
+        if vpos + length > src.size:
+            raise _Truncated(f"file meta information cut at byte {src.size}")
         if tag in (0x00020002, 0x00020010):
             meta[tag] = (vr, src.read_at(vpos, length))
         pos = vpos + length
@@ -988,6 +1041,8 @@ def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHea
             meta, pos = _read_meta(src, 132)
         elif first[:2] == b"\x02\x00" and first[4:6] in _ALL_VRS:  # meta, no preamble
             meta, pos = _read_meta(src, 0)
+        elif first[:4] == b"DICM" and first[4:6] == b"\x02\x00":  # DICM, no preamble
+            meta, pos = _read_meta(src, 4)
         else:
             meta, pos = {}, 0
         ts = _text(meta.get(0x00020010), 0x00020010, None)

@@ -358,8 +358,11 @@ class _CacheReader:
 
 def _to_result(entry: _Entry, read: FileHeader | tuple[str, str]) -> FileHeader | Problem:
     if isinstance(read, FileHeader):
-        if read.path != entry.path:
-            read = dataclasses.replace(read, path=entry.path)
+        if read.path is not entry.path:
+            # the header was just read (or unpickled from a worker) and is not shared yet:
+            # give it the entry's Path object rather than keeping a second, equal one
+            # (a Path is ~0.5 kB: 50 MB for 100,000 files)
+            object.__setattr__(read, "path", entry.path)
         return read
     return Problem(where=entry.rel, reason=read[1], stage=STAGE)
 

@@ -1,0 +1,1303 @@
+"""End-to-end benchmark: bidsport against bare dcm2niix, HeuDiConv and Dcm2Bids.
+
+For each case (a synthetic inbox of about N files, or a real inbox), every tool converts
+the same files, one after the other, from a warm page cache, each in its own process:
+
+* ``bidsport``: ``bidsport INBOX OUT participant`` (the console script, ``--n-procs``
+  workers); stage wall times come from the run's JSON report; then the same command again
+  (the re-run with nothing new) and ``bidsport INBOX OUT group --skip-validation``;
+* ``dcm2niix``: the binary bidsport uses (``import dcm2niix; dcm2niix.bin``), ``-z y``,
+  one call per session folder, as a user would;
+* ``heudiconv``: ``--files SESSION -s SUB -ss SES -f reproin -c dcm2niix -b``, one call per
+  session (when installed, and the inbox is not larger than ``--competitor-max-files``);
+* ``dcm2bids``: ``-d SESSION -p SUB -s SES -c bench/dcm2bids_config.json``, one call per
+  session (same conditions).
+
+Per tool: wall time, files/s, CPU time (user + system, all processes), the largest RSS of
+any one process (GNU ``time``), and the peak memory of the whole process tree (the sum of
+the processes' PSS, sampled from /proc every 0.2 s: shared pages, e.g. those of forked
+workers, are counted once). Results accumulate in ``bench/out/results.json`` (one
+entry per case, replaced when the case is run again); ``bench/RESULTS.md`` and the plot
+``bench/out/time_vs_files.png`` are rewritten from all entries.
+
+    python bench/run.py --sizes 1000 10000 100000
+    python bench/run.py --sizes 100000 --sessions 1 --tools bidsport,dcm2niix
+    python bench/run.py --real                       # /work/shared/data/*/In as one inbox
+    python bench/run.py --inbox /data/inbox --nameformat REGEX  # a real inbox
+    python bench/run.py --sizes 10000 --profile      # + a py-spy profile of bidsport
+
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import synth  # noqa: E402
+
+TOOLS = ("bidsport", "dcm2niix", "heudiconv", "dcm2bids")
+STAGES = ("import", "scan", "classify", "organize", "convert", "finalize", "status")
+REAL_DATA = REPO_DIR.parent / "shared" / "data"
+IMAGE_SKIP_DIRS = {"tmp_dcm2bids", ".heudiconv", "sourcedata", "derivatives", "code"}
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measure:
+    """One tool's run over a whole inbox (one or more commands, one after the other)."""
+
+    tool: str
+    wall: float = 0.0
+    cpu_user: float = 0.0
+    cpu_sys: float = 0.0
+    max_rss_mb: float = 0.0  #: largest RSS of any one process (GNU time)
+    tree_rss_mb: float = 0.0  #: peak of the summed PSS of the process tree (sampled)
+    calls: int = 0
+    failed_calls: int = 0
+    images: int | None = None
+    note: str = ""
+    load: tuple[float, float] = (0.0, 0.0)  #: 1-min load average before and after
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_user + self.cpu_sys
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def _memory(pid: int) -> int:
+    """Bytes of memory of a process: its PSS (shared pages split between the processes
+    sharing them, so a tree's sum counts forked copies once), else its RSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class _TreeSampler(threading.Thread):
+    """Samples the summed memory (PSS) of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            total, todo, seen = 0, [self.pid], set()
+            while todo:
+                pid = todo.pop()
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                total += _memory(pid)
+                todo += _children(pid)
+            self.peak = max(self.peak, total)
+            self.stop.wait(self.interval)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    user: float
+    system: float
+    max_rss_kb: int
+
+
+def _gnu_time() -> str | None:
+    """/usr/bin/time when it is GNU time (measures the tool, not this Python's fork)."""
+    path = shutil.which("time", path="/usr/bin:/bin")
+    if path is None:
+        return None
+    probe = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return path if "GNU" in probe.stdout + probe.stderr else None
+
+
+def run_measured(
+    cmd: Sequence[str | Path],
+    *,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 7200.0,
+) -> tuple[int, float, _Usage | None, int, str]:
+    """Run one command; (exit code, wall s, usage of its tree, peak tree RSS, stdout).
+
+    The command runs under GNU time when there is one: a child's peak RSS counts the
+    memory of the process it was forked from, so forking the tool from this (large)
+    Python process would add this process's size to the tool's. stdout and stderr go to
+    ``log_file`` (appended); stdout is also returned.
+    """
+    argv = [str(c) for c in cmd]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    timer = _gnu_time()
+    with (
+        open(log_file, "a", encoding="utf-8") as log,
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.NamedTemporaryFile("r", suffix=".time") as timing,
+    ):
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        full = [timer, "-f", "%U %S %M", "-o", timing.name, *argv] if timer else argv
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.Popen(full, stdout=out, stderr=log, env=env, cwd=cwd)
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            log.write(f"killed after {timeout} s\n")
+        finally:
+            sampler.stop.set()
+            sampler.join()
+        wall = time.perf_counter() - start
+        usage = None
+        if timer:
+            lines = timing.read().split("\n")
+            fields = next((ln.split() for ln in reversed(lines) if ln.strip()), [])
+            with contextlib.suppress(ValueError):
+                usage = _Usage(float(fields[0]), float(fields[1]), int(fields[2]))
+        else:
+            own = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU: this command's
+            user, system = own.ru_utime - before.ru_utime, own.ru_stime - before.ru_stime
+            usage = _Usage(user, system, own.ru_maxrss)  # RSS: the largest child so far
+        out.seek(0)
+        stdout = out.read()
+        log.write(stdout)
+        log.write(f"-> exit {proc.returncode} in {wall:.2f} s\n")
+    return proc.returncode, wall, usage, sampler.peak, stdout
+
+
+def measure(
+    tool: str,
+    commands: Sequence[Sequence[str | Path]],
+    *,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 7200.0,
+) -> tuple[Measure, list[str]]:
+    """Run ``commands`` one after the other and add up what they cost."""
+    m = Measure(tool, load=(os.getloadavg()[0], 0.0))
+    outputs = []
+    for cmd in commands:
+        code, wall, usage, tree, stdout = run_measured(
+            cmd, log_file=log_file, env=env, timeout=timeout
+        )
+        outputs.append(stdout)
+        m.calls += 1
+        m.failed_calls += code != 0
+        m.wall += wall
+        if usage is not None:
+            m.cpu_user += usage.user
+            m.cpu_sys += usage.system
+            m.max_rss_mb = max(m.max_rss_mb, usage.max_rss_kb / 1024)
+        m.tree_rss_mb = max(m.tree_rss_mb, tree / 2**20)
+    m.load = (m.load[0], os.getloadavg()[0])
+    return m, outputs
+
+
+def count_images(root: Path) -> int:
+    """NIfTI images below ``root``, outside temporary/derived folders of the tools."""
+    n = 0
+    for _dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in IMAGE_SKIP_DIRS]
+        n += sum(1 for f in filenames if f.endswith((".nii", ".nii.gz")))
+    return n
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fs_microbench(folder: Path, n: int = 500) -> dict[str, float]:
+    """Microseconds per metadata operation in ``folder`` (what organize/convert pay per file)."""
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bidsport-fs-", dir=folder) as tmp:
+        base = Path(tmp)
+        target = base / "target"
+        target.write_bytes(b"x")
+
+        def timed(name: str, func: Any) -> None:
+            start = time.perf_counter()
+            for i in range(n):
+                func(i)
+            results[name] = (time.perf_counter() - start) / n * 1e6
+
+        timed("create", lambda i: (base / f"f{i}").touch())
+        timed("symlink", lambda i: os.symlink("target", base / f"s{i}"))
+        timed("hardlink", lambda i: os.link(target, base / f"h{i}"))
+        timed("rename", lambda i: os.replace(base / f"h{i}", base / f"r{i}"))
+        timed("stat", lambda i: os.stat(base / f"f{i}"))
+        timed("unlink", lambda i: os.unlink(base / f"r{i}"))
+    return {k: round(v, 1) for k, v in results.items()}
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    from bidsport import __version__
+    from bidsport.convert import dcm2niix_binary, dcm2niix_version
+
+    cpuinfo = _read("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.M)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    fs = ""
+    best = ""
+    for line in _read("/proc/mounts").splitlines():
+        parts = line.split()
+        if (
+            len(parts) > 2
+            and str(work.resolve()).startswith(parts[1])
+            and len(parts[1]) > len(best)
+        ):
+            best, fs = parts[1], f"{parts[2]} on {parts[0]} ({parts[1]})"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "ram_gb": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "bidsport": f"{__version__} ({commit}{' + local changes' if dirty else ''})",
+        "dcm2niix": f"{dcm2niix_version()} ({dcm2niix_binary()})",
+        "heudiconv": _version("heudiconv"),
+        "dcm2bids": _version("dcm2bids"),
+        "pydicom": _version("pydicom"),
+        "pigz": shutil.which("pigz", path=_tool_path()),
+        "work_fs": fs,
+        "fs_us_per_op": fs_microbench(work),
+        "load_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+# --------------------------------------------------------------------------- the tools
+
+
+@dataclass(frozen=True)
+class Session:
+    subject: str
+    session: str | None
+    folder: Path
+    n_files: int
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    inbox: Path
+    sessions: tuple[Session, ...]
+    n_files: int
+    n_bytes: int
+    kind: str  #: "synthetic" or "real"
+    nameformat: str | None
+    describe: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _tool_path() -> str:
+    """PATH with this Python's bin folder first (heudiconv/dcm2bids find that dcm2niix)."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = _tool_path()
+    env["NO_ET"] = "1"  # HeuDiConv/nipype: no etelemetry call home
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def _console(name: str) -> str | None:
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def _program(name: str) -> str:
+    """The path of an installed console script (the caller checked that there is one)."""
+    path = _console(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed")
+    return path
+
+
+def bidsport_command(case: Case, out: Path, n_procs: int) -> list[str]:
+    exe = _console("bidsport")
+    base = [exe] if exe else [sys.executable, "-m", "bidsport.cli.run"]
+    cmd = [*base, str(case.inbox), str(out), "participant", "--n-procs", str(n_procs)]
+    if case.nameformat:
+        cmd += ["--nameformat", case.nameformat]
+    return cmd
+
+
+def _report_of(stdout: str, out: Path) -> dict[str, Any] | None:
+    """The JSON report of a participant-level run (its path is printed; else the newest)."""
+    match = re.search(r"^report: (.+)$", stdout, re.M)
+    candidates = [Path(match.group(1))] if match else []
+    candidates += sorted(
+        (out / "derivatives" / "bidsport" / "logs").glob("participant_*_report.json"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in candidates:
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+    return None
+
+
+def stage_seconds(report: dict[str, Any] | None) -> dict[str, float]:
+    """Seconds per stage, summed over the sessions of a report."""
+    total: dict[str, float] = {}
+    for session in (report or {}).get("sessions", []):
+        for stage, seconds in (session.get("seconds") or {}).items():
+            total[stage] = total.get(stage, 0.0) + float(seconds)
+    return total
+
+
+def run_bidsport(
+    case: Case, work: Path, logs: Path, n_procs: int, timeout: float, profile: Path | None
+) -> list[Measure]:
+    out = work / "out-bidsport"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = bidsport_command(case, out, n_procs)
+    first, outputs = measure("bidsport", [cmd], log_file=logs / "bidsport.log", timeout=timeout)
+    report = _report_of(outputs[0], out)
+    first.extra["stages"] = stage_seconds(report)
+    if report is not None:
+        summary = report.get("summary", {})
+        first.extra["sessions_done"] = summary.get("done")
+        first.extra["sessions_failed"] = summary.get("failed")
+        first.images = sum(len(s.get("images", [])) for s in report.get("sessions", []))
+        first.extra["problems"] = summary.get("excluded_or_failed_items")
+    else:
+        first.note = "no JSON report"
+        first.images = count_images(out)
+    rerun, _ = measure(
+        "bidsport re-run", [cmd], log_file=logs / "bidsport-rerun.log", timeout=timeout
+    )
+    rerun.note = "nothing new (--overwrite skip)"
+    group_cmd = [*cmd[: cmd.index("participant")], "group", "--skip-validation"]
+    group, _ = measure(
+        "bidsport group", [group_cmd], log_file=logs / "bidsport-group.log", timeout=timeout
+    )
+    group.note = "--skip-validation"
+    end = Measure(
+        "bidsport e2e",
+        wall=first.wall + group.wall,
+        cpu_user=first.cpu_user + group.cpu_user,
+        cpu_sys=first.cpu_sys + group.cpu_sys,
+        max_rss_mb=max(first.max_rss_mb, group.max_rss_mb),
+        tree_rss_mb=max(first.tree_rss_mb, group.tree_rss_mb),
+        calls=2,
+        failed_calls=first.failed_calls + group.failed_calls,
+        images=first.images,
+        note="participant + group",
+        load=(first.load[0], group.load[1]),
+    )
+    results = [first, rerun, group, end]
+    if profile is not None:
+        results.append(profile_bidsport(case, work, logs, n_procs, timeout, profile))
+    return results
+
+
+def profile_bidsport(
+    case: Case, work: Path, logs: Path, n_procs: int, timeout: float, profile_dir: Path
+) -> Measure:
+    """Run the participant level once more under py-spy (all processes), or cProfile."""
+    out = work / "out-bidsport-profile"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = bidsport_command(case, out, n_procs)
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    raw = profile_dir / f"profile-{case.name}.txt"
+    spy = _console("py-spy")
+    if spy:
+        prof_cmd = [spy, "record", "--subprocesses", "-r", "100", "-f", "raw", "-o", str(raw)]
+        prof_cmd += ["--", *cmd]
+        m, _ = measure(
+            "bidsport profile", [prof_cmd], log_file=logs / "profile.log", timeout=timeout
+        )
+        m.extra["profile"] = summarize_pyspy(raw) if raw.is_file() else {}
+        m.note = f"py-spy, 100 Hz, {raw.name}"
+    else:
+        stats = profile_dir / f"profile-{case.name}.pstats"
+        head = [sys.executable, "-m", "cProfile", "-o", str(stats)]
+        prof_cmd = [*head, *cmd[1:]] if cmd[0] == sys.executable else [*head, *cmd]
+        m, _ = measure(
+            "bidsport profile", [prof_cmd], log_file=logs / "profile.log", timeout=timeout
+        )
+        m.note = f"cProfile (main process only), {stats.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    return m
+
+
+#: functions of the participant level that mark a stage in a profile's stacks
+PROFILE_STAGES = (
+    ("_read_chunk", "scan (worker processes)"),
+    ("import_packet", "import"),
+    ("scan_session", "scan (main process)"),
+    ("classify_session", "classify"),
+    ("lay_out", "organize"),
+    ("_write_files_table", "organize"),
+    ("convert_series", "convert (dcm2niix calls, links)"),
+    ("export_series", "convert (export: sidecars, renames)"),
+    ("intended_for", "finalize"),
+    ("complete_phasediff", "finalize"),
+    ("write_scans", "finalize"),
+    ("_write_series_table", "finalize"),
+    ("record_session", "status"),
+    ("plan_sessions", "inbox discovery"),
+    ("build_run_report", "report"),
+    ("_find_and_load", "imports"),
+)
+
+
+def _stage_of(frames: list[str]) -> str:
+    names = [f.split(" (", 1)[0] for f in frames]
+    for function, stage in PROFILE_STAGES:
+        if function in names:
+            return stage
+    return "other (start-up, pool and thread management)"
+
+
+def summarize_pyspy(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Top functions by inclusive and self samples, and samples per stage, from py-spy's
+    raw (collapsed) output. Only Python is sampled: dcm2niix's own time is not in it."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+        stages[_stage_of(frames)] += n
+
+    def pct(c: Counter[str], n: int = top) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / max(total, 1), 1)) for k, v in c.most_common(n)]
+
+    return {
+        "samples": total,
+        "inclusive": pct(inclusive),
+        "self": pct(own),
+        "stages": pct(stages, len(stages)),
+    }
+
+
+def run_dcm2niix(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
+    from bidsport.convert import dcm2niix_binary
+
+    out = work / "out-dcm2niix"
+    shutil.rmtree(out, ignore_errors=True)
+    commands = []
+    for s in case.sessions:
+        folder = out / (s.folder.name or "session")
+        folder.mkdir(parents=True, exist_ok=True)
+        commands.append([str(dcm2niix_binary()), "-z", "y", "-o", str(folder), str(s.folder)])
+    m, _ = measure("dcm2niix", commands, log_file=logs / "dcm2niix.log", timeout=timeout)
+    m.images = count_images(out)
+    m.note = "-z y, one call per session folder"
+    return m
+
+
+def run_heudiconv(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
+    out = work / "out-heudiconv"
+    shutil.rmtree(out, ignore_errors=True)
+    exe = _program("heudiconv")
+    commands = []
+    for s in case.sessions:
+        cmd = [exe, "--files", str(s.folder), "-s", s.subject, "-f", "reproin"]
+        cmd += ["-c", "dcm2niix", "-b", "-o", str(out)]
+        if s.session:
+            cmd += ["-ss", s.session]
+        commands.append(cmd)
+    m, _ = measure(
+        "heudiconv", commands, log_file=logs / "heudiconv.log", env=_env(), timeout=timeout
+    )
+    m.images = count_images(out)
+    m.note = "reproin, one call per session"
+    return m
+
+
+def run_dcm2bids(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
+    out = work / "out-dcm2bids"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    exe = _program("dcm2bids")
+    config = BENCH_DIR / "dcm2bids_config.json"
+    commands = []
+    for s in case.sessions:
+        cmd = [exe, "-d", str(s.folder), "-p", s.subject, "-c", str(config), "-o", str(out)]
+        if s.session:
+            cmd += ["-s", s.session]
+        commands.append(cmd)
+    m, _ = measure(
+        "dcm2bids", commands, log_file=logs / "dcm2bids.log", env=_env(), timeout=timeout
+    )
+    m.images = count_images(out)
+    m.note = "bench/dcm2bids_config.json, one call per session"
+    return m
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def best_of(runs: list[list[Measure]]) -> list[Measure]:
+    """Per tool, the repetition with the shortest wall time, with every wall time seen."""
+    best: dict[str, Measure] = {}
+    walls: dict[str, list[float]] = {}
+    for run in runs:
+        for m in run:
+            walls.setdefault(m.tool, []).append(round(m.wall, 3))
+            if m.tool not in best or m.wall < best[m.tool].wall:
+                best[m.tool] = m
+    for tool, m in best.items():
+        if len(walls[tool]) > 1:
+            m.extra["walls"] = walls[tool]
+    return list(best.values())
+
+
+def _warm(root: Path) -> float:
+    """Read every file once (the page cache then holds the inbox); seconds taken."""
+    start = time.perf_counter()
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+    return time.perf_counter() - start
+
+
+def synthetic_case(n_files: int, work: Path, args: argparse.Namespace) -> Case:
+    inbox = work / "inbox"
+    protocol = synth.PROTOCOLS[args.protocol]
+    info = synth.write_inbox(
+        inbox,
+        n_files,
+        n_sessions=args.sessions,
+        session_files=args.session_files,
+        matrix=args.matrix,
+        private_kb=args.private_kb,
+        protocol=protocol,
+        layout=args.layout,
+    )
+    sessions = tuple(
+        Session(sub, ses, info.packet_dir(sub, ses), n) for sub, ses, n in info.sessions
+    )
+    layout = "1 session" if len(sessions) == 1 else f"{len(sessions)} sessions"
+    name = f"synthetic-{_short(n_files)}-{len(sessions)}ses"
+    if args.protocol != "standard":
+        name += f"-{args.protocol}"
+    if args.layout != "series":
+        name += f"-{args.layout}"
+    return Case(
+        name,
+        inbox,
+        sessions,
+        info.n_files,
+        info.n_bytes,
+        "synthetic",
+        synth.NAMEFORMAT,
+        f"synthetic, {layout}, {info.n_series} series ({args.layout} folders), "
+        f"{args.matrix}x{args.matrix} slices, "
+        f"{args.private_kb} kB private header",
+        {
+            "generate_seconds": round(info.seconds, 2),
+            "series": info.n_series,
+            "requested_files": n_files,
+        },
+    )
+
+
+def _short(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def inbox_case(
+    inbox: Path, name: str, nameformat: str | None, describe: str, kind: str = "real"
+) -> Case:
+    from bidsport.ingest import assign_packets, discover_packets
+
+    packets, _problems = discover_packets(inbox, None)
+    assignments, _ = assign_packets(packets, nameformat, None)
+    sessions = []
+    n_files = n_bytes = 0
+    for a in assignments:
+        count = 0
+        for dirpath, _dirs, names in os.walk(a.packet.path):
+            for n in names:
+                count += 1
+                n_bytes += os.path.getsize(os.path.join(dirpath, n))
+        if a.packet.path.is_dir():
+            sessions.append(Session(a.subject, a.session, a.packet.path, count))
+        n_files += count
+    return Case(name, inbox, tuple(sessions), n_files, n_bytes, kind, nameformat, describe)
+
+
+def real_case(work: Path) -> Case:
+    """/work/shared/data/*/In copied into one inbox, one packet (subject) per collection."""
+    inbox = work / "inbox"
+    names = []
+    for folder in sorted(REAL_DATA.glob("*/In")):
+        name = folder.parent.name.replace("dcm_qa_", "qa").replace("_", "")
+        shutil.copytree(folder, inbox / name, symlinks=True)
+        names.append(folder.parent.name)
+    return inbox_case(
+        inbox,
+        "real-dcm_qa",
+        None,
+        f"real vendor data, {len(names)} collections ({', '.join(names)}), one packet each",
+    )
+
+
+def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    logs = args.out_dir / "logs" / case.name
+    shutil.rmtree(logs, ignore_errors=True)
+    tools = [t for t in args.tools if t in TOOLS]
+    result: dict[str, Any] = {
+        "case": case.name,
+        "kind": case.kind,
+        "describe": case.describe,
+        "files": case.n_files,
+        "bytes": case.n_bytes,
+        "sessions": len(case.sessions),
+        "n_procs": args.n_procs,
+        "extra": case.extra,
+        "warm_seconds": round(_warm(case.inbox), 2),
+        "measures": [],
+    }
+    print(
+        f"== {case.name}: {case.n_files} files, {case.n_bytes / 1e6:.0f} MB, "
+        f"{len(case.sessions)} sessions ({case.describe})",
+        flush=True,
+    )
+    measures: list[Measure] = []
+    for tool in tools:
+        if tool in ("heudiconv", "dcm2bids"):
+            if not _console(tool):
+                measures.append(Measure(tool, note="not installed (pip install bidsport[bench])"))
+                continue
+            if case.n_files > args.competitor_max_files:
+                measures.append(
+                    Measure(
+                        tool,
+                        note=f"skipped: more than --competitor-max-files "
+                        f"{args.competitor_max_files} files",
+                    )
+                )
+                continue
+        runs: list[list[Measure]] = []
+        for attempt in range(args.repeat):
+            last = attempt == args.repeat - 1
+            if tool == "bidsport":
+                profile = args.out_dir if args.profile and last else None
+                runs.append(run_bidsport(case, work, logs, args.n_procs, args.timeout, profile))
+            elif tool == "dcm2niix":
+                runs.append([run_dcm2niix(case, work, logs, args.timeout)])
+            elif tool == "heudiconv":
+                runs.append([run_heudiconv(case, work, logs, args.timeout)])
+            else:
+                runs.append([run_dcm2bids(case, work, logs, args.timeout)])
+        done = best_of(runs)
+        for m in done:
+            print(
+                f"   {m.tool:18s} {m.wall:8.2f} s  cpu {m.cpu:8.2f} s  "
+                f"rss {m.max_rss_mb:6.0f} MB (tree {m.tree_rss_mb:6.0f} MB)  "
+                f"images {m.images}  {m.note}",
+                flush=True,
+            )
+        measures += done
+        if not args.keep:
+            for out in work.glob("out-*"):
+                shutil.rmtree(out, ignore_errors=True)
+    result["measures"] = [dataclasses.asdict(m) for m in measures]
+    if args.scan:
+        result["scan"] = scan_benchmark([case.inbox], logs, args)
+    return result
+
+
+def scan_benchmark(roots: list[Path], logs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """bench/scan.py in a fresh process (its memory and imports apart from the runner)."""
+    out = logs / "scan.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(BENCH_DIR / "scan.py"), *map(str, roots)]
+    cmd += ["--n-procs", str(args.n_procs), "--repeat", str(args.scan_repeat), "--json", str(out)]
+    code, *_ = run_measured(cmd, log_file=logs / "scan.log", timeout=args.timeout)
+    if code != 0 or not out.is_file():
+        return {"error": f"bench/scan.py exited {code}, see {logs / 'scan.log'}"}
+    return dict(json.loads(out.read_text(encoding="utf-8")))
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _find(case: dict[str, Any], tool: str) -> dict[str, Any] | None:
+    for m in case["measures"]:
+        if m["tool"] == tool and m["calls"]:
+            return dict(m)
+    return None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """(intercept s, slope s/file, R²) of a least-squares line, or None."""
+    if len(points) < 2 or len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    slope = sxy / sxx
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for _, y in points)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in points)
+    return intercept, slope, 1 - ss_res / ss_tot if ss_tot else 1.0
+
+
+def case_table(case: dict[str, Any]) -> list[str]:
+    files = case["files"]
+    base = _find(case, "dcm2niix")
+    lines = [
+        "| tool | wall s | files/s | CPU s | max RSS MB (one process) "
+        "| peak MB (process tree, PSS) | images | x dcm2niix wall | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in case["measures"]:
+        if not m["calls"]:
+            lines.append(f"| {m['tool']} | - | - | - | - | - | - | - | {m['note']} |")
+            continue
+        ratio = m["wall"] / base["wall"] if base and base["wall"] else None
+        note = m["note"]
+        if m["failed_calls"]:
+            note += f"; {m['failed_calls']} of {m['calls']} calls failed"
+        if m["extra"].get("walls"):
+            note += "; walls " + "/".join(f"{w:.1f}" for w in m["extra"]["walls"])
+        note += f"; load {m['load'][0]:.1f}→{m['load'][1]:.1f}"
+        rate = files / m["wall"] if m["wall"] and not m["tool"].endswith("group") else None
+        images = "-" if m["images"] is None else str(m["images"])
+        lines.append(
+            _row(
+                m["tool"], _fmt(m["wall"]), _fmt(rate, 0), _fmt(m["cpu_user"] + m["cpu_sys"]),
+                _fmt(m["max_rss_mb"], 0), _fmt(m["tree_rss_mb"], 0), images, _fmt(ratio), note,
+            )
+        )  # fmt: skip
+    return lines
+
+
+def _row(*cells: str) -> str:
+    """A Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def stage_table(case: dict[str, Any]) -> list[str]:
+    m = _find(case, "bidsport")
+    if m is None or not m["extra"].get("stages"):
+        return []
+    stages = m["extra"]["stages"]
+    total = sum(stages.values())
+    lines = [
+        "| stage | wall s | files/s | share of the participant run |",
+        "|---|---:|---:|---:|",
+    ]
+    for stage in [*STAGES, *sorted(set(stages) - set(STAGES))]:
+        if stage not in stages:
+            continue
+        sec = stages[stage]
+        rate = case["files"] / sec if sec > 0 else None
+        lines.append(f"| {stage} | {_fmt(sec)} | {_fmt(rate, 0)} | {100 * sec / m['wall']:.0f}% |")
+    other = m["wall"] - total
+    share = f"{100 * other / m['wall']:.0f}%"
+    lines.append(_row("(start-up, inbox discovery, report)", _fmt(other), "-", share))
+    rate = _fmt(case["files"] / m["wall"], 0)
+    lines.append(_row("**participant level**", f"**{_fmt(m['wall'])}**", f"**{rate}**", "100%"))
+    return lines
+
+
+def profile_lines(case: dict[str, Any]) -> list[str]:
+    m = _find(case, "bidsport profile")
+    if m is None or not m["extra"].get("profile"):
+        return []
+    prof = m["extra"]["profile"]
+    lines = [
+        f"Profile ({m['note']}): {prof['samples']} samples of the Python processes "
+        "(dcm2niix itself is not sampled), by stage and by function (self time):",
+        "",
+        "| stage | share of samples |",
+        "|---|---:|",
+    ]
+    lines += [_row(name, f"{share}%") for name, share in prof.get("stages", [])]
+    lines += ["", "| function | self % |", "|---|---:|"]
+    lines += [_row(f"`{name}`", f"{share}") for name, share in prof["self"][:12]]
+    return lines
+
+
+def scan_lines(name: str, scan: dict[str, Any]) -> list[str]:
+    if "error" in scan:
+        return [f"- {name}: {scan['error']}"]
+    n = scan["files"]
+    rh, pd = scan["read_header"], scan["pydicom"]
+    return [
+        f"| {name} | {n:,} | {scan['bytes'] / 1e6:,.0f} | {rh['count'] / rh['cpu']:,.0f} "
+        f"| {pd['count'] / pd['cpu']:,.0f} | {n / scan['scan_session']['wall']:,.0f} "
+        f"| {n / scan['scan_session_cached']['wall']:,.0f} |"
+    ]
+
+
+def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None) -> str:
+    machine = results["machine"]
+    cases = sorted(
+        results["cases"].values(), key=lambda c: (c["kind"] != "real", c["files"], c["case"])
+    )
+    out: list[str] = [
+        "# bidsport benchmark results",
+        "",
+        "Written by `bench/run.py` (see `bench/README.md` for the method and the profile "
+        "analysis). Every tool converts the same files from a warm page cache, one tool "
+        "at a time; times are wall clock seconds on a machine shared with other jobs "
+        "(the 1-minute load average before→after each tool is in the notes).",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for key in (
+        "date",
+        "cpu",
+        "cores",
+        "ram_gb",
+        "os",
+        "python",
+        "bidsport",
+        "dcm2niix",
+        "heudiconv",
+        "dcm2bids",
+        "pydicom",
+        "pigz",
+        "work_fs",
+        "load_at_start",
+    ):
+        out.append(f"| {key} | {machine.get(key)} |")
+    fs = machine.get("fs_us_per_op", {})
+    out.append(
+        "| µs per metadata operation (work folder) | "
+        + ", ".join(f"{k} {v}" for k, v in fs.items())
+        + " |"
+    )
+    out += ["", "## Targets", ""]
+    out += target_lines(cases)
+    synthetic = [c for c in cases if c["kind"] == "synthetic"]
+    if synthetic:
+        out += ["", "## Scaling (synthetic inboxes)", ""]
+        out += scaling_lines(synthetic)
+        if png_file is not None and png_file.is_file():
+            rel = os.path.relpath(png_file, md_file.parent)
+            out += ["", f"Plot (not committed; written by the run): `{rel}`"]
+    for c in cases:
+        out += [
+            "",
+            f"## {c['case']}",
+            "",
+            f"{c['files']:,} files, {c['bytes'] / 1e6:,.0f} MB, "
+            f"{c['sessions']} sessions: {c['describe']}. bidsport `--n-procs {c['n_procs']}`. "
+            f"Run {c.get('date', '?')}.",
+        ]
+        if c["extra"].get("generate_seconds") is not None:
+            gen = c["extra"]["generate_seconds"]
+            out[-1] += f" Generated in {gen:.1f} s ({c['files'] / max(gen, 1e-9):,.0f} files/s)."
+        out += ["", *case_table(c)]
+        stages = stage_table(c)
+        if stages:
+            out += ["", "bidsport participant level by stage (sum over sessions):", "", *stages]
+        prof = profile_lines(c)
+        if prof:
+            out += ["", *prof]
+    scans = [(c["case"], c["scan"]) for c in cases if c.get("scan")]
+    if scans:
+        out += [
+            "",
+            "## Header scan (warm cache)",
+            "",
+            "`bench/scan.py`: bidsport's `read_header` and pydicom "
+            "(`dcmread(stop_before_pixels=True)` + 30 attributes) in one process "
+            "(files per CPU second), and `scan_session` with the run's worker count, "
+            "first without and then with the index cache (files per wall second).",
+            "",
+            "| files of | files | MB | read_header files/s/core | pydicom files/s/core "
+            "| scan_session files/s | with index cache files/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, scan in scans:
+            out += scan_lines(name, scan)
+    text = "\n".join(out) + "\n"
+    md_file.write_text(text, encoding="utf-8")
+    return text
+
+
+def scaling_lines(cases: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| tool | "
+        + " | ".join(f"{c['case']} ({c['files']:,} files)" for c in cases)
+        + " | fit: s per 1,000 files | fit: intercept s | R² |",
+        "|---|" + "---:|" * (len(cases) + 3),
+    ]
+    for tool in ("bidsport", "bidsport e2e", "dcm2niix", "heudiconv", "dcm2bids"):
+        points = []
+        cells = []
+        for c in cases:
+            m = _find(c, tool)
+            if m is None:
+                cells.append("-")
+                continue
+            cells.append(f"{m['wall']:,.1f} s ({1e6 * m['wall'] / c['files']:,.0f} µs/file)")
+            points.append((float(c["files"]), m["wall"]))
+        if not points:
+            continue
+        fit = linear_fit(points)
+        fit_cells = [f"{1000 * fit[1]:.3f}", f"{fit[0]:.2f}", f"{fit[2]:.4f}"] if fit else ["-"] * 3
+        lines.append(f"| {tool} | " + " | ".join(cells + fit_cells) + " |")
+    return lines
+
+
+def target_lines(cases: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | case | measured | met |", "|---|---|---:|:---:|"]
+
+    def ratio(c: dict[str, Any], a: str, b: str) -> float | None:
+        ma, mb = _find(c, a), _find(c, b)
+        if ma is None or mb is None or not ma["wall"]:
+            return None
+        return float(mb["wall"]) / float(ma["wall"])
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    for c in cases:
+        name = c["case"]
+        r = ratio(c, "dcm2niix", "bidsport")
+        if r is not None:
+            ok = "yes" if r <= 1.0 else ("at most 1.3" if r <= 1.3 else "no")
+            target = "participant level ≤ 1.0x (≤ 1.3x at most) bare dcm2niix"
+            lines.append(_row(target, name, f"{r:.2f}x", ok))
+        for tool, factor, cmp in (("heudiconv", 15.0, "≥ 15x"), ("dcm2bids", 1.2, "≥ 1.2x")):
+            r = ratio(c, "bidsport e2e", tool)
+            if r is not None:
+                target = f"end to end {cmp} faster than {tool}"
+                lines.append(_row(target, name, f"{r:.1f}x", yes(r >= factor)))
+        first, rerun = _find(c, "bidsport"), _find(c, "bidsport re-run")
+        if first and rerun:
+            share = 100 * rerun["wall"] / first["wall"]
+            target = "re-run with nothing new < 5% of the first run"
+            lines.append(_row(target, name, f"{share:.1f}%", yes(share < 5)))
+        requested = c["extra"].get("requested_files", c["files"])
+        if first and requested >= 100_000 and c["sessions"] == 1:
+            peak = first["tree_rss_mb"]
+            target = "100k files in one session: completes, peak memory < 500 MB (process tree)"
+            ok = yes(peak < 500 and not first["failed_calls"])
+            lines.append(_row(target, name, f"{peak:.0f} MB", ok))
+    points = [
+        (float(c["files"]), float(m["wall"]))
+        for c in cases
+        if c["kind"] == "synthetic" and (m := _find(c, "bidsport")) is not None
+    ]
+    fit = linear_fit(points)
+    if fit:
+        measured = f"{1000 * fit[1]:.3f} s per 1,000 files, R² {fit[2]:.4f}"
+        target = "time linear in the file count"
+        lines.append(_row(target, "synthetic cases", measured, yes(fit[2] > 0.99)))
+    return lines
+
+
+def plot(results: dict[str, Any], png_file: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cases = [c for c in results["cases"].values() if c["kind"] == "synthetic"]
+    if not cases:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for tool in ("bidsport", "bidsport e2e", "dcm2niix", "heudiconv", "dcm2bids"):
+        points = sorted((c["files"], m["wall"]) for c in cases if (m := _find(c, tool)) is not None)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=tool)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("DICOM files in the inbox")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("Time vs number of files (synthetic inboxes)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    png_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_file, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="synthetic inboxes of about these numbers of files",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        help="sessions per synthetic inbox (default: one per --session-files)",
+    )
+    parser.add_argument(
+        "--session-files",
+        type=int,
+        default=3000,
+        help="files per session when --sessions is not given (default: 3000)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(synth.PROTOCOLS),
+        default="standard",
+        help="session shape (tiny: 3 series of 4-slice volumes, for tests)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=synth.LAYOUTS,
+        default="series",
+        help="packet folders: a folder per series (default), flat, or mixed",
+    )
+    parser.add_argument("--matrix", type=int, default=64, help="slice size (default: 64)")
+    parser.add_argument(
+        "--private-kb",
+        type=int,
+        default=32,
+        help="kB of Siemens-like private header per file (default: 32)",
+    )
+    parser.add_argument(
+        "--inbox",
+        type=Path,
+        action="append",
+        default=[],
+        help="a real inbox (folder of packets); may be repeated",
+    )
+    parser.add_argument("--nameformat", default=None, help="bidsport --nameformat for --inbox")
+    parser.add_argument(
+        "--real", action="store_true", help=f"the real vendor data {REAL_DATA}/*/In as one inbox"
+    )
+    parser.add_argument(
+        "--tools",
+        type=lambda v: v.split(","),
+        default=list(TOOLS),
+        help="comma-separated subset of " + ",".join(TOOLS),
+    )
+    parser.add_argument("--n-procs", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--competitor-max-files",
+        type=int,
+        default=20000,
+        help="skip HeuDiConv and Dcm2Bids above this many files (default: 20000)",
+    )
+    parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per command")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each tool this many times, report the fastest (default: 1)",
+    )
+    parser.add_argument(
+        "--no-scan",
+        dest="scan",
+        action="store_false",
+        help="skip the header-scan benchmark of each inbox",
+    )
+    parser.add_argument("--scan-repeat", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run bidsport under py-spy (or cProfile) and summarise",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where inboxes and outputs are made (default: the temp folder)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep inboxes and outputs")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=BENCH_DIR / "out",
+        help="results.json, logs, plot, profiles (default: bench/out)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=BENCH_DIR / "RESULTS.md",
+        help="the Markdown report (default: bench/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget the cases of earlier runs in results.json"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite the report and the plot from results.json",
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def _case_dir(work: Path, keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="bidsport-bench-", dir=work))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"   kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = [t for t in args.tools if t not in TOOLS]
+    if unknown:
+        print(f"unknown tools: {', '.join(unknown)} (known: {', '.join(TOOLS)})", file=sys.stderr)
+        return 2
+    if not (args.sizes or args.inbox or args.real or args.report_only):
+        args.sizes = [1000, 10000]
+    args.out_dir = args.out_dir.resolve()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results_file = args.out_dir / "results.json"
+    results: dict[str, Any] = {"cases": {}}
+    if results_file.is_file() and not args.fresh:
+        with contextlib.suppress(ValueError, OSError):
+            results = json.loads(results_file.read_text(encoding="utf-8"))
+    if not args.report_only or "machine" not in results:
+        results["machine"] = machine_info(args.work)
+        print("machine:", json.dumps(results["machine"]), flush=True)
+
+    def record(case_result: dict[str, Any]) -> None:
+        case_result["date"] = results["machine"]["date"]
+        results["cases"][case_result["case"]] = case_result
+        results_file.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+    for n in args.sizes:
+        with _case_dir(args.work, args.keep) as work:
+            case = synthetic_case(n, work, args)
+            record(run_case(case, work, args))
+    for inbox in args.inbox:
+        with _case_dir(args.work, args.keep) as work:
+            case = inbox_case(
+                inbox.resolve(),
+                f"inbox-{inbox.name}",
+                args.nameformat,
+                f"inbox {inbox}",
+                kind="real",
+            )
+            record(run_case(case, work, args))
+    if args.real:
+        if not REAL_DATA.is_dir():
+            print(f"no real data at {REAL_DATA}: --real skipped", file=sys.stderr)
+        else:
+            with _case_dir(args.work, args.keep) as work:
+                record(run_case(real_case(work), work, args))
+    png = args.out_dir / "time_vs_files.png"
+    plotted = plot(results, png)
+    text = write_results(results, args.results, png if plotted else None)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Header-scan benchmark: files/s of bidsport's header reader, per core and in parallel.
+
+For the files below the given folders (warm page cache: every file is read once first):
+
+* ``read_header``: :func:`bidsport.header.read_header` on every file, one process;
+  files/s per core = files / CPU seconds of that process;
+* ``pydicom``: ``pydicom.dcmread(stop_before_pixels=True)`` and the values bidsport needs
+  (what a pydicom-based tool does to scan headers), one process, on at most
+  ``--pydicom-max`` files;
+* ``scan_session``: :func:`bidsport.index.scan_session` with ``--n-procs`` workers and no
+  cache (what the participant level does on a first run), then again with a warm
+  index cache (what a re-run does).
+
+Best of ``--repeat`` runs. Prints one JSON object (or writes it with ``--json``).
+
+    python bench/scan.py /work/shared/data/*/In [--n-procs 2] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: the attributes a pydicom-based scan decodes (about what bidsport's reader keeps)
+_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "Manufacturer", "SeriesNumber", "InstanceNumber", "EchoNumbers", "SeriesDescription",
+    "ProtocolName", "SequenceName", "ImageType", "ScanningSequence", "SequenceVariant",
+    "ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "InversionTime",
+    "FlipAngle", "ImageOrientationPatient", "ImagePositionPatient", "Rows", "Columns",
+    "AcquisitionDate", "AcquisitionTime", "SeriesTime", "ContentTime", "NumberOfFrames",
+)  # fmt: skip
+
+
+def _files(roots: list[Path]) -> list[Path]:
+    files = []
+    for root in roots:
+        for dirpath, _dirs, names in os.walk(root):
+            files += [Path(dirpath, n) for n in sorted(names)]
+    return files
+
+
+def _warm(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def _best(func: Callable[[], int], repeat: int) -> dict[str, float]:
+    """Best wall and CPU seconds of ``repeat`` calls (CPU of this process only)."""
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        count = func()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if not best or wall < best["wall"]:
+            best = {"wall": wall, "cpu": cpu, "count": count}
+    return best
+
+
+def bench_scan(
+    roots: list[Path], *, n_procs: int = 2, repeat: int = 3, pydicom_max: int = 5000
+) -> dict[str, Any]:
+    import warnings
+
+    import pydicom
+
+    warnings.simplefilter("ignore")  # pydicom's warnings about non-conformant values
+
+    from bidsport.errors import DicomReadError
+    from bidsport.header import read_header
+    from bidsport.index import scan_session
+
+    files = _files(roots)
+    n_bytes = _warm(files)
+    result: dict[str, Any] = {"files": len(files), "bytes": n_bytes, "n_procs": n_procs}
+
+    def headers() -> int:
+        ok = 0
+        for path in files:
+            try:
+                read_header(path)
+                ok += 1
+            except DicomReadError:
+                pass
+        return ok
+
+    sample = files[:pydicom_max]
+
+    def full_pydicom() -> int:
+        ok = 0
+        for path in sample:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                for keyword in _KEYWORDS:
+                    ds.get(keyword)
+                ok += 1
+            except Exception:  # non-DICOM files are counted as not read
+                pass
+        return ok
+
+    def scan(root: Path, cache: Path | None) -> int:
+        return sum(1 for _ in scan_session(root, n_procs=n_procs, cache_file=cache))
+
+    result["read_header"] = _best(headers, repeat)
+    result["pydicom"] = _best(full_pydicom, repeat) | {"files": len(sample)}
+    with tempfile.TemporaryDirectory(prefix="bidsport-scan-") as tmp:
+        walls = []
+        cached_walls = []
+        for _ in range(repeat):
+            wall = cached = 0.0
+            for i, root in enumerate(roots):
+                cache = Path(tmp) / f"cache-{i}.tsv"
+                cache.unlink(missing_ok=True)
+                t0 = time.perf_counter()
+                scan(root, cache)
+                t1 = time.perf_counter()
+                scan(root, cache)
+                wall += t1 - t0
+                cached += time.perf_counter() - t1
+            walls.append(wall)
+            cached_walls.append(cached)
+        result["scan_session"] = {"wall": min(walls)}
+        result["scan_session_cached"] = {"wall": min(cached_walls)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--n-procs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pydicom-max", type=int, default=5000)
+    parser.add_argument("--json", type=Path, help="write the result here (default: stdout)")
+    args = parser.parse_args(argv)
+    result = bench_scan(
+        args.roots, n_procs=args.n_procs, repeat=args.repeat, pydicom_max=args.pydicom_max
+    )
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

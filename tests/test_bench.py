@@ -1,0 +1,126 @@
+"""The benchmark (bench/): synthetic inboxes are right, and the runner works end to end.
+
+The runner is run as a user runs it (a subprocess) on a tiny inbox: 2 sessions of 3
+series, one session with a folder per series and one flat, bidsport and bare dcm2niix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pydicom
+import pytest
+
+from bidsport.header import read_header
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+synth = _load("synth")
+run = _load("run")
+
+
+def test_synthetic_files_are_patched_into_distinct_valid_instances(tmp_path):
+    info = synth.write_inbox(
+        tmp_path, 60, n_sessions=2, protocol=synth.PROTOCOLS["tiny"], private_kb=8
+    )
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert info.n_files == len(files) == 56  # 2 x (4 T1w + 12 DWI + 12 bold), 60 is a target
+    assert {p.parent.name for p in files} >= {"001_anat-T1w", "002_dwi_dir-AP"}
+    datasets = [pydicom.dcmread(f) for f in files]
+    assert len({ds.SOPInstanceUID for ds in datasets}) == len(files)
+    assert all(ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID for ds in datasets)
+    assert len({ds.StudyInstanceUID for ds in datasets}) == 2
+    assert len({(ds.StudyInstanceUID, ds.SeriesInstanceUID) for ds in datasets}) == 6
+    assert all(len(ds[0x00291020].value) >= 8 * 1024 * 3 // 4 for ds in datasets)  # CSA-like
+    study = datasets[0].StudyInstanceUID
+    dwi = sorted(
+        (
+            ds
+            for ds in datasets
+            if ds.SeriesDescription == "dwi_dir-AP" and ds.StudyInstanceUID == study
+        ),
+        key=lambda ds: ds.InstanceNumber,
+    )
+    assert [int(ds.InstanceNumber) for ds in dwi] == list(range(1, 13))
+    assert [float(ds.DiffusionBValue) for ds in dwi[::4]] == [0.0, 1000.0, 1000.0]
+    assert Counter(tuple(ds.ImagePositionPatient) for ds in dwi).most_common(1)[0][1] == 3
+    # bidsport's reader agrees with pydicom
+    header = read_header(files[0])
+    assert header.sop_instance_uid == datasets[0].SOPInstanceUID
+    assert header.has_pixel_data and header.rows == 64
+
+
+def test_linear_fit_and_best_of():
+    intercept, slope, r2 = run.linear_fit([(1000.0, 3.0), (10000.0, 21.0), (100000.0, 201.0)])
+    assert slope == pytest.approx(0.002) and intercept == pytest.approx(1.0) and r2 == 1.0
+    assert run.linear_fit([(5.0, 1.0)]) is None
+    fast, slow = run.Measure("bidsport", wall=2.0), run.Measure("bidsport", wall=3.0)
+    (best,) = run.best_of([[slow], [fast]])
+    assert best is fast and best.extra["walls"] == [3.0, 2.0]
+
+
+def test_pyspy_summary_counts_inclusive_and_self_samples(tmp_path):
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        'process 1:"bidsport";main (a.py:1);scan (b.py:2);read (c.py:3) 6\n'
+        'process 1:"bidsport";main (a.py:1);lay_out (d.py:4) 4\n'
+    )
+    summary = run.summarize_pyspy(raw)
+    assert summary["samples"] == 10
+    assert dict(summary["inclusive"])["main (a.py:1)"] == 100.0
+    assert summary["self"][0] == ("read (c.py:3)", 60.0)
+    assert dict(summary["stages"])["organize"] == 40.0  # lay_out is the organize stage
+
+
+def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "RESULTS.md"
+    cmd = [
+        sys.executable, str(BENCH / "run.py"), "--sizes", "56", "--sessions", "2",
+        "--protocol", "tiny", "--layout", "mixed", "--tools", "bidsport,dcm2niix",
+        "--scan-repeat", "1", "--work", str(tmp_path), "--out-dir", str(out),
+        "--results", str(results),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = results.read_text(encoding="utf-8")
+    assert table in proc.stdout  # the table is printed too
+    assert "| cpu |" in table and "| dcm2niix | v1.0." in table
+    assert "| bidsport |" in table and "| dcm2niix |" in table and "| import |" in table
+
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    case = data["cases"]["synthetic-56-2ses-tiny-mixed"]
+    assert (case["files"], case["sessions"]) == (56, 2)
+    measures = {m["tool"]: m for m in case["measures"]}
+    bidsport, dcm2niix = measures["bidsport"], measures["dcm2niix"]
+    assert bidsport["failed_calls"] == 0 and bidsport["images"] == 6  # 3 series x 2 sessions
+    assert dcm2niix["failed_calls"] == 0 and dcm2niix["images"] == 6
+    assert dcm2niix["calls"] == 2  # one call per session folder
+    stages = bidsport["extra"]["stages"]
+    assert {"import", "scan", "classify", "organize", "convert"} <= set(stages)
+    assert 0 < sum(stages.values()) < bidsport["wall"]
+    for m in (bidsport, dcm2niix):
+        assert m["cpu_user"] + m["cpu_sys"] > 0 and 1 < m["max_rss_mb"] < 2000
+    assert measures["bidsport re-run"]["wall"] < bidsport["wall"]
+    assert measures["bidsport group"]["failed_calls"] == 0
+    assert case["scan"]["files"] == 56 and case["scan"]["read_header"]["count"] == 56
+    assert not list(tmp_path.glob("bidsport-bench-*"))  # inbox and outputs removed
