@@ -45,7 +45,7 @@ class Problem:
 # --------------------------------------------------------------------------- DICOM
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileHeader:
     """What bidsport needs from one DICOM file's header (read once per run).
 
