@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from archive_fixtures import tar_member
 from bidsport.archive import (
     DEFAULT_LIMITS,
     MAX_NESTING,
@@ -110,20 +111,6 @@ def tree(root: Path) -> dict[str, bytes]:
             path = Path(dirpath) / name
             files[path.relative_to(root).as_posix()] = path.read_bytes()
     return files
-
-
-def tar_member(
-    name: str, data: bytes | None = b"x", **fields: object
-) -> tuple[tarfile.TarInfo, bytes | None]:
-    info = tarfile.TarInfo(name)
-    info.mtime = 1_700_000_000
-    for key, value in fields.items():
-        setattr(info, key, value)
-    if info.isreg() and data is not None:
-        info.size = len(data)
-    else:
-        data = None
-    return info, data
 
 
 def write_tar(

@@ -43,6 +43,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from archive_fixtures import tar_member
 from bidsport.cli.run import main
 from bidsport.fileops import read_tsv
 from bidsport.synthetic import SeriesSpec, Study, Subject, typical_session, uid, write_series
@@ -86,20 +87,6 @@ PARTIAL = {
 
 
 # --------------------------------------------------------------------------- archives
-
-
-def tar_member(
-    name: str, data: bytes | None = b"x", **fields: object
-) -> tuple[tarfile.TarInfo, bytes | None]:
-    info = tarfile.TarInfo(name)
-    info.mtime = 1_700_000_000
-    for key, value in fields.items():
-        setattr(info, key, value)
-    if info.isreg() and data is not None:
-        info.size = len(data)
-    else:
-        data = None
-    return info, data
 
 
 def write_tar(
