@@ -216,8 +216,7 @@ def file_lock(path: Path, *, blocking: bool = True, what: str | None = None) -> 
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError as exc:
             raise LockedError(
-                f"{what or path.parent} is being processed by another bidsport run "
-                f"(lock {path})",
+                f"{what or path.parent} is being processed by another bidsport run (lock {path})",
                 "wait for the other run to finish; a lock of a killed run is released "
                 "automatically",
             ) from exc

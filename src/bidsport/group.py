@@ -188,10 +188,6 @@ def _participant_folders(layout: DatasetLayout) -> list[str]:
     )
 
 
-def _participants_json_file(layout: DatasetLayout) -> Path:
-    return layout.participants_file.with_suffix(".json")
-
-
 def _write_participants(layout: DatasetLayout, labels: list[str], written: list[Path]) -> None:
     path = layout.participants_file
     columns = ["participant_id"]
@@ -214,7 +210,7 @@ def _write_participants(layout: DatasetLayout, labels: list[str], written: list[
         fileops.write_tsv(path, rows, columns)
         written.append(path)
 
-    json_path = _participants_json_file(layout)
+    json_path = layout.participants_json_file
     sidecar = _read_json(json_path) or {}
     merged = {"participant_id": sidecar.get("participant_id") or PARTICIPANT_ID_DESCRIPTION}
     merged.update({k: v for k, v in sidecar.items() if k != "participant_id"})
@@ -259,7 +255,7 @@ def run_group(
     _write_participants(layout, labels, written)
 
     if not any((root / readme).exists() for readme in README_NAMES):
-        readme = root / "README"
+        readme = layout.readme_file
         fileops.write_text(readme, readme_text(str(description.get("Name") or name)))
         written.append(readme)
 

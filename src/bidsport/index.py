@@ -13,10 +13,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import stat
-import threading
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -29,6 +27,7 @@ from bidsport import fileops
 from bidsport.errors import DicomReadError, UsageError
 from bidsport.header import READER_VERSION, read_header
 from bidsport.records import FileHeader, Problem, Series
+from bidsport.runner import process_pool_context
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +137,6 @@ def _read_chunk(paths: list[str]) -> list[FileHeader | tuple[str, str]]:
     return [_read_one(p) for p in paths]
 
 
-def _pool_context() -> Any:
-    """``fork`` when it is safe (a single thread: quick, and no ``__main__`` guard needed
-    in scripts), else ``forkserver`` or ``spawn``."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 def _read_all(
     paths: list[str], n_procs: int
 ) -> Generator[FileHeader | tuple[str, str], None, None]:
@@ -159,7 +149,7 @@ def _read_all(
             yield _read_one(p)
         return
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    with ProcessPoolExecutor(max_workers=n_procs, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context()) as pool:
         pending: deque[Future[list[FileHeader | tuple[str, str]]]] = deque()
         next_chunk = 0
         try:

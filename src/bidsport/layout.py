@@ -87,7 +87,8 @@ class DatasetLayout:
 
     @property
     def status_lock_file(self) -> Path:
-        return self.sourcedata_dir / ".status.tsv.lock"
+        """Held while ``status.tsv`` is replaced."""
+        return self.status_file.with_name(f".{self.status_file.name}.lock")
 
     @property
     def participants_json_file(self) -> Path:

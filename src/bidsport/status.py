@@ -222,7 +222,7 @@ def read_records(layout: DatasetLayout) -> list[StatusRow]:
 
 def status_lock_file(layout: DatasetLayout) -> Path:
     """The lock file beside ``status.tsv`` (held while the table is replaced)."""
-    return layout.status_file.with_name(f".{layout.status_file.name}.lock")
+    return layout.status_lock_file
 
 
 def _row_to_cells(row: StatusRow) -> dict[str, Any]:
