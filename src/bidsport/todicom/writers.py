@@ -6,6 +6,16 @@ anonymized identity space. Dates and times of the new series are the reference's
 shifted date stays shifted); the series and instance UIDs are new.
 
 The builders are generators of ``(file name, dataset)``; :func:`save_datasets` writes them.
+
+Equipment (see :func:`equipment_attributes`): the General Equipment module names the
+reference's scanner (Manufacturer, ManufacturerModelName): the pixels show that scanner's
+acquisition, as in the derived images scanner consoles and post-processing workstations
+write. bidsport itself is recorded as Processing Equipment (DCM 109102) in the Contributing
+Equipment Sequence, in SoftwareVersions (the software that made the instances) and in
+DerivationDescription. dcm2niix tailors its conversion to the Manufacturer: with
+"bidsport" it warns "Unable to determine manufacturer (0008,0070)" on every file, so the
+scanner's vendor is what lets the images be read back without a warning. For GE MR it also
+needs the vendor's protocol data block, copied from the reference (:data:`GE_PROTOCOL_BLOCK`).
 """
 
 from __future__ import annotations
@@ -50,6 +60,15 @@ log = logging.getLogger(__name__)
 
 MANUFACTURER = "bidsport"
 MODEL = "bidsport todicom"
+#: General Equipment attributes copied from the reference: the scanner whose acquisition the
+#: images show. Not SoftwareVersions: that names the software that made the instances
+#: (bidsport), and a Siemens XA version there makes dcm2niix expect XA enhanced-only data.
+EQUIPMENT_KEYWORDS = ("Manufacturer", "ManufacturerModelName")
+#: GE's private protocol data block (creator GEMS_SERS_01, element 0x1B of its block in group
+#: 0x0025): dcm2niix warns "Missing GE protocol data block (0025,101B)" for any GE MR image
+#: without it. It describes the acquisition protocol (no patient data) and GE's own derived
+#: images keep it; copied as is from the reference.
+GE_PROTOCOL_BLOCK = (0x0025, "GEMS_SERS_01", 0x1B)
 DISCLAIMER = "NOT FOR CLINICAL USE"
 IMPLEMENTATION_VERSION = f"BIDSPORT_{__version__}"[:16]
 
@@ -225,11 +244,52 @@ def common_attributes(plan: SeriesPlan, modality: str = "MR") -> Dataset:
     out.FrameOfReferenceUID = plan.reference.frame_of_reference_uid
     indicator = ref.get("PositionReferenceIndicator", "")
     out.PositionReferenceIndicator = indicator if valid_value("LO", indicator) else ""
-    out.Manufacturer = MANUFACTURER
-    out.ManufacturerModelName = MODEL
-    out.SoftwareVersions = __version__
+    out.update(equipment_attributes(plan))
     out.ContentDate = date
     out.ContentTime = time
+    return out
+
+
+def contributing_equipment(plan: SeriesPlan) -> Dataset:
+    """The Contributing Equipment item that records bidsport as processing equipment."""
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = MODEL
+    item.SoftwareVersions = __version__
+    item.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code_item("109102", "DCM", "Processing Equipment")]
+    )
+    item.ContributionDescription = ascii_text(plan.derivation, 64)
+    return item
+
+
+def equipment_attributes(plan: SeriesPlan) -> Dataset:
+    """General Equipment (the reference's scanner), bidsport's SoftwareVersions, Contributing
+    Equipment (bidsport) and, for GE, the reference's protocol data block.
+
+    A reference without a valid Manufacturer/ManufacturerModelName gets bidsport's names.
+    """
+    ref = plan.reference.header
+    out = Dataset()
+    for keyword, fallback in zip(EQUIPMENT_KEYWORDS, (MANUFACTURER, MODEL), strict=True):
+        value = ref.get(keyword)
+        if value and valid_value("LO", value):
+            out[keyword] = ref[keyword]
+        else:
+            setattr(out, keyword, fallback)
+    out.SoftwareVersions = __version__
+    out.ContributingEquipmentSequence = DicomSequence([contributing_equipment(plan)])
+    group, creator, offset = GE_PROTOCOL_BLOCK
+    if str(out.Manufacturer).upper().startswith("GE"):
+        try:
+            block = ref.private_block(group, creator)
+            element = block[offset]
+        except KeyError:
+            log.debug("reference has no GE protocol data block")
+        else:
+            out.private_block(group, creator, create=True).add_new(
+                offset, element.VR, element.value
+            )
     return out
 
 
@@ -445,9 +505,6 @@ def enhanced_dataset(
     measures.SliceThickness = ds(geo.slice_spacing)
     measures.SpacingBetweenSlices = ds(geo.slice_spacing)
     shared.PixelMeasuresSequence = DicomSequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [ds(x) for x in geo.orientation]
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
     frame_type = Dataset()
     frame_type.FrameType = image_type
     frame_type.PixelPresentation = "MONOCHROME"
@@ -475,6 +532,16 @@ def enhanced_dataset(
         shared.MREchoSequence = DicomSequence([echo])
     out.SharedFunctionalGroupsSequence = DicomSequence([shared])
 
+    # Plane Orientation per frame, after each Plane Position, as Siemens XA and Philips
+    # write it, not shared: dcm2niix takes the DimensionIndexValues of Philips, Canon,
+    # Bruker and unknown vendors only. For the others (Siemens, GE...) it sorts the
+    # frames by their position along the slice normal when it has read an orientation
+    # before every frame's position (its "issue 372" fallback, meant for one volume):
+    # with 2 or more volumes, that puts the volumes of each slice together and the
+    # NIfTI gets them mixed, without a warning. Per-frame orientations (the first read
+    # after the first position) keep it out of that path: the frames stay in file order,
+    # volume after volume, split by TemporalPositionIndex.
+    orientation_values = [ds(x) for x in geo.orientation]
     per_frame = []
     for volume in range(n_volumes):
         for f in range(n_frames):
@@ -491,6 +558,9 @@ def enhanced_dataset(
             position = Dataset()
             position.ImagePositionPatient = [ds(x) for x in geo.positions[f]]
             item.PlanePositionSequence = DicomSequence([position])
+            orientation = Dataset()
+            orientation.ImageOrientationPatient = orientation_values
+            item.PlaneOrientationSequence = DicomSequence([orientation])
             per_frame.append(item)
     out.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
     ordered = np.moveaxis(frames, 3, 0)  # volumes, frames, rows, columns
@@ -518,19 +588,26 @@ def seg_source_images(ref: ReferenceSeries) -> list[Dataset]:
     """
     first = ref.datasets[0]
     if "PerFrameFunctionalGroupsSequence" in first:
+        # highdicom takes one multi-frame source image (e.g. Siemens XA: a file per volume)
         out = []
-        for ds in ref.datasets:
+        for ds in ref.datasets[:1]:
             shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
-            if "PlaneOrientationSequence" not in shared:
-                frame = ds.PerFrameFunctionalGroupsSequence[0]
-                if "PlaneOrientationSequence" not in frame:
-                    continue
+            frame = ds.PerFrameFunctionalGroupsSequence[0]
+            missing = [
+                k for k in ("PlaneOrientationSequence", "PixelMeasuresSequence") if k not in shared
+            ]
+            if any(k not in frame for k in missing):
+                continue
+            if missing:
                 ds = copy.deepcopy(ds)
                 if "SharedFunctionalGroupsSequence" not in ds:
                     ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
-                ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = copy.deepcopy(
-                    frame.PlaneOrientationSequence
-                )
+                for keyword in missing:
+                    setattr(
+                        ds.SharedFunctionalGroupsSequence[0],
+                        keyword,
+                        copy.deepcopy(frame[keyword].value),
+                    )
             out.append(ds)
         return out or [first]
     orientation = first.get("ImageOrientationPatient")
@@ -543,6 +620,38 @@ def seg_source_images(ref: ReferenceSeries) -> list[Dataset]:
             len(ref.datasets),
         )
     return same
+
+
+def _highdicom_sources(sources: list[Dataset], position: Sequence[float]) -> list[Dataset]:
+    """Copies of the source headers that highdicom accepts.
+
+    Invalid patient/study values (anonymizers' '***') are made empty: highdicom copies
+    them and fails on values it cannot parse (the other kinds write them empty too, see
+    :func:`common_attributes`). A single-frame source without ImagePositionPatient (as UIH
+    saves some series) gets ``position``: highdicom needs one to see a patient coordinate
+    system; the SEG's own plane positions come from the NIfTI either way.
+    """
+    out = []
+    for source in sources:
+        bad = [
+            k
+            for k in IDENTITY_KEYWORDS
+            if k in source
+            and source[k].VR != "SQ"
+            and not valid_value(source[k].VR, source[k].value)
+        ]
+        no_position = (
+            "PerFrameFunctionalGroupsSequence" not in source
+            and "ImagePositionPatient" not in source
+        )
+        if bad or no_position:
+            source = copy.deepcopy(source)  # headers only: no pixel data to copy
+            for keyword in bad:
+                setattr(source, keyword, "")
+            if no_position:
+                source.ImagePositionPatient = [ds(x) for x in position]
+        out.append(source)
+    return out
 
 
 def segmentation_dataset(
@@ -599,6 +708,13 @@ def segmentation_dataset(
     seg.SeriesDescription = plan.series_description
     seg.ImageComments = plan.comments[:10240]
     seg.ContentQualification = "RESEARCH" if plan.research else "PRODUCT"
+    position = plan.acquisition.get("PatientPosition") or plan.reference.header.get(
+        "PatientPosition"
+    )
+    if position and valid_value("CS", position):
+        # General Series; without it dcm2niix warns "Patient Position (0018,5100) not
+        # specified (issue 642)".
+        seg.PatientPosition = position
     yield "SEG.dcm", seg
 
 
@@ -609,19 +725,32 @@ def _segmentation(
 
     geo = plan.geometry
     positions = [hd.PlanePositionSequence("PATIENT", list(p)) for p in geo.positions]
+    equipment = equipment_attributes(plan)
+    bidsport = hd.ContributingEquipment(
+        MANUFACTURER,
+        hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
+        manufacturer_model_name=MODEL,
+        software_versions=__version__,
+        contribution_description=ascii_text(plan.derivation, 64),
+    )
+    # FRACTIONAL (OCCUPANCY, 0 or 255: the voxel is in the segment or not) rather than
+    # BINARY: the same masks, but 1-bit pixels make dcm2niix warn "Support for images that
+    # allocate 1 bits is experimental".
     return hd.seg.Segmentation(
-        source_images=seg_source_images(plan.reference),
+        source_images=_highdicom_sources(seg_source_images(plan.reference), geo.positions[0]),
         pixel_array=np.ascontiguousarray(mapped),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
         segment_descriptions=descriptions,
         series_instance_uid=plan.series_uid,
         series_number=plan.series_number,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL,
+        manufacturer=str(equipment.Manufacturer),
+        manufacturer_model_name=str(equipment.ManufacturerModelName),
         software_versions=__version__,
         device_serial_number="1",
+        contributing_equipment=[bidsport],
         content_description=ascii_text(plan.comments, 64),
         content_label="BIDSPORT",
         pixel_measures=hd.PixelMeasuresSequence(
