@@ -206,13 +206,17 @@ def test_no_preamble(tmp_path: Path) -> None:
     implicit_bare = tmp_path / "implicit_bare"
     ds.save_as(implicit_bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
     assert implicit_bare.read_bytes()[4:6] != b"CS"
+    dicm_first = tmp_path / "dicm_first"
+    dicm_first.write_bytes(full[128:])
     reference = read_header(tmp_path / "full.dcm")
-    for path in (meta_only, bare, implicit_bare):
+    assert reference.has_preamble
+    for path in (meta_only, dicm_first, bare, implicit_bare):
         h = read_header(path)
         assert h.sop_instance_uid == reference.sop_instance_uid
         assert h.series_description == "t1"
         assert h.repetition_time == reference.repetition_time
         assert h.has_pixel_data
+        assert not h.has_preamble, path.name  # organize re-reads only these files
 
 
 def test_character_sets(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -173,6 +174,33 @@ def test_corrupt_cache_is_ignored(tmp_path: Path, content: bytes | None) -> None
     # the cache was rewritten and is valid again: junk with the same stat is not read
     _junk_keeping_stat(paths[2])
     assert list(scan_session(root, cache_file=cache)) == expected
+
+
+def test_cache_of_an_older_reader_is_read_again(tmp_path: Path) -> None:
+    """A cache written before ``has_preamble`` existed is not trusted: files are re-read,
+    and the field survives the new cache (organize relies on it to repair files)."""
+    root = tmp_path / "session"
+    paths = write_series(SeriesSpec("t1", 2, n_slices=3), root)
+    cache = tmp_path / "index.tsv"
+    first = list(scan_session(root, cache_file=cache))
+    assert [h.has_preamble for h in _headers(first)] == [True, True, True]
+    # the same cache as the previous reader wrote it: no has_preamble anywhere
+    signature, *lines = cache.read_text(encoding="utf-8").splitlines()
+    old = json.loads(signature)
+    old["reader"] -= 1
+    old["fields"] = [f for f in old["fields"] if f != "has_preamble"]
+    stripped = [line.replace(',"has_preamble":true', "") for line in lines]
+    assert all("has_preamble" not in line for line in stripped)
+    cache.write_text("\n".join([json.dumps(old), *stripped]) + "\n", encoding="utf-8")
+    # the first file loses its preamble, keeping its size and modification time
+    st = paths[0].stat()
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[128:] + bytes(128))
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = _headers(list(scan_session(root, cache_file=cache)))
+    assert [h.has_preamble for h in again] == [False, True, True]  # read again, not cached
+    cached = _headers(list(scan_session(root, cache_file=cache)))
+    assert [h.has_preamble for h in cached] == [False, True, True]
 
 
 def test_cache_is_written_atomically(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+import pytest
+
+from bidsport.errors import OutputError
 from bidsport.header import read_header
 from bidsport.organize import decide_files, flat_name, lay_out
 from bidsport.synthetic import SeriesSpec, write_series
@@ -72,3 +76,122 @@ def test_flat_name_format():
 
     h = FileHeader(Path("x"), 0, 0)
     assert flat_name(h, "a").startswith("0000_000000_")
+
+
+# --------------------------------------------------------------------------- preamble
+
+
+def _strip(path: Path, cut: int) -> None:
+    """Drop the first ``cut`` bytes (132: no preamble nor "DICM"; 128: no preamble)."""
+    path.write_bytes(path.read_bytes()[cut:])
+
+
+def test_files_without_preamble_become_repaired_copies(tmp_path):
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=4), raw)
+    originals = {p: p.read_bytes() for p in files}
+    _strip(files[1], 132)
+    _strip(files[2], 128)
+    decisions = decide_files(_headers(files), raw)
+    assert [d.has_preamble for d in decisions] == [True, False, False, True]
+    for symlink in (True, False):
+        flat = tmp_path / f"flat-{symlink}"
+        assert lay_out(decisions, flat, symlink=symlink) == 4
+        for d in decisions:
+            entry = flat / d.flat_name
+            assert entry.read_bytes() == originals[d.source]  # every entry is Part 10 again
+            assert entry.is_symlink() == (symlink and d.has_preamble)
+        assert lay_out(decisions, flat, symlink=symlink) == 0  # re-run: nothing redone
+    assert files[1].read_bytes() == originals[files[1]][132:]  # the imported file is untouched
+
+
+def test_only_files_the_header_says_lack_a_preamble_are_opened_again(tmp_path):
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=2), raw)
+    decisions = decide_files(_headers(files), raw)
+    _strip(files[0], 128)  # after the scan: organize goes by the header, not the file
+    flat = tmp_path / "flat"
+    assert lay_out(decisions, flat) == 2
+    assert all((flat / d.flat_name).is_symlink() for d in decisions)
+
+
+# --------------------------------------------------------------------------- re-runs
+
+
+def test_entries_of_an_earlier_layout_are_fixed_without_writing_elsewhere(tmp_path):
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=5), raw)
+    decisions = decide_files(_headers(files), raw)
+    flat = tmp_path / "flat"
+    assert lay_out(decisions, flat) == 5
+    outside = tmp_path / "outside.dcm"
+    outside.write_bytes(b"not yours")
+    names = [d.flat_name for d in decisions]
+    (flat / names[0]).unlink()  # missing
+    (flat / names[1]).unlink()
+    (flat / names[1]).symlink_to(outside)  # a link elsewhere (absolute)
+    (flat / names[2]).unlink()
+    (flat / names[2]).write_bytes(b"an old copy")  # a file where a link belongs
+    (flat / "unrelated.txt").write_text("kept")
+    assert lay_out(decisions, flat) == 3
+    for d in decisions:
+        entry = flat / d.flat_name
+        assert entry.is_symlink() and entry.resolve() == d.source.resolve()
+    assert outside.read_bytes() == b"not yours"  # replaced the link, not written through it
+    assert (flat / "unrelated.txt").read_text() == "kept"
+    assert not [p for p in flat.iterdir() if p.name.endswith(".tmp")]
+
+    # --copy over the links: every entry becomes a copy, the link targets stay as they were
+    before = {p: p.read_bytes() for p in files}
+    (flat / names[3]).unlink()
+    (flat / names[3]).symlink_to(outside)
+    assert lay_out(decisions, flat, symlink=False) == 5
+    assert not any(p.is_symlink() for p in flat.iterdir())
+    assert all((flat / d.flat_name).read_bytes() == before[d.source] for d in decisions)
+    assert outside.read_bytes() == b"not yours"
+    assert {p: p.read_bytes() for p in files} == before
+    assert lay_out(decisions, flat, symlink=False) == 0
+
+
+def test_a_folder_in_the_way_is_an_error_naming_it(tmp_path):
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=2), raw)
+    decisions = decide_files(_headers(files), raw)
+    flat = tmp_path / "flat"
+    (flat / decisions[1].flat_name).mkdir(parents=True)
+    (flat / decisions[1].flat_name / "inside").write_text("kept")
+    with pytest.raises(OutputError, match=decisions[1].flat_name):
+        lay_out(decisions, flat)
+    assert (flat / decisions[1].flat_name / "inside").read_text() == "kept"
+
+
+def test_a_name_given_twice_in_one_call_is_made_once_and_replaced(tmp_path):
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=2), raw)
+    first, second = decide_files(_headers(files), raw)
+    clash = [first, dataclasses.replace(second, flat_name=first.flat_name)]
+    flat = tmp_path / "flat"
+    assert lay_out(clash, flat) == 2
+    assert [p.name for p in flat.iterdir()] == [first.flat_name]
+    assert (flat / first.flat_name).resolve() == second.source.resolve()
+
+
+def test_a_new_folder_costs_one_system_call_per_link(tmp_path, monkeypatch):
+    """No temporary name, rename or folder check per file: each link is made straight
+    under its name (whole or absent if the run is killed), with the relative path."""
+    raw = tmp_path / "raw"
+    files = write_series(SeriesSpec("t1", 2, n_slices=3), raw)
+    decisions = decide_files(_headers(files), raw)
+    flat = tmp_path / "ds" / "flat"
+    made: list[tuple[str, str]] = []
+    real_symlink = os.symlink
+
+    def symlink(src, dst, *args, **kwargs):  # the real call, recorded
+        made.append((os.fspath(src), os.fspath(dst)))
+        real_symlink(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "symlink", symlink)
+    assert lay_out(decisions, flat) == 3
+    assert made == [
+        (os.path.relpath(d.source, flat), os.path.join(flat, d.flat_name)) for d in decisions
+    ]

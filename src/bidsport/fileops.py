@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -113,10 +114,58 @@ def move_into_place(src: Path, dst: Path) -> None:
         raise _explain(exc, dst) from exc
 
 
-def relative_symlink(target: Path, link: Path) -> None:
-    """Make ``link`` a symlink to ``target`` by a relative path (replacing a link there)."""
+def relative_target(target: Path | str, link_dir: Path | str) -> str:
+    """The relative path by which a link in ``link_dir`` reaches ``target``.
+
+    The same text as ``os.path.relpath(target, link_dir)`` (lexical: symbolic links on
+    the way are not resolved), computed once per pair of absolute folders.
+
+    >>> relative_target("/ds/sourcedata/raw/sub-01/pkt/IM1", "/ds/sourcedata/dicom/sub-01")
+    '../../raw/sub-01/pkt/IM1'
+    """
+    target_s, link_dir_s = os.fspath(target), os.fspath(link_dir)
+    folder, name = os.path.split(target_s)
+    if name in ("", os.curdir, os.pardir) or not (
+        os.path.isabs(folder) and os.path.isabs(link_dir_s)
+    ):
+        return os.path.relpath(target_s, link_dir_s)  # relative paths depend on the cwd
+    rel_folder, below = _relative_folder(folder, link_dir_s)
+    if name == below:  # the link's folder is the target or below it
+        return os.path.relpath(target_s, link_dir_s)
+    return name if rel_folder == os.curdir else rel_folder + os.sep + name
+
+
+@functools.lru_cache(maxsize=256)
+def _relative_folder(folder: str, link_dir: str) -> tuple[str, str | None]:
+    """``folder`` relative to ``link_dir`` (both absolute), and the name of the entry of
+    ``folder`` that holds ``link_dir`` (None when ``link_dir`` is not below ``folder``)."""
+    outer = [part for part in os.path.normpath(folder).split(os.sep) if part]
+    inner = [part for part in os.path.normpath(link_dir).split(os.sep) if part]
+    below = inner[len(outer)] if len(inner) > len(outer) and inner[: len(outer)] == outer else None
+    return os.path.relpath(folder, link_dir), below
+
+
+def relative_symlink(target: Path | str, link: Path | str, *, replace: bool = True) -> None:
+    """Make ``link`` a symlink to ``target`` by a relative path.
+
+    With ``replace`` (the default) an entry at ``link`` is replaced atomically (a new link
+    under a temporary name, then renamed) and the link's folder is made. ``replace=False``
+    is for a caller that made the folder itself and saw nothing at ``link`` (it listed the
+    folder): the link is made straight under its final name (one system call; a link
+    appears whole or not at all), and an entry found at ``link`` raises
+    :class:`OutputError` instead of being replaced.
+    """
+    rel = relative_target(target, os.path.dirname(link))
+    if not replace:
+        try:
+            os.symlink(rel, link)
+        except FileExistsError as exc:
+            raise OutputError(f"cannot link {link}: an entry of that name exists already") from exc
+        except OSError as exc:
+            raise _explain(exc, Path(link)) from exc
+        return
+    link = Path(link)
     ensure_dir(link.parent)
-    rel = os.path.relpath(target, link.parent)
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -133,11 +182,27 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def hardlink_or_copy(src: Path, dst: Path) -> str:
+def hardlink_or_copy(src: Path | str, dst: Path | str, *, replace: bool = True) -> str:
     """Hard-link ``src`` at ``dst`` when the file system allows it, else copy.
 
     Returns "hardlink" or "copy". The source is never modified (only its link count).
+    With ``replace`` (the default) a file at ``dst`` is replaced and its folder made.
+    ``replace=False`` is for a caller that made ``dst``'s folder itself and put nothing
+    at ``dst``: the link is made straight under its final name (one system call: a hard
+    link appears whole or not at all; a copy still goes through a temporary name), and
+    an entry found at ``dst`` raises :class:`OutputError` instead of being replaced.
     """
+    if not replace:
+        try:
+            os.link(src, dst, follow_symlinks=True)
+            return "hardlink"
+        except FileExistsError as exc:
+            raise OutputError(f"cannot link {dst}: an entry of that name exists already") from exc
+        except OSError:
+            pass  # another file system, links refused: copy
+        copy_file(Path(src), Path(dst))
+        return "copy"
+    src, dst = Path(src), Path(dst)
     ensure_dir(dst.parent)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)

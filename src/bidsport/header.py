@@ -9,7 +9,8 @@ skips every other value by its length (large skipped values are never read from 
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian,
   deflated, and every encapsulated (compressed) syntax. Files without the 128-byte
   preamble (starting with ``DICM``, with the file meta information, or with the data
-  set) are read when the data look like DICOM.
+  set) are read when the data look like DICOM; their ``has_preamble`` is False (dcm2niix
+  skips them: organize puts the preamble back).
 * Pixel data: found at the end of the walk, or, for classic single-frame files with
   native pixel data, by checking that the file ends with a PixelData element of the
   size given by Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames
@@ -48,7 +49,7 @@ from bidsport.records import FileHeader
 log = logging.getLogger(__name__)
 
 #: Bump when the fields read (or how they are read) change: index caches are invalidated.
-READER_VERSION = 2
+READER_VERSION = 3
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -826,6 +827,7 @@ def _build(
     parsed: _Parsed,
     syntax: _Syntax,
     ts: str | None,
+    has_preamble: bool,
 ) -> FileHeader:
     values = parsed.values
     little = syntax.little
@@ -944,6 +946,7 @@ def _build(
         burned_in_annotation=text(0x00280301),
         transfer_syntax_uid=ts,
         complex_image_component=component.upper() if component else None,
+        has_preamble=has_preamble,
     )
     return _shared(header)
 
@@ -1090,7 +1093,7 @@ def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHea
     if forced and not _looks_like_dicom(values):
         raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
     try:
-        return _build(path, st, meta, parsed, syntax, ts)
+        return _build(path, st, meta, parsed, syntax, ts, first[128:132] == b"DICM")
     except (struct.error, ValueError, UnicodeError, LookupError) as exc:
         raise DicomReadError(f"{path}: malformed DICOM file ({type(exc).__name__}: {exc})") from exc
 

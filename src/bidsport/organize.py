@@ -9,6 +9,11 @@ Files written without the 128-byte preamble (starting with ``DICM`` or directly 
 their file meta information) are read by :func:`bidsport.header.read_header` but
 silently skipped by dcm2niix, which would lose their slices: their entry is a copy with
 the preamble (and ``DICM``) put back, never a link. The imported file is not changed.
+Only files whose header says they lack the preamble (``FileHeader.has_preamble``) are
+opened again to find out what they lack.
+
+Laying out costs one system call per new entry (a symlink straight under its final name
+in a folder listed once) and one ``readlink`` per entry already there.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bidsport.errors import OutputError
-from bidsport.fileops import atomic_path, copy_file, ensure_dir, relative_symlink
+from bidsport.fileops import (
+    atomic_path,
+    copy_file,
+    ensure_dir,
+    relative_symlink,
+    relative_target,
+)
 from bidsport.index import file_exclusion
 from bidsport.records import FileHeader
 
@@ -42,6 +53,9 @@ class FileDecision:
     flat_name: str | None  #: its name in the flat folder, None when excluded
     series_uid: str | None
     reason: str | None  #: why it is excluded, None when used
+    #: from the header: False when the file lacks the 128-byte preamble and "DICM"
+    #: (:func:`lay_out` then checks what it lacks and makes a repaired copy)
+    has_preamble: bool = True
 
 
 def flat_name(header: FileHeader, source_key: str) -> str:
@@ -99,9 +113,11 @@ def decide_files(
         if reason is None:
             if h.sop_instance_uid:
                 seen[h.sop_instance_uid] = h
-            decisions.append(FileDecision(h.path, flat_name(h, key), h.series_uid, None))
+            decisions.append(
+                FileDecision(h.path, flat_name(h, key), h.series_uid, None, h.has_preamble)
+            )
         else:
-            decisions.append(FileDecision(h.path, None, h.series_uid, reason))
+            decisions.append(FileDecision(h.path, None, h.series_uid, reason, h.has_preamble))
     return decisions
 
 
@@ -135,47 +151,78 @@ def _copy_with_prefix(src: Path, dst: Path, prefix: bytes) -> None:
         raise OutputError(f"cannot copy {src} to {dst}: {exc.strerror or exc}") from exc
 
 
+_LINK, _FILE, _OTHER = "link", "file", "other"
+
+
+def _entries(folder: Path) -> dict[str, str]:
+    """Name → kind (``_LINK``, ``_FILE`` or ``_OTHER``) of every entry of ``folder``.
+
+    One listing (the kinds come with it on common file systems: no ``stat`` per entry).
+    """
+    try:
+        with os.scandir(folder) as it:
+            return {entry.name: _kind(entry) for entry in it}
+    except OSError as exc:
+        raise OutputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    if entry.is_symlink():
+        return _LINK
+    return _FILE if entry.is_file(follow_symlinks=False) else _OTHER
+
+
+def _points_to(link: str, rel: str) -> bool:
+    try:
+        return os.readlink(link) == rel
+    except OSError:  # gone, or no longer a link
+        return False
+
+
 def lay_out(decisions: Iterable[FileDecision], dicom_dir: Path, *, symlink: bool = True) -> int:
     """Create the flat folder entries for the used files; return how many were made.
 
-    Existing entries that already point at the right file are left alone. Files without
-    their preamble get a repaired copy (see :func:`missing_prefix`) instead of a link.
+    Existing entries that already point at the right file are left alone (one
+    ``readlink`` each); other entries of the same name are replaced. Files without their
+    preamble get a repaired copy (see :func:`missing_prefix`) instead of a link.
     """
     ensure_dir(dicom_dir)
+    present = _entries(dicom_dir)  # what is there before this call, and what it made
+    folder = os.fspath(dicom_dir)
     made = 0
     for decision in decisions:
-        if decision.flat_name is None:
+        name = decision.flat_name
+        if name is None:
             continue
-        dst = dicom_dir / decision.flat_name
-        prefix = (
-            b"" if _is_current(decision.source, dst, symlink) else missing_prefix(decision.source)
-        )
+        source = decision.source
+        dst = os.path.join(folder, name)
+        kind = present.get(name)
+        if symlink and kind == _LINK and _points_to(dst, relative_target(source, folder)):
+            continue
+        prefix = b"" if decision.has_preamble else missing_prefix(source)
         if prefix:
-            if not (
-                dst.is_file()
-                and not dst.is_symlink()
-                and dst.stat().st_size == decision.source.stat().st_size + len(prefix)
-            ):
-                log.info("%s has no DICOM preamble: %s is a repaired copy", decision.source, dst)
-                _copy_with_prefix(decision.source, dst, prefix)
-                made += 1
-            continue
-        if symlink:
-            rel = os.path.relpath(decision.source, dicom_dir)
-            if dst.is_symlink() and os.readlink(dst) == rel:
+            if _is_repaired_copy(source, Path(dst), kind, prefix):
                 continue
-            relative_symlink(decision.source, dst)
+            log.info("%s has no DICOM preamble: %s is a repaired copy", source, dst)
+            _copy_with_prefix(source, Path(dst), prefix)
+            present[name] = _FILE
+        elif symlink:
+            relative_symlink(source, dst, replace=kind is not None)
+            present[name] = _LINK
         else:
-            if dst.is_file() and not dst.is_symlink():
-                stat = dst.stat()
-                src_stat = decision.source.stat()
-                if stat.st_size == src_stat.st_size:
-                    continue
-            copy_file(decision.source, dst)
+            if kind == _FILE and os.stat(dst).st_size == source.stat().st_size:
+                continue
+            copy_file(source, Path(dst))
+            present[name] = _FILE
         made += 1
     return made
 
 
-def _is_current(source: Path, dst: Path, symlink: bool) -> bool:
-    """True when ``dst`` is already a link to ``source`` (nothing to check or redo)."""
-    return symlink and dst.is_symlink() and os.readlink(dst) == os.path.relpath(source, dst.parent)
+def _is_repaired_copy(source: Path, dst: Path, kind: str | None, prefix: bytes) -> bool:
+    """True when ``dst`` is a file of the size of ``source`` with ``prefix`` put back."""
+    if kind != _FILE:
+        return False
+    try:
+        return dst.stat().st_size == source.stat().st_size + len(prefix)
+    except OSError:
+        return False

@@ -101,6 +101,9 @@ class FileHeader:
     burned_in_annotation: str | None = None
     transfer_syntax_uid: str | None = None
     complex_image_component: str | None = None  #: MAGNITUDE/PHASE/REAL/IMAGINARY (enhanced)
+    #: the file starts with the 128-byte preamble and "DICM" (False: it starts with "DICM",
+    #: its file meta information or its data set; organize re-reads only those files)
+    has_preamble: bool = True
 
 
 @dataclass(frozen=True)

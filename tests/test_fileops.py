@@ -1,0 +1,90 @@
+"""Tests of bidsport.fileops: relative symbolic links."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from bidsport.errors import OutputError
+from bidsport.fileops import relative_symlink, relative_target
+
+# --------------------------------------------------------------------------- relative_target
+
+_PARTS = ("a", "b", "c", "..", ".", "", "x y", "ä")
+
+
+def _random_path(rnd: random.Random) -> str:
+    text = "/".join(rnd.choice(_PARTS) for _ in range(rnd.randint(0, 5)))
+    return "/" + text if rnd.random() < 0.85 else text or "a"
+
+
+def test_relative_target_is_relpath() -> None:
+    """The same text as os.path.relpath, including folders given twice, ``..``, ``//``,
+    relative paths, and a link folder at or below the target."""
+    cases = [
+        ("/ds/raw/sub-01/pkt/IM1", "/ds/dicom/sub-01"),
+        ("/ds/dicom/IM1", "/ds/dicom"),
+        ("/ds/dicom/IM1", "/ds/dicom/"),
+        ("/ds/dicom", "/ds/dicom/sub-01"),  # the target holds the link's folder
+        ("/ds/dicom", "/ds/dicom"),
+        ("/", "/ds"),
+        ("//ds/raw/x", "/ds/dicom"),
+        ("/ds/raw/../raw/./x", "/ds//dicom/."),
+        ("raw/x", "dicom"),  # relative to the working directory
+        ("/ds/raw/x", "dicom"),
+    ]
+    rnd = random.Random(7)
+    cases += [(_random_path(rnd), _random_path(rnd)) for _ in range(5_000)]
+    for target, link_dir in itertools.chain(cases, cases):  # twice: cached the second time
+        assert relative_target(target, link_dir) == os.path.relpath(target, link_dir), (
+            target,
+            link_dir,
+        )
+    assert relative_target(Path("/ds/raw/x"), Path("/ds/dicom")) == "../raw/x"
+
+
+# --------------------------------------------------------------------------- relative_symlink
+
+
+def test_relative_symlink_replaces_what_is_there(tmp_path: Path) -> None:
+    target = tmp_path / "raw" / "IM1"
+    target.parent.mkdir()
+    target.write_bytes(b"dicom")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not yours")
+    link = tmp_path / "ds" / "dicom" / "0001.dcm"
+    relative_symlink(target, link)  # makes the folder
+    assert os.readlink(link) == "../../raw/IM1" and link.read_bytes() == b"dicom"
+    link.unlink()
+    link.symlink_to(outside)
+    relative_symlink(target, link)
+    assert os.readlink(link) == "../../raw/IM1"
+    assert outside.read_bytes() == b"not yours"  # the old link was replaced, not followed
+    link.unlink()
+    link.write_bytes(b"old copy")
+    relative_symlink(target, link)
+    assert link.is_symlink() and link.read_bytes() == b"dicom"
+    assert sorted(p.name for p in link.parent.iterdir()) == ["0001.dcm"]  # no temporary left
+
+
+def test_relative_symlink_without_replace_never_touches_an_entry(tmp_path: Path) -> None:
+    target = tmp_path / "raw" / "IM1"
+    target.parent.mkdir()
+    target.write_bytes(b"dicom")
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    relative_symlink(target, folder / "a.dcm", replace=False)
+    relative_symlink(str(target), str(folder / "b.dcm"), replace=False)
+    assert os.readlink(folder / "a.dcm") == os.readlink(folder / "b.dcm") == "../raw/IM1"
+    (folder / "c.dcm").write_bytes(b"someone's file")
+    for name in ("a.dcm", "c.dcm"):
+        with pytest.raises(OutputError, match=f"{name}: an entry of that name exists"):
+            relative_symlink(tmp_path / "elsewhere", folder / name, replace=False)
+    assert (folder / "c.dcm").read_bytes() == b"someone's file"
+    assert os.readlink(folder / "a.dcm") == "../raw/IM1"
+    with pytest.raises(OutputError, match="missing"):  # the caller makes the folder
+        relative_symlink(target, tmp_path / "missing" / "a.dcm", replace=False)
