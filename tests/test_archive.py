@@ -36,6 +36,8 @@ from bidsport.archive import (
     expand_nested,
     extract_archive,
     member_parts,
+    might_be_archive,
+    read_head,
     sanitize_component,
     strip_archive_suffix,
 )
@@ -246,6 +248,71 @@ def test_sanitize_component() -> None:
     assert sanitize_component("caf\udce9.dcm") == "caf_.dcm"  # byte 0xE9, not UTF-8
     assert sanitize_component("a\x00b\nc\u202e") == "a_b_c_"  # NUL, newline, RTL override
     assert sanitize_component("Müller") == "Müller"
+    # printable ASCII comes back as it is (a fast path); ASCII controls and \\ do not
+    assert sanitize_component(" a~b (1).dcm") == " a~b (1).dcm"
+    assert sanitize_component("a\\b\x7fc\x1f") == "a_b_c_"
+
+
+def test_might_be_archive_never_misses_what_archive_kind_finds(
+    tmp_path: Path, series: dict[str, bytes]
+) -> None:
+    """The cheap pre-filter of the import: False only for files archive_kind rejects."""
+    name, data = next(iter(series.items()))
+    one_tar = [tar_member(name, data)]
+    files = {
+        "IM1": data,  # DICOM without extension
+        "IM2.zip": data,  # DICOM named like an archive: not an archive
+        "raw_dicom": b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + bytes(600),  # no preamble
+        "notes.txt": b"just text\n" * 100,
+        "empty": b"",
+        "tiny": b"PK",
+    }
+    paths = {n: tmp_path / n for n in files}
+    for n, content in files.items():
+        paths[n].write_bytes(content)
+    archives = {
+        "export": write_zip(tmp_path / "export", {name: data}),
+        "plain_tar": write_tar(tmp_path / "plain_tar", one_tar),
+        "tgz_no_suffix": write_tar(tmp_path / "tgz_no_suffix", one_tar, mode="w:gz"),
+        "bz2_tar": write_tar(tmp_path / "bz2_tar", one_tar, mode="w:bz2"),
+        "xz_tar.tar": write_tar(tmp_path / "xz_tar.tar", one_tar, mode="w:xz"),
+        "gz_no_suffix": tmp_path / "gz_no_suffix",
+        "IM3.dcm.gz": tmp_path / "IM3.dcm.gz",
+        "damaged.zip": tmp_path / "damaged.zip",
+        "short.gz": tmp_path / "short.gz",
+    }
+    archives["gz_no_suffix"].write_bytes(gzip.compress(data))
+    archives["IM3.dcm.gz"].write_bytes(gzip.compress(data))
+    archives["damaged.zip"].write_bytes(b"not a zip at all")
+    archives["short.gz"].write_bytes(gzip.compress(b"x")[:5])
+    for n, path in {**paths, **archives}.items():
+        head = read_head(path)
+        assert head == path.read_bytes()[:512]
+        if archive_kind(path) is not None:
+            assert might_be_archive(path.name, head), n
+    assert all(archive_kind(p) is not None for p in archives.values())
+    assert not any(
+        might_be_archive(p.name, read_head(p)) for p in paths.values() if p.name != "tiny"
+    )
+    assert archive_kind(paths["tiny"]) is None  # "PK" alone: a candidate, then rejected
+
+
+def test_expand_nested_reads_only_the_candidates_given(
+    tmp_path: Path, series: dict[str, bytes]
+) -> None:
+    name, data = next(iter(series.items()))
+    dest = tmp_path / "packet"
+    (dest / "a").mkdir(parents=True)
+    write_zip(dest / "a" / "given.zip", {name: data})
+    write_zip(dest / "not_given.zip", {name: data})
+    (dest / "a" / "IM1").write_bytes(data)
+    candidates = [dest / "a" / "IM1", dest / "a" / "given.zip"]  # IM1: not an archive
+    assert expand_nested(dest, candidates=candidates) == []
+    assert set(tree(dest)) == {"a/given/" + name, "not_given.zip", "a/IM1"}
+    assert expand_nested(dest, candidates=[]) == []  # nothing given: nothing read
+    assert set(tree(dest)) == {"a/given/" + name, "not_given.zip", "a/IM1"}
+    assert expand_nested(dest) == []  # None: the whole folder is searched
+    assert set(tree(dest)) == {"a/given/" + name, "not_given/" + name, "a/IM1"}
 
 
 def test_limits_must_be_positive() -> None:

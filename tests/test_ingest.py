@@ -13,6 +13,7 @@ import pytest
 
 from bidsport.archive import ExtractLimits
 from bidsport.errors import ArchiveError, ConfigError, LabelError, OutputError, UsageError
+from bidsport.fileops import hardlink_or_copy
 from bidsport.ingest import (
     ImportResult,
     apply_archive_policy,
@@ -392,6 +393,73 @@ def test_import_folder_with_links_and_nested_archives(
     assert set(reasons) == {"a/dirlink", "escape.dcm"}
     assert "outside the packet" in reasons["escape.dcm"]
     assert result.n_files == 4 and result.mode == "hardlink"
+
+
+def test_import_folder_finds_archives_by_content(tmp_path: Path, series: dict[str, bytes]) -> None:
+    """Each file is read once: archives without an archive name are still unpacked."""
+    names = sorted(series)
+    src = tmp_path / "inbox" / "S01"
+    (src / "b" / "deep").mkdir(parents=True)
+    (src / "empty").mkdir()  # no file: not reproduced
+    (src / "b" / "IM1").write_bytes(series[names[0]])  # DICOM without extension
+    (src / "b" / "fake.zip").write_bytes(series[names[0]])  # DICOM named like a zip
+    write_zip(tmp_path / "x.zip", {names[1]: series[names[1]]}).rename(src / "b" / "PKG")
+    (src / "b" / "deep" / "IM2").write_bytes(gzip.compress(series[names[2]]))  # gzip, no .gz
+    write_tar(tmp_path / "t.tar", {"IM3": series[names[0]]}, "w").rename(src / "TARBALL")
+    before = snapshot(src)
+    dest = tmp_path / "out" / "S01"
+    result = import_packet(packet(src, "S01", "folder"), dest)
+    assert snapshot(src) == before
+    assert tree(dest) == {
+        "b/IM1": series[names[0]],
+        "b/fake.zip": series[names[0]],
+        f"b/PKG/{names[1]}": series[names[1]],
+        "b/deep/IM2": series[names[2]],
+        "TARBALL/IM3": series[names[0]],
+    }
+    assert sorted(os.listdir(dest)) == ["TARBALL", "b"]
+    assert result == ImportResult(n_files=5, mode="hardlink", problems=())
+    assert (dest / "b" / "IM1").stat().st_ino == (src / "b" / "IM1").stat().st_ino
+
+
+def test_import_folder_renames_clashes_and_special_files(tmp_path: Path) -> None:
+    src = tmp_path / "inbox" / "S01"
+    (src / "d\x01").mkdir(parents=True)
+    (src / "d\x01" / "IM1").write_bytes(b"one")
+    (src / "a\x01").write_bytes(b"first")  # becomes a_, like the next one
+    (src / "a_").write_bytes(b"second")
+    os.mkfifo(src / "fifo")
+    (src / "loop").symlink_to("loop")
+    before = snapshot(src)
+    dest = tmp_path / "out" / "S01"
+    result = import_packet(packet(src, "S01", "folder"), dest)
+    assert snapshot(src) == before
+    assert tree(dest) == {"a_": b"first", "d_/IM1": b"one"}
+    renamed = "renamed: its name had unsafe or non-UTF-8 characters"
+    assert [(p.where, p.reason) for p in result.problems] == [
+        ("a_", renamed),
+        ("a_", "same name as another file once made safe: not imported"),
+        ("fifo", "not a regular file (FIFO, socket or device): not imported"),
+        ("loop", "symbolic link to nothing (broken): not imported"),
+        ("d_/IM1", renamed),
+    ]
+    assert result.n_files == 2 and result.mode == "hardlink"
+
+
+def test_hardlink_or_copy_straight_to_a_new_name(tmp_path: Path) -> None:
+    src = tmp_path / "IM1"
+    src.write_bytes(b"data")
+    (tmp_path / "new").mkdir()
+    dst = tmp_path / "new" / "IM1"
+    assert hardlink_or_copy(src, dst, replace=False) == "hardlink"
+    assert dst.stat().st_ino == src.stat().st_ino
+    other = tmp_path / "IM2"
+    other.write_bytes(b"other")
+    with pytest.raises(OutputError, match="exists already"):
+        hardlink_or_copy(other, dst, replace=False)  # never replaced without replace
+    assert dst.read_bytes() == b"data"
+    assert hardlink_or_copy(other, dst) == "hardlink"  # the default replaces
+    assert dst.read_bytes() == b"other" and sorted(os.listdir(dst.parent)) == ["IM1"]
 
 
 def test_failed_import_keeps_previous_and_leaves_nothing(

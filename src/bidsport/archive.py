@@ -37,7 +37,7 @@ import time
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, cast
@@ -184,6 +184,8 @@ def sanitize_component(part: str) -> str:
     Bytes that are not UTF-8 (kept by Python as surrogates), control and format
     characters (e.g. right-to-left overrides) and backslashes become ``_``.
     """
+    if part.isascii() and part.isprintable() and "\\" not in part:
+        return part  # printable ASCII: nothing to replace (the common case, made fast)
     try:
         raw = part.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
@@ -254,6 +256,53 @@ def _decompressed_head(path: Path, kind: str) -> bytes | None:
             return xz.read(_BLOCK)
     except _READ_ERRORS:
         return None
+
+
+_ARCHIVE_MAGICS = (*_ZIP_MAGICS, _GZIP_MAGIC, _BZ2_MAGIC, _XZ_MAGIC)
+#: How many leading bytes :func:`might_be_archive` wants (a tar header).
+HEAD_BYTES = _BLOCK
+
+
+def read_head(path: Path | str) -> bytes:
+    """The first :data:`HEAD_BYTES` bytes of ``path`` (fewer for a shorter file).
+
+    Three system calls (open, read, close). Raises OSError (PermissionError when the
+    file cannot be read).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        head = os.read(fd, HEAD_BYTES)
+        while 0 < len(head) < HEAD_BYTES:  # a short read before the end (network file systems)
+            more = os.read(fd, HEAD_BYTES - len(head))
+            if not more:
+                break
+            head += more
+        return head
+    finally:
+        os.close(fd)
+
+
+def might_be_archive(name: str, head: bytes) -> bool:
+    """False when :func:`archive_kind` surely says None for a file ``name`` starting with ``head``.
+
+    A cheap filter before :func:`archive_kind` (which opens the file again, and
+    decompresses the start of compressed streams): ``head`` is the file's first
+    :data:`HEAD_BYTES` bytes (:func:`read_head`). A DICOM file ("DICM" at offset 128)
+    is never an archive; any other file is a candidate when it has an archive name, an
+    archive's magic bytes (zip, gzip, bzip2, xz) or a valid tar header.
+
+    >>> might_be_archive("IM1", bytes(128) + b"DICM")
+    False
+    >>> might_be_archive("IM1", b"PK\\x03\\x04")
+    True
+    """
+    if head[128:132] == b"DICM":
+        return False
+    return (
+        head.startswith(_ARCHIVE_MAGICS)
+        or _kind_from_name(name) is not None
+        or _is_tar_header(head)
+    )
 
 
 def _sniff(path: Path) -> str | None:
@@ -941,16 +990,44 @@ def _tree_size(root: Path) -> int:
 
 
 def _regular_files(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if not path.is_symlink() and path.is_file():
-                yield path
+    """The regular files (not links) below ``root``, in the order of a sorted ``os.walk``.
+
+    From the folder listings alone (the entry types): no ``stat`` per file.
+    """
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path)
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))
+
+
+def _may_be_archive(path: Path) -> bool:
+    try:
+        head = read_head(path)
+    except OSError:
+        return True  # archive_kind decides by the name
+    return might_be_archive(path.name, head)
 
 
 def _archives_in(root: Path) -> list[Path]:
-    return [path for path in _regular_files(root) if archive_kind(path) is not None]
+    return [
+        path
+        for path in _regular_files(root)
+        if _may_be_archive(path) and archive_kind(path) is not None
+    ]
 
 
 def _free_name(folder: Path, base: str) -> Path:
@@ -1008,6 +1085,7 @@ def expand_nested(
     limits: ExtractLimits = DEFAULT_LIMITS,
     *,
     budget: ExtractBudget | None = None,
+    candidates: Iterable[Path] | None = None,
 ) -> list[Problem]:
     """Unpack, in place, every archive found under ``dir`` (our copy of a packet).
 
@@ -1022,12 +1100,24 @@ def expand_nested(
     A damaged nested archive is left in place with a Problem naming it (its files are
     then missing from the import); an exceeded limit raises :class:`ArchiveLimitError`.
     ``dir`` must be bidsport's own copy: archives found there are deleted.
+
+    ``candidates``, when given, are the only files of ``dir`` that may be archives, in
+    the order to unpack them (a caller that has just read every file's first bytes and
+    kept those for which :func:`might_be_archive` is true, in ``os.walk`` order): the
+    rest of ``dir`` is then not read again. Files unpacked from them are searched in
+    full.
     """
     root = Path(dir)
+    if candidates is None:
+        archives = _archives_in(root)
+    else:
+        archives = [path for path in candidates if archive_kind(path) is not None]
+    if not archives:
+        return []
     if budget is None:
         budget = ExtractBudget(limits, _tree_size(root))
     problems: list[Problem] = []
-    queue = collections.deque((path, 1) for path in _archives_in(root))
+    queue = collections.deque((path, 1) for path in archives)
     while queue:
         path, level = queue.popleft()
         label = path.relative_to(root).as_posix()

@@ -36,6 +36,8 @@ from bidsport.archive import (
     archive_kind,
     expand_nested,
     extract_archive,
+    might_be_archive,
+    read_head,
     sanitize_component,
     strip_archive_suffix,
 )
@@ -525,37 +527,81 @@ def read_manifest(path: Path) -> list[tuple[str, str | None]]:
 # --------------------------------------------------------------------------- import
 
 
-def _link_folder(src_root: Path, dst_root: Path) -> tuple[dict[str, int], int, list[Problem]]:
-    """Hard-link (or copy) every regular file of ``src_root`` under ``dst_root``."""
-    modes: dict[str, int] = {"hardlink": 0, "copy": 0}
+@dataclass(frozen=True)
+class _Linked:
+    """What :func:`_link_folder` did."""
+
+    modes: dict[str, int]  #: files linked ("hardlink") and copied ("copy")
+    archives: list[Path]  #: files that may be archives (see might_be_archive), os.walk order
+    problems: list[Problem]
+
+
+def _walk_key(parts: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """Sort key of a file (its path's components) in the order of a sorted ``os.walk``."""
+    return (*((1, part) for part in parts[:-1]), (0, parts[-1]))
+
+
+def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
+    """Hard-link (or copy) every regular file of ``src_root`` under ``dst_root`` (new, empty).
+
+    One pass over the folder listings (``os.scandir``: the entry types come with the
+    listing, no ``stat`` per file), each destination folder made once, before its first
+    file, and each file linked straight under its final name (``dst_root`` is bidsport's
+    fresh work folder, renamed into place only when the import is complete). Every file
+    is read once (its first bytes: readable? DICOM? archive?) so that only the files
+    that may be archives are looked at again.
+    """
+    modes = {"hardlink": 0, "copy": 0}
     problems: list[Problem] = []
-    n_bytes = 0
     real_root = Path(os.path.realpath(src_root))
-    taken: set[Path] = set()
+    taken: set[str] = set()
+    made: set[str] = {str(dst_root)}
+    found: list[tuple[tuple[tuple[int, str], ...], str]] = []
 
     def skip(rel: str, reason: str) -> None:
         problems.append(Problem(where=rel, reason=reason, stage=STAGE))
         log.warning("skipped %s: %s", rel, reason)
 
-    def walk_error(exc: OSError) -> None:
-        where = os.path.relpath(exc.filename, src_root) if exc.filename else "."
-        skip(sanitize_component(where), f"cannot read folder: {exc.strerror or exc}")
-
-    for dirpath, dirnames, filenames in os.walk(src_root, onerror=walk_error):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(filenames) + [d for d in dirnames if (here / d).is_symlink()]:
-            path = here / name
-            rel_parts = path.relative_to(src_root).parts
-            rel = "/".join(sanitize_component(p) for p in rel_parts)
+    # Folders to visit, last first: (source path, safe relative parts, renamed on the way).
+    stack: list[tuple[str, tuple[str, ...], bool]] = [(str(src_root), (), False)]
+    while stack:
+        folder, dir_parts, dir_renamed = stack.pop()
+        rel_dir = "/".join(dir_parts)
+        dest_dir = os.path.join(str(dst_root), *dir_parts)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skip(rel_dir or ".", f"cannot read folder: {exc.strerror or exc}")
+            continue
+        # As os.walk: files (and links to files), then links to folders, then folders.
+        files: list[os.DirEntry[str]] = []
+        dir_links: list[os.DirEntry[str]] = []
+        subdirs: list[os.DirEntry[str]] = []
+        for entry in entries:
             try:
-                st = os.lstat(path)
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(entry)
+            elif entry.is_symlink():
+                dir_links.append(entry)
+            else:
+                subdirs.append(entry)
+        for entry in files + dir_links:
+            name = entry.name
+            safe = sanitize_component(name)
+            rel = f"{rel_dir}/{safe}" if rel_dir else safe
+            source = entry.path
+            try:
+                is_link = entry.is_symlink()
+                is_file = is_link or entry.is_file(follow_symlinks=False)
             except OSError as exc:
                 skip(rel, f"cannot read: {exc.strerror or exc}")
                 continue
-            source = path
-            if stat.S_ISLNK(st.st_mode):
-                target = Path(os.path.realpath(path))
+            if is_link:
+                target = Path(os.path.realpath(source))
                 if not fileops.is_within(target, real_root):
                     skip(rel, f"symbolic link to {target}, outside the packet: not imported")
                     continue
@@ -563,34 +609,54 @@ def _link_folder(src_root: Path, dst_root: Path) -> tuple[dict[str, int], int, l
                     what = "a folder" if target.is_dir() else "nothing (broken)"
                     skip(rel, f"symbolic link to {what}: not imported")
                     continue
-                source = target
-            elif not stat.S_ISREG(st.st_mode):
+                source = str(target)
+            elif not is_file:
                 skip(rel, "not a regular file (FIFO, socket or device): not imported")
                 continue
-            if not os.access(source, os.R_OK):
+            try:
+                head = read_head(source)
+            except PermissionError:
                 skip(rel, "cannot read: permission denied")
                 continue
-            dest = dst_root.joinpath(*(sanitize_component(p) for p in rel_parts))
+            except OSError as exc:
+                skip(rel, f"cannot read: {exc.strerror or exc}")
+                continue
+            dest = os.path.join(dest_dir, safe)
             if dest in taken:
                 skip(rel, "same name as another file once made safe: not imported")
                 continue
-            if rel != "/".join(rel_parts):
+            if dir_renamed or safe != name:
                 problems.append(
                     Problem(rel, "renamed: its name had unsafe or non-UTF-8 characters", STAGE)
                 )
             taken.add(dest)
-            modes[fileops.hardlink_or_copy(source, dest)] += 1
-            n_bytes += source.stat().st_size
-    return modes, n_bytes, problems
+            if dest_dir not in made:
+                fileops.ensure_dir(Path(dest_dir))
+                made.add(dest_dir)
+            modes[fileops.hardlink_or_copy(source, dest, replace=False)] += 1
+            if might_be_archive(safe, head):
+                found.append((_walk_key((*dir_parts, safe)), dest))
+        for entry in reversed(subdirs):
+            safe = sanitize_component(entry.name)
+            stack.append((entry.path, (*dir_parts, safe), dir_renamed or safe != entry.name))
+    return _Linked(modes, [Path(dest) for _key, dest in sorted(found)], problems)
 
 
 def _count_files(root: Path) -> int:
-    return sum(
-        1
-        for dirpath, _dirs, files in os.walk(root)
-        for name in files
-        if os.path.isfile(os.path.join(dirpath, name))
-    )
+    """Files below ``root`` (links to files count, as ``os.path.isfile``), from the listings."""
+    count = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file():
+                        count += 1
+        except OSError:
+            continue
+    return count
 
 
 def _stale_work_dirs(dest_dir: Path) -> list[Path]:
@@ -653,19 +719,26 @@ def import_packet(
         os.chmod(work, 0o755)
         problems: list[Problem] = []
         if packet.kind == "folder":
-            modes, n_bytes, problems = _link_folder(src, work)
-            used = [mode for mode, count in modes.items() if count]
+            linked = _link_folder(src, work)
+            problems = linked.problems
+            used = [mode for mode, count in linked.modes.items() if count]
             mode = used[0] if len(used) == 1 else ("mixed" if used else "copy")
-            budget = ExtractBudget(limits, n_bytes)
-        elif packet.kind == "file":
-            mode = fileops.hardlink_or_copy(src, work / sanitize_component(src.name))
-            budget = ExtractBudget(limits, src.stat().st_size)
+            n_files = sum(linked.modes.values())
+            if linked.archives:
+                # measured against the files imported (the default budget): only here
+                problems += expand_nested(work, limits, candidates=linked.archives)
+                n_files = _count_files(work)
         else:
-            budget = ExtractBudget(limits, src.stat().st_size)
-            problems = extract_archive(src, work, budget=budget)
-            mode = "extract"
-        problems += expand_nested(work, budget=budget)
-        n_files = _count_files(work)
+            if packet.kind == "file":
+                name = sanitize_component(src.name)
+                mode = fileops.hardlink_or_copy(src, work / name, replace=False)
+                budget = ExtractBudget(limits, src.stat().st_size)
+            else:
+                budget = ExtractBudget(limits, src.stat().st_size)
+                problems = extract_archive(src, work, budget=budget)
+                mode = "extract"
+            problems += expand_nested(work, budget=budget)
+            n_files = _count_files(work)
         _swap_into_place(work, dest_dir)
     except BaseException:
         if os.path.lexists(work):
