@@ -20,19 +20,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bidsport import fileops, privacy
+from bidsport import fileops
 from bidsport.classify import classify_all
 from bidsport.convert import SeriesConversion, convert_series
 from bidsport.errors import AnonymizationError, BidsportError, ConversionError, LockedError
-from bidsport.export import (
-    Deidentify,
-    acq_datetime,
-    complete_phasediff,
-    export_series,
-    intended_for,
-    write_scans,
-)
 from bidsport.index import group_series, scan_session
 from bidsport.ingest import (
     apply_archive_policy,
@@ -45,7 +38,6 @@ from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.naming import RunCandidate, assign_runs
 from bidsport.options import RunOptions
 from bidsport.organize import FileDecision, decide_files, lay_out
-from bidsport.phi import Identifiers, subject_label_identity_check
 from bidsport.records import (
     Assignment,
     Classification,
@@ -63,6 +55,11 @@ from bidsport.status import (
     remove_stale_temps,
     update_table_row,
 )
+
+if TYPE_CHECKING:  # pydicom and dicognito load only when a session has work to do
+    from bidsport import privacy
+    from bidsport.export import Deidentify
+    from bidsport.phi import Identifiers
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +417,9 @@ def _anonymize_session(
     Refuses a subject label that carries the patient's identity; keeps the source
     identifiers beside the key (for the PHI audit); excludes what the policy excludes.
     """
+    from bidsport import privacy
+    from bidsport.phi import subject_label_identity_check
+
     used = [d for d in decisions if d.flat_name]
     identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
     reason = subject_label_identity_check(sub, identifiers)
@@ -448,6 +448,9 @@ def _run_session(
     progress: Progress | None,
     anon: privacy.Anonymization | None = None,
 ) -> None:
+    from bidsport import privacy
+    from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
+
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
     problems = state.problems
@@ -478,8 +481,7 @@ def _run_session(
         decisions, planned = classify_session(headers, raw_root, opts)
     dicom_dir = layout.dicom_dir(sub, ses)
     if anon is None:
-        with state.timed("organize"):
-            lay_out(decisions, dicom_dir, symlink=opts.symlink)
+        del headers  # only each series' own header is needed from here on (memory)
         # even without --anonymize, sidecars are scrubbed of the patient's identifiers
         state.identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
@@ -494,7 +496,6 @@ def _run_session(
             )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
-    state.stages["organized"] = True
 
     # ---- runs (series are named in tables by their public id: with --anonymize, the
     # UIDs of the anonymized copies)
@@ -514,10 +515,11 @@ def _run_session(
     def convert_one(p: PlannedSeries) -> SeriesConversion | None:
         if opts.output_format == "dcm":
             return None
-        # with --anonymize dcm2niix reads the originals in the work dir: the private tags it
-        # needs (mosaics, diffusion, slice timing) are gone from the anonymized copies;
-        # its outputs are de-identified afterwards (export)
-        files = list(p.series.files) if anon else [flat[f] for f in p.series.files]
+        # dcm2niix reads the imported files (with --anonymize the originals in the work dir:
+        # the private tags it needs are gone from the anonymized copies; its outputs are
+        # de-identified afterwards), or the flat folder's repaired copies of files that
+        # had no preamble
+        files = [flat[f] if f in repaired else f for f in p.series.files]
         return convert_series(
             p.series.series_id,
             files,
@@ -531,32 +533,51 @@ def _run_session(
             ),
         )
 
+    # The flat folder is laid out while the first series convert: dcm2niix reads the
+    # imported files, except for series with a file that needs a repaired copy, which
+    # start once the flat folder is done. Stage times do not overlap: "convert" is the
+    # conversion time left after "organize".
+    repaired = (
+        set() if anon else {d.source for d in decisions if d.flat_name and not d.has_preamble}
+    )
     order = sorted(to_convert, key=lambda p: -p.series.n_files)
-    with state.timed("convert"), ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
-        futures = {pool.submit(convert_one, p): p for p in order}
-        for future in as_completed(futures):
-            p = futures[future]
+    waiting = [p for p in order if repaired.intersection(p.series.files)]
+    with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
+        futures = {pool.submit(convert_one, p): p for p in order if p not in waiting}
+        if anon is None:
             try:
-                conversion = future.result()
-                imgs, probs = export_series(
-                    p,
-                    runs.get(sid(p), ""),
-                    conversion,
-                    layout=layout,
-                    subject=sub,
-                    session=ses,
-                    opts=opts,
-                    sources=[flat[f] for f in p.series.files],
-                    deidentify=state.deidentify,
-                    identifiers=state.identifiers,
-                )
-            except ConversionError as exc:
-                failures[sid(p)] = exc.message
-                problems.append(Problem(sid(p), exc.message, "convert", fatal=True))
-                continue
-            problems += probs
-            exported += [(p, img) for img in imgs]
-            outputs_by_series[sid(p)] = [img.relpath for img in imgs]
+                with state.timed("organize"):
+                    lay_out(decisions, dicom_dir, symlink=opts.symlink)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        state.stages["organized"] = True
+        futures.update({pool.submit(convert_one, p): p for p in waiting})
+        with state.timed("convert"):
+            for future in as_completed(futures):
+                p = futures[future]
+                try:
+                    conversion = future.result()
+                    imgs, probs = export_series(
+                        p,
+                        runs.get(sid(p), ""),
+                        conversion,
+                        layout=layout,
+                        subject=sub,
+                        session=ses,
+                        opts=opts,
+                        sources=[flat[f] for f in p.series.files],
+                        deidentify=state.deidentify,
+                        identifiers=state.identifiers,
+                    )
+                except ConversionError as exc:
+                    failures[sid(p)] = exc.message
+                    problems.append(Problem(sid(p), exc.message, "convert", fatal=True))
+                    continue
+                problems += probs
+                exported += [(p, img) for img in imgs]
+                outputs_by_series[sid(p)] = [img.relpath for img in imgs]
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
@@ -623,6 +644,8 @@ def _write_series_table(
     through ``scrub`` too (with --anonymize it removes the source identifiers).
     """
 
+    from bidsport.export import acq_datetime
+
     def text(value: str | None) -> str | None:
         return scrub(value) if value else value
 
@@ -667,6 +690,20 @@ class ParticipantRun:
     packets: tuple[tuple[str, ...], ...] = ()  #: the packet names of each result
 
 
+def sessions_at_once(opts: RunOptions, n_sessions: int) -> int:
+    """How many sessions are processed at the same time: two when there are cores to share.
+
+    A session alternates between stages that keep one core busy (import, classify, the
+    flat folder) and stages that keep ``--n-procs`` busy (header scan, dcm2niix): with two
+    sessions in flight the next one is imported and scanned while the previous one
+    converts, and no core waits. Memory is that of two sessions. With ``--anonymize`` one
+    session at a time (its de-identification already keeps every core busy).
+    """
+    if opts.anonymize or opts.n_procs < 2:
+        return 1
+    return min(2, n_sessions) or 1
+
+
 def run_participant_level(
     dicom_dir: Path,
     layout: DatasetLayout,
@@ -675,20 +712,28 @@ def run_participant_level(
 ) -> ParticipantRun:
     """Process every selected session of the inbox; failures are recorded, not raised."""
     plan = plan_sessions(dicom_dir, opts)
-    anon = privacy.set_up(opts, layout.root) if opts.anonymize else None
+    anon = None
+    if opts.anonymize:
+        from bidsport import privacy
+
+        anon = privacy.set_up(opts, layout.root)
     fileops.ensure_dir(layout.root)
-    results = []
     sessions = group_by_session(plan.assignments)
+
+    def run_one(session: Sequence[Assignment]) -> SessionResult:
+        try:
+            return process_session(session, layout, opts, work_root, progress, anon)
+        except Exception as exc:  # a bug: report it, and go on with the other sessions
+            sub, ses = session[0].subject, session[0].session
+            log.exception("%s: internal error", sub_ses_prefix(sub, ses))
+            return SessionResult(sub, ses, error=f"internal error (a bug): {exc!r}", internal=True)
+
     with _work_dir(opts, layout) as work_root:
-        for session in sessions:
-            try:
-                result = process_session(session, layout, opts, work_root, progress, anon)
-            except Exception as exc:  # a bug: report it, and go on with the other sessions
-                sub, ses = session[0].subject, session[0].session
-                log.exception("%s: internal error", sub_ses_prefix(sub, ses))
-                result = SessionResult(
-                    sub, ses, error=f"internal error (a bug): {exc!r}", internal=True
-                )
-            results.append(result)
+        at_once = sessions_at_once(opts, len(sessions))
+        if at_once == 1:
+            results = [run_one(session) for session in sessions]
+        else:
+            with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="session") as pool:
+                results = list(pool.map(run_one, sessions))
     packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
     return ParticipantRun(tuple(results), plan.problems, plan.n_packets, packets)

@@ -7,11 +7,13 @@ every failed or excluded file and series with its reason, plus wall time per sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidsport import __version__
-from bidsport.participant import ParticipantRun
 from bidsport.records import Problem
+
+if TYPE_CHECKING:  # importing the participant level loads pydicom
+    from bidsport.participant import ParticipantRun
 
 
 def _problem(p: Problem) -> dict[str, Any]:

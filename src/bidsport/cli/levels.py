@@ -8,13 +8,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bidsport import __version__
 from bidsport.errors import ExitCode, UsageError
 from bidsport.fileops import write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
-from bidsport.participant import ParticipantRun
+
+if TYPE_CHECKING:  # importing the participant level loads pydicom
+    from bidsport.participant import ParticipantRun
 
 
 def _now() -> str:
