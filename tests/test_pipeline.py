@@ -237,3 +237,44 @@ def test_a_bug_in_one_session_does_not_stop_the_others(tmp_path, monkeypatch, ca
     assert code == 1
     assert (tmp_path / "out/sub-B2/anat/sub-B2_T1w.nii.gz").is_file()
     assert "internal error" in capsys.readouterr().out
+
+
+def _content(out: Path) -> dict[str, str]:
+    """What a run made, by relative path: the target of each link, the decompressed bytes'
+    hash of each image, the text of each table and sidecar (logs, status and caches aside)."""
+    import gzip
+
+    found = {}
+    for path in sorted(out.rglob("*")):
+        rel = str(path.relative_to(out))
+        if path.is_dir() or {"logs", "status"} & set(path.parts) or "cache" in path.name:
+            continue  # timestamps, timings, the index cache's mtimes
+        if path.name.startswith((".", "status")):
+            continue
+        if path.is_symlink():
+            found[rel] = "-> " + os.readlink(path)
+        elif path.name.endswith(".gz"):
+            found[rel] = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+        else:
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def test_sessions_in_flight_at_once_give_the_same_dataset(example, tmp_path):
+    """``--n-procs 2`` processes two sessions at a time: the dataset is the one made one
+    session at a time (names, run numbers, links, tables, voxels)."""
+    from bidsport.options import RunOptions
+    from bidsport.participant import sessions_at_once
+
+    assert sessions_at_once(RunOptions(n_procs=2), len(SESSIONS)) == 2
+    assert sessions_at_once(RunOptions(n_procs=1), len(SESSIONS)) == 1
+    inbox = example[0]
+    made = {}
+    for n in ("1", "2"):
+        out = tmp_path / f"n{n}"
+        args = [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "--n-procs", n]
+        assert main(args) == 0
+        made[n] = _content(out)
+    assert made["1"] == made["2"]
+    assert any(rel.endswith("_bold.nii.gz") for rel in made["2"])
+    assert any(value.startswith("-> ") for value in made["2"].values())
