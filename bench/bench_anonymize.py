@@ -5,7 +5,8 @@
 FOLDER defaults to every ``In/`` folder of ../shared/data. Prints files/s (wall) and files
 per CPU-second for bidsport (``privacy.anonymize_files``, the code the pipeline runs, with
 ``--n-procs`` worker processes) and for the dicognito command line on a copy of the same
-files (it anonymizes in place, one process).
+files (it anonymizes in place, one process; run once per folder, as it stops at the first
+file it cannot anonymize: a folder it fails on is left out of its figures and named).
 """
 
 from __future__ import annotations
@@ -80,26 +81,38 @@ def main() -> int:
             f"per CPU-second ({wall:.2f} s, {excluded} excluded by the policy)"
         )
         copy = Path(tmp) / "copy"
+        by_folder: dict[Path, list[Path]] = {}
         for i, src in enumerate(files):
-            dst = copy / f"{i:06d}.dcm"
+            folder = next(f for f in folders if src.is_relative_to(f))
+            dst = copy / str(folders.index(folder)) / f"{i:06d}.dcm"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-        cpuc0, start = cpu_children(), time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "dicognito", "--quiet", "--in-place", str(copy)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        cpu = cpu_children() - cpuc0
-        status = (
-            "" if proc.returncode == 0 else f" (exit {proc.returncode}: it failed on some files)"
-        )
-        print(
-            f"dicognito: {len(files) / wall:8.0f} files/s wall, {len(files) / cpu:6.0f} files "
-            f"per CPU-second ({wall:.2f} s){status}"
-        )
+            by_folder.setdefault(folder, []).append(dst)
+        done = 0
+        wall = cpu = 0.0
+        failed = []
+        for folder, copies in by_folder.items():
+            cpuc0, start = cpu_children(), time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "dicognito", "--quiet", "--in-place", str(copies[0].parent)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                failed.append(folder.parent.name)
+                continue
+            wall += time.perf_counter() - start
+            cpu += cpu_children() - cpuc0
+            done += len(copies)
+        status = f" (failed on, left out: {', '.join(failed)})" if failed else ""
+        if done:
+            print(
+                f"dicognito: {done / wall:8.0f} files/s wall, {done / cpu:6.0f} files "
+                f"per CPU-second ({wall:.2f} s for {done} files){status}"
+            )
+        else:
+            print(f"dicognito: failed on every folder{status}")
     return 0
 
 

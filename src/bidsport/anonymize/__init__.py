@@ -27,9 +27,11 @@ Dates are shifted by whole days to 1925 or earlier (BIDS); use
 :meth:`Anonymizer.date_shift_days` and :func:`shift_iso_datetime` for ``acq_time`` in
 _scans.tsv, and :meth:`Anonymizer.new_uid` for UIDs written into tables.
 
-Performance (1,639 real GE/Siemens/Philips files of the dcm_qa collection): about three
-times the CPU time of a header-only ``pydicom.dcmread`` pass, four times faster than
-``python -m dicognito`` on the same files; see :mod:`bidsport.anonymize.engine` for how.
+Performance (1,714 real GE/Siemens/Philips/UIH files of the dcm_qa collection,
+``bench/bench_anonymize.py``): about 300-390 files per CPU-second, eight to ten times
+``python -m dicognito`` on the same files (37 per CPU-second); files are anonymized on
+their raw element stream, see :mod:`bidsport.anonymize.stream` and
+:mod:`bidsport.anonymize.engine`.
 """
 
 from bidsport.anonymize.engine import (

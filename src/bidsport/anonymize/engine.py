@@ -1,12 +1,15 @@
 """The anonymizer: dicognito with bidsport's policy in front, fast enough for whole visits.
 
-Speed: one dicognito ``Anonymizer`` per subject is built once and reused; elements no
+Speed: files are anonymized on their raw element stream (:mod:`bidsport.anonymize.stream`:
+no pydicom decoding of what no handler changes, handler results cached per value), with
+this module's pydicom path as the general case it falls back to and must equal. In that
+path, one dicognito ``Anonymizer`` per subject is built once and reused; elements no
 handler acts on (numbers, pixel data, coded strings, class UIDs; the tags and VRs dicognito
 acts on are read from its own ``describe_actions()``) are hidden from the walk, so they are
 never decoded; the output file is spliced from the original bytes of the untouched elements
 plus the re-encoded changed ones (pydicom's writer when splicing is not possible, e.g. a
 deflated transfer syntax). ``Anonymizer(..., fast=False)`` does without these shortcuts and
-gives the same bytes (tested).
+gives the same bytes (tested), as does ``stream=False``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dicognito.anonymizer import Anonymizer as DicognitoAnonymizer
 from dicognito.randomizer import Randomizer
 from dicognito.uianonymizer import UIAnonymizer
 from pydicom.datadict import dictionary_VR, keyword_dict, private_dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -46,6 +49,7 @@ from bidsport.anonymize.policy import (
     AnonymizePolicy,
     describe_policy_rules,
 )
+from bidsport.anonymize.stream import StreamAnonymizer
 from bidsport.errors import AnonymizationError, DicomReadError
 from bidsport.phi import SOURCE_TAGS, Identifiers, Matcher, identifiers_from_dataset, matcher_for
 
@@ -171,10 +175,14 @@ class Anonymizer:
     """De-identifies datasets and files for one project key and policy.
 
     Not thread-safe (one per process or thread). ``fast=False`` walks and re-encodes every
-    element (same result, slower; used by the tests to check the fast path).
+    element (same result, slower; used by the tests to check the fast path); with
+    ``stream=False``, files are read and written by pydicom (same result, slower) instead
+    of on the raw element stream (:mod:`bidsport.anonymize.stream`).
     """
 
-    def __init__(self, key: bytes, policy: AnonymizePolicy, *, fast: bool = True) -> None:
+    def __init__(
+        self, key: bytes, policy: AnonymizePolicy, *, fast: bool = True, stream: bool = True
+    ) -> None:
         self._key = key
         self._policy = policy
         self._fast = fast
@@ -188,6 +196,18 @@ class Anonymizer:
         self._visible_vrs = (dicognito_vrs - {"TM"}) | {"AE", "SQ"}
         self._subjects: OrderedDict[str, _SubjectContext] = OrderedDict()
         self._matchers: dict[object, Matcher] = {}
+        applies = fast and stream and self._stream_applies()
+        self._stream = StreamAnonymizer(self) if applies else None
+
+    def _stream_applies(self) -> bool:
+        """Whether the stream path reproduces this policy: its handlers must not read or
+        write other elements than the one they are called for (PatientSex aside, which
+        the PN handler reads and the stream path provides)."""
+        policy = self._policy
+        return (
+            policy.action(int(tag_for_keyword("InstitutionName") or 0)) != "default"
+            and policy.action(int(tag_for_keyword("PatientSex") or 0)) == "default"
+        )
 
     @property
     def policy(self) -> AnonymizePolicy:
@@ -346,6 +366,11 @@ class Anonymizer:
             except KeyError:
                 vr = "UN"
         if vr == "SQ":
+            if isinstance(elem, RawDataElement) and elem.VR is None:
+                # implicit VR: pydicom finds the VR by the creator, which is hidden by now
+                _elements(ds)[tag] = convert_raw_data_element(
+                    elem._replace(VR="SQ"), encoding=ds._character_set, ds=ds
+                )
             for item in ds[tag].value or ():
                 self._prepare(item, matcher, hidden)
             return _WALK
@@ -387,8 +412,24 @@ class Anonymizer:
             )
         try:
             data = src.read_bytes()
+        except OSError as exc:
+            raise DicomReadError(f"cannot read {src} as DICOM: {exc}") from exc
+        if self._stream is not None:
+            try:
+                result = self._stream.anonymize(data, self._context(subject), identifiers)
+            except Exception as exc:
+                # the general path reads the file again: it handles what the stream path
+                # does not, and reports a broken file or value precisely
+                log.debug("%s: general anonymization path (%s)", src, exc)
+                result = None
+            if isinstance(result, str):
+                return AnonymizeOutcome(excluded=result)
+            if result is not None:
+                _write_file(dst, result)
+                return AnonymizeOutcome()
+        try:
             ds = pydicom.dcmread(io.BytesIO(data))
-        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+        except (InvalidDicomError, ValueError, EOFError) as exc:
             raise DicomReadError(f"cannot read {src} as DICOM: {exc}") from exc
         ds.filename = str(src)
         index = _index(ds, data)
@@ -398,10 +439,14 @@ class Anonymizer:
         encoded = _splice(ds, index) if index is not None else None
         if encoded is None:
             encoded = _write(ds)
-        with fileops.atomic_path(dst) as tmp:
-            tmp.write_bytes(encoded)
-            os.chmod(tmp, 0o644)
+        _write_file(dst, encoded)
         return outcome
+
+
+def _write_file(dst: Path, encoded: bytes) -> None:
+    with fileops.atomic_path(dst) as tmp:
+        tmp.write_bytes(encoded)
+        os.chmod(tmp, 0o644)
 
 
 # --------------------------------------------------------------------------- encoding
