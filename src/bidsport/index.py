@@ -17,7 +17,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -137,10 +137,17 @@ def _read_chunk(paths: list[str]) -> list[FileHeader | tuple[str, str]]:
     return [_read_one(p) for p in paths]
 
 
+def scan_pool(n_procs: int) -> ProcessPoolExecutor:
+    """Worker processes for :func:`scan_session` calls that share them (one per run when
+    several sessions are scanned in turn: no pool start-up per session)."""
+    return ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context())
+
+
 def _read_all(
-    paths: list[str], n_procs: int
+    paths: list[str], n_procs: int, pool: Executor | None = None
 ) -> Generator[FileHeader | tuple[str, str], None, None]:
-    """Read ``paths`` in order, in ``n_procs`` worker processes when that is worth it.
+    """Read ``paths`` in order, in ``n_procs`` worker processes when that is worth it
+    (``pool``'s, else a pool of its own).
 
     At most a few chunks are in flight, so results stream with bounded memory.
     """
@@ -149,18 +156,27 @@ def _read_all(
             yield _read_one(p)
         return
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    with ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context()) as pool:
-        pending: deque[Future[list[FileHeader | tuple[str, str]]]] = deque()
-        next_chunk = 0
-        try:
-            while pending or next_chunk < len(chunks):
-                while next_chunk < len(chunks) and len(pending) < 3 * n_procs:
-                    pending.append(pool.submit(_read_chunk, chunks[next_chunk]))
-                    next_chunk += 1
-                yield from pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    if pool is not None:
+        yield from _read_chunks(pool, chunks, n_procs)
+        return
+    with scan_pool(n_procs) as own:
+        yield from _read_chunks(own, chunks, n_procs)
+
+
+def _read_chunks(
+    pool: Executor, chunks: list[list[str]], n_procs: int
+) -> Generator[FileHeader | tuple[str, str], None, None]:
+    pending: deque[Future[list[FileHeader | tuple[str, str]]]] = deque()
+    next_chunk = 0
+    try:
+        while pending or next_chunk < len(chunks):
+            while next_chunk < len(chunks) and len(pending) < 3 * n_procs:
+                pending.append(pool.submit(_read_chunk, chunks[next_chunk]))
+                next_chunk += 1
+            yield from pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 # --------------------------------------------------------------------------- cache
@@ -281,13 +297,18 @@ class _CacheWriter:
 
 
 def scan_session(
-    root: Path, *, n_procs: int = 1, cache_file: Path | None = None
+    root: Path,
+    *,
+    n_procs: int = 1,
+    cache_file: Path | None = None,
+    pool: Executor | None = None,
 ) -> Iterator[FileHeader | Problem]:
     """Read the header of every file below ``root``, in the order of their relative paths.
 
     Yields a :class:`FileHeader` for every readable DICOM file and a :class:`Problem`
     (stage "organize", ``where`` = path relative to ``root``) for every other file.
-    With ``n_procs`` > 1 headers are read in that many worker processes.
+    With ``n_procs`` > 1 headers are read in that many worker processes: ``pool``'s when
+    given (see :func:`scan_pool`), else a pool started for this call.
 
     With ``cache_file``, results are cached on disk, keyed by relative path, size and
     modification time: a re-run reads only new or changed files. The cache is rewritten
@@ -302,7 +323,7 @@ def scan_session(
         "%s: %d files, %d from the index cache, %d to read",
         root, len(entries), len(fresh), len(to_read),
     )  # fmt: skip
-    reads = _read_all(to_read, n_procs)
+    reads = _read_all(to_read, n_procs, pool)
     cached = _CacheReader(cache_file if fresh else None)
     with contextlib.ExitStack() as stack:
         stack.callback(reads.close)

@@ -14,9 +14,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from bidsport import fileops
 from bidsport.classify import classify_all
 from bidsport.convert import SeriesConversion, convert_series
 from bidsport.errors import AnonymizationError, BidsportError, ConversionError, LockedError
-from bidsport.index import group_series, scan_session
+from bidsport.index import group_series, scan_pool, scan_session
 from bidsport.ingest import (
     apply_archive_policy,
     assign_packets,
@@ -302,6 +303,7 @@ def process_session(
     work_root: Path,
     progress: Progress | None = None,
     anon: privacy.Anonymization | None = None,
+    shared: RunShared | None = None,
 ) -> SessionResult:
     """Import, organize, classify and convert one session; never raises BidsportError.
 
@@ -349,7 +351,9 @@ def process_session(
             remove_stale_temps(layout, sub, ses)  # of the status record
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
-            _run_session(assignments, layout, opts, work_root / label, state, progress, anon)
+            _run_session(
+                assignments, layout, opts, work_root / label, state, progress, anon, shared
+            )
             failed = [p for p in state.problems if p.fatal]
             error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
             with state.timed("status"):
@@ -372,11 +376,15 @@ def process_session(
 
 
 def _scan(
-    root: Path, opts: RunOptions, cache_file: Path | None, state: _SessionState
+    root: Path,
+    opts: RunOptions,
+    cache_file: Path | None,
+    state: _SessionState,
+    pool: Executor | None = None,
 ) -> list[FileHeader]:
     headers: list[FileHeader] = []
     with state.timed("scan"):
-        for item in scan_session(root, n_procs=opts.n_procs, cache_file=cache_file):
+        for item in scan_session(root, n_procs=opts.n_procs, cache_file=cache_file, pool=pool):
             if isinstance(item, Problem):
                 state.problems.append(item)
             else:
@@ -439,6 +447,17 @@ def _anonymize_session(
     ]
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A session imported, scanned and classified, ready to be converted."""
+
+    raw_root: Path
+    dicom_dir: Path
+    decisions: list[FileDecision]
+    planned: list[PlannedSeries]
+    flat: dict[Path, Path]  #: imported file -> its entry in the flat folder
+
+
 def _run_session(
     assignments: Sequence[Assignment],
     layout: DatasetLayout,
@@ -447,9 +466,25 @@ def _run_session(
     state: _SessionState,
     progress: Progress | None,
     anon: privacy.Anonymization | None = None,
+    shared: RunShared | None = None,
 ) -> None:
+    with shared.prepare if shared is not None else contextlib.nullcontext():
+        prepared = _prepare_session(assignments, layout, opts, work, state, progress, anon, shared)
+    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon)
+
+
+def _prepare_session(
+    assignments: Sequence[Assignment],
+    layout: DatasetLayout,
+    opts: RunOptions,
+    work: Path,
+    state: _SessionState,
+    progress: Progress | None,
+    anon: privacy.Anonymization | None,
+    shared: RunShared | None,
+) -> _Prepared:
+    """Import, scan and classify a session (with --anonymize, write the anonymized copies)."""
     from bidsport import privacy
-    from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
 
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
@@ -476,7 +511,13 @@ def _run_session(
 
     # ---- scan, decide, organize
     say(f"{label}: reading headers")
-    headers = _scan(raw_root, opts, None if anon else layout.index_cache(sub, ses), state)
+    headers = _scan(
+        raw_root,
+        opts,
+        None if anon else layout.index_cache(sub, ses),
+        state,
+        shared.scan_pool if shared is not None else None,
+    )
     with state.timed("classify"):
         decisions, planned = classify_session(headers, raw_root, opts)
     dicom_dir = layout.dicom_dir(sub, ses)
@@ -496,6 +537,28 @@ def _run_session(
             )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
+    return _Prepared(raw_root, dicom_dir, decisions, planned, flat)
+
+
+def _convert_session(
+    assignments: Sequence[Assignment],
+    prepared: _Prepared,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    work: Path,
+    state: _SessionState,
+    progress: Progress | None,
+    anon: privacy.Anonymization | None,
+) -> None:
+    """Lay out the flat folder while converting; name runs; write the session's tables."""
+    from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
+
+    sub, ses = assignments[0].subject, assignments[0].session
+    label = sub_ses_prefix(sub, ses)
+    problems = state.problems
+    say = progress or (lambda _msg: None)
+    decisions, planned, flat = prepared.decisions, prepared.planned, prepared.flat
+    dicom_dir = prepared.dicom_dir
 
     # ---- runs (series are named in tables by their public id: with --anonymize, the
     # UIDs of the anonymized copies)
@@ -690,14 +753,32 @@ class ParticipantRun:
     packets: tuple[tuple[str, ...], ...] = ()  #: the packet names of each result
 
 
-def sessions_at_once(opts: RunOptions, n_sessions: int) -> int:
-    """How many sessions are processed at the same time: two when there are cores to share.
+class RunShared:
+    """What the sessions of one run share when two are in flight at once.
 
-    A session alternates between stages that keep one core busy (import, classify, the
-    flat folder) and stages that keep ``--n-procs`` busy (header scan, dcm2niix): with two
-    sessions in flight the next one is imported and scanned while the previous one
-    converts, and no core waits. Memory is that of two sessions. With ``--anonymize`` one
-    session at a time (its de-identification already keeps every core busy).
+    ``prepare``: one session at a time is imported, scanned and classified while the other
+    converts, so sessions go through the run as a pipeline; ``scan_pool``: the header-scan
+    worker processes, started once for the run by the thread that makes this object,
+    before the session threads exist (so they can be forked safely).
+    """
+
+    def __init__(self, n_procs: int) -> None:
+        self.prepare = threading.Lock()
+        self.scan_pool: ProcessPoolExecutor = scan_pool(n_procs)
+        self.scan_pool.submit(int).result()  # the workers start now, from this thread
+
+    def close(self) -> None:
+        self.scan_pool.shutdown(cancel_futures=True)
+
+
+def sessions_at_once(opts: RunOptions, n_sessions: int) -> int:
+    """How many sessions are in flight at the same time: two when there are cores to share.
+
+    A session alternates between stages that keep about one core busy (import, classify,
+    the flat folder) and the conversion, which keeps ``--n-procs`` busy: with two sessions
+    in flight the next one is imported, scanned and classified (one session at a time:
+    :class:`RunShared`) while the previous one converts. Memory is that of two sessions.
+    With ``--anonymize`` one session at a time (its de-identification keeps every core busy).
     """
     if opts.anonymize or opts.n_procs < 2:
         return 1
@@ -720,9 +801,9 @@ def run_participant_level(
     fileops.ensure_dir(layout.root)
     sessions = group_by_session(plan.assignments)
 
-    def run_one(session: Sequence[Assignment]) -> SessionResult:
+    def run_one(session: Sequence[Assignment], shared: RunShared | None = None) -> SessionResult:
         try:
-            return process_session(session, layout, opts, work_root, progress, anon)
+            return process_session(session, layout, opts, work_root, progress, anon, shared)
         except Exception as exc:  # a bug: report it, and go on with the other sessions
             sub, ses = session[0].subject, session[0].session
             log.exception("%s: internal error", sub_ses_prefix(sub, ses))
@@ -733,7 +814,11 @@ def run_participant_level(
         if at_once == 1:
             results = [run_one(session) for session in sessions]
         else:
-            with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="session") as pool:
-                results = list(pool.map(run_one, sessions))
+            shared = RunShared(opts.n_procs)
+            try:
+                with ThreadPoolExecutor(at_once, thread_name_prefix="session") as pool:
+                    results = list(pool.map(lambda session: run_one(session, shared), sessions))
+            finally:
+                shared.close()
     packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
     return ParticipantRun(tuple(results), plan.problems, plan.n_packets, packets)
