@@ -62,6 +62,33 @@ import synth  # noqa: E402
 TOOLS = ("bidsport", "dcm2niix", "heudiconv", "dcm2bids")
 STAGES = ("import", "scan", "classify", "organize", "convert", "finalize", "status")
 REAL_DATA = REPO_DIR.parent / "shared" / "data"
+
+#: Folders set aside by :func:`discard`, deleted when the whole run is over.
+_TRASH: list[Path] = []
+
+
+def discard(path: Path) -> None:
+    """Set ``path`` aside (a rename) to be deleted at the end of the run, not now.
+
+    Deleting many files just before a measured run skews it on some file systems: on ext4
+    without a journal (this VM's root) inode allocation skips inodes freed in the last
+    seconds to minutes, checking each one, so every file, folder or symbolic link a tool
+    creates right after a large delete costs up to ~700 µs of system CPU instead of
+    ~5-35 µs. Tools that create an inode per input file (bidsport's flat folder of links)
+    would pay for the benchmark's own cleanup.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    aside = path.with_name(f".trash-{len(_TRASH)}-{path.name}")
+    path.rename(aside)
+    _TRASH.append(aside)
+
+
+def empty_trash() -> None:
+    while _TRASH:
+        shutil.rmtree(_TRASH.pop(), ignore_errors=True)
+
+
 IMAGE_SKIP_DIRS = {"tmp_dcm2bids", ".heudiconv", "sourcedata", "derivatives", "code"}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -427,7 +454,7 @@ def run_bidsport(
     case: Case, work: Path, logs: Path, n_procs: int, timeout: float, profile: Path | None
 ) -> list[Measure]:
     out = work / "out-bidsport"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     cmd = bidsport_command(case, out, n_procs)
     first, outputs = measure("bidsport", [cmd], log_file=logs / "bidsport.log", timeout=timeout)
     report = _report_of(outputs[0], out)
@@ -474,7 +501,7 @@ def profile_bidsport(
 ) -> Measure:
     """Run the participant level once more under py-spy (all processes), or cProfile."""
     out = work / "out-bidsport-profile"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     cmd = bidsport_command(case, out, n_procs)
     profile_dir.mkdir(parents=True, exist_ok=True)
     raw = profile_dir / f"profile-{case.name}.txt"
@@ -495,7 +522,7 @@ def profile_bidsport(
             "bidsport profile", [prof_cmd], log_file=logs / "profile.log", timeout=timeout
         )
         m.note = f"cProfile (main process only), {stats.name}"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     return m
 
 
@@ -564,7 +591,7 @@ def run_dcm2niix(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
     from bidsport.convert import dcm2niix_binary
 
     out = work / "out-dcm2niix"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     commands = []
     for s in case.sessions:
         folder = out / (s.folder.name or "session")
@@ -578,7 +605,7 @@ def run_dcm2niix(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
 
 def run_heudiconv(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
     out = work / "out-heudiconv"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     exe = _program("heudiconv")
     commands = []
     for s in case.sessions:
@@ -597,7 +624,7 @@ def run_heudiconv(case: Case, work: Path, logs: Path, timeout: float) -> Measure
 
 def run_dcm2bids(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
     out = work / "out-dcm2bids"
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     out.mkdir(parents=True)
     exe = _program("dcm2bids")
     config = BENCH_DIR / "dcm2bids_config.json"
@@ -785,7 +812,7 @@ def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]
         measures += done
         if not args.keep:
             for out in work.glob("out-*"):
-                shutil.rmtree(out, ignore_errors=True)
+                discard(out)
     result["measures"] = [dataclasses.asdict(m) for m in measures]
     if args.scan:
         result["scan"] = scan_benchmark([case.inbox], logs, args)
@@ -1250,7 +1277,7 @@ def _case_dir(work: Path, keep: bool) -> Iterator[Path]:
         if keep:
             print(f"   kept {path}")
         else:
-            shutil.rmtree(path, ignore_errors=True)
+            discard(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1278,26 +1305,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["cases"][case_result["case"]] = case_result
         results_file.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
-    for n in args.sizes:
-        with _case_dir(args.work, args.keep) as work:
-            case = synthetic_case(n, work, args)
-            record(run_case(case, work, args))
-    for inbox in args.inbox:
-        with _case_dir(args.work, args.keep) as work:
-            case = inbox_case(
-                inbox.resolve(),
-                f"inbox-{inbox.name}",
-                args.nameformat,
-                f"inbox {inbox}",
-                kind="real",
-            )
-            record(run_case(case, work, args))
-    if args.real:
-        if not REAL_DATA.is_dir():
-            print(f"no real data at {REAL_DATA}: --real skipped", file=sys.stderr)
-        else:
+    try:
+        for n in args.sizes:
             with _case_dir(args.work, args.keep) as work:
-                record(run_case(real_case(work), work, args))
+                case = synthetic_case(n, work, args)
+                record(run_case(case, work, args))
+        for inbox in args.inbox:
+            with _case_dir(args.work, args.keep) as work:
+                case = inbox_case(
+                    inbox.resolve(),
+                    f"inbox-{inbox.name}",
+                    args.nameformat,
+                    f"inbox {inbox}",
+                    kind="real",
+                )
+                record(run_case(case, work, args))
+        if args.real:
+            if not REAL_DATA.is_dir():
+                print(f"no real data at {REAL_DATA}: --real skipped", file=sys.stderr)
+            else:
+                with _case_dir(args.work, args.keep) as work:
+                    record(run_case(real_case(work), work, args))
+    finally:
+        empty_trash()
     png = args.out_dir / "time_vs_files.png"
     plotted = plot(results, png)
     text = write_results(results, args.results, png if plotted else None)
