@@ -178,8 +178,15 @@ def _scan_bids_version(path: str) -> str | None:
         data = Path(path).read_bytes()  # ~15 MB for the JS bundle: read once, cached
     except OSError:
         return None
-    match = _BIDS_VERSION.search(data)
-    return match.group(1).decode("ascii", "replace") if match else None
+    # the name is searched as a literal (memchr speed: ~10 ms instead of ~230 ms for a
+    # regular expression that cannot start from a literal), the pattern matched there
+    at = data.find(b"bids_version")
+    while at >= 0:
+        match = _BIDS_VERSION.match(data, max(at - 1, 0)) or _BIDS_VERSION.match(data, at)
+        if match:
+            return match.group(1).decode("ascii", "replace")
+        at = data.find(b"bids_version", at + 1)
+    return None
 
 
 def parse_validator_json(text: str) -> tuple[tuple[Issue, ...], tuple[Issue, ...], str | None]:
