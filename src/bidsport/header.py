@@ -836,18 +836,42 @@ def _build(
     blocks = _private_blocks(values)
     charset = _strings(values.get(0x00080005), 0x00080005, None)
     encodings = _encodings(charset)
+    memo = _DECODED
+    if len(memo) >= _DECODED_MAX:
+        memo.clear()
 
     def text(tag: int) -> str | None:
-        return _text(values.get(tag), tag, encodings)
+        raw = values.get(tag)
+        if raw is None:
+            return None
+        key = (_TEXT, tag, raw, encodings)
+        found = memo.get(key, memo)
+        if found is memo:
+            found = memo[key] = _text(raw, tag, encodings)
+        return found  # type: ignore[return-value]
 
     def strings(tag: int) -> tuple[str, ...]:
-        return _strings(values.get(tag), tag, encodings)
+        raw = values.get(tag)
+        if raw is None:
+            return ()
+        key = (_STRINGS, tag, raw, encodings)
+        found = memo.get(key, memo)
+        if found is memo:
+            found = memo[key] = _strings(raw, tag, encodings)
+        return found  # type: ignore[return-value]
 
     def number(tag: int) -> float | None:
-        value = _float(values.get(tag), tag, little)
-        if value is None and enhanced and tag in _FG_MACRO:
-            value = _float(_fg_value(first, shared, tag, syntax), tag, little)
-        return value
+        raw = values.get(tag)
+        if raw is not None:
+            key = (_FLOAT, tag, raw, little)
+            found = memo.get(key, memo)
+            if found is memo:
+                found = memo[key] = _float(raw, tag, little)
+            if found is not None or not enhanced:
+                return found  # type: ignore[return-value]
+        if enhanced and tag in _FG_MACRO:
+            return _float(_fg_value(first, shared, tag, syntax), tag, little)
+        return None
 
     def integer(tag: int) -> int | None:
         return _int(values.get(tag), tag, little)
@@ -950,6 +974,13 @@ def _build(
     )
     return _shared(header)
 
+
+#: Decoded values by (kind, tag, raw value, encodings or byte order): the files of a series
+#: repeat most values (UIDs, descriptions, sequence parameters, orientation), which are
+#: then decoded once per process. Bounded: emptied when full.
+_DECODED: dict[tuple[object, ...], object] = {}
+_DECODED_MAX = 8192
+_TEXT, _STRINGS, _FLOAT = range(3)
 
 #: Values repeated from file to file (study and series UIDs, descriptions, sequence
 #: parameters, orientation...) are kept once per process instead of once per header: the
