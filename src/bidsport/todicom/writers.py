@@ -11,11 +11,13 @@ Equipment (see :func:`equipment_attributes`): the General Equipment module names
 reference's scanner (Manufacturer, ManufacturerModelName): the pixels show that scanner's
 acquisition, as in the derived images scanner consoles and post-processing workstations
 write. bidsport itself is recorded as Processing Equipment (DCM 109102) in the Contributing
-Equipment Sequence, in SoftwareVersions (the software that made the instances) and in
-DerivationDescription. dcm2niix tailors its conversion to the Manufacturer: with
-"bidsport" it warns "Unable to determine manufacturer (0008,0070)" on every file, so the
-scanner's vendor is what lets the images be read back without a warning. For GE MR it also
-needs the vendor's protocol data block, copied from the reference (:data:`GE_PROTOCOL_BLOCK`).
+Equipment Sequence, in SoftwareVersions (the software that made the instances; for GE with a
+protocol data block, the GE release instead, see below) and in DerivationDescription.
+dcm2niix tailors its conversion to the Manufacturer: with "bidsport" it warns "Unable to
+determine manufacturer (0008,0070)" on every file, so the scanner's vendor is what lets the
+images be read back without a warning. For GE MR it also needs the vendor's protocol data
+block, copied from the reference with what it takes to read it: the GE software release that
+wrote it and the pulse sequence it belongs to (see :data:`GE_ACQUISITION`).
 """
 
 from __future__ import annotations
@@ -62,13 +64,41 @@ MANUFACTURER = "bidsport"
 MODEL = "bidsport todicom"
 #: General Equipment attributes copied from the reference: the scanner whose acquisition the
 #: images show. Not SoftwareVersions: that names the software that made the instances
-#: (bidsport), and a Siemens XA version there makes dcm2niix expect XA enhanced-only data.
+#: (bidsport), and a Siemens XA version there makes dcm2niix expect XA enhanced-only data
+#: (for GE, the release goes with the protocol data block: see :data:`GE_ACQUISITION`).
 EQUIPMENT_KEYWORDS = ("Manufacturer", "ManufacturerModelName")
 #: GE's private protocol data block (creator GEMS_SERS_01, element 0x1B of its block in group
 #: 0x0025): dcm2niix warns "Missing GE protocol data block (0025,101B)" for any GE MR image
 #: without it. It describes the acquisition protocol (no patient data) and GE's own derived
 #: images keep it; copied as is from the reference.
 GE_PROTOCOL_BLOCK = (0x0025, "GEMS_SERS_01", 0x1B)
+#: GE's Pulse Sequence Name and Internal Pulse Sequence Name (creator GEMS_ACQU_01, elements
+#: 0x9C and 0x9E of its block in group 0x0019, e.g. "epi2" / "EPI2"): the sequence whose
+#: protocol the block describes.
+GE_SEQUENCE_NAMES = ((0x0019, "GEMS_ACQU_01", 0x9C), (0x0019, "GEMS_ACQU_01", 0x9E))
+#: The GE acquisition description copied, as a unit, from a GE reference that has a protocol
+#: data block: the block, the pulse sequence names and (in General Equipment) the GE
+#: SoftwareVersions, i.e. the software release that wrote the block. A partial copy cannot be
+#: read. dcm2niix (nii_dicom_batch.cpp, sliceTimingGE, checked on v1.0.20260724) estimates
+#: slice times for every GE series that is not 3D (MRAcquisitionType), not a localizer and has
+#: >= 2 slices and >= 2 volumes -- derived or not, whatever the SOP class -- and warns when
+#: it cannot:
+#:
+#: - no block: "Unable to determine GE Slice timing, no Protocol Data Block GE (0025,101B)";
+#: - a SoftwareVersions of fewer than 10 characters: "... invalid SoftwareVersions
+#:   (0018,1020)". It keeps the *last* (0018,1020) of the file, nested items included: a
+#:   SoftwareVersions in the Contributing Equipment item overrides General Equipment's;
+#: - the release decoded from it (readSoftwareVersionsGE: "28\LX\MR29.1_EA_2039.g" -> 29.1)
+#:   below 26 with multiband ("MBACCEL" in the block): "Unable to determine slice times for
+#:   early GE HyperBand" -- so bidsport's own version, however spelled, cannot stand there;
+#: - diffusion ("DIFF" in the block's IOPT) without the pulse sequence names: "Unable to
+#:   compute slice times for GE Diffusion".
+#:
+#: With the whole unit, dcm2niix reads the derived series as it reads its source and gives the
+#: same SliceTiming. bidsport's name and version stay in the Contributing Equipment item
+#: (Manufacturer, ManufacturerModelName, ContributionDescription; its SoftwareVersions, type 3,
+#: is left out) and in DerivationDescription.
+GE_ACQUISITION = (GE_PROTOCOL_BLOCK, *GE_SEQUENCE_NAMES)
 DISCLAIMER = "NOT FOR CLINICAL USE"
 IMPLEMENTATION_VERSION = f"BIDSPORT_{__version__}"[:16]
 
@@ -250,12 +280,16 @@ def common_attributes(plan: SeriesPlan, modality: str = "MR") -> Dataset:
     return out
 
 
-def contributing_equipment(plan: SeriesPlan) -> Dataset:
-    """The Contributing Equipment item that records bidsport as processing equipment."""
+def contributing_equipment(plan: SeriesPlan, *, software_versions: bool = True) -> Dataset:
+    """The Contributing Equipment item that records bidsport as processing equipment.
+
+    Without ``software_versions`` the item has no SoftwareVersions (see :data:`GE_ACQUISITION`).
+    """
     item = Dataset()
     item.Manufacturer = MANUFACTURER
     item.ManufacturerModelName = MODEL
-    item.SoftwareVersions = __version__
+    if software_versions:
+        item.SoftwareVersions = __version__
     item.PurposeOfReferenceCodeSequence = DicomSequence(
         [_code_item("109102", "DCM", "Processing Equipment")]
     )
@@ -264,10 +298,12 @@ def contributing_equipment(plan: SeriesPlan) -> Dataset:
 
 
 def equipment_attributes(plan: SeriesPlan) -> Dataset:
-    """General Equipment (the reference's scanner), bidsport's SoftwareVersions, Contributing
-    Equipment (bidsport) and, for GE, the reference's protocol data block.
+    """General Equipment (the reference's scanner), SoftwareVersions, Contributing Equipment
+    (bidsport) and, for GE, the reference's acquisition description (:data:`GE_ACQUISITION`).
 
-    A reference without a valid Manufacturer/ManufacturerModelName gets bidsport's names.
+    SoftwareVersions is bidsport's version, except with the GE acquisition description: then
+    the reference's (the GE release that wrote the protocol data block). A reference without
+    a valid Manufacturer/ManufacturerModelName gets bidsport's names.
     """
     ref = plan.reference.header
     out = Dataset()
@@ -277,19 +313,32 @@ def equipment_attributes(plan: SeriesPlan) -> Dataset:
             out[keyword] = ref[keyword]
         else:
             setattr(out, keyword, fallback)
-    out.SoftwareVersions = __version__
-    out.ContributingEquipmentSequence = DicomSequence([contributing_equipment(plan)])
-    group, creator, offset = GE_PROTOCOL_BLOCK
+    ge_acquisition = None
     if str(out.Manufacturer).upper().startswith("GE"):
+        ge_acquisition = _ge_acquisition(ref)
+    release = ref.get("SoftwareVersions")
+    ours = ge_acquisition is None or not release or not valid_value("LO", release)
+    out.SoftwareVersions = __version__ if ours else ref["SoftwareVersions"].value
+    out.ContributingEquipmentSequence = DicomSequence(
+        [contributing_equipment(plan, software_versions=ours)]
+    )
+    if ge_acquisition is not None:
+        out.update(ge_acquisition)
+    return out
+
+
+def _ge_acquisition(ref: Dataset) -> Dataset | None:
+    """The private elements of :data:`GE_ACQUISITION` found in ``ref``; None without a block."""
+    out = Dataset()
+    for group, creator, offset in GE_ACQUISITION:
         try:
-            block = ref.private_block(group, creator)
-            element = block[offset]
+            element = ref.private_block(group, creator)[offset]
         except KeyError:
-            log.debug("reference has no GE protocol data block")
-        else:
-            out.private_block(group, creator, create=True).add_new(
-                offset, element.VR, element.value
-            )
+            if (group, creator, offset) == GE_PROTOCOL_BLOCK:
+                log.debug("reference has no GE protocol data block")
+                return None
+            continue
+        out.private_block(group, creator, create=True).add_new(offset, element.VR, element.value)
     return out
 
 
