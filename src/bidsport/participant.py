@@ -810,7 +810,17 @@ def run_participant_level(
             return SessionResult(sub, ses, error=f"internal error (a bug): {exc!r}", internal=True)
 
     with _work_dir(opts, layout) as work_root:
-        at_once = sessions_at_once(opts, len(sessions))
+        # sessions already converted are skipped without work: no worker pool for them
+        to_do = [
+            s
+            for s in sessions
+            if opts.overwrite != "skip"
+            or _session_done(
+                layout, s[0].subject, s[0].session, [a.packet.name for a in s], by_name=anon is None
+            )
+            is None
+        ]
+        at_once = sessions_at_once(opts, len(to_do))
         if at_once == 1:
             results = [run_one(session) for session in sessions]
         else:
