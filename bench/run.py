@@ -1327,7 +1327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with _case_dir(args.work, args.keep) as work:
                     record(run_case(real_case(work), work, args))
     finally:
-        empty_trash()
+        if not args.keep:
+            empty_trash()
     png = args.out_dir / "time_vs_files.png"
     plotted = plot(results, png)
     text = write_results(results, args.results, png if plotted else None)
