@@ -28,7 +28,7 @@ import pydicom
 from dicognito.anonymizer import Anonymizer as DicognitoAnonymizer
 from dicognito.randomizer import Randomizer
 from dicognito.uianonymizer import UIAnonymizer
-from pydicom.datadict import dictionary_VR, keyword_dict, private_dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -359,12 +359,7 @@ class Anonymizer:
         creator_name = creators.get(element >> 8)
         if not self._private.keep_element(group, creator_name, element & 0xFF):
             return None
-        vr = elem.VR
-        if vr is None and creator_name is not None:
-            try:
-                vr = private_dictionary_VR(tag, creator_name)
-            except KeyError:
-                vr = "UN"
+        vr = self._private.vr_of(tag, creator_name, elem.VR)
         if vr == "SQ":
             if isinstance(elem, RawDataElement) and elem.VR is None:
                 # implicit VR: pydicom finds the VR by the creator, which is hidden by now

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from dicognito.datetimeanonymizer import DateTimeAnonymizer
 from dicognito.element_anonymizer import ElementAnonymizer
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -118,6 +118,17 @@ class PrivateFilter:
         if creator is None:
             return False
         return offset in self._elements.get((group, creator.strip().upper()), frozenset())
+
+    @staticmethod
+    def vr_of(tag: int, creator: str | None, vr: str | None) -> str | None:
+        """``vr``, else the VR of a kept private element from pydicom's private dictionary
+        ("UN" when it is not there; None without a creator)."""
+        if vr is not None or creator is None:
+            return vr
+        try:
+            return str(private_dictionary_VR(tag, creator))
+        except KeyError:
+            return "UN"
 
     def clean_value(self, raw: RawDataElement, matcher: Matcher | None) -> RawDataElement:
         """``raw`` with UIDs zeroed and identifiers X-ed, keeping its length.

@@ -678,14 +678,7 @@ class StreamAnonymizer:
         creator_name = creators.get(number >> 8)
         if not private.keep_element(group, creator_name, number & 0xFF):
             return
-        vr = "SQ" if element.items is not None else element.vr
-        if vr is None and creator_name is not None:
-            from pydicom.datadict import private_dictionary_VR
-
-            try:
-                vr = private_dictionary_VR(tag, creator_name)
-            except KeyError:
-                vr = "UN"
+        vr = private.vr_of(tag, creator_name, "SQ" if element.items is not None else element.vr)
         if vr == "SQ":
             if element.vr == "UN":
                 raise Unsupported("private sequence written as UN")
