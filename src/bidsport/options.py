@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bidsport.archive import ExtractLimits
-from bidsport.rules import Rule
+
+if TYPE_CHECKING:
+    from bidsport.rules import Rule
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bidsport import fileops
-from bidsport.classify import classify_all
-from bidsport.convert import SeriesConversion, convert_series
 from bidsport.errors import AnonymizationError, BidsportError, ConversionError, LockedError
-from bidsport.index import group_series, scan_pool, scan_session
 from bidsport.ingest import (
     apply_archive_policy,
     assign_packets,
@@ -36,9 +33,7 @@ from bidsport.ingest import (
     import_packet,
 )
 from bidsport.layout import DatasetLayout, sub_ses_prefix
-from bidsport.naming import RunCandidate, assign_runs
 from bidsport.options import RunOptions
-from bidsport.organize import FileDecision, decide_files, lay_out
 from bidsport.records import (
     Assignment,
     Classification,
@@ -57,9 +52,14 @@ from bidsport.status import (
     update_table_row,
 )
 
-if TYPE_CHECKING:  # pydicom and dicognito load only when a session has work to do
+if TYPE_CHECKING:  # the stage modules (and pydicom, dicognito) load when a session has work
+    from concurrent.futures import Executor, ProcessPoolExecutor
+
     from bidsport import privacy
+    from bidsport.convert import SeriesConversion
     from bidsport.export import Deidentify
+    from bidsport.naming import RunCandidate
+    from bidsport.organize import FileDecision
     from bidsport.phi import Identifiers
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ def _remove_dead_work_dirs(base: Path) -> None:
 
 
 def _classify_all(series_list: Sequence[Series], opts: RunOptions) -> list[PlannedSeries]:
+    from bidsport.classify import classify_all
+
     planned = []
     classes = classify_all(series_list, opts.rules, keep_derived=opts.keep_derived)
     for series, cls in zip(series_list, classes, strict=True):
@@ -203,6 +205,9 @@ def classify_session(
     Series made of excluded files (derived images, ...) are classified too, so the series
     table says what they were; they carry the file exclusion as the reason they are skipped.
     """
+    from bidsport.index import group_series
+    from bidsport.organize import decide_files
+
     decisions = decide_files(
         headers, raw_root, keep_derived=opts.keep_derived, skip_checks=opts.skip_dicom_check
     )
@@ -382,6 +387,8 @@ def _scan(
     state: _SessionState,
     pool: Executor | None = None,
 ) -> list[FileHeader]:
+    from bidsport.index import scan_session
+
     headers: list[FileHeader] = []
     with state.timed("scan"):
         for item in scan_session(root, n_procs=opts.n_procs, cache_file=cache_file, pool=pool):
@@ -394,6 +401,8 @@ def _scan(
 
 def run_candidate(p: PlannedSeries, series_id: str | None = None) -> RunCandidate:
     """What run numbering needs of a series (named ``series_id``, default its own id)."""
+    from bidsport.naming import RunCandidate
+
     s = p.series
     return RunCandidate(
         series_id or s.series_id,
@@ -551,7 +560,10 @@ def _convert_session(
     anon: privacy.Anonymization | None,
 ) -> None:
     """Lay out the flat folder while converting; name runs; write the session's tables."""
+    from bidsport.convert import convert_series
     from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
+    from bidsport.naming import assign_runs
+    from bidsport.organize import lay_out
 
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
@@ -763,6 +775,8 @@ class RunShared:
     """
 
     def __init__(self, n_procs: int) -> None:
+        from bidsport.index import scan_pool
+
         self.prepare = threading.Lock()
         self.scan_pool: ProcessPoolExecutor = scan_pool(n_procs)
         self.scan_pool.submit(int).result()  # the workers start now, from this thread

@@ -7,11 +7,15 @@ work starts, so a mistake in one of them stops the run at once with a clear mess
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bidsport.archive import ExtractLimits
 from bidsport.ingest import read_manifest, read_mapping
 from bidsport.options import RunOptions
-from bidsport.rules import load_rules
+
+if TYPE_CHECKING:
+    from bidsport.rules import Rule
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -31,7 +35,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         symlink=not args.no_symlink,
         keep_derived=args.keep_derived,
         skip_dicom_check=args.skip_dicom_check,
-        rules=tuple(load_rules(args.rules)) if args.rules else (),
+        rules=_rules(args.rules),
         output_format=args.output_format,
         layout=args.layout,
         include_datatypes=frozenset(args.include_datatype) if args.include_datatype else None,
@@ -52,3 +56,12 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         dry_run=args.dry_run,
         progress=not args.quiet,
     )
+
+
+def _rules(path: Path | None) -> tuple[Rule, ...]:
+    """The rules of a ``--rules`` file (the rules module loads only when one is given)."""
+    if not path:
+        return ()
+    from bidsport.rules import load_rules
+
+    return tuple(load_rules(path))
