@@ -38,10 +38,10 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeAlias
+from typing import Any, BinaryIO, TypeAlias, TypeVar
 
 from bidsport.errors import DicomReadError
 from bidsport.records import FileHeader
@@ -836,39 +836,23 @@ def _build(
     blocks = _private_blocks(values)
     charset = _strings(values.get(0x00080005), 0x00080005, None)
     encodings = _encodings(charset)
-    memo = _DECODED
-    if len(memo) >= _DECODED_MAX:
-        memo.clear()
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
 
     def text(tag: int) -> str | None:
         raw = values.get(tag)
-        if raw is None:
-            return None
-        key = (_TEXT, tag, raw, encodings)
-        found = memo.get(key, memo)
-        if found is memo:
-            found = memo[key] = _text(raw, tag, encodings)
-        return found  # type: ignore[return-value]
+        return None if raw is None else _decoded(_text, raw, tag, encodings)
 
     def strings(tag: int) -> tuple[str, ...]:
         raw = values.get(tag)
-        if raw is None:
-            return ()
-        key = (_STRINGS, tag, raw, encodings)
-        found = memo.get(key, memo)
-        if found is memo:
-            found = memo[key] = _strings(raw, tag, encodings)
-        return found  # type: ignore[return-value]
+        return () if raw is None else _decoded(_strings, raw, tag, encodings)
 
     def number(tag: int) -> float | None:
         raw = values.get(tag)
         if raw is not None:
-            key = (_FLOAT, tag, raw, little)
-            found = memo.get(key, memo)
-            if found is memo:
-                found = memo[key] = _float(raw, tag, little)
+            found = _decoded(_float, raw, tag, little)
             if found is not None or not enhanced:
-                return found  # type: ignore[return-value]
+                return found
         if enhanced and tag in _FG_MACRO:
             return _float(_fg_value(first, shared, tag, syntax), tag, little)
         return None
@@ -975,12 +959,23 @@ def _build(
     return _shared(header)
 
 
-#: Decoded values by (kind, tag, raw value, encodings or byte order): the files of a series
-#: repeat most values (UIDs, descriptions, sequence parameters, orientation), which are
-#: then decoded once per process. Bounded: emptied when full.
-_DECODED: dict[tuple[object, ...], object] = {}
+#: Decoded values by (decoder, tag, raw value, encodings or byte order): the files of a
+#: series repeat most values (UIDs, descriptions, sequence parameters, orientation), which
+#: are then decoded once per process. Bounded: emptied when full (by :func:`_build`).
+_DECODED: dict[tuple[object, ...], Any] = {}
 _DECODED_MAX = 8192
-_TEXT, _STRINGS, _FLOAT = range(3)
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+def _decoded(decode: Callable[[_Raw, int, _A], _T], raw: _Raw, tag: int, arg: _A) -> _T:
+    """``decode(raw, tag, arg)``, computed once per process for equal arguments."""
+    key = (decode, tag, raw, arg)
+    value = _DECODED.get(key, _DECODED)
+    if value is _DECODED:
+        value = _DECODED[key] = decode(raw, tag, arg)
+    return value  # type: ignore[no-any-return]
+
 
 #: Values repeated from file to file (study and series UIDs, descriptions, sequence
 #: parameters, orientation...) are kept once per process instead of once per header: the
