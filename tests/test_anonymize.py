@@ -32,7 +32,8 @@ from bidsport.anonymize import (
 from bidsport.anonymize.policy import policy_from_mapping
 from bidsport.audit import audit_tree
 from bidsport.errors import AnonymizationError, ConfigError, UsageError
-from bidsport.phi import identifiers_from_dataset, merge_identifiers
+from bidsport.phi import merge_identifiers
+from bidsport.sourceids import identifiers_from_dataset
 from bidsport.synthetic import SeriesSpec, Study, Subject, series_datasets
 
 KEY = bytes(range(32))

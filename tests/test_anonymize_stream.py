@@ -20,7 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from bidsport.anonymize import AnonymizePolicy, Anonymizer, default_policy, load_policy
 from bidsport.anonymize.policy import policy_from_mapping
 from bidsport.anonymize.stream import StreamAnonymizer, Unsupported
-from bidsport.phi import Identifiers, identifiers_from_dataset, merge_identifiers
+from bidsport.phi import Identifiers, merge_identifiers
+from bidsport.sourceids import identifiers_from_dataset
 from bidsport.synthetic import SeriesSpec, Study, Subject, series_datasets
 
 KEY = b"stream-test-key-0123456789abcdef"

@@ -18,7 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from bidsport.anonymize import Anonymizer, default_policy
 from bidsport.audit import PhiHit, audit_tree, check_tree
 from bidsport.errors import ExitCode, PhiFoundError
-from bidsport.phi import Identifiers, identifiers_from_dataset, scrub_sidecar
+from bidsport.phi import Identifiers, scrub_sidecar
+from bidsport.sourceids import identifiers_from_dataset
 from bidsport.synthetic import SeriesSpec, Subject, series_datasets
 
 NAME = "Zzleakname^Janet"

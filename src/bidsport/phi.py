@@ -1,8 +1,9 @@
 """Identifiers of the source data, and keeping them out of what bidsport writes.
 
 :class:`Identifiers` holds the identifying values read from the original DICOM headers
-(before any de-identification): patient names, IDs, birth dates, accession numbers,
-institution, station and device identifiers, addresses, staff names. The audit
+(before any de-identification, by :mod:`bidsport.sourceids`): patient names, IDs, birth
+dates, accession numbers, institution, station and device identifiers, addresses, staff
+names. The audit
 (:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text` removes them from
 free text; :func:`scrub_sidecar` removes identifying keys from BIDS JSON sidecars.
 
@@ -36,11 +37,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
 
 from bidsport import fileops
 from bidsport.errors import ConfigError
@@ -92,12 +88,8 @@ SOURCE_KEYWORDS: dict[str, tuple[str, ...]] = {
     "address": ("PatientAddress", "InstitutionAddress", "PatientTelephoneNumbers"),
 }
 KINDS = tuple(SOURCE_KEYWORDS)
-_TAG_KIND: tuple[tuple[BaseTag, str], ...] = tuple(
-    (BaseTag(tag_for_keyword(kw) or 0), kind) for kind, kws in SOURCE_KEYWORDS.items() for kw in kws
-)
-#: the tags :func:`identifiers_from_dataset` reads
-SOURCE_TAGS: frozenset[BaseTag] = frozenset(tag for tag, _ in _TAG_KIND)
-_FIELD = {
+#: kind of identifier → field of :class:`Identifiers`
+FIELDS = {
     "name": "names",
     "staff_name": "staff_names",
     "id": "ids",
@@ -137,7 +129,7 @@ class Identifiers:
         )
 
     def values(self, kind: str) -> frozenset[str]:
-        value: frozenset[str] = getattr(self, _FIELD[kind])
+        value: frozenset[str] = getattr(self, FIELDS[kind])
         return value
 
     def is_empty(self) -> bool:
@@ -159,11 +151,11 @@ class Identifiers:
         return terms
 
     def to_json(self) -> dict[str, list[str]]:
-        return {_FIELD[kind]: sorted(self.values(kind)) for kind in KINDS}
+        return {FIELDS[kind]: sorted(self.values(kind)) for kind in KINDS}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "identifiers") -> Identifiers:
-        unknown = set(data) - set(_FIELD.values())
+        unknown = set(data) - set(FIELDS.values())
         if unknown:
             raise ConfigError(f"{source}: unknown identifier kinds {sorted(unknown)}")
         fields: dict[str, frozenset[str]] = {}
@@ -174,82 +166,9 @@ class Identifiers:
         return cls(**fields)
 
 
-def _clean(value: object) -> str:
+def clean_value(value: object) -> str:
+    """A DICOM value as text, without padding (spaces, NULs)."""
     return str(value).strip().strip("\x00").strip()
-
-
-def _multi(value: object) -> Iterator[str]:
-    items = value if isinstance(value, MultiValue | list | tuple) else [value]
-    for item in items:
-        text = _clean(item)
-        if text:
-            yield text
-
-
-def identifiers_from_dataset(ds: Dataset, *, deep: bool = True) -> Identifiers:
-    """The identifiers found in one header (with ``deep``, in nested sequences too)."""
-    found: dict[str, set[str]] = {kind: set() for kind in KINDS}
-
-    def visit(dataset: Dataset) -> None:
-        for tag, kind in _TAG_KIND:
-            if tag in dataset:
-                value = dataset[tag].value
-                if value is not None:
-                    found[kind].update(_multi(value))
-        if deep:
-            for tag in list(dataset.keys()):
-                if tag.is_private or _raw_vr(dataset, tag) != "SQ":
-                    continue
-                for item in dataset[tag].value or ():
-                    visit(item)
-
-    visit(ds)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "SourceApplicationEntityTitle" in meta:
-        found["station"].update(_multi(meta.SourceApplicationEntityTitle))
-    # a site or station "named" after the vendor or model identifies nothing, and would
-    # make every Manufacturer field a hit
-    vendor = {
-        v.casefold()
-        for key in ("Manufacturer", "ManufacturerModelName")
-        for v in _multi(ds.get(key) or "")
-    }
-    for kind in ("institution", "station", "address"):
-        found[kind] = {v for v in found[kind] if v.casefold() not in vendor}
-    # placeholders left by earlier de-identification ("***", "ANONYMOUS"...) are no PHI
-    for kind in KINDS:
-        found[kind] = {v for v in found[kind] if v.strip("*?-_ .").casefold() not in _PLACEHOLDERS}
-    return Identifiers(**{_FIELD[kind]: frozenset(values) for kind, values in found.items()})
-
-
-_PLACEHOLDERS = frozenset(
-    {
-        "",
-        "anonymous",
-        "anonymized",
-        "anon",
-        "unknown",
-        "none",
-        "n/a",
-        "na",
-        "removed",
-        "deidentified",
-        "de-identified",
-        "xxx",
-        "x",
-    }
-)
-
-
-def _raw_vr(dataset: Dataset, tag: BaseTag) -> str:
-    """The VR of an element without decoding its value (dictionary VR for implicit VR)."""
-    vr = dataset.get_item(tag).VR
-    if vr is None or vr == "UN":
-        try:
-            return str(dictionary_VR(tag))
-        except KeyError:
-            return "UN"
-    return str(vr)
 
 
 def merge_identifiers(items: Iterable[Identifiers]) -> Identifiers:
@@ -305,7 +224,7 @@ def _name_variants(value: str, components: bool) -> Iterator[str]:
 
 
 def _variants(kind: str, value: str) -> Iterator[str]:
-    value = _clean(value)
+    value = clean_value(value)
     if not value:
         return
     if kind in ("name", "staff_name"):

@@ -17,12 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
 
 from bidsport.anonymize import (
     AnonymizePolicy,
@@ -36,13 +34,13 @@ from bidsport.export import Deidentify
 from bidsport.options import RunOptions
 from bidsport.phi import (
     Identifiers,
-    identifiers_from_dataset,
     load_identifiers,
     matcher_for,
     merge_identifiers,
     save_identifiers,
 )
 from bidsport.runner import process_pool_context
+from bidsport.sourceids import read_identifiers
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +85,6 @@ def set_up(opts: RunOptions, output_dir: Path) -> Anonymization:
 
 
 # --------------------------------------------------------------------------- identifiers
-
-
-def read_identifiers(paths: Iterable[Path]) -> Identifiers:
-    """The identifiers in the headers of ``paths`` (nested sequences included)."""
-    found = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # any unreadable file is already excluded elsewhere
-            log.debug("no identifiers read from %s: %s", path, exc)
-            continue
-        found.append(identifiers_from_dataset(ds))
-    return merge_identifiers(found)
 
 
 def _subject_file(anon: Anonymization, subject: str) -> Path:

@@ -51,7 +51,8 @@ from bidsport.anonymize.policy import (
 )
 from bidsport.anonymize.stream import StreamAnonymizer
 from bidsport.errors import AnonymizationError, DicomReadError
-from bidsport.phi import SOURCE_TAGS, Identifiers, Matcher, identifiers_from_dataset, matcher_for
+from bidsport.phi import Identifiers, Matcher, matcher_for
+from bidsport.sourceids import SOURCE_TAGS, identifiers_from_dataset
 
 log = logging.getLogger(__name__)
 

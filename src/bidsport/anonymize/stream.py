@@ -50,7 +50,8 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 from pydicom.values import empty_value_for_VR
 
-from bidsport.phi import SOURCE_TAGS, Identifiers, Matcher, identifiers_from_dataset, matcher_for
+from bidsport.phi import Identifiers, Matcher, matcher_for
+from bidsport.sourceids import SOURCE_TAGS, identifiers_from_dataset
 
 if TYPE_CHECKING:
     from bidsport.anonymize.engine import Anonymizer, _SubjectContext
