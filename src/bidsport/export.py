@@ -12,11 +12,11 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 from bidsport import fileops
-from bidsport.anonymize.keys import shift_iso_datetime
 from bidsport.convert import SeriesConversion, load_sidecar
 from bidsport.layout import DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
@@ -120,8 +120,13 @@ def export_series(
     sources: Sequence[Path],
     deidentify: Deidentify | None = None,
     identifiers: Identifiers | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[ConvertedImage], list[Problem]]:
-    """Rename one series' outputs into the dataset (atomically, one file at a time)."""
+    """Rename one series' outputs into the dataset (atomically, one file at a time).
+
+    A single-volume image that BIDS wants 4D is rewritten by :func:`make_4d`, in
+    ``executor`` when one is given (nibabel is then imported by its worker process).
+    """
     cls = planned.cls
     assert cls.datatype is not None and cls.suffix is not None
     entities = dict(cls.entities)
@@ -131,8 +136,11 @@ def export_series(
     session_dir = layout.session_dir(subject, session)
     acq_time = acq_datetime(planned.series.acquisition_date, planned.series.acquisition_time)
     if deidentify is not None:  # shifted like the dates of the anonymized DICOMs (BIDS)
+        # (imported here: the anonymize package loads pydicom and dicognito)
+        from bidsport.anonymize.keys import shift_iso_datetime
+
         acq_time = shift_iso_datetime(acq_time, deidentify.date_shift_days)
-    rel_sources = [os.path.relpath(p, layout.root) for p in sources]
+    rel_sources = [fileops.relative_target(p, layout.root) for p in sources]
     images: list[ConvertedImage] = []
     problems: list[Problem] = []
     if conversion is None:  # --output-format dcm: organized copies, no conversion
@@ -180,7 +188,9 @@ def export_series(
         for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
             if side is not None and cls.datatype == "dwi":
                 fileops.move_into_place(side, target_dir / f"{name}{ext_side}")
-        if mapped.suffix in FOUR_D_SUFFIXES and make_4d(output.image):
+        if mapped.suffix in FOUR_D_SUFFIXES and (
+            executor.submit(make_4d, output.image).result() if executor else make_4d(output.image)
+        ):
             problems.append(
                 Problem(
                     planned.series.series_id,

@@ -53,7 +53,7 @@ from bidsport.status import (
 )
 
 if TYPE_CHECKING:  # the stage modules (and pydicom, dicognito) load when a session has work
-    from concurrent.futures import Executor, ProcessPoolExecutor
+    from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
     from bidsport import privacy
     from bidsport.convert import SeriesConversion
@@ -274,7 +274,16 @@ class _SessionState:
     #: source identifiers (and original UIDs) from any text written
     deidentify: Deidentify | None = None
     identifiers: Identifiers | None = None  #: the source identifiers (scrubbed from sidecars)
+    #: the same, still being read in a worker process (see :func:`_read_identifiers`)
+    pending_identifiers: Future[Identifiers] | None = None
     scrub: Callable[[str], str] = field(default=str)
+
+    def source_identifiers(self) -> Identifiers | None:
+        """:attr:`identifiers`, once the worker reading them is done."""
+        if self.pending_identifiers is not None:
+            self.identifiers = self.pending_identifiers.result()
+            self.pending_identifiers = None
+        return self.identifiers
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -421,6 +430,14 @@ def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
     return list(first.values())
 
 
+def _read_identifiers(paths: list[Path]) -> Identifiers:
+    """Worker task: :func:`bidsport.sourceids.read_identifiers` (pydicom is imported by the
+    worker that runs it, not by the main process)."""
+    from bidsport.sourceids import read_identifiers
+
+    return read_identifiers(paths)
+
+
 def _anonymize_session(
     anon: privacy.Anonymization,
     sub: str,
@@ -479,7 +496,8 @@ def _run_session(
 ) -> None:
     with shared.prepare if shared is not None else contextlib.nullcontext():
         prepared = _prepare_session(assignments, layout, opts, work, state, progress, anon, shared)
-    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon)
+    workers = shared.scan_pool if shared is not None else None
+    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon, workers)
 
 
 def _prepare_session(
@@ -493,8 +511,6 @@ def _prepare_session(
     shared: RunShared | None,
 ) -> _Prepared:
     """Import, scan and classify a session (with --anonymize, write the anonymized copies)."""
-    from bidsport import privacy
-
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
     problems = state.problems
@@ -533,7 +549,11 @@ def _prepare_session(
     if anon is None:
         del headers  # only each series' own header is needed from here on (memory)
         # even without --anonymize, sidecars are scrubbed of the patient's identifiers
-        state.identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
+        firsts = _first_of_each_series(decisions)
+        if shared is not None:  # read by a worker while this session goes on
+            state.pending_identifiers = shared.scan_pool.submit(_read_identifiers, firsts)
+        else:
+            state.identifiers = _read_identifiers(firsts)
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     else:
         say(f"{label}: anonymizing")
@@ -558,8 +578,12 @@ def _convert_session(
     state: _SessionState,
     progress: Progress | None,
     anon: privacy.Anonymization | None,
+    workers: Executor | None = None,
 ) -> None:
-    """Lay out the flat folder while converting; name runs; write the session's tables."""
+    """Lay out the flat folder while converting; name runs; write the session's tables.
+
+    ``workers`` (the run's worker processes, when sessions share them) rewrite 3D images
+    as 4D, so that nibabel is not imported by this process."""
     from bidsport.convert import convert_series
     from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
     from bidsport.naming import assign_runs
@@ -644,7 +668,8 @@ def _convert_session(
                         opts=opts,
                         sources=[flat[f] for f in p.series.files],
                         deidentify=state.deidentify,
-                        identifiers=state.identifiers,
+                        identifiers=state.source_identifiers(),
+                        executor=workers,
                     )
                 except ConversionError as exc:
                     failures[sid(p)] = exc.message
