@@ -104,12 +104,12 @@ def decide_files(
         reason = None if skip_checks else file_exclusion(h, keep_derived=keep_derived)
         if reason is None and h.sop_instance_uid and h.sop_instance_uid in seen:
             first = seen[h.sop_instance_uid]
-            reason = f"duplicate SOPInstanceUID of {os.path.relpath(first.path, raw_root)}"
+            reason = f"duplicate SOPInstanceUID of {relative_target(first.path, raw_root)}"
             if not _same_content(h, first):
                 reason += " (with different content: only that first file is used)"
         if reason is None and not h.series_uid:
             reason = "no SeriesInstanceUID"
-        key = os.path.relpath(h.path, raw_root)
+        key = relative_target(h.path, raw_root)  # os.path.relpath, once per folder
         if reason is None:
             if h.sop_instance_uid:
                 seen[h.sop_instance_uid] = h

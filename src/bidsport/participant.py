@@ -712,7 +712,7 @@ def _write_files_table(
     """
     rows = [
         {
-            "file": scrub(os.path.relpath(d.source, raw_root)),
+            "file": scrub(fileops.relative_target(d.source, raw_root)),
             "flat_name": d.flat_name,
             "series_uid": None if scrub is not str else d.series_uid,
             "excluded": d.reason,
