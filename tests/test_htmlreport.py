@@ -360,6 +360,26 @@ def test_report_on_a_dataset(tmp_path: Path, dataset: DatasetLayout, caplog) -> 
     assert any("no thumbnail for" in r.getMessage() for r in caplog.records)
 
 
+def test_thumbnails_made_in_worker_processes_are_the_same(
+    tmp_path: Path, dataset: DatasetLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(htmlreport, "_PARALLEL_FROM", 2)  # the fixture has 6 images
+    pages = []
+    for n_procs in (1, 2):
+        layout = DatasetLayout(tmp_path / f"bids{n_procs}")
+        shutil.copytree(dataset.root, layout.root, symlinks=True)
+        outcome = write_report(layout, read_status(layout), title="t", n_procs=n_procs)
+        pngs = sorted(p for p in outcome.written if p.suffix == ".png")
+        assert len(pngs) == 6
+        pages.append(
+            (
+                layout.report_file.read_text(encoding="utf-8"),
+                [(p.relative_to(layout.root), p.read_bytes()) for p in pngs],
+            )
+        )
+    assert pages[0] == pages[1]
+
+
 def test_report_with_current_thumbnails_imports_no_image_library(
     tmp_path: Path, dataset: DatasetLayout
 ) -> None:

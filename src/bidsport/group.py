@@ -226,10 +226,12 @@ def run_group(
     manifest_pairs: Sequence[tuple[str, str | None]] = (),
     validate: bool = True,
     report: bool = True,
+    n_procs: int = 1,
 ) -> GroupResult:
     """Write the dataset-level files, rebuild the status table and validate the dataset.
 
-    With ``report``, also write the HTML report (:func:`bidsport.htmlreport.write_report`).
+    With ``report``, also write the HTML report (:func:`bidsport.htmlreport.write_report`;
+    its thumbnails are made in up to ``n_procs`` processes).
 
     Idempotent: a second run with the same arguments changes no file. Raises
     :class:`UsageError` when the dataset folder does not exist, :class:`OutputError`
@@ -272,6 +274,7 @@ def run_group(
             status,
             title=str(description.get("Name") or name),
             generator=f"bidsport {bidsport_version}",
+            n_procs=n_procs,
         )
         written += outcome.written
         report_file = outcome.report_file

@@ -390,81 +390,131 @@ def build_html(
 # --------------------------------------------------------------------------- I/O
 
 
-def _thumbnail(
-    image: Path, png_path: Path, relpath: str, written: list[Path]
-) -> tuple[Thumbnail | None, str | None]:
-    """Make (or reuse) the thumbnail of ``image``; returns it, or why there is none."""
+def _current_thumbnail(image: Path, png_path: Path, relpath: str) -> Thumbnail | str | None:
+    """The thumbnail of ``image`` when ``png_path`` holds an up-to-date one; a note when
+    the image is missing; None when the thumbnail has to be made."""
     try:
         image_mtime = image.stat().st_mtime_ns
     except OSError:
-        return None, "image missing"
+        return "image missing"
     try:
         if png_path.stat().st_mtime_ns >= image_mtime:
             old = png_path.read_bytes()
             size = png.size(old)
             if size is not None and _SOFTWARE_TEXT in old[:200]:
-                return Thumbnail(relpath, *size), None
+                return Thumbnail(relpath, *size)
     except OSError:
         pass
+    return None
+
+
+def _make_png(image: Path) -> bytes | str:
+    """Worker task: the thumbnail PNG of ``image``, or why it cannot be made."""
     from bidsport import thumbnails  # numpy and nibabel: only when a thumbnail is made
 
     try:
-        data = thumbnails.thumbnail_png(image, software=THUMBNAIL_SOFTWARE)
+        return thumbnails.thumbnail_png(image, software=THUMBNAIL_SOFTWARE)
     except thumbnails.UNREADABLE as exc:
-        log.warning("no thumbnail for %s: %s", image, exc)
-        return None, f"no preview: {exc}"
-    size = png.size(data) or (0, 0)
-    try:
-        unchanged = png_path.read_bytes() == data
-    except OSError:
-        unchanged = False
-    if not unchanged:
-        fileops.write_bytes(png_path, data)
-        written.append(png_path)
-    return Thumbnail(relpath, *size), None
+        return str(exc) or type(exc).__name__
 
 
-def _session_report(
-    layout: DatasetLayout, row: StatusRow, written: list[Path], used: set[Path]
-) -> SessionReport:
-    sub, ses = row.participant_id, row.session_id
-    table = layout.series_table(sub, ses)
+#: thumbnails to make before worker processes are worth starting
+_PARALLEL_FROM = 8
+
+
+def _make_pngs(images: Sequence[Path], n_procs: int) -> list[bytes | str]:
+    """:func:`_make_png` of every image, in up to ``n_procs`` worker processes."""
+    if n_procs <= 1 or len(images) < _PARALLEL_FROM:
+        return [_make_png(image) for image in images]
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
+    from bidsport.runner import process_pool_context
+
+    workers = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
+    with ProcessPoolExecutor(workers, mp_context=process_pool_context()) as pool:
+        return list(pool.map(_make_png, images, chunksize=4))
+
+
+def _thumbnails(
+    wanted: Sequence[tuple[Path, Path, str]], n_procs: int, written: list[Path]
+) -> list[tuple[Thumbnail | None, str | None]]:
+    """For each (image, PNG path, relative path): the thumbnail, made (or reused), or why
+    there is none."""
+    found: list[tuple[Thumbnail | None, str | None]] = []
+    to_make: list[int] = []
+    for image, png_path, relpath in wanted:
+        current = _current_thumbnail(image, png_path, relpath)
+        if current is None:
+            to_make.append(len(found))
+        found.append((current, None) if isinstance(current, Thumbnail) else (None, current))
+    made = _make_pngs([wanted[i][0] for i in to_make], n_procs)
+    for i, data in zip(to_make, made, strict=True):
+        image, png_path, relpath = wanted[i]
+        if isinstance(data, str):
+            log.warning("no thumbnail for %s: %s", image, data)
+            found[i] = (None, f"no preview: {data}")
+            continue
+        try:
+            unchanged = png_path.read_bytes() == data
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            fileops.write_bytes(png_path, data)
+            written.append(png_path)
+        found[i] = (Thumbnail(relpath, *(png.size(data) or (0, 0))), None)
+    return found
+
+
+def _series_rows(layout: DatasetLayout, row: StatusRow) -> list[SeriesRow] | str:
+    """The rows of a session's series table, or why there are none."""
+    table = layout.series_table(row.participant_id, row.session_id)
     if not table.is_file():
-        return SessionReport(row, note="no series table yet (not organized)")
+        return "no series table yet (not organized)"
     try:
-        rows = [series_row(r) for r in fileops.read_tsv(table)]
+        return [series_row(r) for r in fileops.read_tsv(table)]
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("cannot read %s: %s", table, exc)
-        return SessionReport(row, note=f"series table unreadable: {exc}")
-    session_dir = layout.session_dir(sub, ses)
-    entries = []
-    for series in rows:
-        previews = []
-        for output in series.outputs if not series.excluded else ():
-            relpath = thumbnail_relpath(sub, ses, output)
-            if relpath is None:
-                previews.append(ImagePreview(output, note="no preview (not a NIfTI image)"))
-                continue
-            png_path = layout.derivatives_dir / relpath
-            used.add(png_path)
-            thumb, note = _thumbnail(session_dir / output, png_path, relpath, written)
-            previews.append(ImagePreview(output, thumb, note))
-        entries.append(SeriesEntry(series, tuple(previews)))
-    return SessionReport(row, tuple(entries))
+        return f"series table unreadable: {exc}"
 
 
 def collect_sessions(
-    layout: DatasetLayout, status: Iterable[StatusRow]
+    layout: DatasetLayout, status: Iterable[StatusRow], n_procs: int = 1
 ) -> tuple[list[SessionReport], list[Path], set[Path]]:
-    """Read every session's series table and make the missing or stale thumbnails.
+    """Read every session's series table and make the missing or stale thumbnails (in up
+    to ``n_procs`` worker processes).
 
     Returns the sessions (in status order), the thumbnails written, and every thumbnail
     the report refers to.
     """
+    tables = [(row, _series_rows(layout, row)) for row in status]
+    wanted: list[tuple[Path, Path, str]] = []  # (image, PNG, relative path) of each output
+    for row, rows in tables:
+        sub, ses = row.participant_id, row.session_id
+        for series in rows if not isinstance(rows, str) else ():
+            for output in series.outputs if not series.excluded else ():
+                relpath = thumbnail_relpath(sub, ses, output)
+                if relpath is not None:
+                    image = layout.session_dir(sub, ses) / output
+                    wanted.append((image, layout.derivatives_dir / relpath, relpath))
     written: list[Path] = []
-    used: set[Path] = set()
-    sessions = [_session_report(layout, row, written, used) for row in status]
-    return sessions, written, used
+    thumbs = iter(_thumbnails(wanted, n_procs, written))
+    sessions = []
+    for row, rows in tables:
+        if isinstance(rows, str):
+            sessions.append(SessionReport(row, note=rows))
+            continue
+        entries = []
+        for series in rows:
+            previews = []
+            for output in series.outputs if not series.excluded else ():
+                if thumbnail_relpath(row.participant_id, row.session_id, output) is None:
+                    previews.append(ImagePreview(output, note="no preview (not a NIfTI image)"))
+                else:
+                    previews.append(ImagePreview(output, *next(thumbs)))
+            entries.append(SeriesEntry(series, tuple(previews)))
+        sessions.append(SessionReport(row, tuple(entries)))
+    return sessions, written, {png_path for _, png_path, _ in wanted}
 
 
 def _prune_thumbnails(folder: Path, used: set[Path]) -> list[Path]:
@@ -490,13 +540,15 @@ def write_report(
     *,
     title: str,
     generator: str = "bidsport",
+    n_procs: int = 1,
 ) -> ReportOutcome:
     """Write ``layout.report_file`` and its thumbnails (through :mod:`bidsport.fileops`).
 
     Files whose content would not change are not rewritten; thumbnails of images that
     are gone are removed. A thumbnail that cannot be made is logged and shown as a note.
+    Missing or stale thumbnails are made in up to ``n_procs`` worker processes.
     """
-    sessions, written, used = collect_sessions(layout, sorted(status, key=lambda r: r.key))
+    sessions, written, used = collect_sessions(layout, sorted(status, key=lambda r: r.key), n_procs)
     removed = _prune_thumbnails(layout.derivatives_dir / THUMBNAIL_DIR, used)
     text = build_html(title, sessions, generator=generator)
     report_file = layout.report_file

@@ -152,6 +152,7 @@ def run_group_level(
         bidsport_version=__version__,
         manifest_pairs=list(opts.manifest),
         validate=not args.skip_validation,
+        n_procs=opts.n_procs,
     )
     if not args.quiet:
         print(format_summary(result))
