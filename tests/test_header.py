@@ -16,6 +16,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.fileset import FileSet
 from pydicom.multival import MultiValue
 from pydicom.uid import (
@@ -24,6 +25,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     MRImageStorage,
 )
 
@@ -322,6 +324,169 @@ def test_standard_b_value_wins_and_ge_image_type(tmp_path: Path) -> None:
     ds = _one(Manufacturer="GE MEDICAL SYSTEMS")
     ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x2F, "SS", 1)
     assert read_header(_save(ds, tmp_path / "b.dcm")).complex_image_component == "PHASE"
+
+
+# --------------------------------------------------------------------------- where the walk ends
+# Past group 0028 a classic file needs only the GE and Philips private blocks: the walk
+# ends at the last element of those it can still find (see header._walk_limit). These
+# files put the blocks where a wrong end would miss them.
+
+_GE = "GEMS_PARM_01"
+_PHILIPS = "Philips Imaging DD 001"
+
+
+def _late_blocks(ds: Dataset, layout: str) -> tuple[float | None, str | None]:
+    """Add the private groups of ``layout``; return the expected (b_value, component)."""
+
+    def block(group: int, creator: str, *elements: tuple[int, str, Any]) -> None:
+        private = ds.private_block(group, creator, create=True)
+        for offset, vr, value in elements:
+            private.add_new(offset, vr, value)
+
+    decoy_b = (0x03, "FL", 5.0)  # the wanted offset, in another creator's block
+    after = [(offset, "DS", str(offset)) for offset in range(0x40, 0x70)]  # not wanted
+    if layout == "philips_late_block":  # the third block of its group, elements after it
+        block(0x2001, "Philips Imaging DD 002", decoy_b)
+        block(0x2001, "Philips Imaging DD 005", decoy_b)
+        block(0x2001, _PHILIPS, (0x03, "FL", 2000.0), *after)
+        block(0x2005, "Philips MR Imaging DD 001", *after)
+        return 2000.0, None
+    if layout == "ge_late_block":
+        block(0x0043, "GEMS_IDEN_01", (0x39, "IS", ["300", "0", "0", "0"]), (0x2F, "SS", 3))
+        block(0x0043, _GE, (0x2F, "SS", 1), (0x39, "IS", ["1000001000", "8", "0", "0"]))
+        return 1000.0, "PHASE"
+    if layout == "ge_then_philips":  # GE gives the image type, Philips the b-value
+        block(0x0043, _GE, (0x2F, "SS", 2), *after)
+        block(0x2001, _PHILIPS, (0x03, "FL", 1500.0))
+        return 1500.0, "REAL"
+    if layout == "after_other_private_groups":  # and a creator's name in another value
+        block(0x0029, "SIEMENS CSA HEADER", (0x10, "OB", bytes(range(256)) * 12))
+        block(0x0031, "ACME 1.0", (0x01, "LO", _GE), *after)
+        block(0x2001, _PHILIPS, (0x03, "FL", 700.0))
+        return 700.0, None
+    if layout == "beyond_the_first_read":  # the bytes before the block are not all read
+        block(0x0029, "BLOB", (0x01, "OB", b"\x01" * 150_000))
+        block(0x2001, _PHILIPS, (0x03, "FL", 900.0))
+        return 900.0, None
+    if layout == "pixel_data_not_at_the_end":
+        block(0x2001, _PHILIPS, (0x03, "FL", 800.0))
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 64)  # DataSetTrailingPadding
+        return 800.0, None
+    if layout == "creator_name_but_no_block":
+        block(0x0029, "ACME 1.0", (0x01, "LO", _PHILIPS), (0x02, "LO", _GE))
+        return None, None
+    raise AssertionError(layout)
+
+
+_LAYOUTS = [
+    "philips_late_block",
+    "ge_late_block",
+    "ge_then_philips",
+    "after_other_private_groups",
+    "beyond_the_first_read",
+    "pixel_data_not_at_the_end",
+    "creator_name_but_no_block",
+]
+
+
+@pytest.mark.parametrize("layout", _LAYOUTS)
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+    ],
+)
+def test_late_private_blocks_are_found(tmp_path: Path, layout: str, syntax: str) -> None:
+    ds = _one()
+    expected = _late_blocks(ds, layout)
+    if syntax == JPEGBaseline8Bit:  # encapsulated: one made-up fragment
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    path = _save(ds, tmp_path / "late.dcm", syntax)
+    h = read_header(path)
+    assert (h.b_value, h.complex_image_component) == expected
+    assert h.has_pixel_data
+    _assert_matches(h, pydicom.dcmread(path))
+
+
+@pytest.mark.parametrize("padding", [b"\0\0", b"  ", b" \0"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_padded_private_creators(tmp_path: Path, padding: bytes, syntax: str) -> None:
+    for creator, group, offset, vr, value in (
+        (_GE, 0x0043, 0x39, "IS", ["1200", "8", "0", "0"]),
+        (_PHILIPS, 0x2001, 0x03, "FL", 1200.0),
+    ):
+        ds = _one()
+        ds.private_block(group, "ACME 1.0", create=True).add_new(0x01, "LO", "x")
+        ds.private_block(group, creator + "XX", create=True).add_new(offset, vr, value)
+        data = _save(ds, tmp_path / "padded.dcm", syntax).read_bytes()
+        assert data.count(creator.encode() + b"XX") == 1
+        path = tmp_path / "padded.dcm"
+        path.write_bytes(data.replace(creator.encode() + b"XX", creator.encode() + padding))
+        assert read_header(path).b_value == 1200.0, creator
+
+
+def _bogus_length(path: Path, tag: int) -> None:
+    """Make the OB element ``tag`` of an explicit little endian file claim 2 GB."""
+    data = path.read_bytes()
+    head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"OB", 0)
+    assert data.count(head) == 1
+    at = data.index(head) + 8
+    path.write_bytes(data[:at] + struct.pack("<L", 0x7FFFFFF0) + data[at + 4 :])
+
+
+@pytest.mark.parametrize(
+    ("creator", "wanted", "bogus", "read"),
+    [
+        (None, None, 0x00291001, True),  # nothing wanted past group 0028
+        (_PHILIPS, 0x20011103, 0x20011104, True),  # just past the wanted element
+        (_PHILIPS, 0x20011103, 0x20011102, False),  # just before it
+        (_PHILIPS, 0x20011103, 0x20010012, False),  # among the creators
+        (_GE, 0x00431139, 0x00431138, False),
+        (_GE, 0x00431139, 0x00431140, True),
+    ],
+)
+def test_the_walk_ends_at_the_last_element_needed(
+    tmp_path: Path, creator: str | None, wanted: int | None, bogus: int, read: bool
+) -> None:
+    """What follows the last element needed is not walked: an element there with a bogus
+    length goes unnoticed (as one after group 2001 always did), one before it is not."""
+    ds = _one()
+    group = bogus >> 16
+    ds.private_block(group, "ACME 1.0", create=True)  # block 10 (the wanted one is 11)
+    if creator is not None and wanted is not None:
+        ds.private_block(group, creator, create=True).add_new(wanted & 0xFF, "FL", 600.0)
+    ds.add_new(bogus, "OB", b"\0" * 8)
+    path = _save(ds, tmp_path / "bogus.dcm")
+    _bogus_length(path, bogus)
+    if read:
+        h = read_header(path)
+        assert h.has_pixel_data and h.rows == 16
+        assert h.b_value == (None if creator is None else 600.0)
+    else:
+        with pytest.raises(DicomReadError, match="truncated"):
+            read_header(path)
+
+
+def test_pixel_data_inside_a_walked_value_is_not_trusted(tmp_path: Path) -> None:
+    """The file ends like pixel data of the right size, but that "element" starts inside
+    the wanted value, which the walk reads through: it is no pixel data."""
+    ds = _one()
+    del ds.PixelData  # 16 x 16 x 16 bits: 512 bytes
+    fake = struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, 512)
+    block = ds.private_block(0x2001, _PHILIPS, create=True)
+    block.add_new(0x03, "UN", struct.pack("<f", 600.0) + fake + b"\0" * 100)
+    block.add_new(0x10, "OB", b"\0" * 400)
+    path = _save(ds, tmp_path / "inside.dcm")
+    assert path.read_bytes()[-524:-512] == fake
+    h = read_header(path)
+    assert h.b_value == 600.0
+    assert not h.has_pixel_data
 
 
 # --------------------------------------------------------------------------- bad files

@@ -14,8 +14,10 @@ skips every other value by its length (large skipped values are never read from 
 * Pixel data: found at the end of the walk, or, for classic single-frame files with
   native pixel data, by checking that the file ends with a PixelData element of the
   size given by Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames
-  (one seek instead of walking the last private groups). A file cut anywhere before
-  the end of its pixel data is rejected as truncated.
+  (one seek instead of walking the last groups). Such a walk ends as soon as nothing
+  wanted can follow: past group 0028, only the GE and Philips private blocks below
+  are, and only if their creator's name occurs in the bytes before the pixel data.
+  A file cut anywhere before the end of its pixel data is rejected as truncated.
 * Enhanced (multi-frame) files: values missing at the top level are taken from the
   first item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence
   (EffectiveEchoTime for EchoTime, FrameType for a missing ImageType, ...);
@@ -32,7 +34,6 @@ skips every other value by its length (large skipped values are never read from 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -76,12 +77,12 @@ _LONG_VRS = frozenset(
 )
 #: explicit VR -> size of the element header
 _HEADER_SIZE = {vr: 12 if vr in _LONG_VRS else 8 for vr in _ALL_VRS}
-#: the same keyed by the VR's two bytes read as an unsigned short (faster to look up),
+#: the same indexed by the VR's two bytes read as an unsigned short (faster to look up),
 #: and those numbers back to VRs, for each byte order
-_VR_CODE_SIZE = {
-    little: {struct.unpack("<H" if little else ">H", vr)[0]: n for vr, n in _HEADER_SIZE.items()}
-    for little in (True, False)
-}
+_VR_CODE_SIZES = {little: [0] * 65536 for little in (True, False)}  # 0: not a VR
+for _name, _size in _HEADER_SIZE.items():
+    _VR_CODE_SIZES[True][struct.unpack("<H", _name)[0]] = _size
+    _VR_CODE_SIZES[False][struct.unpack(">H", _name)[0]] = _size
 _VR_CODE_NAME = {
     little: {struct.unpack("<H" if little else ">H", vr)[0]: vr for vr in _ALL_VRS}
     for little in (True, False)
@@ -177,6 +178,16 @@ _WANTED = frozenset(_VR)
 _VR_BYTES = {tag: vr.encode() for tag, vr in _VR.items()}
 _WANTED_SEQUENCES = frozenset({_SHARED_FG, _PER_FRAME_FG})
 _LAST_CLASSIC_GROUP = max(_PRIVATE)  # nothing needed after this group but the pixel data
+#: the end of the last standard group read (0028): past it, a classic file needs only the
+#: private elements of _LATE_PRIVATE, and only when their creator's name is still ahead
+_STANDARD_END = max(tag for tag in _VR if tag >> 16 & 1 == 0) | 0xFFFF
+_LatePrivate: TypeAlias = "tuple[int, str, bytes, int]"  # group, creator, its bytes, offset
+_LATE_PRIVATE: tuple[_LatePrivate, ...] = tuple(
+    (group, creator, creator.encode(), max(o for c, o, _ in entries if c == creator))
+    for group, entries in sorted(_PRIVATE.items())
+    if group << 16 > _STANDARD_END
+    for creator in dict.fromkeys(c for c, _, _ in entries)
+)
 
 # Functional group macros: value tag -> the sequence holding it
 _FG_MACRO = {
@@ -438,38 +449,74 @@ def _encapsulated_complete(src: _Source, pos: int, little: bool) -> None:
 
 
 def _native_pixel_length(values: dict[int, _Raw], little: bool) -> int | None:
-    try:
-        rows = _int(values.get(0x00280010), 0x00280010, little)
-        cols = _int(values.get(0x00280011), 0x00280011, little)
-        bits = _int(values.get(0x00280100), 0x00280100, little)
-        spp = _int(values.get(0x00280002), 0x00280002, little) or 1
-        frames = _int(values.get(_NUMBER_OF_FRAMES), _NUMBER_OF_FRAMES, little) or 1
-    except (ValueError, struct.error):
-        return None
+    rows, cols, bits, spp, frames = (
+        None if (raw := values.get(tag)) is None else _decoded(_int, raw, tag, little)
+        for tag in (0x00280010, 0x00280011, 0x00280100, 0x00280002, _NUMBER_OF_FRAMES)
+    )
     if not rows or not cols or not bits:
         return None
+    spp = spp or 1
+    frames = frames or 1
     n = (rows * cols * spp * frames * bits + 7) // 8
     return n + (n & 1)
 
 
-def _pixel_data_at_end(src: _Source, values: dict[int, _Raw], syntax: _Syntax) -> bool:
-    """True when the file ends with a PixelData element of the size the header implies."""
+def _pixel_data_start(src: _Source, values: dict[int, _Raw], syntax: _Syntax) -> int:
+    """Where the PixelData element starts if the file ends with one of the size the
+    header implies; else -1."""
     length = _native_pixel_length(values, syntax.little)
     if length is None:
-        return False
+        return -1
     head = 12 if syntax.explicit else 8
     pos = src.size - length - head
     if pos < 0:
-        return False
+        return -1
     raw = src.read_at(pos, head)
     if syntax.explicit:
         group, elem, vr, _ = _S_EXPLICIT[syntax.little].unpack_from(raw)
         if vr not in (b"OB", b"OW") or raw[6:8] != b"\0\0":
-            return False
+            return -1
         found = _S_U32[syntax.little].unpack_from(raw, 8)[0]
     else:
         group, elem, found = _S_IMPLICIT[syntax.little].unpack(raw)
-    return (group, elem, found) == (0x7FE0, 0x0010, length)
+    return pos if (group, elem, found) == (0x7FE0, 0x0010, length) else -1
+
+
+def _creators_ahead(data: bytes, base: int, pos: int, end: int) -> tuple[_LatePrivate, ...] | None:
+    """The entries of :data:`_LATE_PRIVATE` whose creator may come between ``pos`` and
+    ``end`` (the pixel data), given the bytes ``data`` of the file from ``base`` on; None
+    when ``end`` is not ahead (-1: no pixel data there).
+
+    A private creator is a value holding the creator's name (padded with spaces or NULs
+    at most), so a block that creator reserves can only come if the name occurs in the
+    bytes before the pixel data (a search in C instead of a walk). When those bytes are
+    not all in ``data``, every entry may come.
+    """
+    if end < pos:
+        return None
+    if not base <= pos <= end <= base + len(data):
+        return _LATE_PRIVATE
+    return tuple(
+        entry for entry in _LATE_PRIVATE if data.find(entry[2], pos - base, end - base) >= 0
+    )
+
+
+def _walk_limit(values: dict[int, _Raw], tag: int, creators: tuple[_LatePrivate, ...]) -> int:
+    """The last tag the walk must reach, from ``tag`` on, for the private elements of
+    ``creators`` (lower than ``tag`` when it needs none): first the end of the creators
+    of their group (the blocks are known then), then the wanted element of the block."""
+    limit = -1
+    blocks = None
+    for group, creator, _name, offset in creators:
+        if tag <= group << 16 | 0xFF:  # the creators of this group are not all read yet
+            needed = group << 16 | 0xFF
+        else:
+            blocks = _private_blocks(values) if blocks is None else blocks
+            block = blocks.get((group, creator))
+            needed = -1 if block is None else group << 16 | block << 8 | offset
+        if needed >= tag and (limit < 0 or needed < limit):
+            limit = needed
+    return limit
 
 
 def _parse_dataset(
@@ -479,7 +526,14 @@ def _parse_dataset(
 
     The loop is the hot spot of a session scan (hundreds of elements per file), so
     elements that are neither wanted nor special take a short path: unpack the header
-    (the VR as a number), one dict and one set lookup, advance.
+    (the VR as a number), one list and one set lookup, advance.
+
+    Elements up to ``limit`` take that path. For classic files (native pixel data, not
+    read as "forced"), ``limit`` is first the end of group 0028, then what
+    :func:`_walk_limit` says the private elements still ahead need; past it the walk ends
+    if the file ends with the pixel data the header implies. Otherwise (or when that
+    check fails), ``limit`` is the end of the last group read, after which the same check
+    is made once.
     """
     values: dict[int, _Raw] = {}
     parsed = _Parsed(values)
@@ -488,53 +542,66 @@ def _parse_dataset(
     unpack_explicit = _S_EXPLICIT_CODE[little].unpack_from
     unpack_implicit = _S_IMPLICIT[little].unpack_from
     unpack_u32 = _S_U32[little].unpack_from
-    header_size = _VR_CODE_SIZE[little]
+    header_size = _VR_CODE_SIZES[little]
     vr_name = _VR_CODE_NAME[little]
     wanted = _WANTED
     size = src.size
     data, base = src.window(pos, 12)
-    dlen = len(data)
+    last = len(data) - 12  # the last offset in the window where an element header fits
     off = pos - base
+    # the elements of a forced file all take the slow path, where their order is checked
+    low = 1 << 32 if forced else 0x00080000
     last_tag = -1
     tail_checked = encapsulated
+    early = not (encapsulated or forced)  # the early end described above is still possible
+    limit = _STANDARD_END if early else _LAST_CLASSIC_GROUP << 16 | 0xFFFF
+    creators = None
+    pixel_start = -1
     while True:
-        if off + 12 > dlen:  # refill the window (or stop at the end of the file)
+        if off > last:  # refill the window (or stop at the end of the file)
             pos = base + off
             if pos >= size:
                 if pos > size:
                     raise _Truncated("the last element runs past the end of the file")
                 return parsed
             data, base = src.window(pos, 12)
-            dlen = len(data)
+            last = len(data) - 12
             off = pos - base
-            if off + 8 > dlen:
+            if off > last + 4:
                 raise _Truncated(f"element header at byte {pos} cut short")
         if explicit:  # the VR is read as a number (code), a VR name only when needed
             group, elem, code, length = unpack_explicit(data, off)
-            head = header_size.get(code, 0)
-            if head == 12:
-                if off + 12 > dlen:
-                    raise _Truncated(f"element header at byte {base + off} cut short")
-                length = unpack_u32(data, off + 8)[0]
-            elif head == 0:
-                if forced:
-                    raise _Malformed(f"invalid VR {data[off + 4 : off + 6]!r} at byte {base + off}")
-                # an implicit element inside an explicit data set (broken exports)
-                code = 0
-                length = unpack_u32(data, off + 4)[0]
-                head = 8
+            head = header_size[code]
+            if head != 8:
+                if head == 12:
+                    if off > last:
+                        raise _Truncated(f"element header at byte {base + off} cut short")
+                    length = unpack_u32(data, off + 8)[0]
+                else:
+                    if forced:
+                        vr_bytes = data[off + 4 : off + 6]
+                        raise _Malformed(f"invalid VR {vr_bytes!r} at byte {base + off}")
+                    # an implicit element inside an explicit data set (broken exports)
+                    code = 0
+                    length = unpack_u32(data, off + 4)[0]
+                    head = 8
         else:
             group, elem, length = unpack_implicit(data, off)
             code = 0
             head = 8
         tag = group << 16 | elem
-        if forced:
-            if tag < last_tag:
-                raise _Malformed(f"elements out of order at byte {base + off}")
-            last_tag = tag
-        if length == 0xFFFFFFFF or not 0x00080000 <= tag <= 0x2001FFFF:
-            # the slow path: undefined lengths, pixel data, trailing groups, directories
+        if length == 0xFFFFFFFF or not low <= tag <= limit:
+            # the slow path: undefined lengths, pixel data, past the limit, directories
             pos = base + off
+            if forced:  # (every element of a forced file comes here: its order is checked)
+                if tag < last_tag:
+                    raise _Malformed(f"elements out of order at byte {pos}")
+                last_tag = tag
+                if length != 0xFFFFFFFF and 0x00080000 <= tag <= limit:  # the short path's
+                    if tag in wanted and length <= _MAX_VALUE:
+                        values[tag] = (vr_name.get(code), src.read_at(pos + head, length))
+                    off += head + length
+                    continue
             if group >= 0x7FE0:
                 if tag in _PIXEL_TAGS:
                     parsed.has_pixel_data = True
@@ -549,9 +616,25 @@ def _parse_dataset(
                 raise _Malformed(f"unexpected item tag at byte {pos}")
             elif group == 0x0004 and (elem >> 8) == 0x12:  # directory records
                 values[0x00041220] = (b"SQ", b"")
+            if early and tag > limit:
+                if creators is None:  # past the standard groups: what can still come?
+                    if _NUMBER_OF_FRAMES not in values:  # (not the functional groups)
+                        try:
+                            pixel_start = _pixel_data_start(src, values, syntax)
+                        except _Truncated:  # a negative size: raised where it always was
+                            pixel_start = -1
+                    creators = _creators_ahead(data, base, pos, pixel_start)
+                limit = -1 if creators is None else _walk_limit(values, tag, creators)
+                if limit < tag:  # nothing needed ahead, or that cannot be told
+                    early = False
+                    limit = _LAST_CLASSIC_GROUP << 16 | 0xFFFF
+                    if creators is not None and pos <= pixel_start:
+                        parsed.has_pixel_data = True
+                        return parsed
+                continue  # this element again, with the new limit
             if group > _LAST_CLASSIC_GROUP and not tail_checked:
                 tail_checked = True
-                if _NUMBER_OF_FRAMES not in values and _pixel_data_at_end(src, values, syntax):
+                if _NUMBER_OF_FRAMES not in values and _pixel_data_start(src, values, syntax) >= 0:
                     parsed.has_pixel_data = True
                     return parsed
             vpos = pos + head
@@ -570,20 +653,20 @@ def _parse_dataset(
             off = pos - base
             if off < 0:
                 data, base = src.window(pos, 12)
-                dlen = len(data)
+                last = len(data) - 12
                 off = pos - base
             continue
         if tag in wanted and length <= _MAX_VALUE:
             start = off + head
             stop = start + length
             vr = vr_name.get(code)
-            if stop <= dlen:
+            if stop <= last + 12:
                 values[tag] = (vr, data[start:stop])
             else:
                 pos = base + start
                 values[tag] = (vr, src.read_at(pos, length))
                 data, base = src.window(pos + length, 12)
-                dlen = len(data)
+                last = len(data) - 12
                 off = pos + length - base
                 continue
         off += head + length
@@ -771,12 +854,15 @@ def _int(raw: _Raw | None, tag: int, little: bool) -> int | None:
     return int(value)
 
 
+#: the tags of the private creators of the groups in _PRIVATE
+_CREATOR_TAGS = frozenset(group << 16 | block for group in _PRIVATE for block in range(0x10, 0x100))
+
+
 def _private_blocks(values: dict[int, _Raw]) -> dict[tuple[int, str], int]:
     """(group, private creator) -> block number, for the private groups read."""
     blocks = {}
-    for tag, raw in values.items():
-        if tag >> 16 in _PRIVATE and 0x10 <= tag & 0xFFFF <= 0xFF:
-            blocks[(tag >> 16, raw[1].decode("latin-1").strip(" \x00"))] = tag & 0xFF
+    for tag in [tag for tag in values if tag in _CREATOR_TAGS]:
+        blocks[(tag >> 16, values[tag][1].decode("latin-1").strip(" \x00"))] = tag & 0xFF
     return blocks
 
 
@@ -800,24 +886,40 @@ def _b_value(
     syntax: _Syntax,
 ) -> float | None:
     little = syntax.little
-    b = _float(values.get(0x00189087), 0x00189087, little)
+    raw = values.get(0x00189087)
+    b = None if raw is None else _decoded(_float, raw, 0x00189087, little)
     if b is None and (first is not None or shared is not None):
-        b = _float(_fg_value(first, shared, 0x00189087, syntax), 0x00189087, little)
+        b = _share(_float(_fg_value(first, shared, 0x00189087, syntax), 0x00189087, little))
     if b is not None:
         return b
     raw = _private(values, blocks, 0x0019, "SIEMENS MR HEADER", 0x0C)
     if raw is not None:
-        return _float(raw, 0x0019100C, little)
+        return _decoded(_float, raw, 0x0019100C, little)
     raw = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x39)
     if raw is not None:
-        b = _float(raw, 0x00431039, little)
-        if b is not None and b >= 1e9:  # some GE software adds 10^9 (dcm2niix does too)
-            b = b % 1e9
-        return b
+        return _decoded(_ge_b_value, raw, 0x00431039, little)
     raw = _private(values, blocks, 0x2001, "Philips Imaging DD 001", 0x03)
     if raw is not None:
-        return _float(raw, 0x20011003, little)
+        return _decoded(_float, raw, 0x20011003, little)
     return None
+
+
+def _ge_b_value(raw: _Raw, tag: int, little: bool) -> float | None:
+    b = _float(raw, tag, little)
+    if b is not None and b >= 1e9:  # some GE software adds 10^9 (dcm2niix does too)
+        b = b % 1e9
+    return b
+
+
+def _upper_strings(raw: _Raw, tag: int, encodings: Sequence[str] | None) -> tuple[str, ...]:
+    return tuple(v.upper() for v in _strings(raw, tag, encodings))
+
+
+def _numbers_or_empty(raw: _Raw | None, tag: int, little: bool) -> tuple[float, ...]:
+    try:
+        return _numbers(raw, tag, little)
+    except (ValueError, struct.error):
+        return ()
 
 
 def _build(
@@ -829,23 +931,27 @@ def _build(
     ts: str | None,
     has_preamble: bool,
 ) -> FileHeader:
+    """The header record. Values decoded from one element come from :func:`_decoded`
+    (already shared); the few others go through :func:`_share`."""
     values = parsed.values
     little = syntax.little
     first, shared = parsed.first_frame, parsed.shared
     enhanced = first is not None or shared is not None
-    blocks = _private_blocks(values)
-    charset = _strings(values.get(0x00080005), 0x00080005, None)
-    encodings = _encodings(charset)
     if len(_DECODED) >= _DECODED_MAX:
         _DECODED.clear()
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    blocks = _private_blocks(values)
+    raw = values.get(0x00080005)
+    encodings = None if raw is None else _encodings(_decoded(_strings, raw, 0x00080005, None))
 
     def text(tag: int) -> str | None:
         raw = values.get(tag)
         return None if raw is None else _decoded(_text, raw, tag, encodings)
 
-    def strings(tag: int) -> tuple[str, ...]:
+    def upper(tag: int) -> tuple[str, ...]:
         raw = values.get(tag)
-        return () if raw is None else _decoded(_strings, raw, tag, encodings)
+        return () if raw is None else _decoded(_upper_strings, raw, tag, encodings)
 
     def number(tag: int) -> float | None:
         raw = values.get(tag)
@@ -854,44 +960,45 @@ def _build(
             if found is not None or not enhanced:
                 return found
         if enhanced and tag in _FG_MACRO:
-            return _float(_fg_value(first, shared, tag, syntax), tag, little)
+            return _share(_float(_fg_value(first, shared, tag, syntax), tag, little))
         return None
 
     def integer(tag: int) -> int | None:
-        return _int(values.get(tag), tag, little)
+        raw = values.get(tag)
+        return None if raw is None else _decoded(_int, raw, tag, little)
 
     def numbers(tag: int) -> tuple[float, ...]:
         raw = values.get(tag)
-        if raw is None and enhanced and tag in _FG_MACRO:
-            raw = _fg_value(first, shared, tag, syntax)
-        try:
-            return _numbers(raw, tag, little)
-        except (ValueError, struct.error):
-            return ()
+        if raw is not None:
+            return _decoded(_numbers_or_empty, raw, tag, little)
+        if enhanced and tag in _FG_MACRO:
+            return _share(_numbers_or_empty(_fg_value(first, shared, tag, syntax), tag, little))
+        return ()
 
     def fg_text(tag: int) -> str | None:
         if not enhanced:
             return None
-        return _text(_fg_value(first, shared, tag, syntax), tag, encodings)
+        return _share(_text(_fg_value(first, shared, tag, syntax), tag, encodings))
 
-    scanning = tuple(v.upper() for v in strings(0x00180020))
+    scanning = upper(0x00180020)
     if not scanning and enhanced:  # enhanced MR describes the sequence in other words
         scanning = _ENHANCED_SCANNING.get(text(0x00189008) or "", ())
         if text(0x00189018) == "YES":
             scanning = ("EP", *scanning)
         if (text(0x00189009) or fg_text(0x00189009)) == "YES":
             scanning = (*scanning, "IR")
-    image_type = tuple(v.upper() for v in strings(0x00080008))
+        scanning = _share(scanning)
+    image_type = upper(0x00080008)
     if not image_type and enhanced:
-        image_type = tuple(
-            v.upper()
-            for v in _strings(_fg_value(first, shared, 0x00089007, syntax), 0x00089007, None)
-        )
+        raw = _fg_value(first, shared, 0x00089007, syntax)
+        image_type = _share(() if raw is None else _upper_strings(raw, 0x00089007, None))
     component = text(0x00089208) or fg_text(0x00089208)
     if component is None:
         ge_type = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x2F)
         if ge_type is not None:
             component = _GE_COMPONENTS.get(_int(ge_type, 0x0043102F, little) or 0)
+    if component:
+        component = _share(component.upper())
     echo_time = number(0x00180081)
     if echo_time is None and enhanced:
         echo_time = number(0x00189082)
@@ -901,11 +1008,14 @@ def _build(
     temporal = integer(0x00200100)
     if parsed.max_temporal_index is not None:
         temporal = parsed.max_temporal_index
-    sop_class = text(0x00080016) or _text(meta.get(0x00020002), 0x00020002, None)
+    sop_class = text(0x00080016)
+    if sop_class is None:
+        raw = meta.get(0x00020002)
+        sop_class = None if raw is None else _decoded(_text, raw, 0x00020002, None)
     phase_dir = text(0x00181312) or fg_text(0x00181312)
     if phase_dir == "COLUMN":  # enhanced files spell it out
         phase_dir = "COL"
-    header = FileHeader(
+    return FileHeader(
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
@@ -928,8 +1038,8 @@ def _build(
         sequence_name=text(0x00180024) or text(0x00189005),
         image_type=image_type,
         scanning_sequence=scanning,
-        sequence_variant=tuple(v.upper() for v in strings(0x00180021)),
-        scan_options=tuple(v.upper() for v in strings(0x00180022)),
+        sequence_variant=upper(0x00180021),
+        scan_options=upper(0x00180022),
         mr_acquisition_type=text(0x00180023),
         repetition_time=number(0x00180080),
         echo_time=echo_time,
@@ -952,11 +1062,10 @@ def _build(
         acquisition_datetime=text(0x0008002A) or fg_text(0x00189074),
         has_pixel_data=parsed.has_pixel_data,
         burned_in_annotation=text(0x00280301),
-        transfer_syntax_uid=ts,
-        complex_image_component=component.upper() if component else None,
+        transfer_syntax_uid=_share(ts),
+        complex_image_component=component or None,
         has_preamble=has_preamble,
     )
-    return _shared(header)
 
 
 #: Decoded values by (decoder, tag, raw value, encodings or byte order): the files of a
@@ -969,37 +1078,30 @@ _A = TypeVar("_A")
 
 
 def _decoded(decode: Callable[[_Raw, int, _A], _T], raw: _Raw, tag: int, arg: _A) -> _T:
-    """``decode(raw, tag, arg)``, computed once per process for equal arguments."""
+    """``_share(decode(raw, tag, arg))``, computed once per process for equal arguments."""
     key = (decode, tag, raw, arg)
     value = _DECODED.get(key, _DECODED)
     if value is _DECODED:
-        value = _DECODED[key] = decode(raw, tag, arg)
+        value = _DECODED[key] = _share(decode(raw, tag, arg))
     return value  # type: ignore[no-any-return]
 
 
 #: Values repeated from file to file (study and series UIDs, descriptions, sequence
 #: parameters, orientation...) are kept once per process instead of once per header: the
 #: headers of a 100,000-file session take ~40% less memory, and a chunk of headers sent
-#: by a worker process carries each value once. Bounded: emptied when full. (Equal floats
-#: are one object: a -0.0 may become 0.0, which compares equal.)
-_SHARED: dict[tuple[type, object], object] = {}
+#: by a worker process carries each value once. Bounded: emptied when full (by
+#: :func:`_build`). (Equal floats are one object: a -0.0 may become 0.0, which compares
+#: equal.)
+_SHARED: dict[tuple[type, object], Any] = {}
 _SHARED_MAX = 4096
 _SHAREABLE = frozenset({str, float, tuple})
-_NOT_SHARED = frozenset({"path", "size", "mtime_ns"})
-_SHARED_FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader) if f.name not in _NOT_SHARED)
 
 
-def _shared(header: FileHeader) -> FileHeader:
-    """``header`` (just made) with its str, float and tuple values replaced by equal
-    shared objects."""
-    shared = _SHARED
-    if len(shared) >= _SHARED_MAX:
-        shared.clear()
-    for name in _SHARED_FIELDS:
-        value = getattr(header, name)
-        if value.__class__ in _SHAREABLE:
-            object.__setattr__(header, name, shared.setdefault((value.__class__, value), value))
-    return header
+def _share(value: _T) -> _T:
+    """An object equal to ``value`` (a str, float or tuple: the one kept in _SHARED)."""
+    if value.__class__ in _SHAREABLE:
+        return _SHARED.setdefault((value.__class__, value), value)  # type: ignore[no-any-return]
+    return value
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1030,6 +1132,27 @@ def _guess_syntax(head: bytes) -> _Syntax | None:
 def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
     """Parse the group 0002 file meta information (explicit VR little endian)."""
     meta: dict[int, _Raw] = {}
+    # the usual case first: well-formed elements in the bytes read already
+    data, base = src.data, src.base
+    unpack = _S_EXPLICIT[True].unpack_from
+    while base <= pos and pos + 12 <= base + len(data) and pos + 8 <= src.size:
+        off = pos - base
+        group, elem, vr, length = unpack(data, off)
+        if group != 0x0002:
+            return meta, pos
+        if vr in _LONG_VRS:
+            length = _S_U32[True].unpack_from(data, off + 8)[0]
+            start = off + 12
+        elif vr in _ALL_VRS:
+            start = off + 8
+        else:
+            break
+        if length == 0xFFFFFFFF or start + length > len(data):
+            break
+        if elem in (0x0002, 0x0010):
+            meta[group << 16 | elem] = (vr, data[start : start + length])
+        pos = base + start + length
+    # the others, with every check (where each error is reported)
     syntax = _Syntax(True, True)
     while pos + 8 <= src.size:
         if src.read_at(pos, 2) != b"\x02\x00":
