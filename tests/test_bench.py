@@ -117,7 +117,8 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path):
     assert dcm2niix["calls"] == 2  # one call per session folder
     stages = bidsport["extra"]["stages"]
     assert {"import", "scan", "classify", "organize", "convert"} <= set(stages)
-    assert 0 < sum(stages.values()) < bidsport["wall"]
+    # summed over the two sessions, which are in flight at once: they may overlap
+    assert 0 < sum(stages.values()) < 2 * bidsport["wall"]
     for m in (bidsport, dcm2niix):
         assert m["cpu_user"] + m["cpu_sys"] > 0 and 1 < m["max_rss_mb"] < 2000
     assert measures["bidsport re-run"]["wall"] < bidsport["wall"]
