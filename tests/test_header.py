@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from pydicom.uid import (
 from bidsport.errors import DicomReadError
 from bidsport.header import read_header
 from bidsport.records import FileHeader
+from bidsport.runner import run_command
 from bidsport.synthetic import SeriesSpec, Study, series_datasets, typical_session, write_series
 
 # --------------------------------------------------------------------------- helpers
@@ -227,6 +229,27 @@ def test_character_sets(tmp_path: Path) -> None:
     assert h.series_description == "Gehirn: Übersicht ✓ 脳"
     ds = _one(SpecificCharacterSet="ISO_IR 100", ProtocolName="Protokoll für Kopf")
     assert read_header(_save(ds, tmp_path / "latin1.dcm")).protocol_name == "Protokoll für Kopf"
+
+
+def test_utf8_is_decoded_as_pydicom_does_without_importing_it(tmp_path: Path) -> None:
+    ds = _one(SpecificCharacterSet="ISO_IR 192", SeriesDescription="Gehirn: Übersicht ✓ 脳")
+    utf8 = _save(ds, tmp_path / "utf8.dcm")
+    broken = tmp_path / "broken.dcm"  # not UTF-8: replacement characters, as pydicom gives
+    broken.write_bytes(utf8.read_bytes().replace("Ü".encode(), b"\xdc "))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the replacement
+        expected = str(pydicom.dcmread(broken).SeriesDescription)
+    assert "\ufffd" in expected and read_header(broken).series_description == expected
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bidsport.header import read_header\n"
+        f"print(read_header(Path({str(utf8)!r})).series_description)\n"
+        "print('pydicom' in sys.modules)\n"
+    )
+    result = run_command([sys.executable, "-c", probe], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["Gehirn: Übersicht ✓ 脳", "False"]
 
 
 def test_pixel_data_variants(tmp_path: Path) -> None:

@@ -770,6 +770,8 @@ def _vr_of(raw: _Raw, tag: int) -> bytes:
 
 
 #: SpecificCharacterSet values whose text the latin-1 fast path decodes exactly
+#: what pydicom's convert_encodings gives for ISO_IR 192
+_UTF8_CODECS = ("UTF8",)
 _LATIN1_CHARSETS = frozenset(
     {("",), ("ISO_IR 6",), ("ISO_IR 100",), ("ISO 2022 IR 6",), ("ISO 2022 IR 100",)}
 )
@@ -779,11 +781,14 @@ _LATIN1_CHARSETS = frozenset(
 def _encodings(charset: tuple[str, ...]) -> tuple[str, ...] | None:
     """Python codecs for a SpecificCharacterSet, or None where latin-1 decoding is exact.
 
-    pydicom (slow to import: ~0.4 s) is imported only for other character sets, so a
-    scan of latin-1 or ASCII files, and a run with nothing to do, never load it.
+    pydicom (slow to import: ~0.4 s) is imported only for other character sets than
+    these and UTF-8, so a scan of latin-1, ASCII or UTF-8 files, and a run with nothing
+    to do, never load it.
     """
     if not charset or charset in _LATIN1_CHARSETS:
         return None
+    if charset == ("ISO_IR 192",):  # UTF-8 (Siemens XA, UIH...): no need for pydicom
+        return _UTF8_CODECS
     from pydicom.charset import convert_encodings
 
     encodings = convert_encodings(list(charset))
@@ -802,9 +807,12 @@ def _text(raw: _Raw | None, tag: int, encodings: Sequence[str] | None) -> str | 
         and (not value.isascii() or b"\x1b" in value)  # ISO 2022 escapes are ASCII
         and _vr_of(raw, tag) in _TEXT_VRS
     ):
-        from pydicom.charset import decode_bytes
+        if encodings == _UTF8_CODECS and b"\x1b" not in value:
+            text = value.decode("utf_8", errors="replace")  # as pydicom's decode_bytes does
+        else:
+            from pydicom.charset import decode_bytes
 
-        text = decode_bytes(value, list(encodings), {0x5C})
+            text = decode_bytes(value, list(encodings), {0x5C})
     else:
         text = value.decode("latin-1")
     return text.strip(" \x00") or None
