@@ -791,12 +791,14 @@ class ParticipantRun:
 
 
 class RunShared:
-    """What the sessions of one run share when two are in flight at once.
+    """What the sessions of one run share (with ``--n-procs`` 2 or more).
 
-    ``prepare``: one session at a time is imported, scanned and classified while the other
-    converts, so sessions go through the run as a pipeline; ``scan_pool``: the header-scan
-    worker processes, started once for the run by the thread that makes this object,
-    before the session threads exist (so they can be forked safely).
+    ``scan_pool``: the worker processes, started once for the run by the thread that
+    makes this object, before any session thread exists (so they can be forked safely);
+    they read the headers, and the identifiers of each series, and rewrite single-volume
+    images as 4D, so that the main process never imports pydicom or nibabel.
+    ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
+    classified while the other converts, so sessions go through the run as a pipeline.
     """
 
     def __init__(self, n_procs: int) -> None:
@@ -860,13 +862,16 @@ def run_participant_level(
             is None
         ]
         at_once = sessions_at_once(opts, len(to_do))
-        if at_once == 1:
+        if not to_do or opts.n_procs < 2:
             results = [run_one(session) for session in sessions]
         else:
             shared = RunShared(opts.n_procs)
             try:
-                with ThreadPoolExecutor(at_once, thread_name_prefix="session") as pool:
-                    results = list(pool.map(lambda session: run_one(session, shared), sessions))
+                if at_once == 1:
+                    results = [run_one(session, shared) for session in sessions]
+                else:
+                    with ThreadPoolExecutor(at_once, thread_name_prefix="session") as pool:
+                        results = list(pool.map(lambda session: run_one(session, shared), sessions))
             finally:
                 shared.close()
     packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
