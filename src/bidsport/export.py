@@ -94,7 +94,7 @@ FOUR_D_SUFFIXES = frozenset({"bold", "cbv", "phase", "asl"})
 
 def make_4d(image: Path) -> bool:
     """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume."""
-    import nibabel as nib
+    from bidsport.niftiio import nib
 
     img = nib.load(image)
     assert isinstance(img, nib.Nifti1Image)

@@ -5,8 +5,8 @@ volume, reoriented to RAS+, side by side at one scale, with the intensities betw
 robust percentiles mapped to black and white. Everything here is pure (arrays in, bytes
 out) except :func:`read_first_volume` and :func:`thumbnail_png`, which read the image.
 
-This module imports numpy and nibabel (~0.35 s): :mod:`bidsport.htmlreport` imports it
-only when a thumbnail has to be made.
+This module imports numpy and nibabel (~0.2 s, see :mod:`bidsport.niftiio`):
+:mod:`bidsport.htmlreport` imports it only when a thumbnail has to be made.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from bidsport import png
+from bidsport.niftiio import nib
 
 #: Largest side (pixels) of each of the three panels of a thumbnail.
 THUMBNAIL_SIZE = 128
@@ -30,7 +28,14 @@ GAP_VALUE = 255
 #: Percentiles of the intensities mapped to black and white.
 WINDOW_PERCENTILES = (0.5, 99.5)
 #: What reading a broken NIfTI file raises.
-UNREADABLE = (ImageFileError, HeaderDataError, OSError, ValueError, EOFError, zlib.error)
+UNREADABLE = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    OSError,
+    ValueError,
+    EOFError,
+    zlib.error,
+)
 
 
 # --------------------------------------------------------------------------- PNG
@@ -206,7 +211,7 @@ def read_first_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ``ValueError``, ``EOFError``) for unreadable files.
     """
     image = nib.load(path)
-    if not isinstance(image, SpatialImage):
+    if not isinstance(image, nib.spatialimages.SpatialImage):
         raise ValueError(f"{path} is not an image with a shape and an affine")
     shape = image.shape
     if len(shape) > 3:
