@@ -496,8 +496,8 @@ def _run_session(
 ) -> None:
     with shared.prepare if shared is not None else contextlib.nullcontext():
         prepared = _prepare_session(assignments, layout, opts, work, state, progress, anon, shared)
-    workers = shared.scan_pool if shared is not None else None
-    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon, workers)
+    helper = shared.helper if shared is not None else None
+    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon, helper)
 
 
 def _prepare_session(
@@ -551,7 +551,7 @@ def _prepare_session(
         # even without --anonymize, sidecars are scrubbed of the patient's identifiers
         firsts = _first_of_each_series(decisions)
         if shared is not None:  # read by a worker while this session goes on
-            state.pending_identifiers = shared.scan_pool.submit(_read_identifiers, firsts)
+            state.pending_identifiers = shared.helper.submit(_read_identifiers, firsts)
         else:
             state.identifiers = _read_identifiers(firsts)
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
@@ -578,12 +578,12 @@ def _convert_session(
     state: _SessionState,
     progress: Progress | None,
     anon: privacy.Anonymization | None,
-    workers: Executor | None = None,
+    helper: Executor | None = None,
 ) -> None:
     """Lay out the flat folder while converting; name runs; write the session's tables.
 
-    ``workers`` (the run's worker processes, when sessions share them) rewrite 3D images
-    as 4D, so that nibabel is not imported by this process."""
+    ``helper`` (the run's helper process, see :class:`RunShared`) rewrites 3D images as
+    4D, so that nibabel is not imported by this process."""
     from bidsport.convert import convert_series
     from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
     from bidsport.naming import assign_runs
@@ -669,7 +669,7 @@ def _convert_session(
                         sources=[flat[f] for f in p.series.files],
                         deidentify=state.deidentify,
                         identifiers=state.source_identifiers(),
-                        executor=workers,
+                        executor=helper,
                     )
                 except ConversionError as exc:
                     failures[sid(p)] = exc.message
@@ -793,10 +793,11 @@ class ParticipantRun:
 class RunShared:
     """What the sessions of one run share (with ``--n-procs`` 2 or more).
 
-    ``scan_pool``: the worker processes, started once for the run by the thread that
-    makes this object, before any session thread exists (so they can be forked safely);
-    they read the headers, and the identifiers of each series, and rewrite single-volume
-    images as 4D, so that the main process never imports pydicom or nibabel.
+    ``scan_pool``: the header-scan worker processes; ``helper``: one more process, which
+    reads the identifiers of each series (pydicom) and rewrites single-volume images as
+    4D (nibabel), so that the main process never imports either and they are imported
+    once per run. Both are started by the thread that makes this object, before any
+    session thread exists (so they can be forked safely).
     ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
     classified while the other converts, so sessions go through the run as a pipeline.
     """
@@ -806,10 +807,13 @@ class RunShared:
 
         self.prepare = threading.Lock()
         self.scan_pool: ProcessPoolExecutor = scan_pool(n_procs)
-        self.scan_pool.submit(int).result()  # the workers start now, from this thread
+        self.helper: ProcessPoolExecutor = scan_pool(1)
+        for pool in (self.scan_pool, self.helper):  # the workers start now, from this thread
+            pool.submit(int).result()
 
     def close(self) -> None:
         self.scan_pool.shutdown(cancel_futures=True)
+        self.helper.shutdown(cancel_futures=True)
 
 
 def sessions_at_once(opts: RunOptions, n_sessions: int) -> int:
