@@ -1006,6 +1006,7 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
         "pigz",
         "work_fs",
         "load_at_start",
+        "bytecode",
     ):
         out.append(f"| {key} | {machine.get(key)} |")
     fs = machine.get("fs_us_per_op", {})
