@@ -3,9 +3,9 @@
 :class:`Identifiers` holds the identifying values read from the original DICOM headers
 (before any de-identification, by :mod:`bidsport.sourceids`): patient names, IDs, birth
 dates, accession numbers, institution, station and device identifiers, addresses, staff
-names. The audit
-(:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text` removes them from
-free text; :func:`scrub_sidecar` removes identifying keys from BIDS JSON sidecars.
+names. The audit (:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text`
+removes them from free text; :func:`scrub_sidecar` removes identifying keys from BIDS
+JSON sidecars. This module needs no pydicom.
 
 Matching rules (shared by the audit and the scrubbers, see :class:`Matcher`):
 
