@@ -769,9 +769,9 @@ def _vr_of(raw: _Raw, tag: int) -> bytes:
     return vr
 
 
-#: SpecificCharacterSet values whose text the latin-1 fast path decodes exactly
 #: what pydicom's convert_encodings gives for ISO_IR 192
 _UTF8_CODECS = ("UTF8",)
+#: SpecificCharacterSet values whose text the latin-1 fast path decodes exactly
 _LATIN1_CHARSETS = frozenset(
     {("",), ("ISO_IR 6",), ("ISO_IR 100",), ("ISO 2022 IR 6",), ("ISO 2022 IR 100",)}
 )
