@@ -27,7 +27,7 @@ from bidsport import fileops
 from bidsport.errors import DicomReadError, UsageError
 from bidsport.header import READER_VERSION, read_header
 from bidsport.records import FileHeader, Problem, Series
-from bidsport.runner import process_pool_context
+from bidsport.runner import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _read_chunk(paths: list[str]) -> list[_Read]:
 def scan_pool(n_procs: int) -> ProcessPoolExecutor:
     """Worker processes for :func:`scan_session` calls that share them (one per run when
     several sessions are scanned in turn: no pool start-up per session)."""
-    return ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context())
+    return process_pool(n_procs)
 
 
 def _read_all(

@@ -804,10 +804,11 @@ class RunShared:
 
     def __init__(self, n_procs: int) -> None:
         from bidsport.index import scan_pool
+        from bidsport.runner import process_pool
 
         self.prepare = threading.Lock()
         self.scan_pool: ProcessPoolExecutor = scan_pool(n_procs)
-        self.helper: ProcessPoolExecutor = scan_pool(1)
+        self.helper: ProcessPoolExecutor = process_pool(1)
         for pool in (self.scan_pool, self.helper):  # the workers start now, from this thread
             pool.submit(int).result()
 

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from bidsport.phi import (
     merge_identifiers,
     save_identifiers,
 )
-from bidsport.runner import process_pool_context
+from bidsport.runner import process_pool
 from bidsport.sourceids import read_identifiers
 
 log = logging.getLogger(__name__)
@@ -168,12 +167,7 @@ def anonymize_files(
     if n_procs <= 1 or len(chunks) <= 1:
         _init_worker(anon.key, anon.policy)
         return [r for c in chunks for r in _anonymize_chunk(c, subject, identifiers)]
-    with ProcessPoolExecutor(
-        max_workers=n_procs,
-        mp_context=process_pool_context(),
-        initializer=_init_worker,
-        initargs=(anon.key, anon.policy),
-    ) as pool:
+    with process_pool(n_procs, initializer=_init_worker, initargs=(anon.key, anon.policy)) as pool:
         results = pool.map(
             _anonymize_chunk, chunks, [subject] * len(chunks), [identifiers] * len(chunks)
         )

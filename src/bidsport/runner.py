@@ -11,9 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidsport.errors import ExternalToolError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,14 @@ def run_command(
     seconds = time.perf_counter() - start
     log.debug("ran %s -> exit %d (%.2f s)", shlex.join(argv), proc.returncode, seconds)
     return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, seconds)
+
+
+def process_pool(n_procs: int, **options: Any) -> ProcessPoolExecutor:
+    """A pool of ``n_procs`` worker processes started by :func:`process_pool_context`'s
+    method (``options``: more arguments of ``ProcessPoolExecutor``)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context(), **options)
 
 
 def process_pool_context() -> Any:
