@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
+from bidsport import convert
 from bidsport.convert import (
     build_dcm2niix_args,
     collect_outputs,
@@ -58,6 +60,53 @@ def test_dwi_gets_bval_bvec(tmp_path):
     assert out.image.name.endswith(".nii")
     assert out.bval.read_text().split() == ["0", "1000", "1000", "1000", "1000", "1000", "1000"]
     assert len(out.bvec.read_text().splitlines()) == 3
+
+
+def _gzip_header(path: Path) -> tuple[int, int]:
+    """(FLG, MTIME) of a gzip member's header."""
+    head = path.read_bytes()[:10]
+    assert head[:2] == b"\x1f\x8b"
+    return head[3], int.from_bytes(head[4:8], "little")
+
+
+def test_fast_levels_are_gzipped_by_bidsport_with_the_same_voxels(tmp_path, monkeypatch):
+    spec = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
+    files = write_series(spec, tmp_path / "dicom")
+    gzipped = []
+    real_gzip = convert.gzip_image
+    monkeypatch.setattr(convert, "gzip_image", lambda p, lv: gzipped.append(lv) or real_gzip(p, lv))
+    plain = convert_series("bold", files, tmp_path / "plain", compress=False).outputs[0]
+    fast = convert_series("bold", files, tmp_path / "fast", level=2).outputs[0]
+    again = convert_series("bold", files, tmp_path / "again", level=2).outputs[0]
+    assert fast.image.name == "series.nii.gz" and gzipped == [2, 2]
+    assert [p.name for p in fast.image.parent.glob("*.nii")] == []  # the .nii is replaced
+    assert _gzip_header(fast.image) == (0, 0)  # no file name, no time
+    assert fast.image.read_bytes() == again.image.read_bytes()  # the same bytes every run
+    assert gzip.decompress(fast.image.read_bytes()) == plain.image.read_bytes()
+    assert fast.image.stat().st_size < plain.image.stat().st_size
+    assert fast.sidecar.read_bytes() == plain.sidecar.read_bytes()
+
+
+def test_high_levels_are_gzipped_by_dcm2niix(tmp_path, monkeypatch):
+    spec = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
+    files = write_series(spec, tmp_path / "dicom")
+    called = []
+    monkeypatch.setattr(convert, "gzip_image", lambda *a: called.append(a))
+    out = convert_series("bold", files, tmp_path / "work", level=6).outputs[0]
+    assert out.image.name == "series.nii.gz" and called == []
+    assert nib.load(out.image).shape == (16, 16, 6, 5)
+
+
+def test_a_failed_gzip_is_a_conversion_error(tmp_path, monkeypatch):
+    spec = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
+    files = write_series(spec, tmp_path / "dicom")
+
+    def full(path, level):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert, "gzip_image", full)
+    with pytest.raises(ConversionError, match=r"cannot gzip the image of series bold.*space"):
+        convert_series("bold", files, tmp_path / "work")
 
 
 def test_failure_names_the_series(tmp_path):

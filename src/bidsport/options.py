@@ -40,7 +40,7 @@ class RunOptions:
     include_provenances: frozenset[str] | None = None
     exclude_provenances: frozenset[str] = frozenset()
     overwrite: str = "skip"
-    compression_level: int = 3
+    compression_level: int = 2
     # anonymize
     anonymize: bool = False
     anonymize_key: Path | None = None

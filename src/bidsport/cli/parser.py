@@ -301,9 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression-level",
         type=int,
         choices=range(1, 10),
-        default=3,
+        default=2,
         metavar="1-9",
-        help="gzip level of .nii.gz outputs (default: %(default)s)",
+        help="gzip level of .nii.gz outputs: 1-3 are gzipped by bidsport with ISA-L (fast), "
+        "4-9 by dcm2niix (smaller, several times slower) (default: %(default)s)",
     )
 
     anon = parser.add_argument_group("anonymize")
