@@ -168,3 +168,20 @@ def test_volumes_saved_as_separate_series_become_one_4d_image(tmp_path):
     # without the merge dcm2niix writes one 3D image per volume
     split = convert_series("run", files, tmp_path / "w2")
     assert len(split.outputs) == 4
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("kind", ["Nifti1Image", "Nifti2Image"])
+def test_may_be_3d_reads_the_dimensions_from_the_header(tmp_path, ext, kind):
+    import numpy as np
+
+    from bidsport.export import may_be_3d
+
+    cls = getattr(nib, kind)
+    for shape, expected in (((4, 5, 6), True), ((4, 5, 6, 2), False), ((4, 5, 6, 1), False)):
+        path = tmp_path / f"{len(shape)}{shape[-1]}{ext}"
+        nib.save(cls(np.zeros(shape, np.int16), np.eye(4)), path)
+        assert may_be_3d(path) is expected, (shape, kind, ext)
+    junk = tmp_path / f"junk{ext}"
+    junk.write_bytes(b"neither NIfTI nor gzip")
+    assert may_be_3d(junk)  # left to nibabel to judge (and to report)

@@ -215,7 +215,7 @@ KILL_POINTS = [
     pytest.param("bidsport.index:read_header", 4, id="reading-headers"),
     pytest.param("bidsport.organize:relative_symlink", 4, id="organizing"),
     pytest.param("bidsport.convert:run_command", 2, id="converting"),
-    pytest.param("bidsport.export:make_4d", 1, id="exporting-a-series-half-done"),
+    pytest.param("bidsport.export:may_be_3d", 1, id="exporting-a-series-half-done"),
     pytest.param("bidsport.participant:record_session", 1, id="before-the-status-record"),
     pytest.param("bidsport.status:_replace_table", 1, id="between-record-and-table"),
     pytest.param("bidsport.status:_replace_table", 2, id="second-session-status"),
@@ -255,7 +255,7 @@ def test_a_killed_run_is_finished_by_the_next(
 def test_a_run_killed_twice_is_finished_too(baseline: Baseline, tmp_path: Path) -> None:
     out = tmp_path / "bids"
     args = command(baseline.inbox, out)
-    for target, nth in (("bidsport.convert:run_command", 3), ("bidsport.export:make_4d", 1)):
+    for target, nth in (("bidsport.convert:run_command", 3), ("bidsport.export:may_be_3d", 1)):
         child = run_child(baseline.wrapper, args, target, nth)
         output, _ = child.communicate(timeout=120)
         assert child.returncode == -signal.SIGKILL, output

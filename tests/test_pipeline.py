@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -173,6 +174,37 @@ def test_siemens_xa_mfsplit_run_becomes_one_bold(tmp_path):
     bolds = sorted((out / "sub-XA01" / "func").glob("*_bold.nii.gz"))
     assert [b.name for b in bolds] == ["sub-XA01_task-rest_dir-AP_bold.nii.gz"]
     assert nib.load(bolds[0]).shape == (16, 16, 3, 12)
+
+
+@pytest.mark.parametrize("n_procs", ["1", "2"])
+def test_a_single_volume_bold_is_written_4d_and_said_so(tmp_path, n_procs):
+    """BIDS wants bold 4D: a one-volume run gets a 4th axis of length 1 (nibabel, in the
+    run's helper process with --n-procs 2); a 4D run is left as dcm2niix wrote it."""
+    import nibabel as nib
+
+    from bidsport.synthetic import typical_session, write_series
+
+    bold = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
+    packet = tmp_path / "inbox" / "ONE01"
+    write_series(
+        dataclasses.replace(bold, n_volumes=1, acquisition_time="090000.000000"), packet / "single"
+    )
+    write_series(dataclasses.replace(bold, series_number=9, acquisition_time="091000.000000"),
+                 packet / "multi")  # fmt: skip
+    out = tmp_path / "bids"
+    assert main([str(tmp_path / "inbox"), str(out), "participant", "--n-procs", n_procs]) == 0
+    shapes = {
+        b.name: nib.load(b).shape
+        for b in sorted((out / "sub-ONE01" / "func").glob("*_bold.nii.gz"))
+    }
+    assert shapes == {
+        "sub-ONE01_task-rest_dir-AP_run-1_bold.nii.gz": (16, 16, 6, 1),
+        "sub-ONE01_task-rest_dir-AP_run-2_bold.nii.gz": (16, 16, 6, 5),
+    }
+    report = json.loads(next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text())
+    notes = [p["reason"] for s in report["sessions"] for p in s["problems"] if "4D" in p["reason"]]
+    assert notes == ["a single volume: sub-ONE01_task-rest_dir-AP_run-1_bold.nii.gz written as "
+                     "4D with one volume (BIDS requires 4D)"]  # fmt: skip
 
 
 def test_run_report_lists_every_session_and_exclusion(example):

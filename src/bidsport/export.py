@@ -8,9 +8,12 @@ IntendedFor, EchoTime1/EchoTime2 of phase-difference maps, and the source series
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -90,6 +93,50 @@ def bids_dir(
 
 #: suffixes BIDS requires to be 4D images
 FOUR_D_SUFFIXES = frozenset({"bold", "cbv", "phase", "asl"})
+
+
+_NIFTI1_SIZE, _NIFTI2_SIZE = 348, 540  #: sizeof_hdr of NIfTI-1 and NIfTI-2 headers
+
+
+def nifti_dims(head: bytes) -> tuple[int, ...] | None:
+    """The dimensions in the first bytes of a NIfTI-1 or NIfTI-2 header (either byte
+    order), pure; None when ``head`` is not the start of one.
+
+    >>> nifti_dims(struct.pack("<i36x8h", 348, 3, 64, 64, 30, 1, 1, 1, 1))
+    (64, 64, 30)
+    >>> nifti_dims(struct.pack(">i12x8q", 540, 4, 64, 64, 30, 5, 1, 1, 1))
+    (64, 64, 30, 5)
+    >>> nifti_dims(b"not a NIfTI header") is None
+    True
+    """
+    for order in "<>":
+        if len(head) < 4:
+            return None
+        (size,) = struct.unpack_from(f"{order}i", head)
+        if size == _NIFTI1_SIZE and len(head) >= 56:
+            dims: tuple[int, ...] = struct.unpack_from(f"{order}8h", head, 40)
+        elif size == _NIFTI2_SIZE and len(head) >= 80:
+            dims = struct.unpack_from(f"{order}8q", head, 16)
+        else:
+            continue
+        return dims[1 : dims[0] + 1] if 1 <= dims[0] <= 7 else None
+    return None
+
+
+def may_be_3d(image: Path) -> bool:
+    """False when ``image`` (``.nii`` or ``.nii.gz``) has a header saying it is not 3D.
+
+    Reads the header's first bytes only, so that 4D images (nearly all) do not need
+    nibabel; anything unreadable is left to :func:`make_4d` to judge.
+    """
+    opener = gzip.open if image.name.endswith(".gz") else open
+    try:
+        with opener(image, "rb") as fh:
+            head = fh.read(_NIFTI2_SIZE)
+    except (OSError, EOFError, zlib.error):
+        return True
+    dims = nifti_dims(head)
+    return dims is None or len(dims) == 3
 
 
 def make_4d(image: Path) -> bool:
@@ -188,8 +235,14 @@ def export_series(
         for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
             if side is not None and cls.datatype == "dwi":
                 fileops.move_into_place(side, target_dir / f"{name}{ext_side}")
-        if mapped.suffix in FOUR_D_SUFFIXES and (
-            executor.submit(make_4d, output.image).result() if executor else make_4d(output.image)
+        if (
+            mapped.suffix in FOUR_D_SUFFIXES
+            and may_be_3d(output.image)
+            and (
+                executor.submit(make_4d, output.image).result()
+                if executor
+                else make_4d(output.image)
+            )
         ):
             problems.append(
                 Problem(
