@@ -430,6 +430,11 @@ def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
     return list(first.values())
 
 
+def _import_sourceids() -> None:
+    """Worker task: import :mod:`bidsport.sourceids` (and pydicom) ahead of its first use."""
+    import bidsport.sourceids  # noqa: F401
+
+
 def _read_identifiers(paths: list[Path]) -> Identifiers:
     """Worker task: :func:`bidsport.sourceids.read_identifiers` (pydicom is imported by the
     worker that runs it, not by the main process)."""
@@ -800,9 +805,11 @@ class RunShared:
     session thread exists (so they can be forked safely).
     ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
     classified while the other converts, so sessions go through the run as a pipeline.
+    With ``identifiers``, the helper imports pydicom at once, while the first session is
+    imported and scanned (it is needed once that session is classified).
     """
 
-    def __init__(self, n_procs: int) -> None:
+    def __init__(self, n_procs: int, *, identifiers: bool = True) -> None:
         from bidsport.index import scan_pool
         from bidsport.runner import process_pool
 
@@ -811,6 +818,8 @@ class RunShared:
         self.helper: ProcessPoolExecutor = process_pool(1)
         for pool in (self.scan_pool, self.helper):  # the workers start now, from this thread
             pool.submit(int).result()
+        if identifiers:
+            self.helper.submit(_import_sourceids)
 
     def close(self) -> None:
         self.scan_pool.shutdown(cancel_futures=True)
@@ -870,7 +879,7 @@ def run_participant_level(
         if not to_do or opts.n_procs < 2:
             results = [run_one(session) for session in sessions]
         else:
-            shared = RunShared(opts.n_procs)
+            shared = RunShared(opts.n_procs, identifiers=anon is None)
             try:
                 if at_once == 1:
                     results = [run_one(session, shared) for session in sessions]

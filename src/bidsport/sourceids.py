@@ -11,7 +11,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pydicom
+from bidsport.dicomio import pydicom  # first: pydicom without requests
+
+# isort: split
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
