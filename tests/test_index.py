@@ -165,8 +165,12 @@ def test_corrupt_cache_is_ignored(tmp_path: Path, content: bytes | None) -> None
         list(scan_session(root, cache_file=cache))
         lines = cache.read_bytes().splitlines(keepends=True)
         lines[1] = lines[1][:40] + b"\n"  # cut a line
-        lines[2] = lines[2].replace(b'"header"', b'"hedaer"')  # an unknown payload
-        lines[3] = b"\xff\xfe\n"
+        lines[2] = lines[2].rsplit(b"\t", 1)[0] + b'\t{"hedaer": []}\n'  # an unknown payload
+        image_type = b'["ORIGINAL","PRIMARY","M","ND"]'
+        assert image_type in lines[3]
+        lines[3] = lines[3].replace(image_type, b'"ORIGINAL"')  # valid JSON, not a header
+        assert lines[4].endswith(b"]\n")
+        lines[4] = lines[4][: -len(b"]\n")] + b',"more"]\n'  # one value too many
         cache.write_bytes(b"".join(lines))
     else:
         cache.write_bytes(content)
@@ -189,8 +193,8 @@ def test_cache_of_an_older_reader_is_read_again(tmp_path: Path) -> None:
     old = json.loads(signature)
     old["reader"] -= 1
     old["fields"] = [f for f in old["fields"] if f != "has_preamble"]
-    stripped = [line.replace(',"has_preamble":true', "") for line in lines]
-    assert all("has_preamble" not in line for line in stripped)
+    stripped = [line.removesuffix(",true]") + "]" for line in lines]  # has_preamble: last
+    assert all(line.endswith(",null]") for line in stripped)  # complex_image_component
     cache.write_text("\n".join([json.dumps(old), *stripped]) + "\n", encoding="utf-8")
     # the first file loses its preamble, keeping its size and modification time
     st = paths[0].stat()
