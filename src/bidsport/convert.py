@@ -6,8 +6,8 @@ holding that series' files only (their own folder when it holds nothing else, el
 folder of links to them), so the command line never grows with the file count.
 
 ``.nii.gz`` outputs at the fast gzip levels (1-3, the default) are written uncompressed by
-dcm2niix and gzipped by bidsport with ISA-L's igzip (python-isal): several times faster
-than zlib for about the same size. Higher levels are dcm2niix's own gzip.
+dcm2niix and gzipped by bidsport with ISA-L's igzip (python-isal): about 3x faster than
+dcm2niix's own gzip at level 3, for files ~7% larger. Higher levels are dcm2niix's gzip.
 """
 
 from __future__ import annotations
