@@ -147,8 +147,22 @@ def _memory(pid: int) -> int:
         return 0
 
 
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 class _TreeSampler(threading.Thread):
-    """Samples the summed memory (PSS) of a process and all its descendants."""
+    """Samples the summed memory (PSS) of a process and all its descendants.
+
+    A child that runs its parent's executable and was not there one sample before is not
+    counted: it is a process being spawned (``subprocess`` uses ``vfork``, and until
+    ``exec`` the child shares its parent's memory, whose PSS it then shows in full: the
+    parent would be counted twice). Worker processes forked for good are counted from the
+    next sample on.
+    """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
@@ -157,15 +171,20 @@ class _TreeSampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        before: set[int] = set()
         while not self.stop.is_set():
-            total, todo, seen = 0, [self.pid], set()
+            total, seen = 0, set()
+            todo: list[tuple[int, int | None]] = [(self.pid, None)]
             while todo:
-                pid = todo.pop()
+                pid, parent = todo.pop()
                 if pid in seen:
                     continue
                 seen.add(pid)
-                total += _memory(pid)
-                todo += _children(pid)
+                spawning = parent is not None and pid not in before and _exe(pid) == _exe(parent)
+                if not spawning:
+                    total += _memory(pid)
+                todo += [(child, pid) for child in _children(pid)]
+            before = seen
             self.peak = max(self.peak, total)
             self.stop.wait(self.interval)
 

@@ -125,3 +125,22 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path):
     assert measures["bidsport group"]["failed_calls"] == 0
     assert case["scan"]["files"] == 56 and case["scan"]["read_header"]["count"] == 56
     assert not list(tmp_path.glob("bidsport-bench-*"))  # inbox and outputs removed
+
+
+def test_memory_sampler_counts_a_process_being_spawned_once():
+    """subprocess spawns with vfork: until exec the child shares its parent's memory and
+    shows it as its own PSS. The sampler must not count the parent twice (it did: a 100k
+    run once read 490 MB instead of ~370)."""
+    code = (
+        "import subprocess\n"
+        "b = bytearray(200 << 20)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\n"
+        "for _ in range(1000): subprocess.run(['/bin/true'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    sampler = run._TreeSampler(proc.pid, interval=0.0002)
+    sampler.start()
+    assert proc.wait(timeout=120) == 0
+    sampler.stop.set()
+    sampler.join()
+    assert 200 << 20 <= sampler.peak < 300 << 20
