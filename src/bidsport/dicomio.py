@@ -9,15 +9,9 @@ series' identifiers: :mod:`bidsport.sourceids`) import pydicom through this modu
 
 from __future__ import annotations
 
-import sys
+from bidsport.importing import without
 
-_HIDE = "pydicom" not in sys.modules and "requests" not in sys.modules
-if _HIDE:
-    sys.modules["requests"] = None  # type: ignore[assignment]  # "import requests" fails
-try:
+with without("requests", importing="pydicom"):
     import pydicom
-finally:
-    if _HIDE:
-        del sys.modules["requests"]
 
 __all__ = ["pydicom"]

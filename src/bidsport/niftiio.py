@@ -10,15 +10,9 @@ elsewhere, run first, would load pydicom).
 
 from __future__ import annotations
 
-import sys
+from bidsport.importing import without
 
-_HIDE = "nibabel" not in sys.modules and "pydicom" not in sys.modules
-if _HIDE:
-    sys.modules["pydicom"] = None  # type: ignore[assignment]  # "import pydicom" fails
-try:
+with without("pydicom", importing="nibabel"):
     import nibabel as nib
-finally:
-    if _HIDE:
-        del sys.modules["pydicom"]
 
 __all__ = ["nib"]
