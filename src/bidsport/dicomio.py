@@ -1,8 +1,10 @@
 """pydicom, imported without requests: ``from bidsport.dicomio import pydicom``.
 
-pydicom imports requests (~70 ms of the ~0.28 s its import takes) only to download its
-own test files, and falls back on urllib without it. This module imports pydicom with
-requests hidden, unless either is loaded already; requests itself stays importable.
+Where requests is installed (it is no dependency of bidsport, but most Python
+environments have it), pydicom imports it (~70 ms of the ~0.28 s its import takes) only
+to download its own test files, and falls back on urllib without it. This module imports
+pydicom with requests hidden, unless either is loaded already; requests itself stays
+importable.
 Modules that run in every participant-level run (the helper process reading each
 series' identifiers: :mod:`bidsport.sourceids`) import pydicom through this module first.
 """
