@@ -97,16 +97,33 @@ def test_high_levels_are_gzipped_by_dcm2niix(tmp_path, monkeypatch):
     assert nib.load(out.image).shape == (16, 16, 6, 5)
 
 
-def test_a_failed_gzip_is_a_conversion_error(tmp_path, monkeypatch):
+def test_gzip_outputs_gzips_what_dcm2niix_left_uncompressed(tmp_path):
+    """At levels 4-9 dcm2niix gzips, except images too large for its gzip (4 GiB): those
+    come back as .nii and are gzipped by bidsport, at ISA-L's highest level (3)."""
     spec = next(s for s in typical_session() if s.description == "rfMRI_REST_AP")
     files = write_series(spec, tmp_path / "dicom")
+    plain = convert_series("bold", files, tmp_path / "plain", compress=False).outputs[0]
+    raw = plain.image.read_bytes()
+    gzipped = convert_series("bold", files, tmp_path / "gz", level=6).outputs[0]
+    before = gzipped.image.read_bytes()
+    outputs = convert.gzip_outputs([plain, gzipped], 6)
+    assert [o.image.name for o in outputs] == ["series.nii.gz", "series.nii.gz"]
+    assert outputs[1] == gzipped and gzipped.image.read_bytes() == before  # left alone
+    assert not plain.image.exists()
+    assert gzip.decompress(outputs[0].image.read_bytes()) == raw
+    level_3 = tmp_path / "level3.nii"
+    level_3.write_bytes(raw)
+    assert outputs[0].image.read_bytes() == convert.gzip_image(level_3, 3).read_bytes()
 
-    def full(path, level):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(convert, "gzip_image", full)
-    with pytest.raises(ConversionError, match=r"cannot gzip the image of series bold.*space"):
-        convert_series("bold", files, tmp_path / "work")
+def test_a_failed_gzip_removes_its_partial_file_and_keeps_the_image(tmp_path):
+    image = tmp_path / "series.nii"
+    image.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: more than one write
+    (tmp_path / "series.nii.gz").symlink_to("/dev/full")  # every write: no space left
+    with pytest.raises(ConversionError, match=r"cannot gzip series\.nii: .*No space left"):
+        convert.gzip_image(image, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series.nii"]
+    assert image.stat().st_size == 10_240_000
 
 
 def test_failure_names_the_series(tmp_path):

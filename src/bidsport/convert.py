@@ -74,7 +74,7 @@ def build_dcm2niix_args(
     name: str,
     *,
     compress: bool = True,
-    level: int = 3,
+    level: int = 2,
 ) -> list[str]:
     """The dcm2niix command line for one series (pure).
 
@@ -292,20 +292,28 @@ def dcm2niix_gzips(compress: bool, level: int) -> bool:
 
 
 def gzip_image(path: Path, level: int) -> Path:
-    """Replace ``path`` (a private ``.nii`` work file) by ``path.nii.gz``, gzipped by ISA-L.
+    """Replace ``path`` (a private ``.nii`` work file) by ``path`` + ``.gz``, gzipped by
+    ISA-L at ``level`` (0-3).
 
-    The gzip header holds neither a file name nor a time, so the same image always gives
-    the same bytes.
+    The gzip header holds neither a file name nor a time, so an image gives the same bytes
+    on every run on one machine. On failure (a full disk, ...) the partial ``.gz`` is
+    removed, ``path`` is left, and :class:`ConversionError` names the file.
     """
-    from isal import igzip  # imported when an image is to be gzipped (~13 ms)
+    from isal import igzip, isal_zlib  # imported when an image is to be gzipped (~13 ms)
 
     target = path.with_name(path.name + ".gz")
-    with (
-        open(path, "rb") as src,
-        open(target, "wb") as raw,
-        igzip.IGzipFile(filename="", mode="wb", compresslevel=level, fileobj=raw, mtime=0) as dst,
-    ):
-        shutil.copyfileobj(src, dst, 1 << 20)
+    try:
+        with (
+            open(path, "rb") as src,
+            open(target, "wb") as raw,
+            igzip.IGzipFile(
+                filename="", mode="wb", compresslevel=level, fileobj=raw, mtime=0
+            ) as dst,
+        ):
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, isal_zlib.error) as exc:  # type: ignore[misc]  # (its stub: an instance)
+        target.unlink(missing_ok=True)
+        raise ConversionError(f"cannot gzip {path.name}: {exc}") from exc
     path.unlink()
     return target
 
@@ -333,7 +341,7 @@ def convert_series(
 
     ``compress`` asks for ``.nii.gz`` at gzip ``level``: up to :data:`ISAL_MAX_LEVEL`
     dcm2niix writes ``.nii`` and :func:`gzip_image` compresses it, in this thread (ISA-L
-    releases the GIL).
+    releases the GIL); so it does any image dcm2niix's own gzip left as ``.nii``.
     """
     binary = dcm2niix_binary()
     out_dir = ensure_dir(work_dir / "out")
@@ -365,16 +373,26 @@ def convert_series(
             f"{result.returncode}): {detail}"
         )
     seconds = result.seconds
-    if compress and not by_dcm2niix:
+    if compress and any(o.image.name.endswith(".nii") for o in outputs):
+        if by_dcm2niix:  # its gzip writes images of 4 GiB and more as .nii
+            log.warning(
+                "dcm2niix left an image of series %s uncompressed (too large for its gzip): "
+                "gzipped by bidsport at level %d",
+                series_id,
+                ISAL_MAX_LEVEL,
+            )
         start = time.perf_counter()
-        try:
-            outputs = [
-                dataclasses.replace(o, image=gzip_image(o.image, level))
-                if o.image.name.endswith(".nii")
-                else o
-                for o in outputs
-            ]
-        except OSError as exc:
-            raise ConversionError(f"cannot gzip the image of series {series_id}: {exc}") from exc
+        outputs = gzip_outputs(outputs, level)
         seconds += time.perf_counter() - start
     return SeriesConversion(series_id, tuple(outputs), warnings, seconds)
+
+
+def gzip_outputs(outputs: Sequence[Dcm2niixOutput], level: int) -> list[Dcm2niixOutput]:
+    """``outputs`` with each ``.nii`` image replaced by its :func:`gzip_image` (at ``level``,
+    at most :data:`ISAL_MAX_LEVEL`); ``.nii.gz`` images are left as they are."""
+    return [
+        dataclasses.replace(o, image=gzip_image(o.image, min(level, ISAL_MAX_LEVEL)))
+        if o.image.name.endswith(".nii")
+        else o
+        for o in outputs
+    ]
