@@ -18,7 +18,8 @@ def without(hidden: str, *, importing: str) -> Iterator[None]:
     ``hidden`` or ``importing`` (the module the block imports) is loaded already.
 
     Afterwards ``hidden`` imports as usual; only the modules imported inside the block
-    have seen it missing.
+    have seen it missing. The hiding is process-wide (``sys.modules``): use it at module
+    import time, before the process starts threads that could import ``hidden``.
     """
     hide = hidden not in sys.modules and importing not in sys.modules
     if hide:
@@ -26,5 +27,5 @@ def without(hidden: str, *, importing: str) -> Iterator[None]:
     try:
         yield
     finally:
-        if hide:
+        if hide and hidden in sys.modules and sys.modules[hidden] is None:
             del sys.modules[hidden]
