@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import importlib.metadata
@@ -147,6 +148,12 @@ def _memory(pid: int) -> int:
         return 0
 
 
+#: kcmp(2), which tells whether two processes share their memory (KCMP_VM)
+_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+_KCMP_VM = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _exe(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/exe")
@@ -154,15 +161,22 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-class _TreeSampler(threading.Thread):
-    """Samples the summed memory (PSS) of a process and all its descendants.
+def _shares_memory(parent: int, child: int, new: bool) -> bool:
+    """Whether ``child`` runs in ``parent``'s memory: a process being spawned
+    (``subprocess`` uses ``vfork``: until ``exec`` the child shows its parent's whole
+    memory as its own PSS). Asked of the kernel (kcmp); where that is refused, a child
+    that is ``new`` (not seen in the previous sample) and runs its parent's executable."""
+    if _KCMP is not None:
+        answer = _libc.syscall(_KCMP, parent, child, _KCMP_VM, 0, 0)
+        if answer >= 0:
+            return answer == 0
+    return new and _exe(child) == _exe(parent)
 
-    A child that runs its parent's executable and was not there one sample before is not
-    counted: it is a process being spawned (``subprocess`` uses ``vfork``, and until
-    ``exec`` the child shares its parent's memory, whose PSS it then shows in full: the
-    parent would be counted twice). Worker processes forked for good are counted from the
-    next sample on.
-    """
+
+class _TreeSampler(threading.Thread):
+    """Samples the summed memory (PSS) of a process and all its descendants; a child
+    sharing its parent's memory (being spawned, :func:`_shares_memory`) is counted once,
+    with its parent."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
@@ -180,8 +194,7 @@ class _TreeSampler(threading.Thread):
                 if pid in seen:
                     continue
                 seen.add(pid)
-                spawning = parent is not None and pid not in before and _exe(pid) == _exe(parent)
-                if not spawning:
+                if parent is None or not _shares_memory(parent, pid, pid not in before):
                     total += _memory(pid)
                 todo += [(child, pid) for child in _children(pid)]
             before = seen
