@@ -350,9 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir",
         type=Path,
         metavar="DIR",
-        help="scratch folder (conversion; packet extraction with --anonymize); default: a "
-        "temporary folder removed afterwards, inside OUTPUT_DIR/sourcedata/bidsport/work (with "
-        "--anonymize: in the system temporary folder, so nothing identifiable enters OUTPUT_DIR)",
+        help="scratch folder (conversion, where images are written uncompressed first; packet "
+        "extraction with --anonymize): put it on local disk when OUTPUT_DIR is on network "
+        "storage; default: a temporary folder removed afterwards, inside "
+        "OUTPUT_DIR/sourcedata/bidsport/work (with --anonymize: in the system temporary "
+        "folder, so nothing identifiable enters OUTPUT_DIR)",
     )
     run.add_argument(
         "--n-procs",
