@@ -431,8 +431,15 @@ def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
 
 
 def _import_sourceids() -> None:
-    """Worker task: import :mod:`bidsport.sourceids` (and pydicom) ahead of its first use."""
-    import bidsport.sourceids  # noqa: F401
+    """Worker task: import :mod:`bidsport.sourceids` (and pydicom) ahead of its first use.
+
+    Run by the helper process only (see :class:`RunShared`): it reads headers and never
+    decodes pixel data, so pydicom is imported without its pixel-data modules (they stay
+    importable: nibabel imports numpy afterwards)."""
+    from bidsport.importing import PYDICOM_UNUSED_FOR_HEADERS, without
+
+    with without(*PYDICOM_UNUSED_FOR_HEADERS, importing="pydicom"):
+        import bidsport.sourceids  # noqa: F401
 
 
 def _read_identifiers(paths: list[Path]) -> Identifiers:
