@@ -1145,7 +1145,12 @@ def target_lines(cases: list[dict[str, Any]]) -> list[str]:
             r = ratio(c, "bidsport e2e", tool)
             if r is not None:
                 target = f"end to end {cmp} faster than {tool}"
-                lines.append(_row(target, name, f"{r:.1f}x", yes(r >= factor)))
+                other = _find(c, tool) or {}
+                met = yes(r >= factor)
+                if other.get("failed_calls"):  # a tool that stopped early did less work
+                    calls = f"{other['failed_calls']} of {other['calls']} calls"
+                    met = f"not comparable: {tool} failed on {calls}"
+                lines.append(_row(target, name, f"{r:.1f}x", met))
         first, rerun = _find(c, "bidsport"), _find(c, "bidsport re-run")
         if first and rerun:
             share = 100 * rerun["wall"] / first["wall"]

@@ -79,6 +79,31 @@ def test_linear_fit_and_best_of():
     assert best is fast and best.extra["walls"] == [3.0, 2.0]
 
 
+def test_targets_say_when_a_competitor_failed():
+    """A competitor that failed on some calls did less work: its ratio is not a target met
+    or missed, and the table says why."""
+
+    def measure(tool: str, wall: float, calls: int = 2, failed: int = 0) -> dict:
+        return {"tool": tool, "wall": wall, "calls": calls, "failed_calls": failed}
+
+    case = {
+        "case": "real",
+        "kind": "real",
+        "files": 100,
+        "sessions": 2,
+        "extra": {},
+        "measures": [
+            measure("bidsport e2e", 1.0),
+            measure("heudiconv", 5.0, failed=1),
+            measure("dcm2bids", 1.1),
+        ],
+    }
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in run.target_lines([case])[2:]}
+    heudiconv = rows["end to end ≥ 15x faster than heudiconv"]
+    assert "| 5.0x | not comparable: heudiconv failed on 1 of 2 calls |" in heudiconv
+    assert rows["end to end ≥ 1.2x faster than dcm2bids"].endswith("| 1.1x | no |")
+
+
 def test_pyspy_summary_counts_inclusive_and_self_samples(tmp_path):
     raw = tmp_path / "p.txt"
     raw.write_text(
