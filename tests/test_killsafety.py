@@ -126,8 +126,13 @@ def run_child(
 
 # --------------------------------------------------------------------------- comparison
 
-#: run-specific files: logs and run reports, backups of status.tsv (named by time)
-VOLATILE = ("derivatives/bidsport/logs/", "sourcedata/backups/")
+#: run-specific files: logs and run reports, backups of status.tsv (named by time), the
+#: stamps that let a re-run with nothing new skip the pipeline (stat signatures)
+VOLATILE = (
+    "derivatives/bidsport/logs/",
+    "sourcedata/backups/",
+    "sourcedata/bidsport/uptodate/",
+)
 
 
 def _content(path: Path, rel: str) -> Any:

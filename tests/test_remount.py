@@ -95,11 +95,12 @@ def _run_remounted(prefix: list[str], source: Path, target: Path) -> dict[str, o
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int] | str]:
-    """Every entry below ``root`` but the logs: link targets, file hashes and mtimes."""
+    """Every entry below ``root`` but the logs and the re-run stamps (they hold the stat
+    signatures of one run): link targets, file hashes and mtimes."""
     entries: dict[str, tuple[str, int] | str] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("derivatives/bidsport/logs"):
+        if rel.startswith(("derivatives/bidsport/logs", "sourcedata/bidsport/uptodate")):
             continue
         if path.is_symlink():
             entries[rel] = "-> " + os.readlink(path)

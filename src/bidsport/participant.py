@@ -23,8 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bidsport import fileops
-from bidsport.errors import AnonymizationError, BidsportError, ConversionError, LockedError
+from bidsport import fileops, uptodate
+from bidsport.errors import (
+    AnonymizationError,
+    BidsportError,
+    ConversionError,
+    LockedError,
+    OutputError,
+)
 from bidsport.ingest import (
     apply_archive_policy,
     assign_packets,
@@ -46,6 +52,7 @@ from bidsport.records import (
 )
 from bidsport.status import (
     StatusRow,
+    read_status,
     read_status_record,
     record_session,
     remove_stale_temps,
@@ -310,6 +317,11 @@ class _SessionState:
         )
 
 
+def skipped_result(subject: str, session: str | None) -> SessionResult:
+    """The result of a session found already converted (``--overwrite skip``)."""
+    return SessionResult(subject, session, True, True, True, skipped=True)
+
+
 def process_session(
     assignments: Sequence[Assignment],
     layout: DatasetLayout,
@@ -352,9 +364,9 @@ def process_session(
                 else None
             )
             if done is not None:
-                log.info("%s: already converted, skipped (--overwrite skip)", label)
+                log.info(uptodate.SKIPPED, label)
                 update_table_row(layout, done)  # a run killed after the record: heal the table
-                return SessionResult(sub, ses, True, True, True, skipped=True)
+                return skipped_result(sub, ses)
             for folder in (
                 layout.session_dir(sub, ses),
                 layout.dicom_dir(sub, ses),
@@ -800,6 +812,30 @@ class ParticipantRun:
     problems: tuple[Problem, ...]  #: import-level problems (packets not assigned, ...)
     n_packets: int
     packets: tuple[tuple[str, ...], ...] = ()  #: the packet names of each result
+
+
+def skip_outcome(run: ParticipantRun) -> ParticipantRun:
+    """What a re-run of ``run`` finds when every session of it was converted: the same
+    sessions, in the same order, each skipped."""
+    results = tuple(skipped_result(r.subject, r.session) for r in run.results)
+    return ParticipantRun(results, run.problems, run.n_packets, run.packets)
+
+
+def rerun_skips_all(layout: DatasetLayout, run: ParticipantRun) -> bool:
+    """True when a re-run with the same packets would skip every session of ``run``
+    (``--overwrite skip``) and find the status table already holding its record (so the
+    re-run would write nothing)."""
+    if len(run.packets) != len(run.results):
+        return False
+    try:
+        table = {row.key: row for row in read_status(layout)}
+    except OutputError:
+        return False
+    for result, packets in zip(run.results, run.packets, strict=True):
+        done = _session_done(layout, result.subject, result.session, packets)
+        if done is None or table.get(done.key) != done:
+            return False
+    return True
 
 
 class RunShared:

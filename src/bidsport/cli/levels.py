@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bidsport import __version__
-from bidsport.errors import ExitCode, UsageError
+from bidsport.errors import BidsportError, ExitCode, UsageError
 from bidsport.fileops import write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
+from bidsport.runreport import build_run_report
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing the participant level loads pydicom
     from bidsport.participant import ParticipantRun
@@ -65,8 +69,13 @@ def run_participant(
     quiet: bool = False,
     report_file: Path | None = None,
     argv: Sequence[str] = (),
+    shortcut: dict[str, Any] | None = None,
 ) -> int:
-    """Run the participant level and print one line per session and every problem."""
+    """Run the participant level and print one line per session and every problem.
+
+    With ``shortcut`` (see :func:`write_shortcut`), a run that leaves every session
+    converted is stamped, so that its re-run is answered without loading the pipeline.
+    """
     if opts.dry_run:
         from bidsport.dryrun import format_preview, preview
 
@@ -97,8 +106,6 @@ def run_participant(
         run = run_participant_level(dicom_dir, layout, opts, progress=progress)
     code = participant_exit_code(run)
     if report_file is not None:
-        from bidsport.runreport import build_run_report
-
         report = build_run_report(
             run,
             argv=argv,
@@ -108,8 +115,21 @@ def run_participant(
             packets=run.packets,
         )
         write_json(report_file, report)
-    for problem in run.problems:
-        print(f"packet {problem.where}: not imported: {problem.reason}", file=sys.stderr)
+    for stream, line in outcome_lines(run, quiet=quiet, report_file=report_file):
+        print(line, file=sys.stdout if stream == 1 else sys.stderr)
+    if shortcut is not None:
+        try:
+            write_shortcut(run, layout, opts, shortcut, quiet=quiet, argv=argv)
+        except (BidsportError, OSError, ValueError) as exc:  # a missed shortcut, not a failure
+            log.warning("no stamp for a quick re-run written: %s", exc)
+    return int(code)
+
+
+def outcome_lines(
+    run: ParticipantRun, *, quiet: bool, report_file: Path | str | None
+) -> list[tuple[int, str]]:
+    """What the participant level prints, as (stream, line) pairs: 1 stdout, 2 stderr."""
+    lines = [(2, f"packet {p.where}: not imported: {p.reason}") for p in run.problems]
     for result in run.results:
         label = sub_ses_prefix(result.subject, result.session)
         if result.skipped:
@@ -119,24 +139,86 @@ def run_participant(
         else:
             status = f"{len(result.images)} images"
         if not quiet:
-            print(f"{label}: {status}")
+            lines.append((1, f"{label}: {status}"))
         for problem in result.problems:
             if problem.fatal or not quiet:
                 kind = "error" if problem.fatal else "note"
-                print(f"  {kind}: {problem.where}: {problem.reason}", file=sys.stderr)
+                lines.append((2, f"  {kind}: {problem.where}: {problem.reason}"))
     n_sessions = len(run.results)
     n_failed = sum(1 for r in run.results if r.error)
     if not quiet:
-        print(
-            f"{n_sessions - n_failed} of {n_sessions} sessions succeeded "
-            f"({run.n_packets} packets in the inbox, "
-            f"{sum(1 for p in run.problems if p.fatal)} could not be assigned)"
+        lines.append(
+            (
+                1,
+                f"{n_sessions - n_failed} of {n_sessions} sessions succeeded "
+                f"({run.n_packets} packets in the inbox, "
+                f"{sum(1 for p in run.problems if p.fatal)} could not be assigned)",
+            )
         )
         if report_file is not None:
-            print(f"report: {report_file}")
+            lines.append((1, f"report: {report_file}"))
     if not run.results:
-        print("bidsport: no packet matched the selection", file=sys.stderr)
-    return int(code)
+        lines.append((2, "bidsport: no packet matched the selection"))
+    return lines
+
+
+def write_shortcut(
+    run: ParticipantRun,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    shortcut: dict[str, Any],
+    *,
+    quiet: bool,
+    argv: Sequence[str],
+) -> None:
+    """Stamp this run for :func:`bidsport.uptodate.replay` when a re-run of it would
+    only skip every session; otherwise remove an older stamp of the same command.
+
+    ``shortcut`` is what :func:`bidsport.cli.run._shortcut` observed before the run, plus
+    its log folder and the ``who`` of its log file names. The stamped outcome is rendered
+    here, by the functions that render this run's outcome.
+    """
+    from bidsport import uptodate
+    from bidsport.participant import rerun_skips_all, skip_outcome
+
+    where = (shortcut["output_dir"], shortcut["cwd"], shortcut["argv"])
+    sessions = [(r.subject, r.session) for r in run.results]
+    outputs = [str(layout.status_file)]
+    outputs += [str(layout.status_row_file(sub, ses)) for sub, ses in sessions]
+    seen = uptodate.observe_outputs(outputs)
+    if (
+        run.problems
+        or not run.results
+        or any(r.error for r in run.results)
+        or not rerun_skips_all(layout, run)
+        or uptodate.observe_outputs(outputs) != seen  # changed while we looked
+    ):
+        uptodate.remove_stamp(*where)
+        return
+    rerun = skip_outcome(run)
+    code = participant_exit_code(rerun)
+    logged = shortcut["log_dir"] is not None
+    stamp = {
+        "inbox": shortcut["inbox"],
+        "inputs": shortcut["inputs"],
+        "outputs": seen,
+        "absent": [str(layout.work_dir)] if opts.work_dir is None else [],
+        "locks": [str(layout.lock_file(sub, ses)) for sub, ses in sessions],
+        "finished": _now(),
+        "log_dir": shortcut["log_dir"],
+        "who": shortcut["who"],
+        "lines": outcome_lines(
+            rerun, quiet=quiet, report_file=uptodate.REPORT_SENTINEL if logged else None
+        ),
+        "exit_code": int(code),
+        "report": build_run_report(
+            rerun, argv=argv, exit_code=int(code), started="", finished="", packets=run.packets
+        )
+        if logged
+        else None,
+        "log": [uptodate.SKIPPED % sub_ses_prefix(sub, ses) for sub, ses in sessions],
+    }
+    uptodate.write_stamp(*where, stamp)
 
 
 def run_group_level(

@@ -5,20 +5,15 @@ This is the only place that prints for the pipeline and turns errors into exit c
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 
-from bidsport import __version__
-from bidsport.cli.logs import setup_logging
-from bidsport.errors import BidsportError, ExitCode, UsageError
+from bidsport import __version__, uptodate
 
-log = logging.getLogger("bidsport")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see bidsport.uptodate)
+if TYPE_CHECKING:
+    import argparse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bidsport.cli import todicom
 
         return _guard(lambda: todicom.main(args_list[1:]))
+
+    # a re-run with nothing new is answered before argparse, logging and the pipeline load
+    replayed = uptodate.replay(args_list)
+    if replayed is not None:
+        for stream, line in replayed.lines:
+            print(line, file=sys.stdout if stream == 1 else sys.stderr)
+        return replayed.exit_code
 
     from bidsport.cli.parser import build_parser
 
@@ -39,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guard(func) -> int:  # type: ignore[no-untyped-def]
+    import logging
+
+    from bidsport.errors import BidsportError, ExitCode
+
+    log = logging.getLogger("bidsport")
     try:
         return int(func())
     except BidsportError as exc:
@@ -56,11 +63,44 @@ def _guard(func) -> int:  # type: ignore[no-untyped-def]
         return int(ExitCode.INTERNAL)
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from bidsport.cli.config import options_from_args
+def _shortcut(args: argparse.Namespace, argv: list[str]) -> dict[str, object] | None:
+    """What a participant run needs to stamp itself for :func:`bidsport.uptodate.replay`,
+    with its inputs observed now, before they are read; None when it cannot be replayed."""
+    if (
+        args.analysis_level != "participant"
+        or args.dry_run
+        or args.anonymize
+        or args.verbose
+        or args.overwrite != "skip"
+        or args.list_participants
+        or args.regenerate
+    ):
+        return None
+    try:
+        inputs = uptodate.observe_inputs(argv, str(args.dicom_dir))
+    except OSError:
+        return None
+    return {
+        "cwd": os.getcwd(),
+        "argv": argv,
+        "inbox": str(args.dicom_dir),
+        "output_dir": str(args.output_dir),
+        "inputs": inputs,
+    }
 
-    opts = options_from_args(args)
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from bidsport.cli.config import options_from_args
+    from bidsport.cli.logs import setup_logging
     from bidsport.layout import DatasetLayout
+
+    log = logging.getLogger("bidsport")
+    shortcut = _shortcut(args, argv)
+    opts = options_from_args(args)
 
     output_dir: Path = args.output_dir.absolute()
     layout = DatasetLayout(output_dir)
@@ -83,12 +123,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     # dir (when one is given), never into OUTPUT_DIR
     log_dir = layout.logs_dir if not opts.anonymize else opts.work_dir and opts.work_dir / "logs"
     log_file = None
+    who = "-".join(opts.participant_labels[:3]) or "all"
     if not opts.dry_run and log_dir:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        who = "-".join(opts.participant_labels[:3]) or "all"
-        log_file = log_dir / (
-            f"{args.analysis_level}_{who}_{stamp}_{os.uname().nodename}_{os.getpid()}.log"
-        )
+        log_file = log_dir / uptodate.log_file_name(args.analysis_level, who)
     setup_logging(args.verbose, args.quiet, log_file)
     if log_file is not None:
         log.info("bidsport %s: bidsport %s", __version__, " ".join(argv))
@@ -106,6 +143,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             quiet=args.quiet,
             report_file=report_file,
             argv=["bidsport", *argv],
+            shortcut=shortcut and {**shortcut, "log_dir": log_dir and str(log_dir), "who": who},
         )
     from bidsport.cli.levels import run_group_level
 
@@ -116,4 +154,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["UsageError", "main"]
+__all__ = ["main"]

@@ -1,0 +1,322 @@
+"""A participant-level re-run with nothing new, answered before the pipeline is loaded.
+
+A participant-level run that leaves every selected session converted writes a *stamp*,
+``OUTPUT_DIR/sourcedata/bidsport/uptodate/<key>.json``, one per command line and working
+folder. It holds:
+
+- what the run read before it started, each as a ``stat`` signature: the inbox's entries,
+  every file named on the command line (``--rules``, ``--mapping``, ``--manifest``...),
+  bidsport's own code; and the user's ids, which decide what is readable;
+- what a re-run reads of the output, as signatures too: each session's status record and
+  the status table; and the scratch folder that a killed run would leave behind;
+- what that re-run prints, reports and exits with. Every session is "already done
+  (skipped)", rendered by the code of the full path
+  (:func:`bidsport.cli.levels.write_shortcut`).
+
+:func:`replay` runs before anything else is imported. It compares the stamp with the
+disk: the same command line, folder, bidsport and signatures, and no session locked by
+another run. Then it writes the run's log and report and returns the stamped outcome.
+Otherwise it returns None and the run takes the full path, which writes a new stamp
+when it ends. A stamp is written only for runs without ``--anonymize``, ``--dry-run``
+or ``--verbose``, with ``--overwrite skip`` (the default), in which every session
+succeeded and every packet of the inbox was assigned.
+
+The signatures are taken before the run reads its inputs and after it wrote its
+records: a change made during the run makes the stamp differ, never hides the change.
+
+This module imports json and zlib (fcntl when it checks locks) besides what a Python
+interpreter loads at start. argparse, logging, pathlib and dataclasses together take
+longer than the whole check (~50 ms of a ~0.1 s re-run). That is why it uses plain
+dicts and lists, string paths, and a slotted class instead of a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+import zlib
+
+from bidsport import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Stamp = dict[str, Any]
+
+FORMAT = 1
+STAMP_DIR = ("sourcedata", "bidsport", "uptodate")
+#: stands for the report's path in the stamped output (each run has its own report)
+REPORT_SENTINEL = "\x00report\x00"
+#: what the log says of a session skipped as already converted (both paths)
+SKIPPED = "%s: already converted, skipped (--overwrite skip)"
+
+
+class Replay:
+    """The outcome of a re-run with nothing new: the lines to print and the exit code.
+
+    ``lines`` are (stream, text) pairs, in order; stream 1 is stdout and 2 stderr.
+    """
+
+    __slots__ = ("exit_code", "lines")
+
+    def __init__(self, lines: list[tuple[int, str]], exit_code: int) -> None:
+        self.lines = lines
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- names
+
+
+def stamp_name(cwd: str, argv: list[str]) -> str:
+    """The stamp's file name for a command line run in ``cwd``."""
+    key = json.dumps([cwd, argv]).encode("ascii")
+    return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
+
+
+def stamp_path(output_dir: str, cwd: str, argv: list[str]) -> str:
+    return os.path.join(output_dir, *STAMP_DIR, stamp_name(cwd, argv))
+
+
+def log_file_name(level: str, who: str, when: float | None = None) -> str:
+    """``<level>_<who>_<UTC time>_<host>_<pid>.log``: unique per run, also on a cluster."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when))
+    return f"{level}_{who}_{stamp}_{os.uname().nodename}_{os.getpid()}.log"
+
+
+def iso_utc(when: float) -> str:
+    """Like ``datetime.now(timezone.utc).isoformat(timespec="seconds")``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when))
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def _sig(st: os.stat_result) -> list[int]:
+    return [
+        st.st_mode,
+        st.st_ino,
+        st.st_dev,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_uid,
+        st.st_gid,
+    ]
+
+
+def signature(path: str) -> list[list[int] | None] | None:
+    """The ``lstat`` signature of ``path``, and its target's for a symbolic link; None
+    when it does not exist. A write, a chmod, a rename over it all change it (ctime)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISLNK(st.st_mode):
+        return [_sig(st)]
+    try:
+        return [_sig(st), _sig(os.stat(path))]
+    except OSError:
+        return [_sig(st), None]
+
+
+def _code_digest() -> int:
+    """A checksum of the names, sizes and mtimes of bidsport's own files."""
+    parts = []
+    stack = [os.path.dirname(os.path.abspath(__file__))]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.name == "__pycache__":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    parts.append(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}")
+    return zlib.crc32("\n".join(sorted(parts)).encode("utf-8", "surrogateescape"))
+
+
+def _named_files(argv: list[str]) -> dict[str, list[list[int] | None] | None]:
+    """The signature of every regular file named on the command line (``--opt=file``
+    too): whichever option reads it, a change to it is seen."""
+    found = {}
+    for token in argv:
+        candidates = [token]
+        if token.startswith("--") and "=" in token:
+            candidates.append(token.partition("=")[2])
+        for candidate in candidates:
+            if candidate and os.path.isfile(candidate):
+                found[candidate] = signature(candidate)
+    return found
+
+
+def observe_inputs(argv: list[str], inbox: str) -> dict[str, object]:
+    """What a participant-level run reads before its first session, as signatures.
+
+    Raises OSError when the inbox cannot be listed.
+    """
+    names = sorted(n for n in os.listdir(inbox) if not n.startswith("."))
+    return {
+        "bidsport": __version__,
+        "code": _code_digest(),
+        "python": sys.version,
+        "ids": [os.getuid(), os.getgid(), sorted(os.getgroups())],
+        "entries": {name: signature(os.path.join(inbox, name)) for name in names},
+        "files": _named_files(argv),
+    }
+
+
+def observe_outputs(paths: list[str]) -> dict[str, list[list[int] | None] | None]:
+    return {path: signature(path) for path in paths}
+
+
+def _locks_free(paths: list[str]) -> bool:
+    """False when another run holds one of these session locks (``fileops.file_lock``)."""
+    import fcntl
+
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _load_stamp(argv: list[str], cwd: str) -> Stamp | None:
+    """The stamp of this command line: under one of its words, the OUTPUT_DIR it names."""
+    name = stamp_name(cwd, argv)
+    for token in argv:
+        if token.startswith("-"):
+            continue
+        try:
+            with open(os.path.join(token, *STAMP_DIR, name), "rb") as fh:
+                stamp = json.loads(fh.read())
+        except OSError:
+            continue
+        written_for = isinstance(stamp, dict) and stamp.get("output_dir")
+        if isinstance(written_for, str) and os.path.normpath(written_for) == os.path.normpath(
+            token
+        ):
+            return stamp  # type: ignore[no-any-return]
+    return None
+
+
+def _fresh(stamp: Stamp, argv: list[str], cwd: str) -> bool:
+    return bool(
+        stamp["format"] == FORMAT
+        and stamp["cwd"] == cwd
+        and stamp["argv"] == argv
+        and observe_inputs(argv, stamp["inbox"]) == stamp["inputs"]
+        and observe_outputs(list(stamp["outputs"])) == stamp["outputs"]
+        and not any(os.path.lexists(path) for path in stamp["absent"])
+        and _locks_free(stamp["locks"])
+    )
+
+
+def replay(argv: list[str]) -> Replay | None:
+    """The outcome of this participant-level run when its stamp says nothing is new.
+
+    Writes the run's log file and JSON report, as the full path does. Returns None (take
+    the full path) when there is no stamp, when anything differs from it, and on any
+    error reading it or writing the log and report.
+    """
+    if "participant" not in argv:
+        return None
+    try:
+        cwd = os.getcwd()
+        stamp = _load_stamp(argv, cwd)
+        if stamp is None or not _fresh(stamp, argv, cwd):
+            return None
+        return _write_outcome(stamp, argv, time.time())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _log_line(when: float, logger: str, message: str) -> str:
+    """A line as the log file's handler formats it (``cli.logs``)."""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    return f"{clock},{int(when % 1 * 1000):03d} INFO {logger}: {message}\n"
+
+
+def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
+    log_file = report_file = None
+    if stamp["log_dir"] is not None:
+        log_file = os.path.join(stamp["log_dir"], log_file_name("participant", stamp["who"]))
+        report_file = log_file[: -len(".log")] + "_report.json"
+        os.makedirs(stamp["log_dir"], exist_ok=True)
+        lines = [
+            _log_line(started, "bidsport", f"bidsport {__version__}: bidsport {' '.join(argv)}"),
+            _log_line(
+                started,
+                __name__,
+                f"nothing new since the run that ended {stamp['finished']}: the inbox's "
+                f"{len(stamp['inputs']['entries'])} entries, the files named on the command "
+                f"line and the {len(stamp['outputs'])} status files are as it left them "
+                f"({stamp['path']})",
+            ),
+        ]
+        lines += [_log_line(started, __name__, message) for message in stamp["log"]]
+        with open(log_file, "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+        report = dict(stamp["report"])
+        report["started"] = iso_utc(started)
+        report["finished"] = iso_utc(time.time())
+        _write_text(report_file, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    lines_out = [
+        (int(stream), text.replace(REPORT_SENTINEL, report_file or ""))
+        for stream, text in stamp["lines"]
+    ]
+    return Replay(lines_out, int(stamp["exit_code"]))
+
+
+def _write_text(path: str, text: str) -> None:
+    """Atomic, like ``fileops.write_text`` (which would load pathlib and tempfile)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- write
+
+
+def write_stamp(output_dir: str, cwd: str, argv: list[str], stamp: Stamp) -> str:
+    """Write the stamp of a run (``stamp`` holds all but the keys this adds); its path."""
+    from pathlib import Path
+
+    from bidsport import fileops
+
+    path = stamp_path(output_dir, cwd, argv)
+    full = {"format": FORMAT, "cwd": cwd, "argv": argv, "output_dir": output_dir, "path": path}
+    full.update(stamp)
+    fileops.write_json(Path(path), full)
+    return path
+
+
+def remove_stamp(output_dir: str, cwd: str, argv: list[str]) -> None:
+    """Remove the stamp of this command line, if any (the run did not end up to date)."""
+    import contextlib
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(stamp_path(output_dir, cwd, argv))

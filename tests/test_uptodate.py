@@ -1,0 +1,296 @@
+"""The shortcut of a participant re-run with nothing new (:mod:`bidsport.uptodate`).
+
+It must print, report and exit exactly as the full path would, load nothing of the
+pipeline, and give way to the full path whenever anything that path reads has changed.
+Which path a run took is told by its log: only the shortcut writes "nothing new since".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bidsport import uptodate
+from bidsport.cli.run import main
+from bidsport.fileops import file_lock
+from bidsport.layout import DatasetLayout
+from bidsport.synthetic import Study, Subject, typical_session, write_series
+
+SHORTCUT_LINE = "nothing new since"
+
+
+def write_packets(inbox: Path, *names: str) -> None:
+    """One folder packet per name, each holding a small T1w series."""
+    t1w = next(s for s in typical_session() if s.description.lower().startswith("t1"))
+    for name in names:
+        write_series(t1w, inbox / name / "t1", Subject(patient_id=f"PID{name}"), Study(key=name))
+
+
+def run(args: list[str]) -> tuple[int, str, str]:
+    """``main(args)`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def shortcuts(out: Path) -> int:
+    """How many runs so far took the shortcut (each says so once in its log)."""
+    logs = (out / "derivatives" / "bidsport" / "logs").glob("*.log")
+    return sum(path.read_text(encoding="utf-8").count(SHORTCUT_LINE) for path in logs)
+
+
+def stamps(out: Path) -> list[Path]:
+    return sorted((out / Path(*uptodate.STAMP_DIR)).glob("*.json"))
+
+
+def report_of(stdout: str) -> dict[str, object]:
+    match = re.search(r"^report: (.+)$", stdout, re.M)
+    assert match, stdout
+    report = json.loads(Path(match.group(1)).read_text(encoding="utf-8"))
+    assert report["started"] and report["finished"]
+    return {k: v for k, v in report.items() if k not in ("started", "finished")}
+
+
+def without_report_path(stdout: str) -> str:
+    return re.sub(r"^report: .+$", "report: ...", stdout, flags=re.M)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """An inbox of two packets converted once; (inbox, OUTPUT_DIR, the command)."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01", "S02")
+    args = [str(inbox), str(out), "participant", "--n-procs", "1"]
+    code, stdout, stderr = run(args)
+    assert code == 0, stdout + stderr
+    assert "sub-S01: 1 images" in stdout and "sub-S02: 1 images" in stdout
+    assert len(stamps(out)) == 1
+    return inbox, out, args
+
+
+# --------------------------------------------------------------------------- same outcome
+
+
+@pytest.mark.parametrize("extra", [[], ["-q"]], ids=["default", "quiet"])
+def test_the_shortcut_prints_reports_and_exits_as_the_full_path(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01", "S02")
+    args = [str(inbox), str(out), "participant", "--n-procs", "1", *extra]
+    assert run(args)[0] == 0
+
+    fast = run(args)
+    assert shortcuts(out) == 1
+    fast_report = report_of(fast[1]) if not extra else None
+
+    for stamp in stamps(out):
+        stamp.unlink()  # the full path, as before the shortcut existed
+    full = run(args)
+    assert shortcuts(out) == 1
+    assert fast[0] == full[0] == 0
+    assert without_report_path(fast[1]) == without_report_path(full[1])
+    assert fast[2] == full[2]
+    if not extra:
+        assert "sub-S01: already done (skipped)" in fast[1]
+        assert fast_report == report_of(full[1])
+        assert fast_report["summary"] == {  # type: ignore[index]
+            "sessions": 2,
+            "done": 0,
+            "skipped": 2,
+            "failed": 0,
+            "excluded_or_failed_items": 0,
+        }
+    # the full path's re-run stamped itself: the next one is short again
+    assert len(stamps(out)) == 1
+    assert run(args)[1] == fast[1] or not extra
+    assert shortcuts(out) == 2
+
+
+def test_the_shortcut_loads_neither_argparse_nor_logging_nor_the_pipeline(
+    dataset: tuple[Path, Path, list[str]],
+) -> None:
+    _, out, args = dataset
+    probe = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "from bidsport.cli.run import main\n"
+        f"code = main({args!r})\n"
+        "print(json.dumps([code, sorted(set(sys.modules) - before)]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert shortcuts(out) == 1
+    heavy = {"argparse", "logging", "pathlib", "dataclasses", "typing", "tempfile", "shutil"}
+    assert not heavy & set(loaded), loaded
+    ours = {name for name in loaded if name.split(".")[0] == "bidsport"}
+    assert ours == {"bidsport", "bidsport.cli", "bidsport.cli.run", "bidsport.uptodate"}
+
+
+def test_the_stamp_is_found_however_the_output_dir_is_spelled(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01")
+    args = [f"{inbox}/", f"{tmp_path}/./bids/", "participant", "--n-procs", "1"]
+    assert run(args)[0] == 0
+    assert run(args)[0] == 0 and shortcuts(out) == 1
+
+
+# --------------------------------------------------------------------------- gives way
+
+
+def _new_packet(inbox: Path, out: Path) -> None:
+    write_packets(inbox, "S03")
+
+
+def _record_removed(inbox: Path, out: Path) -> None:
+    DatasetLayout(out).status_row_file("S01", None).unlink()
+
+
+def _entry_touched(inbox: Path, out: Path) -> None:
+    st = (inbox / "S02").stat()
+    os.utime(inbox / "S02", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def _dead_scratch_folder(inbox: Path, out: Path) -> None:
+    # as a run killed on this machine leaves it (its pid is not alive)
+    (DatasetLayout(out).work_dir / f"{os.uname().nodename}-999999999-x").mkdir(parents=True)
+
+
+def _table_edited(inbox: Path, out: Path) -> None:
+    table = DatasetLayout(out).status_file
+    table.write_text(table.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_new_packet, {"sub-S01": "already done (skipped)", "sub-S03": "1 images"}),
+        (_record_removed, {"sub-S01": "1 images", "sub-S02": "already done (skipped)"}),
+        (_entry_touched, {"sub-S01": "already done (skipped)"}),
+        (_dead_scratch_folder, {"sub-S01": "already done (skipped)"}),
+        (_table_edited, {"sub-S01": "already done (skipped)"}),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_any_change_takes_the_full_path(
+    dataset: tuple[Path, Path, list[str]],
+    change: Callable[[Path, Path], None],
+    expected: dict[str, str],
+) -> None:
+    inbox, out, args = dataset
+    change(inbox, out)
+    code, stdout, stderr = run(args)
+    assert code == 0, stdout + stderr
+    assert shortcuts(out) == 0
+    for label, status in expected.items():
+        assert f"{label}: {status}" in stdout
+    assert not DatasetLayout(out).work_dir.exists()  # a killed run's scratch: removed
+    # ... and the full run stamped what it found: the next re-run is short
+    code, stdout, _ = run(args)
+    assert code == 0 and shortcuts(out) == 1
+    assert "1 images" not in stdout
+
+
+def test_a_file_named_on_the_command_line_is_watched(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01", "S02")
+    mapping = tmp_path / "mapping.tsv"
+    mapping.write_text("packet\tsubject\nS01\tone\nS02\ttwo\n", encoding="utf-8")
+    args = [str(inbox), str(out), "participant", "--n-procs", "1", f"--mapping={mapping}"]
+    assert run(args)[0] == 0
+    assert run(args)[0] == 0 and shortcuts(out) == 1
+
+    mapping.write_text("packet\tsubject\nS01\tone\nS02\tthree\n", encoding="utf-8")
+    code, stdout, stderr = run(args)
+    assert code == 0, stdout + stderr
+    assert shortcuts(out) == 1
+    assert "sub-three: 1 images" in stdout and "sub-one: already done (skipped)" in stdout
+
+
+def test_a_session_locked_by_another_run_takes_the_full_path(
+    dataset: tuple[Path, Path, list[str]],
+) -> None:
+    _, out, args = dataset
+    with file_lock(DatasetLayout(out).lock_file("S02", None)):
+        code, stdout, _ = run(args)
+    assert shortcuts(out) == 0
+    assert code != 0
+    assert "sub-S02: FAILED" in stdout and "another bidsport run" in stdout
+    assert "sub-S01: already done (skipped)" in stdout
+    assert stamps(out) == []  # a run with a failed session leaves no stamp
+
+
+def test_a_damaged_stamp_is_ignored_and_replaced(dataset: tuple[Path, Path, list[str]]) -> None:
+    _, out, args = dataset
+    (stamp,) = stamps(out)
+    stamp.write_text('{"format": 1, "output_dir": 5', encoding="utf-8")
+    assert run(args)[0] == 0 and shortcuts(out) == 0
+    assert json.loads(stamp.read_text(encoding="utf-8"))["argv"] == args
+    stamp.write_text('{"format": 1, "output_dir": "elsewhere"}', encoding="utf-8")
+    assert run(args)[0] == 0 and shortcuts(out) == 0
+    assert run(args)[0] == 0 and shortcuts(out) == 1
+
+
+# --------------------------------------------------------------------------- not stamped
+
+
+def test_runs_that_a_rerun_would_not_merely_skip_leave_no_stamp(
+    dataset: tuple[Path, Path, list[str]],
+) -> None:
+    inbox, out, args = dataset
+    (inbox / "notes.txt").write_text("not a packet\n", encoding="utf-8")
+    code, _, stderr = run(args)
+    assert code == 0 and "packet notes.txt: not imported" in stderr
+    assert stamps(out) == []  # the older stamp went too
+    code, _, again = run(args)  # so the problem is reported on every run
+    assert shortcuts(out) == 0 and again == stderr
+    (inbox / "notes.txt").unlink()
+
+    for extra in (["--overwrite", "overwrite"], ["-v"], ["--dry-run"]):
+        assert run([*args, *extra])[0] == 0
+        assert stamps(out) == [], extra
+    assert run(args)[0] == 0
+    assert len(stamps(out)) == 1
+
+
+def test_a_rerun_skips_all_only_when_records_and_table_agree(tmp_path: Path) -> None:
+    """A session whose table row misses its record (a table update that timed out on
+    the lock) would make the re-run write the table: that run must not be stamped."""
+    from bidsport.options import RunOptions
+    from bidsport.participant import rerun_skips_all, run_participant_level
+    from bidsport.status import read_status, read_status_record, record_session
+
+    inbox, layout = tmp_path / "inbox", DatasetLayout(tmp_path / "bids")
+    write_packets(inbox, "S01", "S02")
+    run = run_participant_level(inbox, layout, RunOptions())
+    assert [r.error for r in run.results] == [None, None]
+    assert rerun_skips_all(layout, run)
+
+    rows = read_status(layout)
+    layout.status_file.write_text(
+        "\n".join(layout.status_file.read_text(encoding="utf-8").splitlines()[:-1]) + "\n",
+        encoding="utf-8",
+    )
+    assert len(read_status(layout)) == len(rows) - 1
+    assert not rerun_skips_all(layout, run)
+
+    record = read_status_record(layout, "S02", None)
+    assert record is not None
+    record_session(layout, record)  # the table is whole again
+    assert rerun_skips_all(layout, run)
+    record_session(layout, dataclasses.replace(record, last_error="it broke"))
+    assert not rerun_skips_all(layout, run)
