@@ -242,7 +242,76 @@ def test_a_damaged_stamp_is_ignored_and_replaced(dataset: tuple[Path, Path, list
     assert json.loads(stamp.read_text(encoding="utf-8"))["argv"] == args
     stamp.write_text('{"format": 1, "output_dir": "elsewhere"}', encoding="utf-8")
     assert run(args)[0] == 0 and shortcuts(out) == 0
+    stamp.write_text("[" * 200_000, encoding="utf-8")  # too deep for the JSON parser
+    assert run(args)[0] == 0 and shortcuts(out) == 0
     assert run(args)[0] == 0 and shortcuts(out) == 1
+
+
+def test_a_stamp_planted_elsewhere_or_by_someone_else_is_not_trusted(
+    dataset: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """A stamp in the inbox (a shared drop folder, say) that claims the inbox is the
+    output and sends the logs elsewhere must neither hide a new packet nor write there."""
+    inbox, out, args = dataset
+    (stamp_file,) = stamps(out)
+    genuine = json.loads(stamp_file.read_text(encoding="utf-8"))
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    planted = inbox / Path(*uptodate.STAMP_DIR) / stamp_file.name
+    planted.parent.mkdir(parents=True)
+    forged = {
+        **genuine,
+        "output_dir": str(inbox),
+        "path": str(planted),
+        "inbox": str(frozen),
+        "inputs": uptodate.observe_inputs(args, str(frozen)),
+        "log_dir": str(elsewhere),
+    }
+    planted.write_text(json.dumps(forged), encoding="utf-8")
+    planted.chmod(0o644)
+    write_packets(inbox, "S03")
+    code, stdout, _ = run(args)
+    assert code == 0 and "sub-S03: 1 images" in stdout
+    assert not elsewhere.exists()
+    assert shortcuts(out) == 0
+
+    # the genuine stamp, made writable by others, or owned by another user: not trusted
+    (stamp_file,) = stamps(out)
+    stamp_file.chmod(0o664)
+    assert run(args)[0] == 0 and shortcuts(out) == 0
+    (stamp_file,) = stamps(out)
+    if os.getuid() == 0:
+        os.chown(stamp_file, 4321, -1)
+        assert run(args)[0] == 0 and shortcuts(out) == 0
+    assert run(args)[0] == 0 and shortcuts(out) == 1
+
+
+def test_a_work_dir_that_cannot_be_used_takes_the_full_path(tmp_path: Path) -> None:
+    inbox, out, work = tmp_path / "inbox", tmp_path / "bids", tmp_path / "scratch" / "work"
+    write_packets(inbox, "S01")
+    args = [str(inbox), str(out), "participant", "--n-procs", "1", "--work-dir", str(work)]
+    assert run(args)[0] == 0
+    assert run(args)[0] == 0 and shortcuts(out) == 1
+    (tmp_path / "scratch").rename(tmp_path / "scratch-gone")
+    (tmp_path / "scratch").write_text("a file where the work dir's parent was\n")
+    code, _, stderr = run(args)
+    assert shortcuts(out) == 1
+    assert code != 0 and "cannot write" in stderr and str(work) in stderr
+
+
+def test_an_inbox_entry_named_in_another_encoding(tmp_path: Path) -> None:
+    """A packet name that is not UTF-8 (a Latin-1 export): stamped, and the stamp works."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01", "S02")
+    (inbox / "S02").rename(inbox / os.fsdecode(b"M\xfcller"))
+    args = [str(inbox), str(out), "participant", "--n-procs", "1"]
+    code, first, stderr = run(args)
+    assert code == 0, first + stderr
+    assert "stamp" not in stderr
+    assert len(stamps(out)) == 1
+    code, again, _ = run(args)
+    assert code == 0 and shortcuts(out) == 1 and "already done (skipped)" in again
 
 
 # --------------------------------------------------------------------------- not stamped

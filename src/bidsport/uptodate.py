@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 STAMP_DIR = ("sourcedata", "bidsport", "uptodate")
+#: where a participant run without --anonymize logs (``DatasetLayout.logs_dir``)
+LOGS_DIR = ("derivatives", "bidsport", "logs")
 #: stands for the report's path in the stamped output (each run has its own report)
 REPORT_SENTINEL = "\x00report\x00"
 #: what the log says of a session skipped as already converted (both paths)
@@ -174,13 +176,22 @@ def observe_outputs(paths: list[str]) -> dict[str, list[list[int] | None] | None
     return {path: signature(path) for path in paths}
 
 
+def _writable(folders: list[str]) -> bool:
+    """True when each folder exists and can be written (the full path writes there)."""
+    return all(os.path.isdir(f) and os.access(f, os.W_OK | os.X_OK) for f in folders)
+
+
 def _locks_free(paths: list[str]) -> bool:
-    """False when another run holds one of these session locks (``fileops.file_lock``)."""
+    """False when another run holds one of these session locks (``fileops.file_lock``).
+
+    Opened for writing, as the full path opens them (NFS locks need it): a lock file that
+    cannot be opened so raises OSError, and the full path reports it.
+    """
     import fcntl
 
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             continue
         try:
@@ -196,22 +207,50 @@ def _locks_free(paths: list[str]) -> bool:
 
 
 def _load_stamp(argv: list[str], cwd: str) -> Stamp | None:
-    """The stamp of this command line: under one of its words, the OUTPUT_DIR it names."""
+    """The stamp of this command line, under the OUTPUT_DIR it names.
+
+    Each word of the command line may be OUTPUT_DIR. A stamp counts only when this user
+    wrote it (owned by us, writable by nobody else) for the folder it lies in, and when
+    the folders it names are this command's: the inbox is one of its words and the logs
+    go to OUTPUT_DIR's log folder. A stamp put into another folder the command names
+    (the inbox, say) cannot redirect the run.
+    """
     name = stamp_name(cwd, argv)
     for token in argv:
         if token.startswith("-"):
             continue
+        path = os.path.join(token, *STAMP_DIR, name)
         try:
-            with open(os.path.join(token, *STAMP_DIR, name), "rb") as fh:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                    continue
                 stamp = json.loads(fh.read())
         except OSError:
             continue
-        written_for = isinstance(stamp, dict) and stamp.get("output_dir")
-        if isinstance(written_for, str) and os.path.normpath(written_for) == os.path.normpath(
-            token
-        ):
-            return stamp  # type: ignore[no-any-return]
+        if isinstance(stamp, dict) and _names_this_run(stamp, argv, token, path):
+            return stamp
     return None
+
+
+def _names_this_run(stamp: Stamp, argv: list[str], output_dir: str, path: str) -> bool:
+    same = os.path.normpath
+    who = stamp.get("who")
+    log_dir = stamp.get("log_dir")
+    return bool(
+        isinstance(stamp.get("output_dir"), str)
+        and same(stamp["output_dir"]) == same(output_dir)
+        and isinstance(stamp.get("path"), str)
+        and same(stamp["path"]) == same(path)
+        and isinstance(stamp.get("inbox"), str)
+        and same(stamp["inbox"]) in {same(word) for word in argv if word != output_dir}
+        and isinstance(who, str)
+        and who
+        and os.sep not in who
+        and not who.startswith(".")
+        and isinstance(log_dir, str)
+        and same(log_dir) == same(os.path.join(os.path.abspath(output_dir), *LOGS_DIR))
+    )
 
 
 def _fresh(stamp: Stamp, argv: list[str], cwd: str) -> bool:
@@ -219,6 +258,7 @@ def _fresh(stamp: Stamp, argv: list[str], cwd: str) -> bool:
         stamp["format"] == FORMAT
         and stamp["cwd"] == cwd
         and stamp["argv"] == argv
+        and _writable(stamp["writable"])
         and observe_inputs(argv, stamp["inbox"]) == stamp["inputs"]
         and observe_outputs(list(stamp["outputs"])) == stamp["outputs"]
         and not any(os.path.lexists(path) for path in stamp["absent"])
@@ -241,43 +281,41 @@ def replay(argv: list[str]) -> Replay | None:
         if stamp is None or not _fresh(stamp, argv, cwd):
             return None
         return _write_outcome(stamp, argv, time.time())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except Exception:  # whatever is wrong with a stamp, the full path decides
         return None
 
 
-def _log_line(when: float, logger: str, message: str) -> str:
+def _log_line(when: float, logger: str, message: str, level: str = "INFO") -> str:
     """A line as the log file's handler formats it (``cli.logs``)."""
     clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-    return f"{clock},{int(when % 1 * 1000):03d} INFO {logger}: {message}\n"
+    return f"{clock},{int(when % 1 * 1000):03d} {level} {logger}: {message}\n"
 
 
 def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
-    log_file = report_file = None
-    if stamp["log_dir"] is not None:
-        log_file = os.path.join(stamp["log_dir"], log_file_name("participant", stamp["who"]))
-        report_file = log_file[: -len(".log")] + "_report.json"
-        os.makedirs(stamp["log_dir"], exist_ok=True)
-        lines = [
-            _log_line(started, "bidsport", f"bidsport {__version__}: bidsport {' '.join(argv)}"),
-            _log_line(
-                started,
-                __name__,
-                f"nothing new since the run that ended {stamp['finished']}: the inbox's "
-                f"{len(stamp['inputs']['entries'])} entries, the files named on the command "
-                f"line and the {len(stamp['outputs'])} status files are as it left them "
-                f"({stamp['path']})",
-            ),
-        ]
-        lines += [_log_line(started, __name__, message) for message in stamp["log"]]
-        with open(log_file, "a", encoding="utf-8") as fh:
-            fh.write("".join(lines))
-        report = dict(stamp["report"])
-        report["started"] = iso_utc(started)
-        report["finished"] = iso_utc(time.time())
-        _write_text(report_file, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    log_file = os.path.join(stamp["log_dir"], log_file_name("participant", stamp["who"]))
+    report_file = log_file[: -len(".log")] + "_report.json"
+    os.makedirs(stamp["log_dir"], exist_ok=True)
+    lines = [
+        _log_line(started, "bidsport", f"bidsport {__version__}: bidsport {' '.join(argv)}"),
+        _log_line(started, "bidsport", f"effective configuration: {stamp['config']}", "DEBUG"),
+        _log_line(
+            started,
+            __name__,
+            f"nothing new since the run that ended {stamp['finished']}: the inbox's "
+            f"{len(stamp['inputs']['entries'])} entries, the files named on the command "
+            f"line and the {len(stamp['outputs'])} status files are as it left them "
+            f"({stamp['path']})",
+        ),
+    ]
+    lines += [_log_line(started, __name__, message) for message in stamp["log"]]
+    with open(log_file, "a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+    report = dict(stamp["report"])
+    report["started"] = iso_utc(started)
+    report["finished"] = iso_utc(time.time())
+    _write_text(report_file, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     lines_out = [
-        (int(stream), text.replace(REPORT_SENTINEL, report_file or ""))
-        for stream, text in stamp["lines"]
+        (int(stream), text.replace(REPORT_SENTINEL, report_file)) for stream, text in stamp["lines"]
     ]
     return Replay(lines_out, int(stamp["exit_code"]))
 
@@ -310,7 +348,8 @@ def write_stamp(output_dir: str, cwd: str, argv: list[str], stamp: Stamp) -> str
     path = stamp_path(output_dir, cwd, argv)
     full = {"format": FORMAT, "cwd": cwd, "argv": argv, "output_dir": output_dir, "path": path}
     full.update(stamp)
-    fileops.write_json(Path(path), full)
+    # ASCII: names that are not UTF-8 (surrogate escapes) are written as \udcXX
+    fileops.write_text(Path(path), json.dumps(full, indent=1, ensure_ascii=True) + "\n")
     return path
 
 

@@ -121,7 +121,7 @@ def run_participant(
         try:
             write_shortcut(run, layout, opts, shortcut, quiet=quiet, argv=argv)
         except (BidsportError, OSError, ValueError) as exc:  # a missed shortcut, not a failure
-            log.warning("no stamp for a quick re-run written: %s", exc)
+            log.info("no stamp for a quick re-run written: %s", exc)
     return int(code)
 
 
@@ -175,8 +175,8 @@ def write_shortcut(
     only skip every session; otherwise remove an older stamp of the same command.
 
     ``shortcut`` is what :func:`bidsport.cli.run._shortcut` observed before the run, plus
-    its log folder and the ``who`` of its log file names. The stamped outcome is rendered
-    here, by the functions that render this run's outcome.
+    its log folder, the ``who`` of its log file names and the configuration it logged. The
+    stamped outcome is rendered here, by the functions that render this run's outcome.
     """
     from bidsport import uptodate
     from bidsport.participant import rerun_skips_all, skip_outcome
@@ -187,7 +187,8 @@ def write_shortcut(
     outputs += [str(layout.status_row_file(sub, ses)) for sub, ses in sessions]
     seen = uptodate.observe_outputs(outputs)
     if (
-        run.problems
+        shortcut["log_dir"] is None
+        or run.problems
         or not run.results
         or any(r.error for r in run.results)
         or not rerun_skips_all(layout, run)
@@ -197,25 +198,23 @@ def write_shortcut(
         return
     rerun = skip_outcome(run)
     code = participant_exit_code(rerun)
-    logged = shortcut["log_dir"] is not None
     stamp = {
         "inbox": shortcut["inbox"],
         "inputs": shortcut["inputs"],
         "outputs": seen,
+        # a killed run's scratch folder (the full path removes it); where scratch goes
         "absent": [str(layout.work_dir)] if opts.work_dir is None else [],
+        "writable": [str(opts.work_dir or layout.work_dir.parent)],
         "locks": [str(layout.lock_file(sub, ses)) for sub, ses in sessions],
         "finished": _now(),
         "log_dir": shortcut["log_dir"],
         "who": shortcut["who"],
-        "lines": outcome_lines(
-            rerun, quiet=quiet, report_file=uptodate.REPORT_SENTINEL if logged else None
-        ),
+        "config": shortcut["config"],
+        "lines": outcome_lines(rerun, quiet=quiet, report_file=uptodate.REPORT_SENTINEL),
         "exit_code": int(code),
         "report": build_run_report(
             rerun, argv=argv, exit_code=int(code), started="", finished="", packets=run.packets
-        )
-        if logged
-        else None,
+        ),
         "log": [uptodate.SKIPPED % sub_ses_prefix(sub, ses) for sub, ses in sessions],
     }
     uptodate.write_stamp(*where, stamp)

@@ -127,10 +127,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if not opts.dry_run and log_dir:
         log_file = log_dir / uptodate.log_file_name(args.analysis_level, who)
     setup_logging(args.verbose, args.quiet, log_file)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config_text = json.dumps(config, default=str)
     if log_file is not None:
         log.info("bidsport %s: bidsport %s", __version__, " ".join(argv))
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        log.debug("effective configuration: %s", json.dumps(config, default=str))
+        log.debug("effective configuration: %s", config_text)
 
     if args.analysis_level == "participant":
         from bidsport.cli.levels import run_participant
@@ -143,7 +144,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             quiet=args.quiet,
             report_file=report_file,
             argv=["bidsport", *argv],
-            shortcut=shortcut and {**shortcut, "log_dir": log_dir and str(log_dir), "who": who},
+            shortcut=shortcut
+            and {
+                **shortcut,
+                "log_dir": log_dir and str(log_dir),
+                "who": who,
+                "config": config_text,
+            },
         )
     from bidsport.cli.levels import run_group_level
 
