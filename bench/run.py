@@ -367,7 +367,18 @@ def machine_info(work: Path) -> dict[str, Any]:
         check=False,
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+        # the report this run rewrites does not count as a local change of the code
+        [
+            "git",
+            "-C",
+            str(REPO_DIR),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)bench/RESULTS.md",
+        ],
         capture_output=True,
         text=True,
         check=False,
