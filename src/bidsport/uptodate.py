@@ -90,7 +90,8 @@ def log_file_name(level: str, who: str, when: float | None = None) -> str:
 
 
 def iso_utc(when: float) -> str:
-    """Like ``datetime.now(timezone.utc).isoformat(timespec="seconds")``."""
+    """``when`` as ISO 8601 UTC with seconds (``2024-01-02T09:00:00+00:00``), as
+    ``datetime.isoformat(timespec="seconds")`` gives it, without importing datetime."""
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when))
 
 

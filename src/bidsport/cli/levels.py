@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from bidsport.fileops import write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
 from bidsport.runreport import build_run_report
+from bidsport.uptodate import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # importing the participant level loads pydicom
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """UTC time as the run report gives it; the quick re-run reports with the same function."""
+    return iso_utc(time.time())
 
 
 @contextlib.contextmanager
