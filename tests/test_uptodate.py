@@ -54,11 +54,23 @@ def stamps(out: Path) -> list[Path]:
     return sorted((out / Path(*uptodate.STAMP_DIR)).glob("*.json"))
 
 
-def report_of(stdout: str) -> dict[str, object]:
+ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+
+
+def report_text(stdout: str) -> str:
+    """The text of the report a run printed the path of, its two times made ``<time>``."""
     match = re.search(r"^report: (.+)$", stdout, re.M)
     assert match, stdout
-    report = json.loads(Path(match.group(1)).read_text(encoding="utf-8"))
-    assert report["started"] and report["finished"]
+    text = Path(match.group(1)).read_text(encoding="utf-8")
+    text, n = re.subn(
+        rf'^(  "(started|finished)": )"{ISO_UTC}",$', r'\1"<time>",', text, flags=re.M
+    )
+    assert n == 2, text
+    return text
+
+
+def report_of(stdout: str) -> dict[str, object]:
+    report = json.loads(report_text(stdout))
     return {k: v for k, v in report.items() if k not in ("started", "finished")}
 
 
@@ -105,6 +117,7 @@ def test_the_shortcut_prints_reports_and_exits_as_the_full_path(
     if not extra:
         assert "sub-S01: already done (skipped)" in fast[1]
         assert fast_report == report_of(full[1])
+        assert report_text(fast[1]) == report_text(full[1])  # the same file, byte for byte
         assert fast_report["summary"] == {  # type: ignore[index]
             "sessions": 2,
             "done": 0,
@@ -123,11 +136,13 @@ def test_the_shortcut_loads_neither_argparse_nor_logging_nor_the_pipeline(
 ) -> None:
     _, out, args = dataset
     probe = (
-        "import json, sys\n"
+        "import sys\n"
         "before = set(sys.modules)\n"
         "from bidsport.cli.run import main\n"
         f"code = main({args!r})\n"
-        "print(json.dumps([code, sorted(set(sys.modules) - before)]))\n"
+        "loaded = sorted(set(sys.modules) - before)\n"
+        "import json\n"
+        "print(json.dumps([code, loaded]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
@@ -136,6 +151,7 @@ def test_the_shortcut_loads_neither_argparse_nor_logging_nor_the_pipeline(
     assert code == 0
     assert shortcuts(out) == 1
     heavy = {"argparse", "logging", "pathlib", "dataclasses", "typing", "tempfile", "shutil"}
+    heavy |= {"json", "re", "collections", "enum", "functools"}  # ~9 ms of a ~20 ms re-run
     assert not heavy & set(loaded), loaded
     ours = {name for name in loaded if name.split(".")[0] == "bidsport"}
     assert ours == {"bidsport", "bidsport.cli", "bidsport.cli.run", "bidsport.uptodate"}
@@ -363,3 +379,41 @@ def test_a_rerun_skips_all_only_when_records_and_table_agree(tmp_path: Path) -> 
     assert rerun_skips_all(layout, run)
     record_session(layout, dataclasses.replace(record, last_error="it broke"))
     assert not rerun_skips_all(layout, run)
+
+
+# --------------------------------------------------------------------------- the stamp's text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, -2, 2.5, 1e300, true, false, null], "b": {"c": ""}}\n',
+        '{"name": "\\udcff\\u00e9\\u0000", "sig": [[33188, 12, 0]], "x": "\\"\\\\/"}',
+        '  {"leading": "space"}',
+        '{"a": NaN, "b": -Infinity}',
+        '[{"deep": [[[]]]}]  \n',
+        '{"a": 1} {"b": 2}',  # extra data
+        '{"a" 1}',
+        '{"a": "unterminated',
+        "",
+        "[" * 2000,
+    ],
+)
+def test_the_stamp_is_read_as_json_loads_reads_it(text: str) -> None:
+    try:
+        expected = repr(json.loads(text))  # repr: NaN is not equal to itself
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            uptodate._loads(text)
+    else:
+        assert repr(uptodate._loads(text)) == expected
+
+
+def test_a_stamp_is_written_only_with_both_report_times_to_fill_in(tmp_path: Path) -> None:
+    report = json.dumps({"started": uptodate.STARTED, "finished": uptodate.FINISHED}, indent=2)
+    where = (str(tmp_path), str(tmp_path), ["in", str(tmp_path), "participant"])
+    path = uptodate.write_stamp(*where, {"report": report})
+    assert json.loads(Path(path).read_text(encoding="ascii"))["report"] == report
+    for broken in (json.dumps({"finished": uptodate.FINISHED}), report + report):
+        with pytest.raises(ValueError, match="report must hold"):
+            uptodate.write_stamp(*where, {"report": broken})

@@ -71,8 +71,13 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data: Any) -> str:
+    """``data`` as the text of a JSON file written by :func:`write_json`."""
+    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    write_text(path, json_text(data))
 
 
 def write_tsv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -24,15 +24,17 @@ succeeded and every packet of the inbox was assigned.
 The signatures are taken before the run reads its inputs and after it wrote its
 records: a change made during the run makes the stamp differ, never hides the change.
 
-This module imports json and zlib (fcntl when it checks locks) besides what a Python
-interpreter loads at start. argparse, logging, pathlib and dataclasses together take
-longer than the whole check (~50 ms of a ~0.1 s re-run). That is why it uses plain
-dicts and lists, string paths, and a slotted class instead of a frozen dataclass.
+A replay imports zlib and the C half of json (fcntl when it checks locks) besides what a
+Python interpreter loads at start. argparse, logging, pathlib and dataclasses together
+take longer than the whole check (~50 ms of a ~0.1 s re-run). That is why it uses plain
+dicts and lists, string paths, and a slotted class instead of a frozen dataclass. Even
+``import json`` costs ~9 ms, a third of a quick re-run (its decoder and encoder compile
+regular expressions when imported), so the stamp is read with the C scanner that
+``json.loads`` itself uses (:func:`_loads`) and the report is stamped as JSON text.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -47,12 +49,15 @@ if TYPE_CHECKING:
 
     Stamp = dict[str, Any]
 
-FORMAT = 1
+FORMAT = 2
 STAMP_DIR = ("sourcedata", "bidsport", "uptodate")
 #: where a participant run without --anonymize logs (``DatasetLayout.logs_dir``)
 LOGS_DIR = ("derivatives", "bidsport", "logs")
 #: stands for the report's path in the stamped output (each run has its own report)
 REPORT_SENTINEL = "\x00report\x00"
+#: stand for the report's times in its stamped JSON text (no path or name holds a NUL)
+STARTED = "\x00started\x00"
+FINISHED = "\x00finished\x00"
 #: what the log says of a session skipped as already converted (both paths)
 SKIPPED = "%s: already converted, skipped (--overwrite skip)"
 
@@ -75,7 +80,8 @@ class Replay:
 
 def stamp_name(cwd: str, argv: list[str]) -> str:
     """The stamp's file name for a command line run in ``cwd``."""
-    key = json.dumps([cwd, argv]).encode("ascii")
+    # NUL joins the words without ambiguity: no path or argument can hold one
+    key = "\0".join([cwd, *argv]).encode("utf-8", "surrogateescape")
     return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
@@ -207,6 +213,38 @@ def _locks_free(paths: list[str]) -> bool:
 # --------------------------------------------------------------------------- replay
 
 
+class _Decoding:
+    """What the C scanner of ``_json`` reads from a ``json.JSONDecoder``: its defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError(f"{name} is not in a stamp")
+
+
+def _loads(text: str) -> object:
+    """``json.loads(text)``, by the C scanner that ``json.loads`` uses, without importing
+    json. Anything the scanner does not take (and an interpreter without it) goes to
+    ``json.loads``, which decodes it or raises as it always does."""
+    try:
+        from _json import make_scanner
+
+        # typeshed's stub wants a scanner as context; the C code reads the attributes
+        value, end = make_scanner(_Decoding())(text, 0)  # type: ignore[arg-type]
+    except Exception:
+        value, end = None, -1
+    if end != len(text.rstrip()):
+        import json
+
+        return json.loads(text)
+    return value
+
+
 def _load_stamp(argv: list[str], cwd: str) -> Stamp | None:
     """The stamp of this command line, under the OUTPUT_DIR it names.
 
@@ -226,7 +264,7 @@ def _load_stamp(argv: list[str], cwd: str) -> Stamp | None:
                 st = os.fstat(fh.fileno())
                 if st.st_uid != os.getuid() or st.st_mode & 0o022:
                     continue
-                stamp = json.loads(fh.read())
+                stamp = _loads(fh.read().decode("ascii"))
         except OSError:
             continue
         if isinstance(stamp, dict) and _names_this_run(stamp, argv, token, path):
@@ -311,14 +349,17 @@ def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
     lines += [_log_line(started, __name__, message) for message in stamp["log"]]
     with open(log_file, "a", encoding="utf-8") as fh:
         fh.write("".join(lines))
-    report = dict(stamp["report"])
-    report["started"] = iso_utc(started)
-    report["finished"] = iso_utc(time.time())
-    _write_text(report_file, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report = stamp["report"].replace(_quoted(STARTED), f'"{iso_utc(started)}"')
+    _write_text(report_file, report.replace(_quoted(FINISHED), f'"{iso_utc(time.time())}"'))
     lines_out = [
         (int(stream), text.replace(REPORT_SENTINEL, report_file)) for stream, text in stamp["lines"]
     ]
     return Replay(lines_out, int(stamp["exit_code"]))
+
+
+def _quoted(placeholder: str) -> str:
+    """How ``json.dumps`` writes STARTED or FINISHED (``"\\u0000started\\u0000"``)."""
+    return '"' + placeholder.replace("\x00", "\\u0000") + '"'
 
 
 def _write_text(path: str, text: str) -> None:
@@ -341,11 +382,19 @@ def _write_text(path: str, text: str) -> None:
 
 
 def write_stamp(output_dir: str, cwd: str, argv: list[str], stamp: Stamp) -> str:
-    """Write the stamp of a run (``stamp`` holds all but the keys this adds); its path."""
+    """Write the stamp of a run (``stamp`` holds all but the keys this adds); its path.
+
+    ``stamp["report"]`` is the re-run's report as the text of its file, with STARTED and
+    FINISHED for its times, once each (ValueError otherwise).
+    """
+    import json
     from pathlib import Path
 
     from bidsport import fileops
 
+    for placeholder in (STARTED, FINISHED):
+        if stamp["report"].count(_quoted(placeholder)) != 1:
+            raise ValueError(f"the stamped report must hold {placeholder!r} once")
     path = stamp_path(output_dir, cwd, argv)
     full = {"format": FORMAT, "cwd": cwd, "argv": argv, "output_dir": output_dir, "path": path}
     full.update(stamp)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bidsport import __version__
 from bidsport.errors import BidsportError, ExitCode, UsageError
-from bidsport.fileops import write_json
+from bidsport.fileops import json_text, write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
 from bidsport.runreport import build_run_report
@@ -214,8 +214,15 @@ def write_shortcut(
         "config": shortcut["config"],
         "lines": outcome_lines(rerun, quiet=quiet, report_file=uptodate.REPORT_SENTINEL),
         "exit_code": int(code),
-        "report": build_run_report(
-            rerun, argv=argv, exit_code=int(code), started="", finished="", packets=run.packets
+        "report": json_text(
+            build_run_report(
+                rerun,
+                argv=argv,
+                exit_code=int(code),
+                started=uptodate.STARTED,
+                finished=uptodate.FINISHED,
+                packets=run.packets,
+            )
         ),
         "log": [uptodate.SKIPPED % sub_ses_prefix(sub, ses) for sub, ses in sessions],
     }

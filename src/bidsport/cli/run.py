@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from bidsport import __version__, uptodate
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see bidsport.uptodate)
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence  # collections: ~2 ms of a ~20 ms quick re-run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
