@@ -10,6 +10,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -169,3 +170,29 @@ def test_memory_sampler_counts_a_process_being_spawned_once():
     sampler.stop.set()
     sampler.join()
     assert 200 << 20 <= sampler.peak < 300 << 20
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_command_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) -> None:
+    """The runner kills the whole process group (GNU time, the tool, what the tool
+    started), says so in the log and goes on; nothing is left running."""
+    pid_file = tmp_path / "child.pid"
+    log = tmp_path / "tool.log"
+    code, *_ = run.run_measured(
+        ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], log_file=log, timeout=1.0
+    )
+    assert code == -9
+    assert "killed after 1.0 s" in log.read_text(encoding="utf-8")
+    child = int(pid_file.read_text(encoding="utf-8"))
+    for _ in range(100):  # SIGKILL is delivered at once; its reaping may take a moment
+        if not _running(child):
+            break
+        time.sleep(0.05)
+    assert not _running(child)
