@@ -1070,6 +1070,7 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
         "os",
         "python",
         "bidsport",
+        "bidsport command",
         "dcm2niix",
         "heudiconv",
         "dcm2bids",
