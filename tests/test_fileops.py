@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 from pathlib import Path
 
 import pytest
 
+from bidsport import fileops
 from bidsport.errors import OutputError
 from bidsport.fileops import relative_symlink, relative_target
 
@@ -88,3 +90,12 @@ def test_relative_symlink_without_replace_never_touches_an_entry(tmp_path: Path)
     assert os.readlink(folder / "a.dcm") == "../raw/IM1"
     with pytest.raises(OutputError, match="missing"):  # the caller makes the folder
         relative_symlink(target, tmp_path / "missing" / "a.dcm", replace=False)
+
+
+def test_json_of_a_name_that_is_not_utf8_reads_back_as_the_same_string(tmp_path: Path) -> None:
+    """Surrogates (bytes of a non-UTF-8 name, as Python keeps them) become JSON escapes."""
+    data = {"path": os.fsdecode(b"/data/M\xfcller"), "ok": "Müller"}
+    fileops.write_json(tmp_path / "a.json", data)
+    raw = (tmp_path / "a.json").read_bytes()
+    assert b"\\udcfc" in raw and "Müller".encode() in raw  # valid UTF-8, readable
+    assert json.loads(raw.decode("utf-8")) == data

@@ -72,8 +72,14 @@ def write_text(path: Path, text: str) -> None:
 
 
 def json_text(data: Any) -> str:
-    """``data`` as the text of a JSON file written by :func:`write_json`."""
-    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    """``data`` as the text of a JSON file written by :func:`write_json`.
+
+    A name that is not UTF-8 (a path on the command line, say) reaches Python with
+    surrogates, which no UTF-8 file can hold: each is written as its JSON escape
+    (``\\udcff``), which a JSON reader turns back into the same string.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
 
 
 def write_json(path: Path, data: Any) -> None:
