@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsport import uptodate
+from bidsport import __version__, uptodate
 from bidsport.cli.run import main
 from bidsport.fileops import file_lock
 from bidsport.layout import DatasetLayout
@@ -330,6 +330,27 @@ def test_an_inbox_entry_named_in_another_encoding(tmp_path: Path) -> None:
     assert code == 0 and shortcuts(out) == 1 and "already done (skipped)" in again
 
 
+def test_an_inbox_path_in_another_encoding(tmp_path: Path) -> None:
+    """A command line naming a folder that is not UTF-8: both paths log it, report it (as
+    JSON escapes, which read back as the same string) and give the same outcome."""
+    inbox, out = tmp_path / os.fsdecode(b"Eing\xe4nge"), tmp_path / "bids"
+    write_packets(inbox, "S01")
+    args = [str(inbox), str(out), "participant", "--n-procs", "1"]
+    code, first, stderr = run(args)
+    assert code == 0, first + stderr
+    assert "Logging error" not in stderr and "internal error" not in stderr
+    assert json.loads(report_text(first))["command"] == ["bidsport", *args]
+    code, again, stderr_again = run(args)
+    assert code == 0 and shortcuts(out) == 1, again + stderr_again
+    assert "sub-S01: already done (skipped)" in again and stderr_again == stderr
+    assert json.loads(report_text(again))["command"] == ["bidsport", *args]
+    logs = "".join(
+        log.read_text(encoding="utf-8")
+        for log in (out / "derivatives" / "bidsport" / "logs").glob("*.log")
+    )
+    assert logs.count(f"bidsport {__version__}: bidsport {tmp_path}/Eing\\udce4nge ") == 2, logs
+
+
 # --------------------------------------------------------------------------- not stamped
 
 
@@ -393,6 +414,8 @@ def test_a_rerun_skips_all_only_when_records_and_table_agree(tmp_path: Path) -> 
         '{"a": NaN, "b": -Infinity}',
         '[{"deep": [[[]]]}]  \n',
         '{"a": 1} {"b": 2}',  # extra data
+        '{"a": 1}\x0c',  # not JSON whitespace, though str.isspace says it is
+        '{"a": 1}\u2028',
         '{"a" 1}',
         '{"a": "unterminated',
         "",

@@ -238,7 +238,7 @@ def _loads(text: str) -> object:
         value, end = make_scanner(_Decoding())(text, 0)  # type: ignore[arg-type]
     except Exception:
         value, end = None, -1
-    if end != len(text.rstrip()):
+    if end != len(text.rstrip(" \t\n\r")):  # JSON's whitespace, not str.isspace's
         import json
 
         return json.loads(text)
@@ -265,7 +265,7 @@ def _load_stamp(argv: list[str], cwd: str) -> Stamp | None:
                 if st.st_uid != os.getuid() or st.st_mode & 0o022:
                     continue
                 stamp = _loads(fh.read().decode("ascii"))
-        except OSError:
+        except (OSError, ValueError):  # unreadable or damaged: look further, then decide
             continue
         if isinstance(stamp, dict) and _names_this_run(stamp, argv, token, path):
             return stamp
@@ -347,7 +347,7 @@ def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
         ),
     ]
     lines += [_log_line(started, __name__, message) for message in stamp["log"]]
-    with open(log_file, "a", encoding="utf-8") as fh:
+    with open(log_file, "a", encoding="utf-8", errors="backslashreplace") as fh:
         fh.write("".join(lines))
     report = stamp["report"].replace(_quoted(STARTED), f'"{iso_utc(started)}"')
     _write_text(report_file, report.replace(_quoted(FINISHED), f'"{iso_utc(time.time())}"'))
