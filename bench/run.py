@@ -250,30 +250,35 @@ def run_measured(
         proc = subprocess.Popen(
             full, stdout=out, stderr=log, env=env, cwd=cwd, start_new_session=True
         )
-        sampler = _TreeSampler(proc.pid)
-        sampler.start()
-        # a blocking wait: Popen.wait(timeout) polls with sleeps that double up to 50 ms,
-        # which made a 16 ms run measure 32 ms and added 0-50 ms to every wall time
         killed = threading.Event()
 
         def kill() -> None:  # the whole group: GNU time, the tool and its children
             killed.set()
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            with contextlib.suppress(ProcessLookupError):  # none of them is left
                 os.killpg(proc.pid, signal.SIGKILL)
 
         killer = threading.Timer(timeout, kill)
-        killer.start()
+        sampler = _TreeSampler(proc.pid)
         try:
-            proc.wait()
-        except BaseException:  # Ctrl-C: the tool is in its own session, stop it too
+            sampler.start()
+            killer.start()
+            # A blocking wait: Popen.wait(timeout) polls with sleeps that double up to
+            # 50 ms, which made a 16 ms run measure 31 ms and added 0-50 ms to every wall
+            # time. WNOWAIT leaves the child unreaped, so its pid (the group's id) stays
+            # reserved until the timer is stopped.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            wall = time.perf_counter() - start
+        except BaseException:  # Ctrl-C, SIGTERM (see main): the tool is stopped too
             kill()
-            proc.wait()
             raise
         finally:
             killer.cancel()
+            with contextlib.suppress(RuntimeError):  # not started
+                killer.join()
             sampler.stop.set()
-            sampler.join()
-        wall = time.perf_counter() - start
+            with contextlib.suppress(RuntimeError):
+                sampler.join()
+            proc.wait()
         if killed.is_set():
             log.write(f"killed after {timeout} s\n")
         usage = None
@@ -966,7 +971,9 @@ def case_table(case: dict[str, Any]) -> list[str]:
         if m["failed_calls"]:
             note += f"; {m['failed_calls']} of {m['calls']} calls failed"
         if m["extra"].get("walls"):
-            note += "; walls " + "/".join(f"{w:.1f}" for w in m["extra"]["walls"])
+            note += "; walls " + "/".join(
+                f"{w:.1f}" if w >= 1 else f"{w:.3f}" for w in m["extra"]["walls"]
+            )
         note += f"; load {m['load'][0]:.1f}→{m['load'][1]:.1f}"
         rate = files / m["wall"] if m["wall"] and not m["tool"].endswith("group") else None
         images = "-" if m["images"] is None else str(m["images"])
@@ -1375,8 +1382,20 @@ def _case_dir(work: Path, keep: bool) -> Iterator[Path]:
             discard(path)
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the runner as Ctrl-C does, so that the tool being measured
+    (in its own session, out of reach of these signals) is killed too."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_on_signals()
     unknown = [t for t in args.tools if t not in TOOLS]
     if unknown:
         print(f"unknown tools: {', '.join(unknown)} (known: {', '.join(TOOLS)})", file=sys.stderr)

@@ -196,3 +196,27 @@ def test_a_command_past_its_timeout_is_stopped_with_its_children(tmp_path: Path)
             break
         time.sleep(0.05)
     assert not _running(child)
+
+
+def test_a_runner_stopped_by_sigterm_stops_the_tool(tmp_path: Path) -> None:
+    """A cancelled CI job or ``timeout`` sends SIGTERM: the tool must not run on."""
+    pid_file = tmp_path / "child.pid"
+    probe = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import run; run.stop_on_signals()\n"
+        f"run.run_measured(['sh', '-c', 'sleep 60 & echo $! > {pid_file}; wait'],"
+        f" log_file=__import__('pathlib').Path({str(tmp_path / 'tool.log')!r}))\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", probe], stderr=subprocess.PIPE)
+    for _ in range(200):
+        if pid_file.is_file() and pid_file.read_text(encoding="utf-8").strip():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text(encoding="utf-8"))
+    assert _running(child)
+    runner.terminate()
+    assert runner.wait(timeout=30) == 128 + 15
+    for _ in range(100):
+        if not _running(child):
+            break
+        time.sleep(0.05)
+    assert not _running(child)
