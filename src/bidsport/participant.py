@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +51,7 @@ from bidsport.records import (
 )
 from bidsport.status import (
     StatusRow,
+    now_iso,
     read_status,
     read_status_record,
     record_session,
@@ -352,7 +352,7 @@ def process_session(
                 organized=state.stages["organized"],
                 converted=state.stages["converted"],
                 last_error=error,
-                updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                updated=now_iso(),
             ),
         )
 

@@ -41,6 +41,7 @@ from bidsport import fileops
 from bidsport.errors import LabelError, LockedError, OutputError
 from bidsport.layout import DatasetLayout
 from bidsport.records import SessionResult
+from bidsport.uptodate import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ _IMAGE_SUFFIXES = (".nii", ".nii.gz")
 
 def now_iso() -> str:
     """The current UTC time as ISO 8601 with seconds (``2024-01-02T09:00:00+00:00``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return iso_utc(time.time())
 
 
 def one_line(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
