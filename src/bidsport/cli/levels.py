@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,17 +16,12 @@ from bidsport.fileops import json_text, write_json
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.options import RunOptions
 from bidsport.runreport import build_run_report
-from bidsport.uptodate import iso_utc
+from bidsport.status import now_iso  # uptodate.iso_utc: the quick re-run's times too
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing the participant level loads pydicom
     from bidsport.participant import ParticipantRun
-
-
-def _now() -> str:
-    """UTC time as the run report gives it; the quick re-run reports with the same function."""
-    return iso_utc(time.time())
 
 
 @contextlib.contextmanager
@@ -101,7 +95,7 @@ def run_participant(
     from bidsport.participant import run_participant_level
     from bidsport.status import add_expected
 
-    started = _now()
+    started = now_iso()
     if opts.manifest:
         add_expected(layout, list(opts.manifest))
     with _progress(quiet) as progress:
@@ -113,7 +107,7 @@ def run_participant(
             argv=argv,
             exit_code=int(code),
             started=started,
-            finished=_now(),
+            finished=now_iso(),
             packets=run.packets,
         )
         write_json(report_file, report)
@@ -208,7 +202,7 @@ def write_shortcut(
         "absent": [str(layout.work_dir)] if opts.work_dir is None else [],
         "writable": [str(opts.work_dir or layout.work_dir.parent)],
         "locks": [str(layout.lock_file(sub, ses)) for sub, ses in sessions],
-        "finished": _now(),
+        "finished": now_iso(),
         "log_dir": shortcut["log_dir"],
         "who": shortcut["who"],
         "config": shortcut["config"],
