@@ -39,6 +39,7 @@ NAMEFORMAT = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
 LAYOUTS = ("series", "flat", "mixed")
 SLICES = 36  #: slices of an EPI volume (one file per slice, as classic Siemens/GE/Philips)
 MAX_VOLUMES = 60  #: volumes of the longest fMRI run (3,600 files, the size of a long run)
+EPI_BANDWIDTH_PE = 27.778  #: Hz per pixel in the phase direction (as dcm_qa_nih's EPI)
 
 # Placeholders: fixed-width values written into the template, found and patched later.
 _UID_WIDTH = 32
@@ -220,23 +221,32 @@ sGRADSPEC.alShimCurrent[4]\t = \t505
 """
 
 
-def _csa(n_bytes: int, seed: int, protocol: bool = False) -> bytes:
-    """A valid Siemens CSA2 header of ``n_bytes``: tags dcm2niix ignores, then text (with
-    the ``protocol`` shim settings, as in a series header)."""
+def _csa(
+    n_bytes: int, seed: int, protocol: bool = False, tags: tuple[tuple[str, str, str], ...] = ()
+) -> bytes:
+    """A valid Siemens CSA2 header of ``n_bytes`` (more if its tags need more): ``tags``
+    (name, VR, value), then tags dcm2niix ignores, then text (with the ``protocol`` shim
+    settings, as in a series header)."""
+    filler = tuple(
+        (name, "DS", f"{(seed * 31 + i) % 1000}.0") for i, name in enumerate(_CSA_TAG_NAMES)
+    )
     out = bytearray(b"SV10\x04\x03\x02\x01")
-    out += struct.pack("<II", len(_CSA_TAG_NAMES), 77)
-    for i, name in enumerate(_CSA_TAG_NAMES):
-        value = f"{(seed * 31 + i) % 1000}.0".encode()
+    out += struct.pack("<II", len(tags) + len(filler), 77)
+    for name, vr, text in (*tags, *filler):
+        value = text.encode()
         out += name.encode().ljust(64, b"\0")
-        out += struct.pack("<i4siii", 1, b"DS\0\0", 3, 1, 77)  # vm, vr, syngodt, nitems, xx
+        # vm, vr, syngodt, nitems (6, as in Siemens files: one value, five empty), xx
+        out += struct.pack("<i4siii", 1, vr.encode().ljust(4, b"\0"), 3, 6, 77)
         padded = value + b"\0" * (-len(value) % 4)
         out += struct.pack("<iiii", len(value), len(value), 77, len(value)) + padded
+        out += struct.pack("<iiii", 0, 0, 77, 0) * 5
+    tags_end = len(out)  # the text may be cut short, the tags never (dcm2niix would crash)
     if protocol:
         out += _ASCCONV
     text = b'sProtConsistencyInfo.tBaselineString\t = \t"N4_VE11C_LATEST_20160120"\n'
     while len(out) < n_bytes:
         out += text
-    del out[max(n_bytes, 16) :]
+    del out[max(n_bytes, tags_end) :]
     return bytes(out) + (b"\0" if len(out) % 2 else b"")
 
 
@@ -255,6 +265,19 @@ def _find_all(data: bytes, needle: bytes, end: int) -> list[int]:
         found.append(pos)
         pos = data.find(needle, pos + 1, end)
     return found
+
+
+def _epi_tags(spec: SeriesSpec) -> tuple[tuple[str, str, str], ...]:
+    """The CSA image header tags from which dcm2niix derives an EPI series'
+    PhaseEncodingDirection and TotalReadoutTime (which BIDS requires of an ``epi``
+    fieldmap), as in dcm_qa_nih's Siemens EPI: phase encoding posterior to anterior
+    ("j", a ``dir-PA`` series: PhaseEncodingDirectionPositive 0) or anterior to posterior
+    ("j-", every other EPI series: 1)."""
+    if "EP" not in spec.scanning_sequence:
+        return ()
+    positive = "0" if "dir-PA" in spec.description else "1"
+    return (("PhaseEncodingDirectionPositive", "IS", positive),
+            ("BandwidthPerPixelPhaseEncode", "FD", f"{EPI_BANDWIDTH_PE:.3f}"))  # fmt: skip
 
 
 def _template(spec: SeriesSpec, private_kb: int, n_private: int) -> _Template:
@@ -290,9 +313,11 @@ def _template(spec: SeriesSpec, private_kb: int, n_private: int) -> _Template:
         ds.DiffusionBValue = _PH_BVALUE
         ds.DiffusionGradientOrientation = list(_PH_BVEC)
         ds.DiffusionDirectionality = _PH_DIRECTIONALITY
+    m = spec.rows if spec.phase_encoding == "COL" else spec.columns
+    ds.AcquisitionMatrix = [m, 0, 0, m] if spec.phase_encoding == "COL" else [0, m, m, 0]
     csa = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
     image_bytes = max(64, private_kb * 1024 // 4)
-    csa.add_new(0x10, "OB", _csa(image_bytes, 1))
+    csa.add_new(0x10, "OB", _csa(image_bytes, 1, tags=_epi_tags(spec)))
     csa.add_new(0x20, "OB", _csa(max(1024, private_kb * 1024 - image_bytes), 2, protocol=True))
     other = ds.private_block(0x0067, "BIDSPORT BENCH", create=True)
     for i in range(n_private):

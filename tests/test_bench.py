@@ -71,6 +71,31 @@ def test_synthetic_files_are_patched_into_distinct_valid_instances(tmp_path):
     assert header.has_pixel_data and header.rows == 64
 
 
+def test_synthetic_epi_series_carry_the_phase_encoding_dcm2niix_needs(tmp_path):
+    """BIDS requires PhaseEncodingDirection and TotalReadoutTime of an epi fieldmap:
+    dcm2niix finds them in the CSA header, as it does in dcm_qa_nih's Siemens EPI."""
+    from bidsport.convert import dcm2niix_binary
+
+    protocol = synth.Protocol(4, 4, 3, 3, localizers=False, derived=False, sbref=False)
+    synth.write_inbox(tmp_path / "in", 60, n_sessions=1, protocol=protocol, private_kb=8)
+    sidecars = {}
+    for series in sorted((tmp_path / "in").glob("*/*")):
+        out = tmp_path / "out" / series.name
+        out.mkdir(parents=True)
+        subprocess.run([dcm2niix_binary(), "-b", "o", "-o", out, series], check=True,
+                       capture_output=True)  # fmt: skip
+        (sidecar,) = out.glob("*.json")
+        sidecars[series.name.split("_", 1)[1]] = json.loads(sidecar.read_text())
+    pe = {name: s.get("PhaseEncodingDirection") for name, s in sidecars.items()}
+    assert pe.pop("func-bold_task-rest_run-01") == "j-"
+    assert {pe.pop(name) for name in list(pe) if name.startswith("func-bold")} <= {"j-"}
+    assert pe == {"anat-T1w": None, "fmap-epi_dir-AP": "j-", "fmap-epi_dir-PA": "j",
+                  "dwi_dir-AP": "j-", "anat-T2w": None}  # fmt: skip
+    ees = 1 / (synth.EPI_BANDWIDTH_PE * 64)  # 1 / (bandwidth per pixel x phase lines)
+    for name in ("fmap-epi_dir-AP", "fmap-epi_dir-PA", "dwi_dir-AP"):
+        assert sidecars[name]["TotalReadoutTime"] == pytest.approx(ees * 63, rel=1e-3)
+
+
 def test_linear_fit_and_best_of():
     intercept, slope, r2 = run.linear_fit([(1000.0, 3.0), (10000.0, 21.0), (100000.0, 201.0)])
     assert slope == pytest.approx(0.002) and intercept == pytest.approx(1.0) and r2 == 1.0
