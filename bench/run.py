@@ -738,6 +738,50 @@ def run_dcm2bids(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
 # --------------------------------------------------------------------------- cases
 
 
+#: the measure that stands for a tool's whole output, which the validator checks
+VALIDATED = {"bidsport": "bidsport e2e", "heudiconv": "heudiconv", "dcm2bids": "dcm2bids"}
+
+
+def validate_output(out: Path) -> dict[str, Any] | None:
+    """What the BIDS validator (bidsport's :func:`~bidsport.validator.run_validator`) says
+    of the dataset a tool wrote in ``out``: errors, warnings and the codes of the errors.
+
+    None when the validator is not installed. The validator (Deno) refuses to read under
+    ``/dev`` (``--work /dev/shm``): the dataset is then copied to the system's temporary
+    folder first, without ``sourcedata/`` and ``derivatives/``, which it ignores anyway.
+    """
+    from bidsport.errors import BidsportError
+    from bidsport.validator import find_validator, run_validator
+
+    command = find_validator()
+    if command is None or not out.is_dir():
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+        root = out
+        if out.resolve().is_relative_to("/dev"):
+            root = Path(tmp) / out.name
+            skip = {"sourcedata", "derivatives"}
+            shutil.copytree(out, root, symlinks=True, ignore=lambda d, names: [
+                n for n in names if d == str(out) and n in skip
+            ])  # fmt: skip
+        try:
+            result = run_validator(root, command=command)
+        except BidsportError as exc:
+            return {"errors": None, "warnings": None, "codes": [], "failed": str(exc)[:200]}
+    codes = sorted({issue.code for issue in result.errors})
+    return {"errors": len(result.errors), "warnings": len(result.warnings), "codes": codes}
+
+
+def _validation_note(validation: dict[str, Any] | None) -> str:
+    if not validation:
+        return ""
+    if validation.get("failed"):
+        return "validator failed"
+    n = validation["errors"]
+    codes = ", ".join(validation["codes"][:4]) + (", ..." if len(validation["codes"]) > 4 else "")
+    return f"validator: {n} errors" + (f" ({codes})" if n else "")
+
+
 def best_of(runs: list[list[Measure]]) -> list[Measure]:
     """Per tool, the repetition with the shortest wall time, with every wall time seen."""
     best: dict[str, Measure] = {}
@@ -895,6 +939,10 @@ def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]
             else:
                 runs.append([run_dcm2bids(case, work, logs, args.timeout)])
         done = best_of(runs)
+        if args.validate and tool in VALIDATED:  # the last run's output: all runs write the same
+            for m in done:
+                if m.tool == VALIDATED[tool]:
+                    m.extra["validation"] = validate_output(work / f"out-{tool}")
         for m in done:
             print(
                 f"   {m.tool:18s} {m.wall:8.2f} s  cpu {m.cpu:8.2f} s  "
@@ -975,6 +1023,8 @@ def case_table(case: dict[str, Any]) -> list[str]:
                 f"{w:.1f}" if w >= 1 else f"{w:.3f}" for w in m["extra"]["walls"]
             )
         note += f"; load {m['load'][0]:.1f}→{m['load'][1]:.1f}"
+        if validated := _validation_note(m["extra"].get("validation")):
+            note += f"; {validated}"
         rate = files / m["wall"] if m["wall"] and not m["tool"].endswith("group") else None
         images = "-" if m["images"] is None else str(m["images"])
         lines.append(
@@ -1191,13 +1241,22 @@ def target_lines(cases: list[dict[str, Any]]) -> list[str]:
         for tool, factor, cmp in (("heudiconv", 15.0, "≥ 15x"), ("dcm2bids", 1.2, "≥ 1.2x")):
             r = ratio(c, "bidsport e2e", tool)
             if r is not None:
-                target = f"end to end {cmp} faster than {tool}"
+                target = f"end to end {cmp} faster than {tool}, output passes the validator"
                 other = _find(c, tool) or {}
+                ours = (_find(c, "bidsport e2e") or {}).get("extra", {}).get("validation")
+                theirs = other.get("extra", {}).get("validation")
                 met = yes(r >= factor)
+                if ours is None:
+                    met += " (output not validated)"
+                elif ours.get("errors") != 0:
+                    met = "no: bidsport's output fails the validator"
                 if other.get("failed_calls"):  # a tool that stopped early did less work
                     calls = f"{other['failed_calls']} of {other['calls']} calls"
                     met = f"not comparable: {tool} failed on {calls}"
-                lines.append(_row(target, name, f"{r:.1f}x", met))
+                measured = f"{r:.1f}x"
+                if theirs and theirs.get("errors"):
+                    measured += f" ({tool}'s output: {theirs['errors']} validator errors)"
+                lines.append(_row(target, name, measured, met))
         first, rerun = _find(c, "bidsport"), _find(c, "bidsport re-run")
         if first and rerun:
             share = 100 * rerun["wall"] / first["wall"]
@@ -1347,6 +1406,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where inboxes and outputs are made (default: the temp folder)",
     )
     parser.add_argument("--keep", action="store_true", help="keep inboxes and outputs")
+    parser.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="do not check the BIDS outputs with the validator (it runs after the timing)",
+    )
     parser.add_argument(
         "--out-dir",
         type=Path,
