@@ -232,8 +232,8 @@ def _csa(
     )
     out = bytearray(b"SV10\x04\x03\x02\x01")
     out += struct.pack("<II", len(tags) + len(filler), 77)
-    for name, vr, text in (*tags, *filler):
-        value = text.encode()
+    for name, vr, item in (*tags, *filler):
+        value = item.encode()
         out += name.encode().ljust(64, b"\0")
         # vm, vr, syngodt, nitems (6, as in Siemens files: one value, five empty), xx
         out += struct.pack("<i4siii", 1, vr.encode().ljust(4, b"\0"), 3, 6, 77)
