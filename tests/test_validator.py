@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -143,3 +145,15 @@ def test_real_run_valid_then_broken(tmp_path: Path) -> None:
 def test_validator_crash_raises(tmp_path: Path) -> None:
     with pytest.raises(ExternalToolError, match="failed on"):
         run_validator(tmp_path, command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm here")
+def test_a_dataset_under_dev_gets_a_hint_not_deno_colours() -> None:
+    """Deno refuses to read under /dev (HPC jobs often work in /dev/shm): the message has
+    the validator's words without terminal colour codes, and the hint says what to do."""
+    with tempfile.TemporaryDirectory(prefix="bidsport-test-", dir="/dev/shm") as tmp:
+        root = _tiny_dataset(Path(tmp) / "ds")
+        with pytest.raises(ExternalToolError) as caught:
+            run_validator(root, command=_validator())
+    assert "NotCapable" in caught.value.message and "\x1b[" not in caught.value.message
+    assert "does not read under /dev" in (caught.value.hint or "")

@@ -237,6 +237,13 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def _under_devices(path: Path) -> bool:
+    """Whether ``path`` lies under /dev, /proc or /sys, which Deno reads only with every
+    permission (``--allow-all``), which the validator does not ask for."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(top) for top in ("/dev", "/proc", "/sys"))
+
+
 def run_validator(
     dataset_dir: Path,
     *,
@@ -257,10 +264,19 @@ def run_validator(
     argv = [*cmd, "--format", "json", str(dataset_dir)]
     result = run_command(argv, timeout=timeout)
     if result.returncode not in (0, EXIT_INVALID):
+        lines = [" ".join(line.split()) for line in _ANSI.sub("", result.stderr).splitlines()]
+        # Deno's first "error:" line says what went wrong; a stack trace follows it
+        said = next((line for line in lines if line.startswith("error:")), None)
+        stderr = (said or " ".join(lines)[-300:])[:500]
+        hint = f"run {' '.join(argv)} by hand to see what went wrong"
+        if "NotCapable" in stderr and _under_devices(dataset_dir):
+            hint = (
+                "the validator (Deno) does not read under /dev, /proc or /sys (e.g. /dev/shm): "
+                "validate a copy of the dataset made elsewhere, or use --skip-validation"
+            )
         raise ExternalToolError(
-            f"{VALIDATOR_SCRIPT} failed on {dataset_dir} (exit {result.returncode}): "
-            f"{' '.join(result.stderr.split())[-300:]}",
-            f"run {' '.join(argv)} by hand to see what went wrong",
+            f"{VALIDATOR_SCRIPT} failed on {dataset_dir} (exit {result.returncode}): {stderr}",
+            hint,
         )
     errors, warnings, schema = parse_validator_json(result.stdout)
     if result.returncode == EXIT_INVALID and not errors:
