@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,9 +261,12 @@ def run_validator(
     if not cmd:
         log.warning("%s is not installed: the dataset was not validated", VALIDATOR_SCRIPT)
         return ValidationResult(ran=False)
-    version = validator_version(cmd)
     argv = [*cmd, "--format", "json", str(dataset_dir)]
-    result = run_command(argv, timeout=timeout)
+    # Asking the version starts Deno once more (~0.3 s): ask while the validation runs
+    with ThreadPoolExecutor(1, thread_name_prefix="validator-version") as pool:
+        asked = pool.submit(validator_version, cmd)
+        result = run_command(argv, timeout=timeout)
+        version = asked.result()
     if result.returncode not in (0, EXIT_INVALID):
         lines = [" ".join(line.split()) for line in _ANSI.sub("", result.stderr).splitlines()]
         # Deno's first "error:" line says what went wrong; a stack trace follows it
