@@ -1248,6 +1248,8 @@ def target_lines(cases: list[dict[str, Any]]) -> list[str]:
                 met = yes(r >= factor)
                 if ours is None:
                     met += " (output not validated)"
+                elif ours.get("failed"):
+                    met += " (the validator failed)"
                 elif ours.get("errors") != 0:
                     met = "no: bidsport's output fails the validator"
                 if other.get("failed_calls"):  # a tool that stopped early did less work
