@@ -742,12 +742,41 @@ def run_dcm2bids(case: Case, work: Path, logs: Path, timeout: float) -> Measure:
 VALIDATED = {"bidsport": "bidsport e2e", "heudiconv": "heudiconv", "dcm2bids": "dcm2bids"}
 
 
+def dataset_roots(out: Path) -> list[Path]:
+    """The BIDS datasets a tool wrote in ``out``: ``out`` itself, or else the folders below
+    it that hold a ``dataset_description.json`` (HeuDiConv's ReproIn heuristic writes into
+    ``OUT/<StudyDescription as folders>/``), outside hidden folders, ``sourcedata/`` and
+    ``derivatives/``; ``out`` when there is none (the validator then says what is missing).
+    """
+    if (out / "dataset_description.json").is_file():
+        return [out]
+    roots: list[Path] = []
+    for found in sorted(out.rglob("dataset_description.json")):
+        folders = found.relative_to(out).parts[:-1]
+        if any(f.startswith(".") or f in ("sourcedata", "derivatives") for f in folders):
+            continue
+        if not any(found.parent.is_relative_to(root) for root in roots):
+            roots.append(found.parent)
+    return roots or [out]
+
+
+def _copy_dataset(root: Path, dest: Path) -> None:
+    """Copy a dataset (links as links) without its ``sourcedata/`` and ``derivatives/``."""
+    top = str(root)
+
+    def ignored(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if folder == top and n in ("sourcedata", "derivatives")]
+
+    shutil.copytree(root, dest, symlinks=True, ignore=ignored)
+
+
 def validate_output(out: Path) -> dict[str, Any] | None:
     """What the BIDS validator (bidsport's :func:`~bidsport.validator.run_validator`) says
-    of the dataset a tool wrote in ``out``: errors, warnings and the codes of the errors.
+    of the datasets a tool wrote in ``out`` (:func:`dataset_roots`): errors, warnings and
+    the codes of the errors, summed over the datasets.
 
     None when the validator is not installed. The validator (Deno) refuses to read under
-    ``/dev`` (``--work /dev/shm``): the dataset is then copied to the system's temporary
+    ``/dev`` (``--work /dev/shm``): a dataset is then copied to the system's temporary
     folder first, without ``sourcedata/`` and ``derivatives/``, which it ignores anyway.
     """
     from bidsport.errors import BidsportError
@@ -756,20 +785,26 @@ def validate_output(out: Path) -> dict[str, Any] | None:
     command = find_validator()
     if command is None or not out.is_dir():
         return None
-    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
-        root = out
-        if out.resolve().is_relative_to("/dev"):
-            root = Path(tmp) / out.name
-            skip = {"sourcedata", "derivatives"}
-            shutil.copytree(out, root, symlinks=True, ignore=lambda d, names: [
-                n for n in names if d == str(out) and n in skip
-            ])  # fmt: skip
-        try:
-            result = run_validator(root, command=command)
-        except BidsportError as exc:
-            return {"errors": None, "warnings": None, "codes": [], "failed": str(exc)[:200]}
-    codes = sorted({issue.code for issue in result.errors})
-    return {"errors": len(result.errors), "warnings": len(result.warnings), "codes": codes}
+    roots = dataset_roots(out)
+    summary: dict[str, Any] = {"errors": 0, "warnings": 0, "codes": [],
+                               "datasets": [str(r.relative_to(out)) for r in roots]}  # fmt: skip
+    codes: set[str] = set()
+    for root in roots:
+        with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+            where = root
+            if root.resolve().is_relative_to("/dev"):
+                where = Path(tmp) / root.name
+                _copy_dataset(root, where)
+            try:
+                result = run_validator(where, command=command)
+            except BidsportError as exc:
+                summary.update(errors=None, warnings=None, failed=str(exc)[:200])
+                return summary
+        summary["errors"] += len(result.errors)
+        summary["warnings"] += len(result.warnings)
+        codes.update(issue.code for issue in result.errors)
+    summary["codes"] = sorted(codes)
+    return summary
 
 
 def _validation_note(validation: dict[str, Any] | None) -> str:

@@ -101,6 +101,19 @@ def test_synthetic_epi_series_carry_the_phase_encoding_dcm2niix_needs(tmp_path):
         assert sidecars[name]["TotalReadoutTime"] == pytest.approx(ees * 63, rel=1e-3)
 
 
+def test_the_datasets_a_tool_wrote_are_found_below_its_output(tmp_path):
+    """HeuDiConv's ReproIn heuristic writes OUT/<study description as folders>/: that is
+    the dataset the validator must see, not OUT (which has no description)."""
+    out = tmp_path / "out"
+    for folder in ("Lab/Study", "Lab/Study/derivatives/x", ".heudiconv/S01", "Other/sourcedata"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "dataset_description.json").write_text("{}")
+    assert run.dataset_roots(out) == [out / "Lab" / "Study"]
+    (out / "dataset_description.json").write_text("{}")
+    assert run.dataset_roots(out) == [out]
+    assert run.dataset_roots(tmp_path / "empty") == [tmp_path / "empty"]
+
+
 def test_linear_fit_and_best_of():
     intercept, slope, r2 = run.linear_fit([(1000.0, 3.0), (10000.0, 21.0), (100000.0, 201.0)])
     assert slope == pytest.approx(0.002) and intercept == pytest.approx(1.0) and r2 == 1.0
