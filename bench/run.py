@@ -751,13 +751,27 @@ def dataset_roots(out: Path) -> list[Path]:
     if (out / "dataset_description.json").is_file():
         return [out]
     roots: list[Path] = []
-    for found in sorted(out.rglob("dataset_description.json")):
+    for found in sorted(out.rglob("dataset_description.json"), key=lambda f: len(f.parts)):
         folders = found.relative_to(out).parts[:-1]
         if any(f.startswith(".") or f in ("sourcedata", "derivatives") for f in folders):
             continue
         if not any(found.parent.is_relative_to(root) for root in roots):
             roots.append(found.parent)
     return roots or [out]
+
+
+def _under_dev(path: Path) -> bool:
+    """Whether the validator (Deno) refuses ``path``: it or its target is under /dev."""
+    return any(p.is_relative_to("/dev") for p in (path.absolute(), path.resolve()))
+
+
+def _readable_tmp() -> str:
+    """A temporary folder the validator can read: the system's, unless that is under /dev
+    (``TMPDIR=/dev/shm`` on some HPC nodes), else /var/tmp or /tmp."""
+    for folder in (tempfile.gettempdir(), "/var/tmp", "/tmp"):
+        if not _under_dev(Path(folder)) and os.access(folder, os.W_OK):
+            return folder
+    return tempfile.gettempdir()  # the validator will say why it cannot read there
 
 
 def _copy_dataset(root: Path, dest: Path) -> None:
@@ -790,14 +804,14 @@ def validate_output(out: Path) -> dict[str, Any] | None:
                                "datasets": [str(r.relative_to(out)) for r in roots]}  # fmt: skip
     codes: set[str] = set()
     for root in roots:
-        with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-validate-", dir=_readable_tmp()) as tmp:
             where = root
-            if root.resolve().is_relative_to("/dev"):
-                where = Path(tmp) / root.name
-                _copy_dataset(root, where)
             try:
+                if _under_dev(root):
+                    where = Path(tmp) / root.name
+                    _copy_dataset(root, where)
                 result = run_validator(where, command=command)
-            except BidsportError as exc:
+            except (BidsportError, OSError, shutil.Error) as exc:
                 summary.update(errors=None, warnings=None, failed=str(exc)[:200])
                 return summary
         summary["errors"] += len(result.errors)
@@ -1281,15 +1295,15 @@ def target_lines(cases: list[dict[str, Any]]) -> list[str]:
                 ours = (_find(c, "bidsport e2e") or {}).get("extra", {}).get("validation")
                 theirs = other.get("extra", {}).get("validation")
                 met = yes(r >= factor)
-                if ours is None:
-                    met += " (output not validated)"
-                elif ours.get("failed"):
-                    met += " (the validator failed)"
-                elif ours.get("errors") != 0:
-                    met = "no: bidsport's output fails the validator"
                 if other.get("failed_calls"):  # a tool that stopped early did less work
                     calls = f"{other['failed_calls']} of {other['calls']} calls"
                     met = f"not comparable: {tool} failed on {calls}"
+                if ours is None:
+                    met = f"speed: {met}; output not validated"
+                elif ours.get("failed"):
+                    met = f"speed: {met}; the validator failed"
+                elif ours.get("errors") != 0:
+                    met = f"no: bidsport's output fails the validator (speed: {met})"
                 measured = f"{r:.1f}x"
                 if theirs and theirs.get("errors"):
                     measured += f" ({tool}'s output: {theirs['errors']} validator errors)"

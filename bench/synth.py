@@ -233,13 +233,13 @@ def _csa(
     out = bytearray(b"SV10\x04\x03\x02\x01")
     out += struct.pack("<II", len(tags) + len(filler), 77)
     for name, vr, item in (*tags, *filler):
-        value = item.encode()
+        value = item.encode() + b"\0"  # a C string, its NUL counted in its length
         out += name.encode().ljust(64, b"\0")
         # vm, vr, syngodt, nitems (6, as in Siemens files: one value, five empty), xx
         out += struct.pack("<i4siii", 1, vr.encode().ljust(4, b"\0"), 3, 6, 77)
         padded = value + b"\0" * (-len(value) % 4)
         out += struct.pack("<iiii", len(value), len(value), 77, len(value)) + padded
-        out += struct.pack("<iiii", 0, 0, 77, 0) * 5
+        out += struct.pack("<iiii", 0, 0, 205, 0) * 5  # as Siemens writes empty items
     tags_end = len(out)  # the text may be cut short, the tags never (dcm2niix would crash)
     if protocol:
         out += _ASCCONV

@@ -109,6 +109,8 @@ def test_the_datasets_a_tool_wrote_are_found_below_its_output(tmp_path):
         (out / folder).mkdir(parents=True)
         (out / folder / "dataset_description.json").write_text("{}")
     assert run.dataset_roots(out) == [out / "Lab" / "Study"]
+    (out / "Lab" / "dataset_description.json").write_text("{}")  # a dataset in a dataset
+    assert run.dataset_roots(out) == [out / "Lab"]
     (out / "dataset_description.json").write_text("{}")
     assert run.dataset_roots(out) == [out]
     assert run.dataset_roots(tmp_path / "empty") == [tmp_path / "empty"]
@@ -159,7 +161,13 @@ def test_targets_say_when_a_competitor_failed():
     assert dcm2bids.endswith("| 1.5x (dcm2bids's output: 2 validator errors) | yes |")
     case["measures"][0] = measure("bidsport e2e", 1.0, errors=1)
     dcm2bids = rows()["end to end ≥ 1.2x faster than dcm2bids"]
-    assert dcm2bids.endswith("| no: bidsport's output fails the validator |")
+    assert dcm2bids.endswith("| no: bidsport's output fails the validator (speed: yes) |")
+    heudiconv = rows()["end to end ≥ 15x faster than heudiconv"]  # not hidden by "not comparable"
+    assert "no: bidsport's output fails the validator (speed: not comparable" in heudiconv
+    case["measures"][0]["extra"]["validation"] = None  # no validator installed
+    assert rows()["end to end ≥ 1.2x faster than dcm2bids"].endswith(
+        "| speed: yes; output not validated |"
+    )
 
 
 def test_pyspy_summary_counts_inclusive_and_self_samples(tmp_path):

@@ -148,12 +148,18 @@ def test_validator_crash_raises(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm here")
-def test_a_dataset_under_dev_gets_a_hint_not_deno_colours() -> None:
-    """Deno refuses to read under /dev (HPC jobs often work in /dev/shm): the message has
-    the validator's words without terminal colour codes, and the hint says what to do."""
+@pytest.mark.parametrize("where", ["in /dev/shm", "linked from /dev/shm"])
+def test_a_dataset_under_dev_gets_a_hint_not_deno_colours(tmp_path: Path, where: str) -> None:
+    """Deno refuses to read under /dev (HPC jobs often work in /dev/shm), also through a
+    link there to a dataset elsewhere: the message has the validator's words without
+    terminal colour codes, and the hint says what to do."""
     with tempfile.TemporaryDirectory(prefix="bidsport-test-", dir="/dev/shm") as tmp:
-        root = _tiny_dataset(Path(tmp) / "ds")
+        if where == "in /dev/shm":
+            root = _tiny_dataset(Path(tmp) / "ds")
+        else:
+            root = Path(tmp) / "ds"
+            root.symlink_to(_tiny_dataset(tmp_path / "ds"), target_is_directory=True)
         with pytest.raises(ExternalToolError) as caught:
             run_validator(root, command=_validator())
     assert "NotCapable" in caught.value.message and "\x1b[" not in caught.value.message
-    assert "does not read under /dev" in (caught.value.hint or "")
+    assert f"does not read under /dev, /proc or /sys ({root})" in (caught.value.hint or "")

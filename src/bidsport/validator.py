@@ -45,6 +45,8 @@ VALIDATOR_TIMEOUT = 3600.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _VERSION = re.compile(r"\d+\.\d+\.\d+\S*")
+# Deno: ``NotCapable: Requires all access to "/dev/shm/ds", run again with the --allow-all flag``
+_REFUSED = re.compile(r'Requires all access to "([^"]+)"')
 # In the validator's bundled schema: ``..., bids_version: "1.11.1", schema_version: ...``
 _BIDS_VERSION = re.compile(rb"""["']?bids_version["']?\s*:\s*["'](\d+\.\d+\.\d+[^"']*)["']""")
 
@@ -238,11 +240,21 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _under_devices(path: Path) -> bool:
-    """Whether ``path`` lies under /dev, /proc or /sys, which Deno reads only with every
-    permission (``--allow-all``), which the validator does not ask for."""
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(top) for top in ("/dev", "/proc", "/sys"))
+def _refused_device_path(stderr: str, dataset_dir: Path) -> Path | None:
+    """The path under /dev, /proc or /sys that Deno refused to read (it reads there only
+    with every permission, ``--allow-all``, which the validator does not ask for): the one
+    its error names (a file of the dataset may link there), else ``dataset_dir`` when it
+    or its target lies there. None when the failure is something else."""
+    if "NotCapable" not in stderr:
+        return None
+    named = _REFUSED.search(stderr)
+    candidates = [Path(named.group(1))] if named else []
+    for path in (*candidates, dataset_dir):
+        # Deno checks both the path as given and its target
+        for form in (path.absolute(), path.resolve()):
+            if any(form.is_relative_to(top) for top in ("/dev", "/proc", "/sys")):
+                return path
+    return None
 
 
 def run_validator(
@@ -273,9 +285,10 @@ def run_validator(
         said = next((line for line in lines if line.startswith("error:")), None)
         stderr = (said or " ".join(lines)[-300:])[:500]
         hint = f"run {' '.join(argv)} by hand to see what went wrong"
-        if "NotCapable" in stderr and _under_devices(dataset_dir):
+        refused = _refused_device_path(stderr, dataset_dir)
+        if refused is not None:
             hint = (
-                "the validator (Deno) does not read under /dev, /proc or /sys (e.g. /dev/shm): "
+                f"the validator (Deno) does not read under /dev, /proc or /sys ({refused}): "
                 "validate a copy of the dataset made elsewhere, or use --skip-validation"
             )
         raise ExternalToolError(
