@@ -19,6 +19,7 @@ Each issue may also carry ``suggestion``, ``affects``, ``line`` and ``character`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -250,10 +251,11 @@ def _refused_device_path(stderr: str, dataset_dir: Path) -> Path | None:
     named = _REFUSED.search(stderr)
     candidates = [Path(named.group(1))] if named else []
     for path in (*candidates, dataset_dir):
-        # Deno checks both the path as given and its target
-        for form in (path.absolute(), path.resolve()):
-            if any(form.is_relative_to(top) for top in ("/dev", "/proc", "/sys")):
-                return path
+        forms = [path.absolute()]  # Deno checks both the path as given and its target
+        with contextlib.suppress(OSError, RuntimeError):  # a link loop: no target
+            forms.append(path.resolve())
+        if any(f.is_relative_to(top) for f in forms for top in ("/dev", "/proc", "/sys")):
+            return path
     return None
 
 
@@ -280,12 +282,13 @@ def run_validator(
         result = run_command(argv, timeout=timeout)
         version = asked.result()
     if result.returncode not in (0, EXIT_INVALID):
-        lines = [" ".join(line.split()) for line in _ANSI.sub("", result.stderr).splitlines()]
+        plain = _ANSI.sub("", result.stderr)
+        lines = [" ".join(line.split()) for line in plain.splitlines()]
         # Deno's first "error:" line says what went wrong; a stack trace follows it
         said = next((line for line in lines if line.startswith("error:")), None)
         stderr = (said or " ".join(lines)[-300:])[:500]
         hint = f"run {' '.join(argv)} by hand to see what went wrong"
-        refused = _refused_device_path(stderr, dataset_dir)
+        refused = _refused_device_path(plain, dataset_dir)
         if refused is not None:
             hint = (
                 f"the validator (Deno) does not read under /dev, /proc or /sys ({refused}): "
