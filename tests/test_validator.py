@@ -130,7 +130,7 @@ def test_real_run_valid_then_broken(tmp_path: Path) -> None:
     result = run_validator(root, command=_validator())
     assert result.ran and result.valid, [i.describe() for i in result.errors]
     assert result.version and re.fullmatch(r"\d+\.\d+\.\d+\S*", result.version)
-    assert result.command[-3:] == ("--format", "json", str(root))
+    assert result.command[-4:] == ("--format", "json", "--prune", str(root))
     assert result.warnings  # e.g. recommended keys missing from the empty sidecar
 
     (root / "sub-01" / "anat" / "sub-01_T1w.nii.gz").rename(
@@ -163,3 +163,21 @@ def test_a_dataset_under_dev_gets_a_hint_not_deno_colours(tmp_path: Path, where:
             run_validator(root, command=_validator())
     assert "NotCapable" in caught.value.message and "\x1b[" not in caught.value.message
     assert f"does not read under /dev, /proc or /sys ({root})" in (caught.value.hint or "")
+
+
+def test_a_validator_without_prune_is_run_again_without_it(tmp_path: Path) -> None:
+    """Validators before 2024-11 have no --prune: the real validator behind a wrapper that
+    refuses the option as they do (their own words) still validates the dataset."""
+    root = _tiny_dataset(tmp_path / "ds")
+    old = tmp_path / "old-validator"
+    old.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --prune ] && '
+        "{ echo 'error: Unknown option \"--prune\".' >&2; exit 2; }; done\n"
+        f'exec {_validator()[0]} "$@"\n',
+        encoding="utf-8",
+    )
+    old.chmod(0o755)
+    result = run_validator(root, command=[str(old)])
+    assert result.ran and result.valid, [i.describe() for i in result.errors]
+    assert "--prune" not in result.command and result.command[-1] == str(root)

@@ -46,6 +46,8 @@ VALIDATOR_TIMEOUT = 3600.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _VERSION = re.compile(r"\d+\.\d+\.\d+\S*")
+# A validator older than --prune (2024-11): ``error: Unknown option "--prune".``
+_UNKNOWN_PRUNE = re.compile(r"[Uu]nknown (option|argument)\W+--prune")
 # Deno: ``NotCapable: Requires all access to "/dev/shm/ds", run again with the --allow-all flag``
 _REFUSED = re.compile(r'Requires all access to "([^"]+)"')
 # In the validator's bundled schema: ``..., bids_version: "1.11.1", schema_version: ...``
@@ -265,7 +267,11 @@ def run_validator(
     command: Sequence[str] | None = None,
     timeout: float = VALIDATOR_TIMEOUT,
 ) -> ValidationResult:
-    """Validate ``dataset_dir`` with ``bids-validator-deno --format json``.
+    """Validate ``dataset_dir`` with ``bids-validator-deno --format json --prune``.
+
+    ``--prune`` keeps the validator out of the folders it ignores (on a 10k-file dataset,
+    3.0 s and 233 MB without it, 0.6 s and 165 MB with it; the same issues); a validator
+    without that option is run again without it.
 
     ``command`` defaults to :func:`find_validator`; when the validator is not installed
     the result has ``ran=False`` (not an error). A validator that crashes or prints no
@@ -275,11 +281,18 @@ def run_validator(
     if not cmd:
         log.warning("%s is not installed: the dataset was not validated", VALIDATOR_SCRIPT)
         return ValidationResult(ran=False)
-    argv = [*cmd, "--format", "json", str(dataset_dir)]
+    # --prune: the validator does not walk the folders it ignores anyway (sourcedata/,
+    # derivatives/, code/...), where bidsport keeps a link and a copy of every DICOM file
+    argv = [*cmd, "--format", "json", "--prune", str(dataset_dir)]
     # Asking the version starts Deno once more (~0.3 s): ask while the validation runs
     with ThreadPoolExecutor(1, thread_name_prefix="validator-version") as pool:
         asked = pool.submit(validator_version, cmd)
         result = run_command(argv, timeout=timeout)
+        refused_option = _UNKNOWN_PRUNE.search(_ANSI.sub("", result.stderr))
+        if result.returncode not in (0, EXIT_INVALID) and refused_option:
+            log.info("%s has no --prune option: it walks the whole dataset", cmd[0])
+            argv.remove("--prune")
+            result = run_command(argv, timeout=timeout)
         version = asked.result()
     if result.returncode not in (0, EXIT_INVALID):
         plain = _ANSI.sub("", result.stderr)
