@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_a_validator_without_prune_is_run_again_without_it(tmp_path: Path) -> No
         "#!/bin/sh\n"
         'for a in "$@"; do [ "$a" = --prune ] && '
         "{ echo 'error: Unknown option \"--prune\".' >&2; exit 2; }; done\n"
-        f'exec {_validator()[0]} "$@"\n',
+        f'exec {shlex.quote(_validator()[0])} "$@"\n',
         encoding="utf-8",
     )
     old.chmod(0o755)
