@@ -760,16 +760,13 @@ def dataset_roots(out: Path) -> list[Path]:
     return roots or [out]
 
 
-def _under_dev(path: Path) -> bool:
-    """Whether the validator (Deno) refuses ``path``: it or its target is under /dev."""
-    return any(p.is_relative_to("/dev") for p in (path.absolute(), path.resolve()))
-
-
 def _readable_tmp() -> str:
     """A temporary folder the validator can read: the system's, unless that is under /dev
     (``TMPDIR=/dev/shm`` on some HPC nodes), else /var/tmp or /tmp."""
+    from bidsport.validator import refused_by_deno
+
     for folder in (tempfile.gettempdir(), "/var/tmp", "/tmp"):
-        if not _under_dev(Path(folder)) and os.access(folder, os.W_OK):
+        if not refused_by_deno(Path(folder)) and os.access(folder, os.W_OK):
             return folder
     return tempfile.gettempdir()  # the validator will say why it cannot read there
 
@@ -790,11 +787,12 @@ def validate_output(out: Path) -> dict[str, Any] | None:
     the codes of the errors, summed over the datasets.
 
     None when the validator is not installed. The validator (Deno) refuses to read under
-    ``/dev`` (``--work /dev/shm``): a dataset is then copied to the system's temporary
+    ``/dev`` (``--work /dev/shm``; :func:`bidsport.validator.refused_by_deno`): a dataset
+    is then copied to the system's temporary
     folder first, without ``sourcedata/`` and ``derivatives/``, which it ignores anyway.
     """
     from bidsport.errors import BidsportError
-    from bidsport.validator import find_validator, run_validator
+    from bidsport.validator import find_validator, refused_by_deno, run_validator
 
     command = find_validator()
     if command is None or not out.is_dir():
@@ -803,11 +801,12 @@ def validate_output(out: Path) -> dict[str, Any] | None:
     summary: dict[str, Any] = {"errors": 0, "warnings": 0, "codes": [],
                                "datasets": [str(r.relative_to(out)) for r in roots]}  # fmt: skip
     codes: set[str] = set()
+    tmp_dir = _readable_tmp()
     for root in roots:
-        with tempfile.TemporaryDirectory(prefix="bench-validate-", dir=_readable_tmp()) as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-validate-", dir=tmp_dir) as tmp:
             where = root
             try:
-                if _under_dev(root):
+                if refused_by_deno(root):
                     where = Path(tmp) / root.name
                     _copy_dataset(root, where)
                 result = run_validator(where, command=command)

@@ -243,22 +243,25 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def refused_by_deno(path: Path) -> bool:
+    """Whether the validator cannot read ``path``: it, as given or as its target, lies
+    under /dev, /proc or /sys, which Deno reads only with every permission
+    (``--allow-all``), which the validator does not ask for."""
+    forms = [path.absolute()]  # Deno checks both the path as given and its target
+    with contextlib.suppress(OSError, RuntimeError):  # a link loop: no target
+        forms.append(path.resolve())
+    return any(f.is_relative_to(top) for f in forms for top in ("/dev", "/proc", "/sys"))
+
+
 def _refused_device_path(stderr: str, dataset_dir: Path) -> Path | None:
-    """The path under /dev, /proc or /sys that Deno refused to read (it reads there only
-    with every permission, ``--allow-all``, which the validator does not ask for): the one
-    its error names (a file of the dataset may link there), else ``dataset_dir`` when it
-    or its target lies there. None when the failure is something else."""
+    """The path Deno refused to read (:func:`refused_by_deno`): the one its error names (a
+    file of the dataset may link there), else ``dataset_dir`` when it lies there. None
+    when the failure is something else."""
     if "NotCapable" not in stderr:
         return None
     named = _REFUSED.search(stderr)
     candidates = [Path(named.group(1))] if named else []
-    for path in (*candidates, dataset_dir):
-        forms = [path.absolute()]  # Deno checks both the path as given and its target
-        with contextlib.suppress(OSError, RuntimeError):  # a link loop: no target
-            forms.append(path.resolve())
-        if any(f.is_relative_to(top) for f in forms for top in ("/dev", "/proc", "/sys")):
-            return path
-    return None
+    return next((path for path in (*candidates, dataset_dir) if refused_by_deno(path)), None)
 
 
 def run_validator(
