@@ -788,8 +788,8 @@ def validate_output(out: Path) -> dict[str, Any] | None:
 
     None when the validator is not installed. The validator (Deno) refuses to read under
     ``/dev`` (``--work /dev/shm``; :func:`bidsport.validator.refused_by_deno`): a dataset
-    is then copied to the system's temporary
-    folder first, without ``sourcedata/`` and ``derivatives/``, which it ignores anyway.
+    is then copied to a temporary folder it can read (:func:`_readable_tmp`) first,
+    without ``sourcedata/`` and ``derivatives/``, which it ignores anyway.
     """
     from bidsport.errors import BidsportError
     from bidsport.validator import find_validator, refused_by_deno, run_validator
