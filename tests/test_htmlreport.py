@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
 import struct
 import sys
+import time
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -314,7 +316,9 @@ def _outputs(layout: DatasetLayout) -> list[tuple[str, str, str]]:
     return found
 
 
-def test_report_on_a_dataset(tmp_path: Path, dataset: DatasetLayout, caplog) -> None:
+def test_report_on_a_dataset(
+    tmp_path: Path, dataset: DatasetLayout, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     layout = DatasetLayout(tmp_path / "bids")
     shutil.copytree(dataset.root, layout.root, symlinks=True)
     status = read_status(layout)
@@ -338,6 +342,21 @@ def test_report_on_a_dataset(tmp_path: Path, dataset: DatasetLayout, caplog) -> 
 
     again = write_report(layout, status, title="Report test", generator="bidsport test")
     assert again.written == () and again.removed == ()
+
+    # an image converted again to the same content (a newer image, --overwrite): its
+    # thumbnail is made once, is not rewritten, and is then current
+    sub, ses, out = outputs[0]
+    image = layout.session_dir(sub, ses) / out
+    thumb = layout.derivatives_dir / str(thumbnail_relpath(sub, ses, out))
+    now = time.time_ns()
+    os.utime(thumb, ns=(now - 100 * 10**9,) * 2)
+    os.utime(image, ns=(now - 50 * 10**9,) * 2)
+    remade = write_report(layout, status, title="Report test", generator="bidsport test")
+    assert remade.written == ()
+    with monkeypatch.context() as patch:
+        patch.setattr(htmlreport, "_make_png", lambda image: pytest.fail(f"made {image} again"))
+        quiet = write_report(layout, status, title="Report test", generator="bidsport test")
+        assert quiet.written == ()
 
     # a thumbnail from another bidsport version (no mark) is made again, even when newer
     stale = sorted(expected)[0]

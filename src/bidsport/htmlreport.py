@@ -418,6 +418,19 @@ def _make_png(image: Path) -> bytes | str:
         return str(exc) or type(exc).__name__
 
 
+def _store_png(png_path: Path, data: bytes) -> bool:
+    """Write ``data`` at ``png_path`` unless the file holds it already (then only mark it
+    as newer than the image it shows, so it is not made again); True when written."""
+    try:
+        if png_path.read_bytes() == data:
+            os.utime(png_path)
+            return False
+    except OSError:
+        pass
+    fileops.write_bytes(png_path, data)
+    return True
+
+
 #: thumbnails to make before worker processes are worth starting
 _PARALLEL_FROM = 8
 
@@ -453,12 +466,7 @@ def _thumbnails(
             log.warning("no thumbnail for %s: %s", image, data)
             found[i] = (None, f"no preview: {data}")
             continue
-        try:
-            unchanged = png_path.read_bytes() == data
-        except OSError:
-            unchanged = False
-        if not unchanged:
-            fileops.write_bytes(png_path, data)
+        if _store_png(png_path, data):
             written.append(png_path)
         found[i] = (Thumbnail(relpath, *(png.size(data) or (0, 0))), None)
     return found
