@@ -170,6 +170,33 @@ def test_targets_say_when_a_competitor_failed():
     )
 
 
+def test_scan_target_judged_on_the_real_inbox_and_its_slowest_packet_named():
+    """The issue's header-scan target (4,000 files/s per core on real vendor files) is a
+    row of the table, for real inboxes only; the slowest packet of 100+ files is named."""
+
+    def read(count: int, cpu: float) -> dict:
+        return {"files": count, "count": count, "cpu": cpu}
+
+    scan = {
+        "files": 1105,
+        "read_header": read(1100, 0.25)
+        | {"by_folder": {"qage": read(350, 0.1), "qanih": read(700, 0.14), "qaenh": read(5, 0.01)}},
+    }
+    case = {"case": "real", "kind": "real", "files": 1105, "sessions": 3, "extra": {},
+            "measures": [], "scan": scan}  # fmt: skip
+    (row,) = run.target_lines([case])[2:]
+    assert row == (
+        "| header scan ≥ 4,000 files/s per core (warm cache, real vendor files) | real "
+        "| 4,400 files/s/core (slowest packet: qage, 3,500) | yes |"
+    )
+    scan["read_header"]["cpu"] = 0.3
+    assert run.target_lines([case])[2:][0].endswith("| no |")
+    assert run.target_lines([case | {"kind": "synthetic"}])[2:] == []
+    assert run.scan_folder_lines("real", scan)[0] == (
+        "- real, `qaenh`: 5 of 5 files read, 500 files/s/core"
+    )
+
+
 def test_pyspy_summary_counts_inclusive_and_self_samples(tmp_path):
     raw = tmp_path / "p.txt"
     raw.write_text(
@@ -234,6 +261,8 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
         assert validation is not None and validation["errors"] == 0, validation
         assert "validator: 0 errors" in table
     assert case["scan"]["files"] == 56 and case["scan"]["read_header"]["count"] == 56
+    by_folder = case["scan"]["read_header"]["by_folder"]  # one entry per packet
+    assert len(by_folder) == 2 and sum(e["count"] for e in by_folder.values()) == 56
     assert not list(work_dir.glob("bidsport-bench-*"))  # inbox and outputs removed
 
 
