@@ -1175,8 +1175,23 @@ def scan_lines(name: str, scan: dict[str, Any]) -> list[str]:
     return [
         f"| {name} | {n:,} | {scan['bytes'] / 1e6:,.0f} | {_per_core(rh):,.0f} "
         f"| {pd['count'] / pd['cpu']:,.0f} | {n / scan['scan_session']['wall']:,.0f} "
-        f"| {n / scan['scan_session_cached']['wall']:,.0f} |"
+        f"| {n / scan['scan_session_cached']['wall']:,.0f} | {_scan_memory_cells(scan)} |"
     ]
+
+
+def _scan_memory_cells(scan: dict[str, Any]) -> str:
+    """The memory columns of the header-scan table: main process start → peak (and per
+    file), largest worker."""
+    mem = scan.get("memory") or {}
+    if "main_peak_mb" not in mem:
+        return f"- | - ({mem['error'][:80]})" if "error" in mem else "- | -"
+    grew = mem["main_peak_mb"] - mem["main_start_mb"]
+    per_file = f"{1024 * grew / mem['files']:.2f} kB/file" if mem.get("files") else "-"
+    worker = mem.get("worker_peak_mb")
+    return (
+        f"{mem['main_start_mb']:.0f} → {mem['main_peak_mb']:.0f} MB ({per_file}) "
+        f"| {f'{worker:.0f} MB' if worker is not None else '-'}"
+    )
 
 
 def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None) -> str:
@@ -1259,11 +1274,16 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
             "`bench/scan.py`: bidsport's `read_header` and pydicom "
             "(`dcmread(stop_before_pixels=True)` + 30 attributes) in one process "
             "(files per CPU second), and `scan_session` with the run's worker count, "
-            "first without and then with the index cache (files per wall second).",
+            "first without and then with the index cache (files per wall second). "
+            "Memory: peak RSS of a fresh process streaming the inbox through "
+            "`scan_session` without keeping the results, workers started first (main "
+            "process before → at its peak, and the growth per file: the scan's sorted "
+            "list of the files; largest worker).",
             "",
             "| files of | files | MB | read_header files/s/core | pydicom files/s/core "
-            "| scan_session files/s | with index cache files/s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| scan_session files/s | with index cache files/s | scan memory, main "
+            "| scan memory, worker |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, scan in scans:
             out += scan_lines(name, scan)

@@ -12,6 +12,11 @@ For the files below the given folders (warm page cache: every file is read once 
 * ``scan_session``: :func:`bidsport.index.scan_session` with ``--n-procs`` workers and no
   cache (what the participant level does on a first run), then again with a warm
   index cache (what a re-run does).
+* ``memory``: the peak RSS of a fresh process that streams every root through
+  ``scan_session`` without keeping the results, its workers started first (as the
+  participant level starts them): the main process before and at its peak, and the
+  largest worker. What the scan itself holds per file (the sorted list of the files), not
+  what the participant level keeps for classification.
 
 Best of ``--repeat`` runs. Prints one JSON object (or writes it with ``--json``).
 
@@ -159,7 +164,53 @@ def bench_scan(
             cached_walls.append(cached)
         result["scan_session"] = {"wall": min(walls)}
         result["scan_session_cached"] = {"wall": min(cached_walls)}
+    result["memory"] = scan_memory(roots, n_procs)
     return result
+
+
+_MEMORY_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from bidsport.index import scan_pool, scan_session
+
+def peak_mb(who):
+    if who == resource.RUSAGE_SELF:  # this process's own high-water mark: ru_maxrss
+        # keeps the parent's from before the exec (fork and vfork copy the counter)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+
+n_procs, roots = int(sys.argv[1]), [Path(r) for r in sys.argv[2:]]
+pool = scan_pool(n_procs) if n_procs > 1 else None
+if pool is not None:
+    pool.submit(int).result()  # the workers start now, before any file is listed
+start = peak_mb(resource.RUSAGE_SELF)
+count = 0
+for root in roots:
+    for _ in scan_session(root, n_procs=n_procs, pool=pool):
+        count += 1
+main = peak_mb(resource.RUSAGE_SELF)
+if pool is not None:
+    pool.shutdown()
+print(json.dumps({"files": count, "main_start_mb": start, "main_peak_mb": main,
+                  "worker_peak_mb": peak_mb(resource.RUSAGE_CHILDREN) if pool else None}))
+"""
+
+
+def scan_memory(roots: list[Path], n_procs: int) -> dict[str, Any]:
+    """Peak memory of streaming ``roots`` through ``scan_session`` in a fresh process."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(n_procs), *map(str, roots)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-500:]}
+    return dict(json.loads(proc.stdout))
 
 
 def main(argv: list[str] | None = None) -> int:

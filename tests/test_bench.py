@@ -197,6 +197,14 @@ def test_scan_target_judged_on_the_real_inbox_and_its_slowest_packet_named():
     )
 
 
+def test_scan_memory_columns():
+    """The scan's memory: main process start → peak with the growth per file, worker."""
+    memory = {"files": 102400, "main_start_mb": 19.2, "main_peak_mb": 99.2, "worker_peak_mb": 20.4}
+    assert run._scan_memory_cells({"memory": memory}) == "19 → 99 MB (0.80 kB/file) | 20 MB"
+    assert run._scan_memory_cells({}) == "- | -"  # results from before the probe existed
+    assert run._scan_memory_cells({"memory": {"error": "boom"}}) == "- | - (boom)"
+
+
 def test_pyspy_summary_counts_inclusive_and_self_samples(tmp_path):
     raw = tmp_path / "p.txt"
     raw.write_text(
@@ -263,6 +271,9 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     assert case["scan"]["files"] == 56 and case["scan"]["read_header"]["count"] == 56
     by_folder = case["scan"]["read_header"]["by_folder"]  # one entry per packet
     assert len(by_folder) == 2 and sum(e["count"] for e in by_folder.values()) == 56
+    memory = case["scan"]["memory"]  # streamed through scan_session in a fresh process
+    assert memory["files"] == 56 and 5 < memory["main_start_mb"] <= memory["main_peak_mb"] < 500
+    assert 1 < memory["worker_peak_mb"] < 500
     assert not list(work_dir.glob("bidsport-bench-*"))  # inbox and outputs removed
 
 
