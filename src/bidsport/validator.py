@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import json
 import logging
 import re
@@ -112,6 +111,8 @@ def validator_version(command: Sequence[str]) -> str | None:
     if match:
         return match.group(0)
     # some builds print a commit hash instead: the Python package knows its version
+    import importlib.metadata  # ~10 ms of imports, for this fallback only
+
     try:
         return importlib.metadata.version("bids-validator-deno")
     except importlib.metadata.PackageNotFoundError:
