@@ -292,14 +292,14 @@ def run_validator(
     with ThreadPoolExecutor(1, thread_name_prefix="validator-version") as pool:
         asked = pool.submit(validator_version, cmd)
         result = run_command(argv, timeout=timeout)
-        refused_option = _UNKNOWN_PRUNE.search(_ANSI.sub("", result.stderr))
-        if result.returncode not in (0, EXIT_INVALID) and refused_option:
+        plain = _ANSI.sub("", result.stderr)  # without terminal colours
+        if result.returncode not in (0, EXIT_INVALID) and _UNKNOWN_PRUNE.search(plain):
             log.info("%s has no --prune option: it walks the whole dataset", cmd[0])
             argv.remove("--prune")
             result = run_command(argv, timeout=timeout)
+            plain = _ANSI.sub("", result.stderr)
         version = asked.result()
     if result.returncode not in (0, EXIT_INVALID):
-        plain = _ANSI.sub("", result.stderr)
         lines = [" ".join(line.split()) for line in plain.splitlines()]
         # Deno's first "error:" line says what went wrong; a stack trace follows it
         said = next((line for line in lines if line.startswith("error:")), None)
