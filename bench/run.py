@@ -1174,7 +1174,7 @@ def scan_lines(name: str, scan: dict[str, Any]) -> list[str]:
     rh, pd = scan["read_header"], scan["pydicom"]
     return [
         f"| {name} | {n:,} | {scan['bytes'] / 1e6:,.0f} | {_per_core(rh):,.0f} "
-        f"| {pd['count'] / pd['cpu']:,.0f} | {n / scan['scan_session']['wall']:,.0f} "
+        f"| {_per_core(pd):,.0f} | {n / scan['scan_session']['wall']:,.0f} "
         f"| {n / scan['scan_session_cached']['wall']:,.0f} | {_scan_memory_cells(scan)} |"
     ]
 
