@@ -42,26 +42,99 @@ def run_command(
     A missing program raises :class:`ExternalToolError`; a non-zero exit does not (the
     caller decides what it means).
     """
+    return start_command(args, cwd=cwd, timeout=timeout, env=env).wait()
+
+
+def start_command(
+    args: Sequence[str | Path],
+    *,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> RunningCommand:
+    """Start a command in the background: :func:`run_command`, but it returns at once and
+    :meth:`RunningCommand.wait` gives the result (``timeout`` counts from the start).
+
+    No thread is started (the output is read in :meth:`~RunningCommand.wait`), so worker
+    processes may still be forked while the command runs. A missing program raises
+    :class:`ExternalToolError` here.
+    """
     argv = tuple(str(a) for a in args)
     start = time.perf_counter()
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            timeout=timeout,
             env=env,
-            check=False,
         )
     except FileNotFoundError as exc:
         raise ExternalToolError(f"program not found: {argv[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ExternalToolError(f"{argv[0]} timed out after {timeout} s") from exc
-    seconds = time.perf_counter() - start
-    log.debug("ran %s -> exit %d (%.2f s)", shlex.join(argv), proc.returncode, seconds)
-    return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr, seconds)
+    return RunningCommand(argv, proc, start, timeout)
+
+
+class RunningCommand:
+    """A command started by :func:`start_command`: :meth:`wait` for its result, or
+    :meth:`stop` it. A context manager: leaving the block stops a command not waited for."""
+
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        proc: subprocess.Popen[str],
+        start: float,
+        timeout: float | None,
+    ) -> None:
+        self.argv = argv
+        self._proc = proc
+        self._start = start
+        self._timeout = timeout
+        self._result: CommandResult | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def wait(self) -> CommandResult:
+        """Wait for the command's end and return its output; a command still running
+        ``timeout`` seconds after its start is killed and raises :class:`ExternalToolError`."""
+        if self._result is not None:
+            return self._result
+        left = None
+        if self._timeout is not None:
+            left = max(0.0, self._timeout - (time.perf_counter() - self._start))
+        try:
+            stdout, stderr = self._proc.communicate(timeout=left)
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise ExternalToolError(f"{self.argv[0]} timed out after {self._timeout} s") from exc
+        except BaseException:  # e.g. KeyboardInterrupt: the command does not outlive us
+            self.stop()
+            raise
+        seconds = time.perf_counter() - self._start
+        code = self._proc.returncode
+        log.debug("ran %s -> exit %d (%.2f s)", shlex.join(self.argv), code, seconds)
+        self._result = CommandResult(self.argv, code, stdout, stderr, seconds)
+        return self._result
+
+    def stop(self) -> None:
+        """Kill the command if it still runs, reap it and close its pipes."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            log.debug("stopped %s", shlex.join(self.argv))
+        self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __enter__(self) -> RunningCommand:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._result is None:
+            self.stop()
 
 
 def process_pool(n_procs: int, **options: Any) -> ProcessPoolExecutor:

@@ -1,0 +1,81 @@
+"""Running external commands: in the foreground and in the background (real processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bidsport.errors import ExternalToolError
+from bidsport.runner import run_command, start_command
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process (not even an unreaped zombie) has ``pid``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_run_command_captures_output_and_exit_code() -> None:
+    probe = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    result = run_command([sys.executable, "-c", probe], timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert result.args == (sys.executable, "-c", probe) and result.seconds > 0
+
+
+def test_a_missing_program_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-tool"
+    with pytest.raises(ExternalToolError, match=re.escape(f"program not found: {missing}")):
+        start_command([missing])
+
+
+def test_a_started_command_runs_while_the_caller_goes_on(tmp_path: Path) -> None:
+    """start_command returns before the command ends; wait() gives what it printed, more
+    than a pipe holds (64 kB), and starts no thread (worker processes may be forked)."""
+    gate = tmp_path / "gate"
+    probe = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+        "sys.stdout.write('x' * 1_000_000)\n"
+    )
+    threads = threading.active_count()
+    with start_command([sys.executable, "-c", probe], timeout=60) as running:
+        assert threading.active_count() == threads
+        gate.touch()  # the command cannot have ended before this
+        result = running.wait()
+        assert running.wait() is result  # asked again: the same result
+    assert result.returncode == 0 and len(result.stdout) == 1_000_000
+    assert _gone(running.pid)
+
+
+def test_a_command_past_its_timeout_is_killed() -> None:
+    running = start_command([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
+    start = time.perf_counter()
+    with pytest.raises(ExternalToolError, match=r"timed out after 0\.5 s"):
+        running.wait()
+    assert time.perf_counter() - start < 30
+    assert _gone(running.pid)
+
+
+def test_the_timeout_counts_from_the_start() -> None:
+    running = start_command([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
+    time.sleep(0.6)
+    start = time.perf_counter()
+    with pytest.raises(ExternalToolError, match="timed out"):
+        running.wait()
+    assert time.perf_counter() - start < 0.5
+
+
+def test_leaving_the_block_without_waiting_stops_the_command() -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(RuntimeError, match="the caller failed"), start_command(sleeper) as running:
+        raise RuntimeError("the caller failed")
+    assert _gone(running.pid)
