@@ -20,6 +20,7 @@ from bidsport.validator import (
     find_validator,
     parse_validator_json,
     run_validator,
+    start_validator,
     validator_bids_version,
 )
 
@@ -119,6 +120,7 @@ def test_missing_validator_is_not_an_error(tmp_path: Path, monkeypatch: pytest.M
     assert validator_bids_version() is None
     result = run_validator(tmp_path)
     assert result.ran is False and result.errors == () and not result.valid
+    assert start_validator(tmp_path).pid is None
 
 
 def test_bids_version_of_the_installed_schema() -> None:
@@ -141,6 +143,21 @@ def test_real_run_valid_then_broken(tmp_path: Path) -> None:
     assert broken.ran and not broken.valid
     located = {(e.code, e.location) for e in broken.errors}
     assert ("NOT_INCLUDED", "/sub-01/anat/sub-01_T1x.nii.gz") in located
+
+
+def test_a_validation_left_unfinished_is_stopped(tmp_path: Path) -> None:
+    """The group level validates while it writes the report: when the report fails, the
+    validator is stopped and reaped (no process, not even a zombie, is left)."""
+    root = _tiny_dataset(tmp_path / "ds")
+    with (
+        pytest.raises(RuntimeError, match="the report failed"),
+        start_validator(root, command=_validator()) as pending,
+    ):
+        pid = pending.pid
+        assert pid is not None
+        raise RuntimeError("the report failed")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_validator_crash_raises(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ dataset, never the DICOM inbox. It writes, through :mod:`bidsport.fileops` (atom
   status, series tables and a picture of every converted image, for curators.
 
 No ``.bidsignore`` is written: everything else bidsport writes lies in ``sourcedata/``
-and ``derivatives/``, which the validator ignores.
+and ``derivatives/``, which the validator ignores. It does not even read them
+(``--prune``), so it validates the dataset while the report is written.
 
 A file whose content would not change is not rewritten, so a second run changes
 nothing (not even the status backups).
@@ -25,6 +26,7 @@ nothing (not even the status backups).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ from bidsport.validator import (
     Issue,
     ValidationResult,
     find_validator,
-    run_validator,
+    start_validator,
     validator_bids_version,
 )
 
@@ -267,21 +269,22 @@ def run_group(
         written.append(layout.status_file)
     summary, totals = summarize(status)
 
-    report_file = None
-    if report:
-        outcome = write_report(
-            layout,
-            status,
-            title=str(description.get("Name") or name),
-            generator=f"bidsport {bidsport_version}",
-            n_procs=n_procs,
-        )
-        written += outcome.written
-        report_file = outcome.report_file
-
-    validation = None
-    if validate:
-        validation = run_validator(root, command=command)
+    # the validator reads the dataset while the report is written: the report and its
+    # thumbnails are in derivatives/, which the validator (--prune) does not read
+    pending = start_validator(root, command=command) if validate else None
+    with pending or contextlib.nullcontext():
+        report_file = None
+        if report:
+            outcome = write_report(
+                layout,
+                status,
+                title=str(description.get("Name") or name),
+                generator=f"bidsport {bidsport_version}",
+                n_procs=n_procs,
+            )
+            written += outcome.written
+            report_file = outcome.report_file
+        validation = pending.result() if pending is not None else None
     for path in written:
         log.info("wrote %s", path)
     return GroupResult(

@@ -27,13 +27,12 @@ import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bidsport.errors import ExternalToolError
-from bidsport.runner import run_command
+from bidsport.runner import RunningCommand, run_command, start_command
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +101,24 @@ def find_validator() -> list[str] | None:
 
 def validator_version(command: Sequence[str]) -> str | None:
     """The version the validator prints with ``--version`` (e.g. "3.0.2"), or None."""
+    return _answered_version(_ask_version(command))
+
+
+def _ask_version(command: Sequence[str]) -> RunningCommand | None:
+    """Start ``command --version`` (Deno starts in ~0.3 s: ask while something else runs)."""
     try:
-        result = run_command([*command, "--version"], timeout=120)
+        return start_command([*command, "--version"], timeout=120)
+    except ExternalToolError as exc:
+        log.warning("cannot ask the BIDS validator its version: %s", exc)
+        return None
+
+
+def _answered_version(asked: RunningCommand | None) -> str | None:
+    """The version in the answer of :func:`_ask_version`, or None."""
+    if asked is None:
+        return None
+    try:
+        result = asked.wait()
     except ExternalToolError as exc:
         log.warning("cannot ask the BIDS validator its version: %s", exc)
         return None
@@ -281,51 +296,112 @@ def run_validator(
     the result has ``ran=False`` (not an error). A validator that crashes or prints no
     JSON raises :class:`ExternalToolError`.
     """
+    with start_validator(dataset_dir, command=command, timeout=timeout) as pending:
+        return pending.result()
+
+
+def start_validator(
+    dataset_dir: Path,
+    *,
+    command: Sequence[str] | None = None,
+    timeout: float = VALIDATOR_TIMEOUT,
+) -> PendingValidation:
+    """:func:`run_validator` in the background: the validator starts now, and
+    :meth:`PendingValidation.result` waits for its findings.
+
+    The validator only reads the dataset, and with ``--prune`` not the folders it ignores
+    (``derivatives/``...): those may still be written while it runs, nothing else. No
+    thread is started, so worker processes may be forked meanwhile.
+    """
     cmd = list(command) if command is not None else find_validator()
     if not cmd:
         log.warning("%s is not installed: the dataset was not validated", VALIDATOR_SCRIPT)
-        return ValidationResult(ran=False)
+        return PendingValidation(dataset_dir, [], None, None, timeout)
     # --prune: the validator does not walk the folders it ignores anyway (sourcedata/,
     # derivatives/, code/...), where bidsport keeps a link and a copy of every DICOM file
     argv = [*cmd, "--format", "json", "--prune", str(dataset_dir)]
-    # Asking the version starts Deno once more (~0.3 s): ask while the validation runs
-    with ThreadPoolExecutor(1, thread_name_prefix="validator-version") as pool:
-        asked = pool.submit(validator_version, cmd)
-        result = run_command(argv, timeout=timeout)
-        plain = _ANSI.sub("", result.stderr)  # without terminal colours
-        if result.returncode not in (0, EXIT_INVALID) and _UNKNOWN_PRUNE.search(plain):
-            log.info("%s has no --prune option: it walks the whole dataset", cmd[0])
-            argv.remove("--prune")
-            result = run_command(argv, timeout=timeout)
-            plain = _ANSI.sub("", result.stderr)
-        version = asked.result()
-    if result.returncode not in (0, EXIT_INVALID):
-        lines = [" ".join(line.split()) for line in plain.splitlines()]
-        # Deno's first "error:" line says what went wrong; a stack trace follows it
-        said = next((line for line in lines if line.startswith("error:")), None)
-        stderr = (said or " ".join(lines)[-300:])[:500]
-        hint = f"run {' '.join(argv)} by hand to see what went wrong"
-        refused = _refused_device_path(plain, dataset_dir)
-        if refused is not None:
-            hint = (
-                f"the validator (Deno) does not read under /dev, /proc or /sys ({refused}): "
-                "validate a copy of the dataset made elsewhere, or use --skip-validation"
+    running = start_command(argv, timeout=timeout)
+    return PendingValidation(dataset_dir, argv, running, _ask_version(cmd), timeout)
+
+
+class PendingValidation:
+    """A validation started by :func:`start_validator`. A context manager: leaving the
+    block stops the validator when its :meth:`result` was not taken."""
+
+    def __init__(
+        self,
+        dataset_dir: Path,
+        argv: list[str],
+        running: RunningCommand | None,
+        asked: RunningCommand | None,
+        timeout: float,
+    ) -> None:
+        self.dataset_dir = dataset_dir
+        self._argv = argv
+        self._running = running
+        self._asked = asked
+        self._timeout = timeout
+
+    def __enter__(self) -> PendingValidation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The validator's process ID (None when it is not installed)."""
+        return self._running.pid if self._running is not None else None
+
+    def stop(self) -> None:
+        """Stop the validator (and the question of its version) if they still run."""
+        for command in (self._running, self._asked):
+            if command is not None:
+                command.stop()
+
+    def result(self) -> ValidationResult:
+        """The validator's findings, once it has finished (see :func:`run_validator`)."""
+        if self._running is None:
+            return ValidationResult(ran=False)
+        argv, dataset_dir = self._argv, self.dataset_dir
+        try:
+            result = self._running.wait()
+            plain = _ANSI.sub("", result.stderr)  # without terminal colours
+            if result.returncode not in (0, EXIT_INVALID) and _UNKNOWN_PRUNE.search(plain):
+                log.info("%s has no --prune option: it walks the whole dataset", argv[0])
+                argv = [a for a in argv if a != "--prune"]
+                result = run_command(argv, timeout=self._timeout)
+                plain = _ANSI.sub("", result.stderr)
+            version = _answered_version(self._asked)
+        finally:
+            self.stop()
+        if result.returncode not in (0, EXIT_INVALID):
+            lines = [" ".join(line.split()) for line in plain.splitlines()]
+            # Deno's first "error:" line says what went wrong; a stack trace follows it
+            said = next((line for line in lines if line.startswith("error:")), None)
+            stderr = (said or " ".join(lines)[-300:])[:500]
+            hint = f"run {' '.join(argv)} by hand to see what went wrong"
+            refused = _refused_device_path(plain, dataset_dir)
+            if refused is not None:
+                hint = (
+                    f"the validator (Deno) does not read under /dev, /proc or /sys ({refused}): "
+                    "validate a copy of the dataset made elsewhere, or use --skip-validation"
+                )
+            raise ExternalToolError(
+                f"{VALIDATOR_SCRIPT} failed on {dataset_dir} (exit {result.returncode}): {stderr}",
+                hint,
             )
-        raise ExternalToolError(
-            f"{VALIDATOR_SCRIPT} failed on {dataset_dir} (exit {result.returncode}): {stderr}",
-            hint,
+        errors, warnings, schema = parse_validator_json(result.stdout)
+        if result.returncode == EXIT_INVALID and not errors:
+            log.warning("%s exited with %d but reported no error", VALIDATOR_SCRIPT, EXIT_INVALID)
+        log.info(
+            "BIDS validator %s: %d errors, %d warnings", version or "?", len(errors), len(warnings)
         )
-    errors, warnings, schema = parse_validator_json(result.stdout)
-    if result.returncode == EXIT_INVALID and not errors:
-        log.warning("%s exited with %d but reported no error", VALIDATOR_SCRIPT, EXIT_INVALID)
-    log.info(
-        "BIDS validator %s: %d errors, %d warnings", version or "?", len(errors), len(warnings)
-    )
-    return ValidationResult(
-        ran=True,
-        command=tuple(argv),
-        errors=errors,
-        warnings=warnings,
-        version=version,
-        schema_version=schema,
-    )
+        return ValidationResult(
+            ran=True,
+            command=tuple(argv),
+            errors=errors,
+            warnings=warnings,
+            version=version,
+            schema_version=schema,
+        )
