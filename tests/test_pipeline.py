@@ -13,6 +13,7 @@ import pytest
 from bidsport.cli.run import main
 from bidsport.example import NAMEFORMAT, write_example_inbox
 from bidsport.fileops import read_tsv
+from bidsport.layout import DatasetLayout
 from bidsport.validator import find_validator
 
 SESSIONS = ["P01_V1", "P01_V2", "P02_V1", "P02_V2", "P03_V1", "P03_V2", "P04_V1"]
@@ -313,3 +314,89 @@ def test_sessions_in_flight_at_once_give_the_same_dataset(example, tmp_path):
     assert made["1"] == made["2"]
     assert any(rel.endswith("_bold.nii.gz") for rel in made["2"])
     assert any(value.startswith("-> ") for value in made["2"].values())
+
+
+PHILIPS_TOPUP_RULES = """
+[[rules]]
+name = "topup-AP"
+[rules.match]
+series_description = "^fmap-epi_dir-AP$"
+[rules.set]
+sidecar = { PhaseEncodingDirection = "j-", TotalReadoutTime = 0.0415 }
+
+[[rules]]
+name = "topup-PA"
+[rules.match]
+series_description = "^fmap-epi_dir-PA$"
+[rules.set]
+sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
+"""
+
+
+def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
+    """Philips does not record the phase-encoding polarity, so dcm2niix writes no
+    PhaseEncodingDirection (nor TotalReadoutTime without Philips' private tags), which BIDS
+    requires of an epi fieldmap. The participant level says so for each fieldmap; a rules
+    file sets the keys, and the validator then finds no error."""
+    from bidsport.synthetic import SeriesSpec, Study, write_series
+    from bidsport.validator import run_validator
+
+    epi = {
+        "mr_acquisition_type": "2D",
+        "scanning_sequence": ("SE", "EP"),
+        "sequence_name": "",
+        "repetition_time": 3000.0,
+        "echo_time": 50.0,
+        "flip_angle": 90.0,
+    }
+    study = Study(manufacturer="Philips", model="Ingenia")
+    packet = tmp_path / "inbox" / "PH01"
+    for number, description, volumes in (
+        (3, "func-bold_task-rest_dir-AP", 4),
+        (4, "fmap-epi_dir-AP", 1),
+        (5, "fmap-epi_dir-PA", 1),
+    ):
+        spec = SeriesSpec(description, number, n_slices=3, n_volumes=volumes,
+                          acquisition_time=f"09{number:02d}00.000000", **epi)  # fmt: skip
+        write_series(spec, packet / description, study=study)
+    rules = tmp_path / "topup.toml"
+    rules.write_text(PHILIPS_TOPUP_RULES, encoding="utf-8")
+    validator = find_validator()
+    results = {}
+    for label, extra in (("plain", []), ("rules", ["--rules", str(rules)])):
+        out = tmp_path / label
+        assert main([str(tmp_path / "inbox"), str(out), "participant", *extra]) == 0
+        assert main([str(tmp_path / "inbox"), str(out), "group", "--skip-validation"]) == 0
+        fmap = out / "sub-PH01" / "fmap"
+        sidecars = {p.name: json.loads(p.read_text()) for p in sorted(fmap.glob("*.json"))}
+        report = json.loads(
+            next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text()
+        )
+        notes = [p["reason"] for s in report["sessions"] for p in s["problems"]]
+        codes = set()
+        if validator is not None:
+            codes = {(i.code, i.sub_code) for i in run_validator(out, command=validator).errors}
+        results[label] = sidecars, notes, codes
+    sidecars, notes, codes = results["plain"]
+    assert list(sidecars) == ["sub-PH01_dir-AP_epi.json", "sub-PH01_dir-PA_epi.json"]
+    assert all("PhaseEncodingDirection" not in s for s in sidecars.values())
+    assert [n.split(":")[0] for n in notes] == [
+        "sub-PH01_dir-AP_epi.json has no PhaseEncodingDirection or TotalReadoutTime",
+        "sub-PH01_dir-PA_epi.json has no PhaseEncodingDirection or TotalReadoutTime",
+    ]
+    assert all(n.endswith("set them with a --rules file (set.sidecar), or the validator reports "
+                          "an error") for n in notes)  # fmt: skip
+    if validator is not None:  # the validator agrees
+        assert {code for code, _ in codes} == {
+            "PHASE_ENCODING_DIRECTION_MUST_DEFINE",
+            "TOTAL_READOUT_TIME_MUST_DEFINE",
+        }, codes
+    sidecars, notes, codes = results["rules"]
+    pe = {name: s["PhaseEncodingDirection"] for name, s in sidecars.items()}
+    assert pe == {"sub-PH01_dir-AP_epi.json": "j-", "sub-PH01_dir-PA_epi.json": "j"}
+    assert all(s["TotalReadoutTime"] == 0.0415 for s in sidecars.values())
+    assert notes == [] and codes == set(), (notes, codes)
+    layout = DatasetLayout(tmp_path / "rules")
+    table = read_tsv(layout.series_table("PH01", None))
+    evidence = [r["evidence"] for r in table if "fmap-epi_dir-PA" in r["series_description"]]
+    assert any('sets in the sidecar: PhaseEncodingDirection = "j"' in e for e in evidence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
@@ -64,6 +65,10 @@ def bold(desc: str, *, vols: int = 150, prot: str | None = None) -> Series:
     return series(desc, prot=prot, seq="epfid2d1_64", ss=("EP",), tr=800, te=37, ti=None, vols=vols)
 
 
+def philips(s: Series) -> Series:
+    return dataclasses.replace(s, header=dataclasses.replace(s.header, manufacturer="Philips"))
+
+
 def rules_from(data: object) -> list[Rule]:
     return parse_rules(data, "test.toml")
 
@@ -81,8 +86,10 @@ def test_example_file_loads() -> None:
         "symri-t1map",
         "multiband-acq",
         "low-field-review",
+        "philips-topup-pa",
     ]
     assert all(r.source == str(EXAMPLE) for r in rules)
+    assert rules[-1].sidecar == {"PhaseEncodingDirection": "j", "TotalReadoutTime": 0.0415}
 
 
 @pytest.mark.parametrize(
@@ -126,8 +133,12 @@ def test_example_file_loads() -> None:
                 "multiband-acq",
             ),
         ),
+        (
+            philips(series("SE-EPI_topup_PA", seq=None, ss=("SE", "EP"), tr=3000, te=50, ti=None)),
+            ("fmap", "epi", {"dir": "PA"}, "raw", None, "philips-topup-pa"),
+        ),
     ],
-    ids=["site-t1", "nback", "exclude", "symri-t2", "symri-t1map", "refine-acq"],
+    ids=["site-t1", "nback", "exclude", "symri-t2", "symri-t1map", "refine-acq", "topup-pa"],
 )
 def test_example_rules_decide(s: Series, expected: tuple[object, ...]) -> None:
     cls = classify_series(s, load_rules(EXAMPLE))
@@ -593,3 +604,94 @@ def test_rule_evidence_shows_conditions_and_values() -> None:
         "rule 't1': series_description ~ /mprage/ ('t1_mprage_sag'), "
         "inversion_time in [800, 1000] ('900')"
     )
+
+
+# --------------------------------------------------------------------------- set.sidecar
+
+PHILIPS_EPI_RULE = """
+[[rules]]
+name = "philips-topup"
+[rules.match]
+series_description = "^SE_EPI_(AP|PA)$"
+[rules.set]
+datatype = "fmap"
+suffix = "epi"
+sidecar = { PhaseEncodingDirection = "j-", TotalReadoutTime = 0.0415, MultibandAccelerationFactor = 2 }
+"""
+
+
+def test_a_rule_sets_sidecar_keys_and_says_so(tmp_path: Path) -> None:
+    """What the headers do not say (a Philips fieldmap's polarity) is set by a rule: the
+    classification carries the keys, in file order, and the evidence names them."""
+    path = tmp_path / "rules.toml"
+    path.write_text(PHILIPS_EPI_RULE, encoding="utf-8")
+    (rule,) = load_rules(path)
+    s = series("SE_EPI_AP", seq=None, ss=("SE", "EP"), tr=6000, te=60, ti=None)
+    cls = classify_series(s, [rule])
+    assert (cls.datatype, cls.suffix, cls.rule) == ("fmap", "epi", "philips-topup")
+    assert list(cls.sidecar.items()) == [
+        ("PhaseEncodingDirection", "j-"),
+        ("TotalReadoutTime", 0.0415),
+        ("MultibandAccelerationFactor", 2),
+    ]
+    assert (
+        "rule 'philips-topup' sets in the sidecar: PhaseEncodingDirection = \"j-\", "
+        "TotalReadoutTime = 0.0415, MultibandAccelerationFactor = 2"
+    ) in cls.evidence
+
+
+def test_a_refining_rule_sets_only_sidecar_keys() -> None:
+    """Without datatype/suffix the automatic name stands; only the sidecar keys are added."""
+    (rule,) = rules_from(
+        {
+            "rules": [
+                {
+                    "name": "slice-timing",
+                    "match": {"series_description": "rest"},
+                    "set": {"sidecar": {"SliceTiming": [0, 0.4, 0.2, 0.6], "Nested": {"A": [1]}}},
+                }
+            ]
+        }
+    )
+    auto = classify_series(bold("fMRI_rest"))
+    cls = classify_series(bold("fMRI_rest"), [rule])
+    assert (cls.datatype, cls.suffix, dict(cls.entities)) == (
+        auto.datatype,
+        auto.suffix,
+        dict(auto.entities),
+    )
+    assert cls.sidecar == {"SliceTiming": [0, 0.4, 0.2, 0.6], "Nested": {"A": [1]}}
+    assert auto.sidecar == {}
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "problem"),
+    [
+        ({}, "set.sidecar must be a non-empty table"),
+        ("j-", "set.sidecar must be a non-empty table"),
+        ({"phaseEncodingDirection": "j-"}, "'phaseEncodingDirection' is not a BIDS key"),
+        ({"Total_Readout": 1}, "'Total_Readout' is not a BIDS key"),
+        ({"IntendedFor": ["bids::sub-01/func/x.nii.gz"]}, "'IntendedFor' cannot be set"),
+        ({"TaskName": "rest"}, "set entities.task"),
+        ({"InstitutionName": "General"}, "'InstitutionName' cannot be set: it identifies"),
+        ({"TotalReadoutTime": float("nan")}, "set.sidecar.TotalReadoutTime: nan is not a number"),
+        ({"SliceTiming": [0, float("inf")]}, "set.sidecar.SliceTiming[1]: inf"),
+    ],
+)
+def test_invalid_sidecar_keys_and_values_are_named(sidecar: object, problem: str) -> None:
+    data = {"rules": [{"name": "x", "match": {"series_description": "a"}, "set": {}}]}
+    data["rules"][0]["set"] = {"sidecar": sidecar}
+    with pytest.raises(ConfigError) as info:
+        rules_from(data)
+    assert "rule 1 ('x')" in str(info.value) and problem in str(info.value), str(info.value)
+
+
+def test_a_toml_date_in_a_sidecar_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[[rules]]\nname = "d"\n[rules.match]\nseries_description = "a"\n'
+        "[rules.set]\nsidecar = { AcquisitionDate = 2024-01-02 }\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"set\.sidecar\.AcquisitionDate: a date cannot be"):
+        load_rules(path)

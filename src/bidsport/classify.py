@@ -23,6 +23,7 @@ several protocols that would otherwise share a name.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -1075,7 +1076,7 @@ def _apply_rule(
             _set_task(d, f)
         if rule.review is not None:
             d.review = rule.review
-        return d.freeze(rule.name)
+        return _with_sidecar(d, rule)
     d = replace(auto, evidence=[why, *auto.evidence], entities=dict(auto.entities))
     d.entities.update(rule.entities)
     if rule.provenance is not None and rule.provenance != auto.provenance:
@@ -1094,7 +1095,16 @@ def _apply_rule(
                 d.excluded = None
     if rule.review is not None:
         d.review = rule.review
-    return d.freeze(rule.name)
+    return _with_sidecar(d, rule)
+
+
+def _with_sidecar(d: _Draft, rule: Rule) -> Classification:
+    """``d`` frozen, with the sidecar keys ``rule`` sets (said in the evidence)."""
+    if not rule.sidecar:
+        return d.freeze(rule.name)
+    shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in rule.sidecar.items())
+    d.note(f"rule {rule.name!r} sets in the sidecar: {shown}")
+    return replace(d.freeze(rule.name), sidecar=dict(rule.sidecar))
 
 
 # --------------------------------------------------------------------------- public

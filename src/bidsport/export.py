@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import struct
+import types
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,14 @@ def finalize_sidecar(
 ) -> dict[str, object]:
     """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS.
 
-    Always: the identifying keys dcm2niix keeps are dropped and the session's
-    ``identifiers`` scrubbed from every value. The source SeriesInstanceUID (Siemens UIDs
-    embed the scanner serial and the date) is only recorded as the UID of the anonymized
-    copies; ``BidsportSourceDicom`` is what links an image to its DICOMs.
+    Always: the keys a rule sets (``cls.sidecar``) replace dcm2niix's, the identifying keys
+    dcm2niix keeps are dropped and the session's ``identifiers`` scrubbed from every value.
+    The source SeriesInstanceUID (Siemens UIDs embed the scanner serial and the date) is
+    only recorded as the UID of the anonymized copies; ``BidsportSourceDicom`` is what
+    links an image to its DICOMs.
     """
     data = scrub_sidecar(
-        dict(sidecar),
+        {**sidecar, **cls.sidecar},
         anonymize=deidentify is not None,
         identifiers=deidentify.identifiers if deidentify else identifiers,
     )
@@ -82,6 +84,39 @@ def finalize_sidecar(
         data["SeriesInstanceUID"] = deidentify.series_uid(uid)
     data["BidsportSourceDicom"] = list(sources)
     return data
+
+
+#: sidecar keys BIDS requires of an image (by suffix) that dcm2niix cannot always write
+REQUIRED_SIDECAR_KEYS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {
+        # Philips does not record the phase-encoding polarity, and some exports lack the
+        # readout's timing: dcm2niix then writes neither
+        "epi": ("PhaseEncodingDirection", "TotalReadoutTime"),
+    }
+)
+
+
+def missing_sidecar_keys(suffix: str, sidecar: Mapping[str, object]) -> list[str]:
+    """The keys BIDS requires of a ``suffix`` image that ``sidecar`` lacks.
+
+    >>> missing_sidecar_keys("epi", {"TotalReadoutTime": 0.05})
+    ['PhaseEncodingDirection']
+    """
+    return [key for key in REQUIRED_SIDECAR_KEYS.get(suffix, ()) if key not in sidecar]
+
+
+def _missing_keys_note(sidecar: Path, missing: Sequence[str], suffix: str) -> str:
+    them = "them" if len(missing) > 1 else "it"
+    why = (
+        " (Philips does not record the phase-encoding polarity)"
+        if "PhaseEncodingDirection" in missing
+        else ""
+    )
+    return (
+        f"{sidecar.name} has no {' or '.join(missing)}: BIDS requires {them} of {suffix} "
+        f"images, and the headers do not give {them}{why}; set {them} with a --rules file "
+        "(set.sidecar), or the validator reports an error"
+    )
 
 
 def bids_dir(
@@ -232,6 +267,15 @@ def export_series(
             sidecar_dst = target_dir / f"{name}.json"
             fileops.write_json(sidecar_dst, data)
             sidecar_rel = os.path.relpath(sidecar_dst, session_dir)
+            missing = missing_sidecar_keys(mapped.suffix, data)
+            if missing:
+                problems.append(
+                    Problem(
+                        planned.series.series_id,
+                        _missing_keys_note(sidecar_dst, missing, mapped.suffix),
+                        "convert",
+                    )
+                )
         for side, ext_side in ((output.bval, ".bval"), (output.bvec, ".bvec")):
             if side is not None and cls.datatype == "dwi":
                 fileops.move_into_place(side, target_dir / f"{name}{ext_side}")

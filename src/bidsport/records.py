@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # --------------------------------------------------------------------------- import
 
@@ -166,6 +167,7 @@ class Classification:
     excluded: str | None = None
     review: bool = False  #: uncertain: flagged for a curator to look at
     rule: str | None = None  #: name of the user rule that decided it, if any
+    sidecar: Mapping[str, Any] = field(default_factory=dict)  #: JSON sidecar keys a rule sets
 
 
 # --------------------------------------------------------------------------- convert

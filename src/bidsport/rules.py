@@ -18,6 +18,7 @@ Format (TOML; JSON has the same structure, ``{"rules": [{...}, ...]}``)::
     datatype = "anat"
     suffix = "T1w"
     entities = { acq = "custom" }
+    sidecar = { PulseSequenceDetails = "site MPRAGE v2" }
     # exclude = "not needed"             # ... or exclude (a reason), not both
 
 Matchable fields: every :class:`~bidsport.records.FileHeader` field by name (the header
@@ -32,9 +33,13 @@ Ranges may also be written as tables: ``{ min = 1000 }`` or ``{ max = 10 }``.
 ``set`` keys: ``datatype`` and ``suffix`` (together; a BIDS datatype and one of its
 suffixes), ``entities`` (BIDS entity → label; an empty label removes an entity the
 classifier found; ``run`` is not allowed: bidsport numbers runs itself), ``provenance``
-(one of :data:`bidsport.records.PROVENANCES`) and ``review`` (true/false). A rule that sets
-only entities, provenance or review refines the automatic classification; a rule that sets
-datatype and suffix decides the series and keeps it even when it is derived.
+(one of :data:`bidsport.records.PROVENANCES`), ``review`` (true/false) and ``sidecar``
+(BIDS metadata key → JSON value, written into the JSON sidecar of every image of the
+series, over what dcm2niix wrote: for what the headers do not say, e.g. the
+PhaseEncodingDirection of a Philips ``epi`` fieldmap, whose polarity Philips does not
+record). A rule that sets only entities, provenance, review or sidecar refines the
+automatic classification; a rule that sets datatype and suffix decides the series and
+keeps it even when it is derived.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from typing import Any
 
 from bidsport.errors import ConfigError
 from bidsport.naming import ENTITY_ORDER
+from bidsport.phi import SIDECAR_PHI_KEYS
 from bidsport.records import DATATYPES, PROVENANCES, FileHeader, Series
 
 if sys.version_info >= (3, 11):
@@ -124,7 +130,18 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _INDEX = re.compile(r"^[0-9]+$")
 
 _RULE_KEYS = frozenset(("name", "description", "match", "set", "exclude"))
-_SET_KEYS = frozenset(("datatype", "suffix", "entities", "provenance", "review"))
+_SET_KEYS = frozenset(("datatype", "suffix", "entities", "provenance", "review", "sidecar"))
+#: BIDS metadata keys are CamelCase
+_SIDECAR_KEY = re.compile(r"[A-Z][A-Za-z0-9]*")
+#: sidecar keys bidsport writes itself, and what to set instead
+_SIDECAR_MANAGED: Mapping[str, str] = types.MappingProxyType(
+    {
+        "TaskName": "set entities.task: TaskName follows it",
+        "IntendedFor": "bidsport links fieldmaps to the images acquired with them",
+        "BidsportSourceDicom": "bidsport records the source files itself",
+        "SeriesInstanceUID": "it comes from the headers (with --anonymize, replaced)",
+    }
+)
 
 # --------------------------------------------------------------------------- field kinds
 
@@ -204,6 +221,7 @@ class Rule:
     entities: Mapping[str, str] = field(default_factory=dict)  #: "" removes an entity
     provenance: str | None = None
     review: bool | None = None
+    sidecar: Mapping[str, Any] = field(default_factory=dict)  #: sidecar key → JSON value
     exclude: str | None = None  #: reason; the series is reported but not converted
     description: str | None = None
     source: str = ""  #: the file the rule came from
@@ -366,6 +384,37 @@ def _entities(spec: Any) -> dict[str, str]:
     return result
 
 
+def _json_value(value: Any, where: str) -> Any:
+    """``value`` when JSON can hold it (TOML dates and times, NaN and infinities cannot)."""
+    if isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Problem(f"{where}: {value} is not a number JSON can hold")
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, f"{where}.{k}") for k, v in value.items()}
+    raise _Problem(f"{where}: a {type(value).__name__} cannot be written to JSON (quote it)")
+
+
+def _sidecar(spec: Any) -> dict[str, Any]:
+    """Validate ``set.sidecar``: BIDS keys bidsport does not manage or drop, JSON values."""
+    if not isinstance(spec, dict) or not spec:
+        raise _Problem("set.sidecar must be a non-empty table of key = value")
+    result = {}
+    for key, value in spec.items():
+        if not _SIDECAR_KEY.fullmatch(key):
+            raise _Problem(f"sidecar key {key!r} is not a BIDS key (CamelCase letters and digits)")
+        if key in _SIDECAR_MANAGED:
+            raise _Problem(f"sidecar key {key!r} cannot be set: {_SIDECAR_MANAGED[key]}")
+        if key in SIDECAR_PHI_KEYS:
+            raise _Problem(f"sidecar key {key!r} cannot be set: it identifies (bidsport drops it)")
+        result[key] = _json_value(value, f"set.sidecar.{key}")
+    return result
+
+
 def _rule(spec: Any, source: str, names: set[str]) -> Rule:
     if not isinstance(spec, dict):
         raise _Problem("a rule must be a table")
@@ -419,6 +468,7 @@ def _rule(spec: Any, source: str, names: set[str]) -> Rule:
     entities = _entities(action.get("entities", {}))
     if datatype == "func" and suffix in ("bold", "cbv", "sbref") and entities.get("task") == "":
         raise _Problem("a func series needs a task: do not remove it")
+    sidecar = _sidecar(action["sidecar"]) if "sidecar" in action else {}
     return Rule(
         name,
         conditions,
@@ -427,6 +477,7 @@ def _rule(spec: Any, source: str, names: set[str]) -> Rule:
         entities=entities,
         provenance=provenance,
         review=review,
+        sidecar=sidecar,
         description=description,
         source=source,
     )
