@@ -74,6 +74,24 @@ def test_the_timeout_counts_from_the_start() -> None:
     assert time.perf_counter() - start < 0.5
 
 
+def test_a_command_that_ended_in_time_is_not_late_when_waited_for_after() -> None:
+    running = start_command([sys.executable, "-c", "print('done')"], timeout=0.5)
+    deadline = time.perf_counter() + 30
+    while not _ended(running.pid) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.6)  # the caller comes back after the timeout
+    assert running.wait().stdout == "done\n"
+
+
+def _ended(pid: int) -> bool:
+    """Whether the child ``pid`` has exited (a zombie not yet reaped counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_leaving_the_block_without_waiting_stops_the_command() -> None:
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     with pytest.raises(RuntimeError, match="the caller failed"), start_command(sleeper) as running:

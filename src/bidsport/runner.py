@@ -103,7 +103,7 @@ class RunningCommand:
         if self._result is not None:
             return self._result
         left = None
-        if self._timeout is not None:
+        if self._timeout is not None and self._proc.poll() is None:  # (ended: not late)
             left = max(0.0, self._timeout - (time.perf_counter() - self._start))
         try:
             stdout, stderr = self._proc.communicate(timeout=left)
