@@ -37,6 +37,14 @@ def test_a_missing_program_is_named(tmp_path: Path) -> None:
         start_command([missing])
 
 
+def test_a_program_that_cannot_be_run_is_named(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n", encoding="utf-8")
+    script.chmod(0o644)
+    with pytest.raises(ExternalToolError, match=re.escape(f"cannot run {script}: Permission")):
+        run_command([script])
+
+
 def test_a_started_command_runs_while_the_caller_goes_on(tmp_path: Path) -> None:
     """start_command returns before the command ends; wait() gives what it printed, more
     than a pipe holds (64 kB), and starts no thread (worker processes may be forked)."""

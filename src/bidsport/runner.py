@@ -56,8 +56,8 @@ def start_command(
     :meth:`RunningCommand.wait` gives the result (``timeout`` counts from the start).
 
     No thread is started (the output is read in :meth:`~RunningCommand.wait`), so worker
-    processes may still be forked while the command runs. A missing program raises
-    :class:`ExternalToolError` here.
+    processes may still be forked while the command runs. A program that is missing or
+    cannot be run raises :class:`ExternalToolError` here.
     """
     argv = tuple(str(a) for a in args)
     start = time.perf_counter()
@@ -73,6 +73,8 @@ def start_command(
         )
     except FileNotFoundError as exc:
         raise ExternalToolError(f"program not found: {argv[0]}") from exc
+    except OSError as exc:  # e.g. not executable
+        raise ExternalToolError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
     return RunningCommand(argv, proc, start, timeout)
 
 
