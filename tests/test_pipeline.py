@@ -330,6 +330,13 @@ name = "topup-PA"
 series_description = "^fmap-epi_dir-PA$"
 [rules.set]
 sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
+
+[[rules]]
+name = "wrong-axis"
+[rules.match]
+series_description = "^func-bold"
+[rules.set]
+sidecar = { PhaseEncodingDirection = "i-" }
 """
 
 
@@ -337,7 +344,8 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     """Philips does not record the phase-encoding polarity, so dcm2niix writes no
     PhaseEncodingDirection (nor TotalReadoutTime without Philips' private tags), which BIDS
     requires of an epi fieldmap. The participant level says so for each fieldmap; a rules
-    file sets the keys, and the validator then finds no error."""
+    file sets the keys, and the validator then finds no error. A rule's direction on
+    another axis than the images' is written as asked, and said."""
     from bidsport.synthetic import SeriesSpec, Study, write_series
     from bidsport.validator import run_validator
 
@@ -395,7 +403,11 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     pe = {name: s["PhaseEncodingDirection"] for name, s in sidecars.items()}
     assert pe == {"sub-PH01_dir-AP_epi.json": "j-", "sub-PH01_dir-PA_epi.json": "j"}
     assert all(s["TotalReadoutTime"] == 0.0415 for s in sidecars.values())
-    assert notes == [] and codes == set(), (notes, codes)
+    assert codes == set(), codes
+    assert notes == [  # a rule that contradicts the images is said, not followed blindly
+        "sub-PH01_task-rest_dir-AP_bold.json: rule 'wrong-axis' sets PhaseEncodingDirection "
+        "i-, but dcm2niix found the phase encoded along j"
+    ]
     layout = DatasetLayout(tmp_path / "rules")
     table = read_tsv(layout.series_table("PH01", None))
     evidence = [r["evidence"] for r in table if "fmap-epi_dir-PA" in r["series_description"]]

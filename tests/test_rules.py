@@ -676,6 +676,10 @@ def test_a_refining_rule_sets_only_sidecar_keys() -> None:
         ({"InstitutionName": "General"}, "'InstitutionName' cannot be set: it identifies"),
         ({"TotalReadoutTime": float("nan")}, "set.sidecar.TotalReadoutTime: nan is not a number"),
         ({"SliceTiming": [0, float("inf")]}, "set.sidecar.SliceTiming[1]: inf"),
+        ({"PhaseEncodingDirection": "AP"}, "must be one of i, i-, j, j-, k, k- (BIDS), not 'AP'"),
+        ({"PhaseEncodingDirection": "-j"}, "not '-j'"),
+        ({"TotalReadoutTime": 0}, "TotalReadoutTime is in seconds, above 0, not 0"),
+        ({"TotalReadoutTime": "0.04"}, "not '0.04'"),
     ],
 )
 def test_invalid_sidecar_keys_and_values_are_named(sidecar: object, problem: str) -> None:

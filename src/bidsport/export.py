@@ -105,6 +105,34 @@ def missing_sidecar_keys(suffix: str, sidecar: Mapping[str, object]) -> list[str
     return [key for key in REQUIRED_SIDECAR_KEYS.get(suffix, ()) if key not in sidecar]
 
 
+def rule_sidecar_notes(written: Mapping[str, object], cls: Classification) -> list[str]:
+    """What the sidecar keys of ``cls``'s rule change of what dcm2niix ``written``, and a
+    PhaseEncodingDirection on another axis than dcm2niix found (a rule may be wrong).
+
+    >>> cls = Classification("fmap", "epi", rule="pa", sidecar={"PhaseEncodingDirection": "i"})
+    >>> written = {"PhaseEncodingDirection": "j", "PhaseEncodingAxis": "j"}
+    >>> for note in rule_sidecar_notes(written, cls):
+    ...     print(note)
+    rule 'pa' replaces PhaseEncodingDirection "j" of dcm2niix by "i"
+    rule 'pa' sets PhaseEncodingDirection i, but dcm2niix found the phase encoded along j
+    >>> rule_sidecar_notes({"PhaseEncodingAxis": "i"}, cls)
+    []
+    """
+    notes = [
+        f"rule {cls.rule!r} replaces {key} {json.dumps(written[key])} of dcm2niix "
+        f"by {json.dumps(value)}"
+        for key, value in cls.sidecar.items()
+        if key in written and written[key] != value
+    ]
+    direction, axis = cls.sidecar.get("PhaseEncodingDirection"), written.get("PhaseEncodingAxis")
+    if isinstance(direction, str) and isinstance(axis, str) and direction.rstrip("-") != axis:
+        notes.append(
+            f"rule {cls.rule!r} sets PhaseEncodingDirection {direction}, but dcm2niix found "
+            f"the phase encoded along {axis}"
+        )
+    return notes
+
+
 def _missing_keys_note(sidecar: Path, missing: Sequence[str], suffix: str) -> str:
     them = "them" if len(missing) > 1 else "it"
     why = (
@@ -256,6 +284,10 @@ def export_series(
         sidecar_rel = None
         if output.sidecar is not None:
             data = load_sidecar(output.sidecar)
+            problems += [
+                Problem(planned.series.series_id, f"{name}.json: {note}", "convert")
+                for note in rule_sidecar_notes(data, cls)
+            ]
             data = finalize_sidecar(
                 data,
                 cls=cls,

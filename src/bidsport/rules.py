@@ -133,6 +133,8 @@ _RULE_KEYS = frozenset(("name", "description", "match", "set", "exclude"))
 _SET_KEYS = frozenset(("datatype", "suffix", "entities", "provenance", "review", "sidecar"))
 #: BIDS metadata keys are CamelCase
 _SIDECAR_KEY = re.compile(r"[A-Z][A-Za-z0-9]*")
+#: the values BIDS allows for PhaseEncodingDirection
+_PHASE_ENCODING_DIRECTIONS = ("i", "i-", "j", "j-", "k", "k-")
 #: sidecar keys bidsport writes itself, and what to set instead
 _SIDECAR_MANAGED: Mapping[str, str] = types.MappingProxyType(
     {
@@ -412,6 +414,15 @@ def _sidecar(spec: Any) -> dict[str, Any]:
         if key in SIDECAR_PHI_KEYS:
             raise _Problem(f"sidecar key {key!r} cannot be set: it identifies (bidsport drops it)")
         result[key] = _json_value(value, f"set.sidecar.{key}")
+    pe = result.get("PhaseEncodingDirection")
+    if pe is not None and pe not in _PHASE_ENCODING_DIRECTIONS:
+        raise _Problem(
+            f"sidecar PhaseEncodingDirection must be one of "
+            f"{', '.join(_PHASE_ENCODING_DIRECTIONS)} (BIDS), not {pe!r}"
+        )
+    trt = result.get("TotalReadoutTime")
+    if trt is not None and (not _is_number(trt) or trt <= 0):
+        raise _Problem(f"sidecar TotalReadoutTime is in seconds, above 0, not {trt!r}")
     return result
 
 
