@@ -227,6 +227,27 @@ def test_group_without_report(tmp_path: Path, dataset: DatasetLayout) -> None:
     assert "report:" not in format_summary(result)
 
 
+def test_a_validator_that_cannot_start_is_said_after_the_report(
+    tmp_path: Path, dataset: DatasetLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validator starts before the report is written; one that cannot be run (here
+    not executable) fails the group level with its name, once the report is written."""
+    import sys
+
+    from bidsport.errors import ExternalToolError
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset.root, root, symlinks=True, ignore=shutil.ignore_patterns("*.html"))
+    broken = tmp_path / "bin" / "bids-validator-deno"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    broken.chmod(0o644)
+    monkeypatch.setattr(sys, "executable", str(broken.parent / "python"))
+    with pytest.raises(ExternalToolError, match=f"cannot run {broken}"):
+        _group(DatasetLayout(root))
+    assert DatasetLayout(root).report_file.is_file()
+
+
 def test_group_needs_the_dataset(tmp_path: Path) -> None:
     from bidsport.errors import UsageError
 

@@ -73,31 +73,12 @@ def test_a_command_past_its_timeout_is_killed() -> None:
     assert _gone(running.pid)
 
 
-def test_the_timeout_counts_from_the_start() -> None:
-    running = start_command([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
-    time.sleep(0.6)
-    start = time.perf_counter()
-    with pytest.raises(ExternalToolError, match="timed out"):
-        running.wait()
-    assert time.perf_counter() - start < 0.5
-
-
-def test_a_command_that_ended_in_time_is_not_late_when_waited_for_after() -> None:
-    running = start_command([sys.executable, "-c", "print('done')"], timeout=0.5)
-    deadline = time.perf_counter() + 30
-    while not _ended(running.pid) and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.6)  # the caller comes back after the timeout
-    assert running.wait().stdout == "done\n"
-
-
-def _ended(pid: int) -> bool:
-    """Whether the child ``pid`` has exited (a zombie not yet reaped counts)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def test_a_command_blocked_on_its_output_is_not_late() -> None:
+    """Nobody reads a background command's output before wait(): one with more to say than
+    a pipe holds waits, its work done, and is not timed out for that."""
+    running = start_command([sys.executable, "-c", "print('x' * 1_000_000)"], timeout=1)
+    time.sleep(1.5)  # the caller comes back after the timeout
+    assert len(running.wait().stdout) == 1_000_001
 
 
 def test_leaving_the_block_without_waiting_stops_the_command() -> None:

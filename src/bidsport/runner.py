@@ -53,7 +53,7 @@ def start_command(
     env: dict[str, str] | None = None,
 ) -> RunningCommand:
     """Start a command in the background: :func:`run_command`, but it returns at once and
-    :meth:`RunningCommand.wait` gives the result (``timeout`` counts from the start).
+    :meth:`RunningCommand.wait` gives the result (``timeout`` counts from that call).
 
     No thread is started (the output is read in :meth:`~RunningCommand.wait`), so worker
     processes may still be forked while the command runs. A program that is missing or
@@ -101,14 +101,16 @@ class RunningCommand:
 
     def wait(self) -> CommandResult:
         """Wait for the command's end and return its output; a command still running
-        ``timeout`` seconds after its start is killed and raises :class:`ExternalToolError`."""
+        ``timeout`` seconds later is killed and raises :class:`ExternalToolError`.
+
+        The timeout counts from this call, not from the start: until then nobody reads the
+        command's output, and a command that has more to say than a pipe holds waits for
+        that, its work done, without being late.
+        """
         if self._result is not None:
             return self._result
-        left = None
-        if self._timeout is not None and self._proc.poll() is None:  # (ended: not late)
-            left = max(0.0, self._timeout - (time.perf_counter() - self._start))
         try:
-            stdout, stderr = self._proc.communicate(timeout=left)
+            stdout, stderr = self._proc.communicate(timeout=self._timeout)
         except subprocess.TimeoutExpired as exc:
             self.stop()
             raise ExternalToolError(f"{self.argv[0]} timed out after {self._timeout} s") from exc

@@ -321,7 +321,12 @@ def start_validator(
     # derivatives/, code/...), where bidsport keeps a link and a copy of every DICOM file
     argv = [*cmd, "--format", "json", "--prune", str(dataset_dir)]
     running = start_command(argv, timeout=timeout)
-    return PendingValidation(dataset_dir, argv, running, _ask_version(cmd), timeout)
+    try:
+        asked = _ask_version(cmd)
+    except BaseException:  # e.g. KeyboardInterrupt: the validator does not outlive us
+        running.stop()
+        raise
+    return PendingValidation(dataset_dir, argv, running, asked, timeout)
 
 
 class PendingValidation:
