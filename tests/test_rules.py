@@ -648,7 +648,7 @@ def test_a_refining_rule_sets_only_sidecar_keys() -> None:
                 {
                     "name": "slice-timing",
                     "match": {"series_description": "rest"},
-                    "set": {"sidecar": {"SliceTiming": [0, 0.4, 0.2, 0.6], "Nested": {"A": [1]}}},
+                    "set": {"sidecar": {"SliceTiming": [0, 0.4, 0.2, 0.6], "Pairs": [[1, 2]]}},
                 }
             ]
         }
@@ -660,7 +660,7 @@ def test_a_refining_rule_sets_only_sidecar_keys() -> None:
         auto.suffix,
         dict(auto.entities),
     )
-    assert cls.sidecar == {"SliceTiming": [0, 0.4, 0.2, 0.6], "Nested": {"A": [1]}}
+    assert cls.sidecar == {"SliceTiming": [0, 0.4, 0.2, 0.6], "Pairs": [[1, 2]]}
     assert auto.sidecar == {}
 
 
@@ -674,6 +674,10 @@ def test_a_refining_rule_sets_only_sidecar_keys() -> None:
         ({"IntendedFor": ["bids::sub-01/func/x.nii.gz"]}, "'IntendedFor' cannot be set"),
         ({"TaskName": "rest"}, "set entities.task"),
         ({"InstitutionName": "General"}, "'InstitutionName' cannot be set: it identifies"),
+        ({"AcquisitionDateTime": "2024-01-02T09:00:00"}, "'AcquisitionDateTime' cannot be set"),
+        ({"PatientWeight": 70}, "'PatientWeight' cannot be set: it identifies"),
+        ({"BidsGuess": ["anat", "T1w"]}, "'BidsGuess' cannot be set: dcm2niix's guess"),
+        ({"Custom": {"PatientName": "Doe"}}, "set.sidecar.Custom: a table cannot be a value"),
         ({"TotalReadoutTime": float("nan")}, "set.sidecar.TotalReadoutTime: nan is not a number"),
         ({"SliceTiming": [0, float("inf")]}, "set.sidecar.SliceTiming[1]: inf"),
         ({"PhaseEncodingDirection": "AP"}, "must be one of i, i-, j, j-, k, k- (BIDS), not 'AP'"),
@@ -694,8 +698,8 @@ def test_a_toml_date_in_a_sidecar_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text(
         '[[rules]]\nname = "d"\n[rules.match]\nseries_description = "a"\n'
-        "[rules.set]\nsidecar = { AcquisitionDate = 2024-01-02 }\n",
+        "[rules.set]\nsidecar = { PulseSequenceDetails = 2024-01-02 }\n",
         encoding="utf-8",
     )
-    with pytest.raises(ConfigError, match=r"set\.sidecar\.AcquisitionDate: a date cannot be"):
+    with pytest.raises(ConfigError, match=r"set\.sidecar\.PulseSequenceDetails: a date cannot be"):
         load_rules(path)

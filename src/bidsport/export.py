@@ -108,19 +108,19 @@ def missing_sidecar_keys(suffix: str, sidecar: Mapping[str, object]) -> list[str
 def rule_sidecar_notes(written: Mapping[str, object], cls: Classification) -> list[str]:
     """What the sidecar keys of ``cls``'s rule change of what dcm2niix ``written``, and a
     PhaseEncodingDirection on another axis than dcm2niix found (a rule may be wrong).
+    dcm2niix's values are not said: ``written`` is not scrubbed of identifiers yet.
 
     >>> cls = Classification("fmap", "epi", rule="pa", sidecar={"PhaseEncodingDirection": "i"})
     >>> written = {"PhaseEncodingDirection": "j", "PhaseEncodingAxis": "j"}
     >>> for note in rule_sidecar_notes(written, cls):
     ...     print(note)
-    rule 'pa' replaces PhaseEncodingDirection "j" of dcm2niix by "i"
+    rule 'pa' replaces dcm2niix's PhaseEncodingDirection by "i"
     rule 'pa' sets PhaseEncodingDirection i, but dcm2niix found the phase encoded along j
     >>> rule_sidecar_notes({"PhaseEncodingAxis": "i"}, cls)
     []
     """
     notes = [
-        f"rule {cls.rule!r} replaces {key} {json.dumps(written[key])} of dcm2niix "
-        f"by {json.dumps(value)}"
+        f"rule {cls.rule!r} replaces dcm2niix's {key} by {json.dumps(value)}"
         for key, value in cls.sidecar.items()
         if key in written and written[key] != value
     ]

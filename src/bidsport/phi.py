@@ -489,6 +489,15 @@ SIDECAR_TEXT_KEYS: frozenset[str] = frozenset(
 _DATE_KEY = re.compile(r"Date(Time)?$")
 
 
+def is_anonymized_sidecar_key(key: str) -> bool:
+    """Whether ``--anonymize`` drops sidecar ``key`` (a date, the patient's sex, age...).
+
+    >>> is_anonymized_sidecar_key("AcquisitionDateTime"), is_anonymized_sidecar_key("EchoTime")
+    (True, False)
+    """
+    return key in SIDECAR_ANONYMIZE_KEYS or bool(_DATE_KEY.search(key))
+
+
 def scrub_sidecar(
     d: Mapping[str, Any], *, anonymize: bool = False, identifiers: Identifiers | None = None
 ) -> dict[str, Any]:
@@ -503,7 +512,7 @@ def scrub_sidecar(
     for key, value in d.items():
         if key in SIDECAR_PHI_KEYS:
             continue
-        if anonymize and (key in SIDECAR_ANONYMIZE_KEYS or _DATE_KEY.search(key)):
+        if anonymize and is_anonymized_sidecar_key(key):
             continue
         out[key] = value
     if identifiers is not None and not identifiers.is_empty():

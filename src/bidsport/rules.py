@@ -34,12 +34,12 @@ Ranges may also be written as tables: ``{ min = 1000 }`` or ``{ max = 10 }``.
 suffixes), ``entities`` (BIDS entity → label; an empty label removes an entity the
 classifier found; ``run`` is not allowed: bidsport numbers runs itself), ``provenance``
 (one of :data:`bidsport.records.PROVENANCES`), ``review`` (true/false) and ``sidecar``
-(BIDS metadata key → JSON value, written into the JSON sidecar of every image of the
-series, over what dcm2niix wrote: for what the headers do not say, e.g. the
+(BIDS metadata key → JSON value or list, written into the JSON sidecar of every image of
+the series, over what dcm2niix wrote: for what the headers do not say, e.g. the
 PhaseEncodingDirection of a Philips ``epi`` fieldmap, whose polarity Philips does not
-record). A rule that sets only entities, provenance, review or sidecar refines the
-automatic classification; a rule that sets datatype and suffix decides the series and
-keeps it even when it is derived.
+record; bidsport's own keys, identifying keys and dates are refused). A rule that sets
+only entities, provenance, review or sidecar refines the automatic classification; a rule
+that sets datatype and suffix decides the series and keeps it even when it is derived.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any
 
 from bidsport.errors import ConfigError
 from bidsport.naming import ENTITY_ORDER
-from bidsport.phi import SIDECAR_PHI_KEYS
+from bidsport.phi import SIDECAR_PHI_KEYS, is_anonymized_sidecar_key
 from bidsport.records import DATATYPES, PROVENANCES, FileHeader, Series
 
 if sys.version_info >= (3, 11):
@@ -142,6 +142,7 @@ _SIDECAR_MANAGED: Mapping[str, str] = types.MappingProxyType(
         "IntendedFor": "bidsport links fieldmaps to the images acquired with them",
         "BidsportSourceDicom": "bidsport records the source files itself",
         "SeriesInstanceUID": "it comes from the headers (with --anonymize, replaced)",
+        "BidsGuess": "dcm2niix's guess is not kept: bidsport names the series itself",
     }
 )
 
@@ -387,7 +388,8 @@ def _entities(spec: Any) -> dict[str, str]:
 
 
 def _json_value(value: Any, where: str) -> Any:
-    """``value`` when JSON can hold it (TOML dates and times, NaN and infinities cannot)."""
+    """``value`` when JSON can hold it (TOML dates and times, NaN and infinities cannot);
+    lists, but no tables (nested keys would escape the checks of :func:`_sidecar`)."""
     if isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
@@ -396,8 +398,6 @@ def _json_value(value: Any, where: str) -> Any:
         return value
     if isinstance(value, list):
         return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {str(k): _json_value(v, f"{where}.{k}") for k, v in value.items()}
     raise _Problem(f"{where}: a {type(value).__name__} cannot be written to JSON (quote it)")
 
 
@@ -411,8 +411,13 @@ def _sidecar(spec: Any) -> dict[str, Any]:
             raise _Problem(f"sidecar key {key!r} is not a BIDS key (CamelCase letters and digits)")
         if key in _SIDECAR_MANAGED:
             raise _Problem(f"sidecar key {key!r} cannot be set: {_SIDECAR_MANAGED[key]}")
-        if key in SIDECAR_PHI_KEYS:
-            raise _Problem(f"sidecar key {key!r} cannot be set: it identifies (bidsport drops it)")
+        if key in SIDECAR_PHI_KEYS or is_anonymized_sidecar_key(key):
+            raise _Problem(
+                f"sidecar key {key!r} cannot be set: it identifies (bidsport drops it, "
+                "or --anonymize does)"
+            )
+        if isinstance(value, dict):
+            raise _Problem(f"set.sidecar.{key}: a table cannot be a value here, only values")
         result[key] = _json_value(value, f"set.sidecar.{key}")
     pe = result.get("PhaseEncodingDirection")
     if pe is not None and pe not in _PHASE_ENCODING_DIRECTIONS:
