@@ -136,7 +136,7 @@ def rule_sidecar_notes(written: Mapping[str, object], cls: Classification) -> li
 def _missing_keys_note(sidecar: Path, missing: Sequence[str], suffix: str) -> str:
     them = "them" if len(missing) > 1 else "it"
     why = (
-        " (Philips does not record the phase-encoding polarity)"
+        " (Philips, for one, does not record the phase-encoding polarity)"
         if "PhaseEncodingDirection" in missing
         else ""
     )
