@@ -90,11 +90,26 @@ def test_nii_output_flat_layout_and_copies(inbox, tmp_path):
 
 
 def test_dicom_output_format_copies_the_series(inbox, tmp_path):
+    """DICOM copies have no sidecar: a rule's sidecar keys are not applied, and said."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nname = "t1-sequence"\n[rules.match]\nseries_description = "mprage"\n'
+        '[rules.set]\nsidecar = { PulseSequenceDetails = "site MPRAGE" }\n'
+    )
     out = tmp_path / "dcm"
-    assert run(inbox, out, "--output-format", "dcm", "--session-label", "V1") == 0
+    assert (
+        run(inbox, out, "--output-format", "dcm", "--session-label", "V1", "--rules", str(rules))
+        == 0
+    )
     t1 = out / "sub-P01/ses-V1/anat/sub-P01_ses-V1_T1w"
     assert t1.is_dir() and len(list(t1.iterdir())) == 6
     assert not images(out)
+    report = json.loads(next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text())
+    notes = [p["reason"] for s in report["sessions"] for p in s["problems"]]
+    assert notes == [
+        "rule 't1-sequence' sets sidecar keys (PulseSequenceDetails), but --output-format dcm "
+        "writes no sidecar: not applied"
+    ]
 
 
 def test_rules_file_renames_a_series(inbox, tmp_path):

@@ -254,6 +254,15 @@ def export_series(
     images: list[ConvertedImage] = []
     problems: list[Problem] = []
     if conversion is None:  # --output-format dcm: organized copies, no conversion
+        if cls.sidecar:
+            problems.append(
+                Problem(
+                    planned.series.series_id,
+                    f"rule {cls.rule!r} sets sidecar keys ({', '.join(cls.sidecar)}), but "
+                    "--output-format dcm writes no sidecar: not applied",
+                    "convert",
+                )
+            )
         name = bids_basename(subject, session, entities, cls.suffix)
         folder = target_dir / name
         for src in sources:
