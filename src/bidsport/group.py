@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsport import fileops
-from bidsport.errors import ExternalToolError, OutputError, UsageError
+from bidsport.errors import OutputError, UsageError
 from bidsport.htmlreport import write_report
 from bidsport.layout import DatasetLayout
 from bidsport.status import StatusRow, regenerate_status
@@ -271,11 +271,8 @@ def run_group(
 
     # the validator reads the dataset while the report is written: the report and its
     # thumbnails are in derivatives/, which the validator (--prune) does not read
-    pending, unstarted = None, None
-    try:
-        pending = start_validator(root, command=command) if validate else None
-    except ExternalToolError as exc:  # said after the report, which is written anyway
-        unstarted = exc
+    # (a validator that cannot be started is said by result(): the report is written first)
+    pending = start_validator(root, command=command) if validate else None
     with pending or contextlib.nullcontext():
         report_file = None
         if report:
@@ -288,8 +285,6 @@ def run_group(
             )
             written += outcome.written
             report_file = outcome.report_file
-        if unstarted is not None:
-            raise unstarted
         validation = pending.result() if pending is not None else None
     for path in written:
         log.info("wrote %s", path)

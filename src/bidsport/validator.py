@@ -99,11 +99,6 @@ def find_validator() -> list[str] | None:
     return [found] if found else None
 
 
-def validator_version(command: Sequence[str]) -> str | None:
-    """The version the validator prints with ``--version`` (e.g. "3.0.2"), or None."""
-    return _answered_version(_ask_version(command))
-
-
 def _ask_version(command: Sequence[str]) -> RunningCommand | None:
     """Start ``command --version`` (Deno starts in ~0.3 s: ask while something else runs)."""
     try:
@@ -114,7 +109,7 @@ def _ask_version(command: Sequence[str]) -> RunningCommand | None:
 
 
 def _answered_version(asked: RunningCommand | None) -> str | None:
-    """The version in the answer of :func:`_ask_version`, or None."""
+    """The version the validator printed for :func:`_ask_version` (e.g. "3.0.2"), or None."""
     if asked is None:
         return None
     try:
@@ -311,7 +306,9 @@ def start_validator(
 
     The validator only reads the dataset, and with ``--prune`` not the folders it ignores
     (``derivatives/``...): those may still be written while it runs, nothing else. No
-    thread is started, so worker processes may be forked meanwhile.
+    thread is started, so worker processes may be forked meanwhile. A validator that
+    cannot be started raises from :meth:`~PendingValidation.result`, not here, so the
+    caller's other work is done first.
     """
     cmd = list(command) if command is not None else find_validator()
     if not cmd:
@@ -320,7 +317,10 @@ def start_validator(
     # --prune: the validator does not walk the folders it ignores anyway (sourcedata/,
     # derivatives/, code/...), where bidsport keeps a link and a copy of every DICOM file
     argv = [*cmd, "--format", "json", "--prune", str(dataset_dir)]
-    running = start_command(argv, timeout=timeout)
+    try:
+        running = start_command(argv, timeout=timeout)
+    except ExternalToolError as exc:
+        return PendingValidation(dataset_dir, argv, None, None, timeout, unstarted=exc)
     try:
         asked = _ask_version(cmd)
     except BaseException:  # e.g. KeyboardInterrupt: the validator does not outlive us
@@ -340,12 +340,15 @@ class PendingValidation:
         running: RunningCommand | None,
         asked: RunningCommand | None,
         timeout: float,
+        *,
+        unstarted: ExternalToolError | None = None,
     ) -> None:
         self.dataset_dir = dataset_dir
         self._argv = argv
         self._running = running
         self._asked = asked
         self._timeout = timeout
+        self._unstarted = unstarted  #: why the validator could not be started
 
     def __enter__(self) -> PendingValidation:
         return self
@@ -366,6 +369,8 @@ class PendingValidation:
 
     def result(self) -> ValidationResult:
         """The validator's findings, once it has finished (see :func:`run_validator`)."""
+        if self._unstarted is not None:
+            raise self._unstarted
         if self._running is None:
             return ValidationResult(ran=False)
         argv, dataset_dir = self._argv, self.dataset_dir
