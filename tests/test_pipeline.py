@@ -404,6 +404,8 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     assert pe == {"sub-PH01_dir-AP_epi.json": "j-", "sub-PH01_dir-PA_epi.json": "j"}
     assert all(s["TotalReadoutTime"] == 0.0415 for s in sidecars.values())
     assert codes == set(), codes
+    bold = "bids::sub-PH01/func/sub-PH01_task-rest_dir-AP_bold.nii.gz"
+    assert all(s["IntendedFor"] == [bold] for s in sidecars.values())  # both: one pair
     assert notes == [  # a rule that contradicts the images is said, not followed blindly
         "sub-PH01_task-rest_dir-AP_bold.json: rule 'wrong-axis' sets PhaseEncodingDirection "
         "i-, but dcm2niix found the phase encoded along j"

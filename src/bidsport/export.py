@@ -349,38 +349,102 @@ def export_series(
     return images, problems
 
 
+#: fieldmap suffixes measured together by one acquisition (or a few adjacent ones) of
+#: the field itself, as opposed to ``epi`` images of opposite phase encoding
+FIELD_SUFFIXES = frozenset(
+    {"magnitude", "magnitude1", "magnitude2", "phase1", "phase2", "phasediff", "fieldmap"}
+)
+#: datatypes of the images fieldmaps correct
+CORRECTED_DATATYPES = ("func", "dwi", "perf")
+
+
+def fieldmap_sets(
+    acquisitions: Sequence[tuple[tuple[str, str, int, str], str, str]],
+) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Group fieldmap acquisitions into sets and pick the set that corrects each image.
+
+    ``acquisitions``: (sort key, role, kind) per acquisition, where role is "fmap" or
+    "target" and kind tells fieldmaps apart ("epi", "field"). A set is a run of fieldmap
+    acquisitions of one kind, in acquisition order, with no corrected image between them:
+    an AP/PA pair of ``epi`` images minutes apart is one set, and so are the magnitude and
+    phase series of one field acquisition. Each image is corrected by the latest set
+    acquired before it or, when none precedes it, by the first one after it.
+
+    Returns the sets (indices into ``acquisitions``) and (target index, set index) pairs.
+
+    >>> acq = [(("d", "09", 1, "a"), "fmap", "epi"), (("d", "10", 2, "b"), "fmap", "epi"),
+    ...        (("d", "11", 3, "c"), "target", ""), (("d", "12", 4, "e"), "fmap", "field"),
+    ...        (("d", "13", 5, "f"), "target", "")]
+    >>> fieldmap_sets(acq)
+    ([[0, 1], [3]], [(2, 0), (4, 1)])
+    """
+    order = sorted(range(len(acquisitions)), key=lambda i: acquisitions[i][0])
+    sets: list[list[int]] = []
+    open_kind: str | None = None  # kind of the set still growing, if any
+    targets: list[tuple[int, int]] = []  # (target, number of sets before it)
+    for i in order:
+        _, role, kind = acquisitions[i]
+        if role == "target":
+            open_kind = None
+            targets.append((i, len(sets)))
+        elif kind == open_kind:
+            sets[-1].append(i)
+        else:
+            sets.append([i])
+            open_kind = kind
+    if not sets:
+        return [], []
+    return sets, [(t, n - 1 if n else 0) for t, n in targets]
+
+
 def intended_for(
     images: Sequence[tuple[PlannedSeries, ConvertedImage]], subject: str, session: str | None
 ) -> dict[str, list[str]]:
     """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
 
-    Each func/dwi/perf image is corrected by the fieldmaps of the latest fieldmap
-    acquisition before it (or, when none precedes it, the first one after it).
+    Fieldmaps are grouped into sets, each func/dwi/perf image is corrected by one set:
+    see :func:`fieldmap_sets`.
     """
 
-    def when(p: PlannedSeries) -> tuple[str, str, int]:
-        s = p.series
-        return (s.acquisition_date or "", s.acquisition_time or "", s.header.series_number or 0)
+    def is_nifti(img: ConvertedImage) -> bool:
+        return img.relpath.endswith((".nii", ".nii.gz"))
 
-    fmaps = [(p, img) for p, img in images if p.cls.datatype == "fmap" and img.sidecar]
-    targets = [
-        (p, img)
+    roles: dict[str, tuple[str, str]] = {}  # series id → (role, kind)
+    when: dict[str, tuple[str, str, int, str]] = {}
+    for p, img in images:
+        sid = p.series.series_id
+        if p.cls.datatype == "fmap" and img.sidecar:
+            kind = "field" if p.cls.suffix in FIELD_SUFFIXES else str(p.cls.suffix)
+            roles[sid] = ("fmap", kind)
+        elif p.cls.datatype in CORRECTED_DATATYPES and is_nifti(img):
+            roles[sid] = ("target", "")
+        else:
+            continue
+        s = p.series
+        when[sid] = (
+            s.acquisition_date or "",
+            s.acquisition_time or "",
+            s.header.series_number or 0,
+            sid,
+        )
+    ids = list(roles)
+    sets, chosen = fieldmap_sets([(when[sid], *roles[sid]) for sid in ids])
+    result: dict[str, list[str]] = {
+        img.sidecar: []
         for p, img in images
-        if p.cls.datatype in ("func", "dwi", "perf") and img.relpath.endswith((".nii", ".nii.gz"))
-    ]
-    if not fmaps or not targets:
-        return {}
-    # fieldmap "sets": fieldmaps acquired at the same time point
-    times = sorted({when(p)[:2] for p, _ in fmaps})
-    result: dict[str, list[str]] = {img.sidecar: [] for _, img in fmaps if img.sidecar}
+        if img.sidecar and roles.get(p.series.series_id, ("",))[0] == "fmap"
+    }
     prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
-    for p, img in targets:
-        t = when(p)[:2]
-        before = [ft for ft in times if ft <= t]
-        chosen = before[-1] if before else times[0]
-        for fp, fimg in fmaps:
-            if when(fp)[:2] == chosen and fimg.sidecar:
-                result[fimg.sidecar].append(prefix + img.relpath)
+    for target, set_index in chosen:
+        uris = [
+            prefix + img.relpath
+            for p, img in images
+            if p.series.series_id == ids[target] and is_nifti(img)
+        ]
+        members = {ids[i] for i in sets[set_index]}
+        for p, img in images:
+            if p.series.series_id in members and img.sidecar:
+                result[img.sidecar] += uris
     return result
 
 
