@@ -41,6 +41,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -50,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +116,7 @@ class Measure:
     images: int | None = None
     note: str = ""
     load: tuple[float, float] = (0.0, 0.0)  #: 1-min load average before and after
+    probe: tuple[float, float] = (0.0, 0.0)  #: :func:`cpu_probe` ms before and after
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -298,6 +301,36 @@ def run_measured(
     return proc.returncode, wall, usage, sampler.peak, stdout
 
 
+#: the probe's data: incompressible enough that zlib works for its time
+_PROBE_DATA = bytes(range(256)) * 64 + random.Random(0).randbytes(1 << 16)
+
+
+def cpu_probe(repeat: int = 3) -> float:
+    """Milliseconds of a fixed CPU-bound workload (a Python loop and zlib), best of
+    ``repeat``: the speed of one core at that moment (tens of milliseconds).
+
+    The load average misses a host slowed by other tenants of the hypervisor (their
+    time is not always reported as steal); this figure shows it. Timed before and after
+    each tool, outside the tool's timing.
+    """
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        for level in (1, 6):
+            zlib.compress(_PROBE_DATA * 4, level)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def probe_spread(probes: Sequence[float]) -> float:
+    """How much slower the slowest probe was than the fastest (0.2: 20% slower)."""
+    seen = [p for p in probes if p > 0]
+    return max(seen) / min(seen) - 1 if seen else 0.0
+
+
 def measure(
     tool: str,
     commands: Sequence[Sequence[str | Path]],
@@ -307,7 +340,7 @@ def measure(
     timeout: float = 7200.0,
 ) -> tuple[Measure, list[str]]:
     """Run ``commands`` one after the other and add up what they cost."""
-    m = Measure(tool, load=(os.getloadavg()[0], 0.0))
+    m = Measure(tool, load=(os.getloadavg()[0], 0.0), probe=(cpu_probe(), 0.0))
     outputs = []
     for cmd in commands:
         code, wall, usage, tree, stdout = run_measured(
@@ -323,6 +356,7 @@ def measure(
             m.max_rss_mb = max(m.max_rss_mb, usage.max_rss_kb / 1024)
         m.tree_rss_mb = max(m.tree_rss_mb, tree / 2**20)
     m.load = (m.load[0], os.getloadavg()[0])
+    m.probe = (m.probe[0], cpu_probe())
     return m, outputs
 
 
@@ -432,6 +466,7 @@ def machine_info(work: Path) -> dict[str, Any]:
         "work_fs": fs,
         "fs_us_per_op": fs_microbench(work),
         "load_at_start": round(os.getloadavg()[0], 2),
+        "cpu_probe_ms_at_start": round(cpu_probe(), 1),
     }
 
 
@@ -582,6 +617,7 @@ def run_bidsport(
         images=first.images,
         note="participant + group",
         load=(first.load[0], group.load[1]),
+        probe=(first.probe[0], group.probe[1]),
     )
     results = [first, rerun, group, end]
     if profile is not None:
@@ -1071,6 +1107,8 @@ def case_table(case: dict[str, Any]) -> list[str]:
                 f"{w:.1f}" if w >= 1 else f"{w:.3f}" for w in m["extra"]["walls"]
             )
         note += f"; load {m['load'][0]:.1f}→{m['load'][1]:.1f}"
+        if probe := m.get("probe"):
+            note += f"; probe {probe[0]:.0f}→{probe[1]:.0f} ms"
         if validated := _validation_note(m["extra"].get("validation")):
             note += f"; {validated}"
         rate = files / m["wall"] if m["wall"] and not m["tool"].endswith("group") else None
@@ -1082,6 +1120,24 @@ def case_table(case: dict[str, Any]) -> list[str]:
             )
         )  # fmt: skip
     return lines
+
+
+#: probe spread within a case above which its table says the host's speed varied
+PROBE_SPREAD_WARN = 0.15
+
+
+def probe_lines(case: dict[str, Any]) -> list[str]:
+    """A warning under a case's table when the host's speed varied while it ran."""
+    probes = [p for m in case["measures"] for p in m.get("probe") or () if p > 0]
+    spread = probe_spread(probes)
+    if spread <= PROBE_SPREAD_WARN:
+        return []
+    return [
+        "",
+        f"**The host's speed varied during this case:** the CPU probe took "
+        f"{min(probes):.0f} to {max(probes):.0f} ms ({spread:.0%} slower at its slowest), "
+        "so the ratios between tools are less reliable than usual.",
+    ]
 
 
 def _row(*cells: str) -> str:
@@ -1205,7 +1261,8 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
         "Written by `bench/run.py` (see `bench/README.md` for the method and the profile "
         "analysis). Every tool converts the same files from a warm page cache, one tool "
         "at a time; times are wall clock seconds on a machine shared with other jobs "
-        "(the 1-minute load average before→after each tool is in the notes).",
+        "(the 1-minute load average before→after each tool is in the notes, and so is a "
+        "CPU probe: a fixed workload timed before→after each tool, slower on a busier host).",
         "",
         "## Machine",
         "",
@@ -1228,6 +1285,7 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
         "pigz",
         "work_fs",
         "load_at_start",
+        "cpu_probe_ms_at_start",
         "bytecode",
     ):
         out.append(f"| {key} | {machine.get(key)} |")
@@ -1259,6 +1317,7 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
             gen = c["extra"]["generate_seconds"]
             out[-1] += f" Generated in {gen:.1f} s ({c['files'] / max(gen, 1e-9):,.0f} files/s)."
         out += ["", *case_table(c)]
+        out += probe_lines(c)
         stages = stage_table(c)
         if stages:
             out += ["", "bidsport participant level by stage (summed over sessions):", "", *stages]

@@ -125,6 +125,19 @@ def test_linear_fit_and_best_of():
     assert best is fast and best.extra["walls"] == [3.0, 2.0]
 
 
+def test_a_case_whose_host_slowed_down_says_so():
+    """The CPU probe, timed before and after each tool: a case during which the host's
+    speed varied by more than 15% gets a warning under its table."""
+    assert run.cpu_probe(repeat=1) > 0
+
+    def case(*probes: tuple[float, float]) -> dict:
+        return {"measures": [{"tool": "x", "probe": list(p)} for p in probes] + [{"tool": "y"}]}
+
+    assert run.probe_lines(case((30.0, 31.0), (32.0, 30.5))) == []
+    (warning,) = run.probe_lines(case((30.0, 31.0), (40.0, 33.0)))[1:]
+    assert "the CPU probe took 30 to 40 ms (33% slower at its slowest)" in warning
+
+
 def test_targets_say_when_a_competitor_failed():
     """A competitor that failed on some calls did less work: its ratio is not a target met
     or missed, and the table says why."""
@@ -245,6 +258,7 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     table = results.read_text(encoding="utf-8")
     assert table in proc.stdout  # the table is printed too
     assert "| cpu |" in table and "| dcm2niix | v1.0." in table
+    assert "| cpu_probe_ms_at_start |" in table and "; probe " in table
     assert "| bidsport |" in table and "| dcm2niix |" in table and "| import |" in table
 
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))
