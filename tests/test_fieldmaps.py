@@ -14,34 +14,51 @@ SUFFIX_DATATYPE = {
     "magnitude": "fmap",
     "phasediff": "fmap",
     "fieldmap": "fmap",
+    "m0scan": "fmap",
+    "TB1TFL": "fmap",
     "bold": "func",
     "sbref": "func",
     "dwi": "dwi",
+    "asl": "perf",
     "T1w": "anat",
 }
 
 
-def acquisition(number: int, name: str, minute: int) -> tuple[PlannedSeries, ConvertedImage]:
-    """Series ``number`` acquired at 10:``minute``, converted into ``name`` (e.g.
-    "fmap/sub-01_dir-AP_epi"), whose suffix gives its datatype."""
+def acquisition(
+    number: int,
+    name: str,
+    when: int | tuple[str, str] | None,
+    corrects: tuple[str, ...] | None = None,
+) -> tuple[PlannedSeries, ConvertedImage]:
+    """Series ``number``, converted into ``name`` (e.g. "fmap/sub-01_dir-AP_epi", whose
+    suffix gives the datatype and whose labels the entities), acquired ``when``: a minute
+    after 10:00 on 2026-01-01, a (date, time), or never said. ``corrects`` is as a rule's
+    ``set.corrects``."""
     suffix = name.rsplit("_", 1)[1]
+    labels = name.split("/")[1].split("_")[1:-1]  # the entities after sub-01
+    date, time = (
+        ("20260101", f"10{when:02d}00.000000") if isinstance(when, int) else when or (None, None)
+    )
     header = FileHeader(Path(f"/in/{number}.dcm"), 1, 0, series_number=number)
     series = Series(
         f"1.2.3.{number}",
         header,
         (header.path,),
         n_volumes=1,
-        acquisition_date="20260101",
-        acquisition_time=f"10{minute:02d}00.000000",
+        acquisition_date=date,
+        acquisition_time=time,
     )
-    cls = Classification(SUFFIX_DATATYPE[suffix], suffix)
+    entities = dict(label.split("-", 1) for label in labels)
+    cls = Classification(SUFFIX_DATATYPE[suffix], suffix, entities, corrects=corrects)
     image = ConvertedImage(series.series_id, f"{name}.nii.gz", None, f"{name}.json")
     return PlannedSeries(series, cls, None), image
 
 
-def corrected(*acquisitions: tuple[str, int]) -> dict[str, list[str]]:
-    """Fieldmap name → the names it corrects, for (name, minute) acquisitions."""
-    images = [acquisition(i + 1, name, minute) for i, (name, minute) in enumerate(acquisitions)]
+def corrected(*acquisitions: tuple, numbers: list[int] | None = None) -> dict[str, list[str]]:
+    """Fieldmap name → the names it corrects, for (name, when[, corrects]) acquisitions,
+    numbered 1, 2... in the order given (or ``numbers``)."""
+    numbers = numbers or list(range(1, len(acquisitions) + 1))
+    images = [acquisition(n, *a) for n, a in zip(numbers, acquisitions, strict=True)]
     result = intended_for(images, "01", None)
     return {
         sidecar.removesuffix(".json"): sorted(
@@ -52,7 +69,12 @@ def corrected(*acquisitions: tuple[str, int]) -> dict[str, list[str]]:
 
 
 AP, PA = "fmap/sub-01_dir-AP_epi", "fmap/sub-01_dir-PA_epi"
+AP2, PA2 = "fmap/sub-01_dir-AP_run-2_epi", "fmap/sub-01_dir-PA_run-2_epi"
 BOLD, SBREF = "func/sub-01_task-rest_bold", "func/sub-01_task-rest_sbref"
+BOLD2 = "func/sub-01_task-rest_run-2_bold"
+MAG, PHASEDIFF = "fmap/sub-01_magnitude", "fmap/sub-01_phasediff"
+MAG2, PHASEDIFF2 = "fmap/sub-01_run-2_magnitude", "fmap/sub-01_run-2_phasediff"
+T1W, DWI = "anat/sub-01_T1w", "dwi/sub-01_dir-AP_dwi"
 
 
 def test_both_images_of_an_epi_pair_correct_the_bold_after_them():
@@ -64,45 +86,103 @@ def test_both_images_of_an_epi_pair_correct_the_bold_after_them():
 
 
 def test_a_pair_acquired_after_every_image_corrects_them_all():
-    bold2 = "func/sub-01_task-rest_run-2_bold"
-    assert corrected((BOLD, 1), (bold2, 10), (AP, 20), (PA, 22)) == {
-        AP: [BOLD, bold2],
-        PA: [BOLD, bold2],
+    assert corrected((BOLD, 1), (BOLD2, 10), (AP, 20), (PA, 22)) == {
+        AP: [BOLD, BOLD2],
+        PA: [BOLD, BOLD2],
     }
 
 
 def test_each_image_gets_the_latest_set_before_it():
-    ap2, pa2 = "fmap/sub-01_dir-AP_run-2_epi", "fmap/sub-01_dir-PA_run-2_epi"
-    bold2 = "func/sub-01_task-rest_run-2_bold"
-    dwi = "dwi/sub-01_dwi"
-    t1w = "anat/sub-01_T1w"
     assert corrected(
-        (AP, 1), (PA, 2), (BOLD, 3), (t1w, 10), (ap2, 20), (pa2, 21), (bold2, 22), (dwi, 30)
-    ) == {AP: [BOLD], PA: [BOLD], ap2: [dwi, bold2], pa2: [dwi, bold2]}
+        (AP, 1), (PA, 2), (BOLD, 3), (T1W, 10), (AP2, 20), (PA2, 21), (BOLD2, 22), (DWI, 30)
+    ) == {AP: [BOLD], PA: [BOLD], AP2: [DWI, BOLD2], PA2: [DWI, BOLD2]}
 
 
-def test_an_image_between_two_acquisitions_of_a_kind_splits_them():
-    """An epi acquired right before a DWI serves the DWI; the pair before the BOLD does
-    not reach past it."""
-    dwi_pa = "fmap/sub-01_acq-dwi_dir-PA_epi"
-    dwi = "dwi/sub-01_dir-AP_dwi"
-    assert corrected((AP, 1), (PA, 2), (BOLD, 3), (dwi_pa, 10), (dwi, 11)) == {
-        AP: [BOLD],
-        PA: [BOLD],
-        dwi_pa: [dwi],
+def test_a_repeated_fieldmap_starts_a_new_set():
+    """A second AP image, or a second field measurement (after a re-shim), with no image
+    between: the image after them takes the latest."""
+    assert corrected((AP, 1), (PA, 2), (AP2, 3), (PA2, 4), (BOLD, 5)) == {
+        AP: [],
+        PA: [],
+        AP2: [BOLD],
+        PA2: [BOLD],
     }
+    assert corrected(
+        (MAG, 1), (PHASEDIFF, 1), (T1W, 2), (MAG2, 8), (PHASEDIFF2, 8), (SBREF, 10), (BOLD, 10)
+    ) == {MAG: [], PHASEDIFF: [], MAG2: [BOLD, SBREF], PHASEDIFF2: [BOLD, SBREF]}
 
 
 def test_a_field_map_and_an_epi_pair_are_separate_sets():
     """Magnitude and phase difference series of one acquisition are one set; an epi pair
-    acquired after them is another, and the BOLD after both gets the later one."""
-    mag, phasediff = "fmap/sub-01_magnitude", "fmap/sub-01_phasediff"
-    bold2 = "func/sub-01_task-rest_run-2_bold"
-    assert corrected((mag, 1), (phasediff, 1), (BOLD, 5), (AP, 10), (PA, 11), (bold2, 12)) == {
-        mag: [BOLD],
-        phasediff: [BOLD],
-        AP: [bold2],
-        PA: [bold2],
+    is another, and an image takes the latest set before it."""
+    assert corrected((MAG, 1), (PHASEDIFF, 1), (BOLD, 5), (AP, 10), (PA, 11), (BOLD2, 12)) == {
+        MAG: [BOLD],
+        PHASEDIFF: [BOLD],
+        AP: [BOLD2],
+        PA: [BOLD2],
+    }
+    assert corrected((MAG, 1), (PHASEDIFF, 1), (AP, 2), (PA, 3), (BOLD, 4)) == {
+        MAG: [],
+        PHASEDIFF: [],
+        AP: [BOLD],
+        PA: [BOLD],
+    }
+
+
+def test_pairs_on_two_axes_are_two_sets():
+    """dcm_qa_nih: AP, PA, RL and LR acquired after the BOLD runs: the AP/PA pair is the
+    first set after them, the RL/LR pair another."""
+    rl, lr = "fmap/sub-01_dir-RL_epi", "fmap/sub-01_dir-LR_epi"
+    assert corrected((BOLD, 1), (BOLD2, 2), (AP, 10), (PA, 11), (rl, 12), (lr, 13)) == {
+        AP: [BOLD, BOLD2],
+        PA: [BOLD, BOLD2],
+        rl: [],
+        lr: [],
+    }
+
+
+def test_an_acq_label_that_names_a_datatype_keeps_the_fieldmap_for_it():
+    """A b0 acquired for the DWI right after the BOLD's pair, named acq-dwi."""
+    b0 = "fmap/sub-01_acq-dwi_dir-PA_epi"
+    assert corrected((AP, 1), (PA, 2), (b0, 3), (BOLD, 4), (DWI, 5)) == {
+        AP: [BOLD],
+        PA: [BOLD],
+        b0: [DWI],
+    }
+
+
+def test_a_rule_keeps_a_fieldmap_for_the_dwi():
+    """The same b0 named acq-b0: another set, the latest before both images, so the pair
+    corrects nothing; ``set.corrects`` gives the pair back to the BOLD."""
+    b0 = "fmap/sub-01_acq-b0_dir-PA_epi"
+    assert corrected((AP, 1), (PA, 2), (b0, 3), (BOLD, 4), (DWI, 5)) == {
+        AP: [],
+        PA: [],
+        b0: [DWI, BOLD],
+    }
+    assert corrected((AP, 1), (PA, 2), (b0, 3, ("dwi",)), (BOLD, 4), (DWI, 5)) == {
+        AP: [BOLD],
+        PA: [BOLD],
+        b0: [DWI],
+    }
+
+
+def test_a_fieldmap_that_corrects_nothing_is_passed_over():
+    """``set.corrects = []``: the BOLD after it takes the set before."""
+    other = "fmap/sub-01_acq-other_dir-AP_epi"
+    assert corrected((AP, 1), (PA, 2), (BOLD, 3), (other, 4, ()), (BOLD2, 5)) == {
+        AP: [BOLD, BOLD2],
+        PA: [BOLD, BOLD2],
+        other: [],
+    }
+
+
+def test_m0_scans_correct_asl_and_b1_maps_take_no_part():
+    m0, asl, b1 = "fmap/sub-01_m0scan", "perf/sub-01_asl", "fmap/sub-01_TB1TFL"
+    assert corrected((AP, 1), (PA, 2), (m0, 3), (asl, 4), (b1, 5), (T1W, 6), (BOLD, 7)) == {
+        AP: [BOLD],
+        PA: [BOLD],
+        m0: [asl],
     }
 
 
@@ -118,5 +198,20 @@ def test_nothing_to_link(acquisitions):
 
 
 def test_an_equal_time_is_ordered_by_series_number():
-    """Two acquisitions stamped with the same minute keep the scanner's series order."""
-    assert corrected((AP, 1), (BOLD, 1), (PA, 1)) == {AP: [BOLD], PA: []}
+    """Acquisitions stamped with the same minute keep the scanner's series order (as
+    numbers: series 9 before series 10)."""
+    assert corrected((PA, 1), (BOLD, 1), (AP, 1), numbers=[9, 10, 11]) == {PA: [BOLD], AP: []}
+    assert corrected((PA, 1), (BOLD, 1), (AP, 1), numbers=[11, 10, 9]) == {AP: [BOLD], PA: []}
+
+
+def test_the_order_spans_midnight_and_puts_untimed_series_last():
+    late, early = ("20260101", "235800.000000"), ("20260102", "000100.000000")
+    after = ("20260102", "000500.000000")
+    assert corrected((AP, late), (PA, early), (BOLD, after)) == {AP: [BOLD], PA: [BOLD]}
+    # a pair without acquisition time comes after the timed one, not before the BOLD
+    assert corrected((BOLD, 1), (AP, 5), (PA, 6), (AP2, None), (PA2, None)) == {
+        AP: [BOLD],
+        PA: [BOLD],
+        AP2: [],
+        PA2: [],
+    }

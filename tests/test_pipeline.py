@@ -414,3 +414,90 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     table = read_tsv(layout.series_table("PH01", None))
     evidence = [r["evidence"] for r in table if "fmap-epi_dir-PA" in r["series_description"]]
     assert any('sets in the sidecar: PhaseEncodingDirection = "j"' in e for e in evidence)
+
+
+DWI_FIELDMAP_RULES = """
+[[rules]]
+name = "dwi-b0"
+description = "the b0 acquired for the DWI corrects the DWI only"
+[rules.match]
+series_description = "^fmap-epi_acq-b0_dir-PA$"
+[rules.set]
+corrects = ["dwi"]
+sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
+
+[[rules]]
+name = "topup-AP"
+[rules.match]
+series_description = "^fmap-epi_dir-AP$"
+[rules.set]
+sidecar = { PhaseEncodingDirection = "j-", TotalReadoutTime = 0.0415 }
+
+[[rules]]
+name = "topup-PA"
+[rules.match]
+series_description = "^fmap-epi_dir-PA$"
+[rules.set]
+sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
+"""
+
+
+def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
+    """An AP/PA pair for the BOLD, then a b0 for the DWI (acq-b0, which names no
+    datatype), then both images: by default the b0 is the latest set before both, and the
+    pair corrects nothing; a rule's set.corrects keeps the b0 for the DWI and gives the
+    pair back to the BOLD. The dataset passes the validator."""
+    from bidsport.synthetic import SeriesSpec, Study, write_series
+    from bidsport.validator import run_validator
+
+    epi = {
+        "mr_acquisition_type": "2D",
+        "scanning_sequence": ("SE", "EP"),
+        "sequence_name": "",
+        "repetition_time": 3000.0,
+        "echo_time": 50.0,
+        "flip_angle": 90.0,
+    }
+    study = Study(manufacturer="Philips", model="Ingenia")
+    packet = tmp_path / "inbox" / "PH02"
+    for number, description, extra in (
+        (3, "fmap-epi_dir-AP", {}),
+        (4, "fmap-epi_dir-PA", {}),
+        (5, "fmap-epi_acq-b0_dir-PA", {}),
+        (6, "func-bold_task-rest_dir-AP", {"n_volumes": 4}),
+        (7, "dwi_dir-AP", {"n_volumes": 3, "b_values": (0, 1000, 1000)}),
+    ):
+        spec = SeriesSpec(description, number, n_slices=3,
+                          acquisition_time=f"09{number:02d}00.000000", **{**epi, **extra})  # fmt: skip
+        write_series(spec, packet / description, study=study)
+    rules = tmp_path / "dwi.toml"
+    rules.write_text(DWI_FIELDMAP_RULES, encoding="utf-8")
+    prefix = "bids::sub-PH02/"
+    bold, dwi = (
+        prefix + "func/sub-PH02_task-rest_dir-AP_bold.nii.gz",
+        prefix + "dwi/sub-PH02_dir-AP_dwi.nii.gz",
+    )
+    expected = {
+        "plain": {"dir-AP_epi": [], "dir-PA_epi": [], "acq-b0_dir-PA_epi": [dwi, bold]},
+        "rules": {"dir-AP_epi": [bold], "dir-PA_epi": [bold], "acq-b0_dir-PA_epi": [dwi]},
+    }  # fmt: skip
+    for label, extra in (("plain", []), ("rules", ["--rules", str(rules)])):
+        out = tmp_path / label
+        assert main([str(tmp_path / "inbox"), str(out), "participant", *extra]) == 0
+        fmap = out / "sub-PH02" / "fmap"
+        intended = {
+            p.name.removeprefix("sub-PH02_").removesuffix(".json"): json.loads(p.read_text()).get(
+                "IntendedFor", []
+            )
+            for p in fmap.glob("*.json")
+        }
+        assert intended == expected[label], label
+    table = read_tsv(DatasetLayout(tmp_path / "rules").series_table("PH02", None))
+    (b0,) = [r for r in table if r["series_description"] == "fmap-epi_acq-b0_dir-PA"]
+    assert "rule 'dwi-b0': corrects only dwi images" in b0["evidence"]
+    validator = find_validator()
+    if validator is not None:
+        out = tmp_path / "rules"
+        assert main([str(tmp_path / "inbox"), str(out), "group", "--skip-validation"]) == 0
+        result = run_validator(out, command=validator)
+        assert result.ran and not result.errors, [e.describe() for e in result.errors]

@@ -87,9 +87,11 @@ def test_example_file_loads() -> None:
         "multiband-acq",
         "low-field-review",
         "philips-topup-pa",
+        "dwi-b0-fieldmap",
     ]
     assert all(r.source == str(EXAMPLE) for r in rules)
-    assert rules[-1].sidecar == {"PhaseEncodingDirection": "j", "TotalReadoutTime": 0.0415}
+    assert rules[-2].sidecar == {"PhaseEncodingDirection": "j", "TotalReadoutTime": 0.0415}
+    assert rules[-1].corrects == ("dwi",)
 
 
 @pytest.mark.parametrize(
@@ -137,8 +139,21 @@ def test_example_file_loads() -> None:
             philips(series("SE-EPI_topup_PA", seq=None, ss=("SE", "EP"), tr=3000, te=50, ti=None)),
             ("fmap", "epi", {"dir": "PA"}, "raw", None, "philips-topup-pa"),
         ),
+        (
+            series("b0_PA", seq="epse2d1_86", ss=("EP",), tr=8000, te=70, ti=None),
+            ("fmap", "epi", {"acq": "b0", "dir": "PA"}, "raw", None, "dwi-b0-fieldmap"),
+        ),
     ],
-    ids=["site-t1", "nback", "exclude", "symri-t2", "symri-t1map", "refine-acq", "topup-pa"],
+    ids=[
+        "site-t1",
+        "nback",
+        "exclude",
+        "symri-t2",
+        "symri-t1map",
+        "refine-acq",
+        "topup-pa",
+        "dwi-b0",
+    ],
 )
 def test_example_rules_decide(s: Series, expected: tuple[object, ...]) -> None:
     cls = classify_series(s, load_rules(EXAMPLE))
@@ -703,3 +718,64 @@ def test_a_toml_date_in_a_sidecar_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"set\.sidecar\.PulseSequenceDetails: a date cannot be"):
         load_rules(path)
+
+
+# --------------------------------------------------------------------------- set.corrects
+
+
+def test_a_rule_limits_what_a_fieldmap_corrects() -> None:
+    """``set.corrects`` (datatypes, in a fixed order; [] for none) reaches the
+    classification of a fieldmap, with a word in the evidence, and is ignored (and said)
+    for a series that is not one."""
+    (dwi_only,) = rules_from(
+        {
+            "rules": [
+                {
+                    "name": "b0",
+                    "match": {"series_description": "b0"},
+                    "set": {"datatype": "fmap", "suffix": "epi", "corrects": ["dwi"]},
+                }
+            ]
+        }
+    )
+    cls = classify_series(bold("b0_PA", vols=1), [dwi_only])
+    assert (cls.datatype, cls.suffix, cls.corrects) == ("fmap", "epi", ("dwi",))
+    assert "rule 'b0': corrects only dwi images" in cls.evidence
+    assert classify_series(bold("b0_PA", vols=1)).corrects is None  # no rule: any
+    (refining,) = rules_from(
+        {
+            "rules": [
+                {
+                    "name": "r",
+                    "match": {"series_description": "rest"},
+                    "set": {"corrects": ["perf", "func"]},
+                }
+            ]
+        }
+    )
+    assert refining.corrects == ("func", "perf")
+    cls = classify_series(bold("fMRI_rest"), [refining])
+    assert cls.datatype == "func" and cls.corrects is None
+    assert "rule 'r' sets corrects, ignored: not a fieldmap" in cls.evidence
+    (none,) = rules_from(
+        {"rules": [{"name": "n", "match": {"series_description": "b0"}, "set": {"corrects": []}}]}
+    )
+    assert none.corrects == ()
+
+
+@pytest.mark.parametrize(
+    ("action", "problem"),
+    [
+        ({"corrects": "dwi"}, "set.corrects must be a list of datatypes (func, dwi, perf)"),
+        ({"corrects": ["dwi", "anat"]}, "set.corrects: 'anat' is not a datatype fieldmaps"),
+        (
+            {"datatype": "func", "suffix": "bold", "corrects": ["func"]},
+            "set.corrects is for fieldmaps (datatype fmap), not func",
+        ),
+    ],
+)
+def test_invalid_corrects_is_refused(action: dict[str, object], problem: str) -> None:
+    data = {"rules": [{"name": "x", "match": {"series_description": "a"}, "set": action}]}
+    with pytest.raises(ConfigError) as info:
+        rules_from(data)
+    assert "rule 1 ('x')" in str(info.value) and problem in str(info.value), str(info.value)

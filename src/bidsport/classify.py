@@ -1099,12 +1099,23 @@ def _apply_rule(
 
 
 def _with_sidecar(d: _Draft, rule: Rule) -> Classification:
-    """``d`` frozen, with the sidecar keys ``rule`` sets (said in the evidence)."""
-    if not rule.sidecar:
-        return d.freeze(rule.name)
-    shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in rule.sidecar.items())
-    d.note(f"rule {rule.name!r} sets in the sidecar: {shown}")
-    return replace(d.freeze(rule.name), sidecar=dict(rule.sidecar))
+    """``d`` frozen, with the sidecar keys and the datatypes to correct that ``rule`` sets
+    (said in the evidence)."""
+    corrects = None
+    if rule.corrects is not None:
+        if d.datatype == "fmap":
+            corrects = rule.corrects
+            d.note(
+                f"rule {rule.name!r}: corrects only {', '.join(corrects)} images"
+                if corrects
+                else f"rule {rule.name!r}: corrects no image"
+            )
+        else:
+            d.note(f"rule {rule.name!r} sets corrects, ignored: not a fieldmap")
+    if rule.sidecar:
+        shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in rule.sidecar.items())
+        d.note(f"rule {rule.name!r} sets in the sidecar: {shown}")
+    return replace(d.freeze(rule.name), sidecar=dict(rule.sidecar), corrects=corrects)
 
 
 # --------------------------------------------------------------------------- public

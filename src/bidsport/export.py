@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bidsport import fileops
 from bidsport.convert import SeriesConversion, load_sidecar
@@ -356,45 +357,132 @@ FIELD_SUFFIXES = frozenset(
 )
 #: datatypes of the images fieldmaps correct
 CORRECTED_DATATYPES = ("func", "dwi", "perf")
+#: ``acq`` labels of fieldmaps that say which datatype they were acquired for
+_ACQ_CORRECTS = types.MappingProxyType(
+    {
+        "dwi": "dwi",
+        "dti": "dwi",
+        "diff": "dwi",
+        "func": "func",
+        "bold": "func",
+        "fmri": "func",
+        "asl": "perf",
+        "perf": "perf",
+    }
+)
+#: phase-encoding axis of a ``dir`` label: the images of a pepolar set share one
+_DIR_AXES = types.MappingProxyType(
+    {"AP": "AP", "PA": "AP", "LR": "LR", "RL": "LR", "SI": "SI", "IS": "SI"}
+)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """A converted series, as the linking of fieldmaps to images sees it."""
+
+    order: tuple[Any, ...]  #: sort key in acquisition order (:func:`index.series_order`)
+    datatype: str  #: "fmap", or the datatype of an image fieldmaps correct
+    #: of a fieldmap: what the fieldmaps of one set share (kind, acq, ce, axis...)
+    group: tuple[str, ...] = ()
+    #: of a fieldmap: its image (suffix and entities but the run): a set has one of each
+    image: str = ""
+    corrects: frozenset[str] | None = None  #: of a fieldmap: datatypes it may correct
 
 
 def fieldmap_sets(
-    acquisitions: Sequence[tuple[tuple[str, str, int, str], str, str]],
+    acquisitions: Sequence[Acquisition],
 ) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """Group fieldmap acquisitions into sets and pick the set that corrects each image.
 
-    ``acquisitions``: (sort key, role, kind) per acquisition, where role is "fmap" or
-    "target" and kind tells fieldmaps apart ("epi", "field"). A set is a run of fieldmap
-    acquisitions of one kind, in acquisition order, with no corrected image between them:
-    an AP/PA pair of ``epi`` images minutes apart is one set, and so are the magnitude and
-    phase series of one field acquisition. Each image is corrected by the latest set
-    acquired before it or, when none precedes it, by the first one after it.
+    A set is a run of fieldmaps acquired one after the other, with no corrected image
+    between them, that share their group and whose images differ: an AP/PA pair of ``epi``
+    images minutes apart is one set, and so are the magnitude and phase series of one
+    field measurement; a second AP image, or a fieldmap of another group, starts a new
+    set. Each image is corrected by the latest set acquired before it or, when none
+    precedes it, by the first one after it, among the sets that may correct its datatype.
 
-    Returns the sets (indices into ``acquisitions``) and (target index, set index) pairs.
+    Returns the sets (indices into ``acquisitions``) and (image index, set index) pairs.
 
-    >>> acq = [(("d", "09", 1, "a"), "fmap", "epi"), (("d", "10", 2, "b"), "fmap", "epi"),
-    ...        (("d", "11", 3, "c"), "target", ""), (("d", "12", 4, "e"), "fmap", "field"),
-    ...        (("d", "13", 5, "f"), "target", "")]
-    >>> fieldmap_sets(acq)
-    ([[0, 1], [3]], [(2, 0), (4, 1)])
+    >>> def at(n, datatype, image="", group=("epi",), corrects=None):
+    ...     return Acquisition((n,), datatype, group, image, corrects)
+    >>> fieldmap_sets([at(1, "fmap", "AP"), at(2, "fmap", "PA"), at(3, "func"),
+    ...                at(4, "fmap", "AP"), at(5, "fmap", "PA"), at(6, "fmap", "AP"),
+    ...                at(7, "func"), at(8, "dwi")])
+    ([[0, 1], [3, 4], [5]], [(2, 0), (6, 2), (7, 2)])
+    >>> fieldmap_sets([at(1, "fmap", "AP"), at(2, "fmap", "PA", corrects=frozenset({"dwi"})),
+    ...                at(3, "func"), at(4, "dwi")])
+    ([[0], [1]], [(2, 0), (3, 1)])
     """
-    order = sorted(range(len(acquisitions)), key=lambda i: acquisitions[i][0])
+    order = sorted(range(len(acquisitions)), key=lambda i: acquisitions[i].order)
     sets: list[list[int]] = []
-    open_kind: str | None = None  # kind of the set still growing, if any
-    targets: list[tuple[int, int]] = []  # (target, number of sets before it)
+    images: list[tuple[int, int]] = []  # (image, number of sets acquired before it)
+    growing = False  # the last set may take more fieldmaps
     for i in order:
-        _, role, kind = acquisitions[i]
-        if role == "target":
-            open_kind = None
-            targets.append((i, len(sets)))
-        elif kind == open_kind:
+        acq = acquisitions[i]
+        if acq.datatype != "fmap":
+            growing = False
+            images.append((i, len(sets)))
+            continue
+        first = acquisitions[sets[-1][0]] if sets else None
+        if (
+            growing
+            and first is not None
+            and (acq.group, acq.corrects) == (first.group, first.corrects)
+            and all(acquisitions[j].image != acq.image for j in sets[-1])
+        ):
             sets[-1].append(i)
         else:
             sets.append([i])
-            open_kind = kind
-    if not sets:
-        return [], []
-    return sets, [(t, n - 1 if n else 0) for t, n in targets]
+            growing = True
+    chosen = []
+    for image, n_before in images:
+        datatype = acquisitions[image].datatype
+        allowed = [
+            k
+            for k, members in enumerate(sets)
+            if (corrects := acquisitions[members[0]].corrects) is None or datatype in corrects
+        ]
+        before = [k for k in allowed if k < n_before]
+        after = [k for k in allowed if k >= n_before]
+        if before or after:
+            chosen.append((image, before[-1] if before else after[0]))
+    return sets, chosen
+
+
+def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
+    """How :func:`fieldmap_sets` sees a converted series; None when it takes no part.
+
+    Fieldmaps: ``epi`` images (grouped by ``acq``, ``ce`` and the phase-encoding axis of
+    ``dir``), the images of a field measurement (:data:`FIELD_SUFFIXES`, by ``acq``) and
+    ``m0scan`` images. What a fieldmap may correct is what a rule says (``set.corrects``),
+    else what its ``acq`` label names (``acq-dwi``: DWI only, see :data:`_ACQ_CORRECTS`),
+    else perf images for an ``m0scan``, else any. B1 maps correct no func/dwi/perf image
+    and take no part.
+    """
+    from bidsport.index import series_order
+
+    cls = p.cls
+    if cls.datatype in CORRECTED_DATATYPES:
+        return Acquisition(series_order(p.series), cls.datatype)
+    if cls.datatype != "fmap":
+        return None
+    entities = {k: v for k, v in cls.entities.items() if k != "run"}
+    acq, ce = entities.get("acq", ""), entities.get("ce", "")
+    corrects = None if cls.corrects is None else frozenset(cls.corrects)
+    if corrects is None and acq.lower() in _ACQ_CORRECTS:
+        corrects = frozenset({_ACQ_CORRECTS[acq.lower()]})
+    if cls.suffix == "epi":
+        axis = _DIR_AXES.get(entities.get("dir", "").upper(), "")
+        group: tuple[str, ...] = ("epi", acq, ce, axis)
+    elif cls.suffix in FIELD_SUFFIXES:
+        group = ("field", acq)
+    elif cls.suffix == "m0scan":
+        group = ("m0scan", acq)
+        corrects = frozenset({"perf"}) if corrects is None else corrects
+    else:
+        return None
+    image = "_".join([str(cls.suffix), *(f"{k}-{v}" for k, v in sorted(entities.items()))])
+    return Acquisition(series_order(p.series), "fmap", group, image, corrects)
 
 
 def intended_for(
@@ -402,49 +490,38 @@ def intended_for(
 ) -> dict[str, list[str]]:
     """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
 
-    Fieldmaps are grouped into sets, each func/dwi/perf image is corrected by one set:
-    see :func:`fieldmap_sets`.
+    Fieldmaps (with a sidecar) are grouped into sets, each func/dwi/perf NIfTI image is
+    corrected by one set: see :func:`fieldmap_sets`.
     """
 
     def is_nifti(img: ConvertedImage) -> bool:
         return img.relpath.endswith((".nii", ".nii.gz"))
 
-    roles: dict[str, tuple[str, str]] = {}  # series id → (role, kind)
-    when: dict[str, tuple[str, str, int, str]] = {}
+    acquisitions: dict[str, Acquisition] = {}
     for p, img in images:
-        sid = p.series.series_id
-        if p.cls.datatype == "fmap" and img.sidecar:
-            kind = "field" if p.cls.suffix in FIELD_SUFFIXES else str(p.cls.suffix)
-            roles[sid] = ("fmap", kind)
-        elif p.cls.datatype in CORRECTED_DATATYPES and is_nifti(img):
-            roles[sid] = ("target", "")
-        else:
-            continue
-        s = p.series
-        when[sid] = (
-            s.acquisition_date or "",
-            s.acquisition_time or "",
-            s.header.series_number or 0,
-            sid,
-        )
-    ids = list(roles)
-    sets, chosen = fieldmap_sets([(when[sid], *roles[sid]) for sid in ids])
+        if (img.sidecar if p.cls.datatype == "fmap" else is_nifti(img)) and (
+            acq := fieldmap_acquisition(p)
+        ):
+            acquisitions[p.series.series_id] = acq
+    ids = list(acquisitions)
+    sets, chosen = fieldmap_sets(list(acquisitions.values()))
+    by_series: dict[str, list[ConvertedImage]] = {}
+    for p, img in images:
+        by_series.setdefault(p.series.series_id, []).append(img)
     result: dict[str, list[str]] = {
         img.sidecar: []
-        for p, img in images
-        if img.sidecar and roles.get(p.series.series_id, ("",))[0] == "fmap"
+        for sid, acq in acquisitions.items()
+        if acq.datatype == "fmap"
+        for img in by_series[sid]
+        if img.sidecar
     }
     prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
-    for target, set_index in chosen:
-        uris = [
-            prefix + img.relpath
-            for p, img in images
-            if p.series.series_id == ids[target] and is_nifti(img)
-        ]
-        members = {ids[i] for i in sets[set_index]}
-        for p, img in images:
-            if p.series.series_id in members and img.sidecar:
-                result[img.sidecar] += uris
+    for image, set_index in chosen:
+        uris = [prefix + img.relpath for img in by_series[ids[image]] if is_nifti(img)]
+        for member in sets[set_index]:
+            for img in by_series[ids[member]]:
+                if img.sidecar:
+                    result[img.sidecar] += uris
     return result
 
 

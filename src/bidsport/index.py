@@ -721,7 +721,9 @@ def _summarise(part: _Part) -> Series:
     )
 
 
-def _series_order(s: Series) -> tuple[Any, ...]:
+def series_order(s: Series) -> tuple[Any, ...]:
+    """Sort key of series in acquisition order: date and time, then series number (series
+    without an acquisition time last)."""
     t = _timestamp((s.acquisition_date or "", s.acquisition_time)) if s.acquisition_time else None
     number = s.header.series_number
     return (t is None, t or 0.0, number is None, number or 0, s.series_id)
@@ -747,5 +749,5 @@ def group_series(headers: Iterable[FileHeader]) -> list[Series]:
         for series_id, members in _split(key, by_key[key]):
             parts.append(_Part(series_id, members, _timestamp(_earliest(members))))
     series = [_summarise(part) for part in _merge_mfsplit(parts)]
-    series.sort(key=_series_order)
+    series.sort(key=series_order)
     return series

@@ -37,9 +37,14 @@ classifier found; ``run`` is not allowed: bidsport numbers runs itself), ``prove
 (BIDS metadata key → JSON value or list, written into the JSON sidecar of every image of
 the series, over what dcm2niix wrote: for what the headers do not say, e.g. the
 PhaseEncodingDirection of a Philips ``epi`` fieldmap, whose polarity Philips does not
-record; bidsport's own keys, identifying keys and dates are refused). A rule that sets
-only entities, provenance, review or sidecar refines the automatic classification; a rule
-that sets datatype and suffix decides the series and keeps it even when it is derived.
+record; bidsport's own keys, identifying keys and dates are refused) and ``corrects``
+(of a fieldmap: the datatypes of the images it may correct, a list of ``func``, ``dwi``,
+``perf``, or ``[]`` for none; by default each func/dwi/perf image is corrected by the
+latest set of fieldmaps acquired before it, see :func:`bidsport.export.fieldmap_sets` and
+:func:`bidsport.export.fieldmap_acquisition`).
+A rule that sets only entities, provenance, review, sidecar or corrects refines the
+automatic classification; a rule that sets datatype and suffix decides the series and
+keeps it even when it is derived.
 """
 
 from __future__ import annotations
@@ -130,7 +135,11 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _INDEX = re.compile(r"^[0-9]+$")
 
 _RULE_KEYS = frozenset(("name", "description", "match", "set", "exclude"))
-_SET_KEYS = frozenset(("datatype", "suffix", "entities", "provenance", "review", "sidecar"))
+_SET_KEYS = frozenset(
+    ("datatype", "suffix", "entities", "provenance", "review", "sidecar", "corrects")
+)
+#: the datatypes of images a fieldmap can correct (``set.corrects``)
+_CORRECTABLE = ("func", "dwi", "perf")
 #: BIDS metadata keys are CamelCase
 _SIDECAR_KEY = re.compile(r"[A-Z][A-Za-z0-9]*")
 #: the values BIDS allows for PhaseEncodingDirection
@@ -225,6 +234,7 @@ class Rule:
     provenance: str | None = None
     review: bool | None = None
     sidecar: Mapping[str, Any] = field(default_factory=dict)  #: sidecar key → JSON value
+    corrects: tuple[str, ...] | None = None  #: datatypes a fieldmap may correct
     exclude: str | None = None  #: reason; the series is reported but not converted
     description: str | None = None
     source: str = ""  #: the file the rule came from
@@ -401,6 +411,22 @@ def _json_value(value: Any, where: str) -> Any:
     raise _Problem(f"{where}: a {type(value).__name__} cannot be written to JSON (quote it)")
 
 
+def _corrects(spec: Any) -> tuple[str, ...]:
+    """Validate ``set.corrects``: a list of the datatypes fieldmaps correct (maybe empty)."""
+    if not isinstance(spec, list) or not all(isinstance(d, str) for d in spec):
+        raise _Problem(
+            f"set.corrects must be a list of datatypes ({', '.join(_CORRECTABLE)}), "
+            f"or [] for none, not {spec!r}"
+        )
+    unknown = [d for d in spec if d not in _CORRECTABLE]
+    if unknown:
+        raise _Problem(
+            f"set.corrects: {', '.join(map(repr, unknown))} is not a datatype fieldmaps "
+            f"correct ({', '.join(_CORRECTABLE)})"
+        )
+    return tuple(d for d in _CORRECTABLE if d in spec)
+
+
 def _sidecar(spec: Any) -> dict[str, Any]:
     """Validate ``set.sidecar``: BIDS keys bidsport does not manage or drop, JSON values."""
     if not isinstance(spec, dict) or not spec:
@@ -485,6 +511,9 @@ def _rule(spec: Any, source: str, names: set[str]) -> Rule:
     if datatype == "func" and suffix in ("bold", "cbv", "sbref") and entities.get("task") == "":
         raise _Problem("a func series needs a task: do not remove it")
     sidecar = _sidecar(action["sidecar"]) if "sidecar" in action else {}
+    corrects = _corrects(action["corrects"]) if "corrects" in action else None
+    if corrects is not None and datatype not in (None, "fmap"):
+        raise _Problem(f"set.corrects is for fieldmaps (datatype fmap), not {datatype}")
     return Rule(
         name,
         conditions,
@@ -494,6 +523,7 @@ def _rule(spec: Any, source: str, names: set[str]) -> Rule:
         provenance=provenance,
         review=review,
         sidecar=sidecar,
+        corrects=corrects,
         description=description,
         source=source,
     )
