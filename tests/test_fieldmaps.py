@@ -151,6 +151,16 @@ def test_an_acq_label_that_names_a_datatype_keeps_the_fieldmap_for_it():
     }
 
 
+def test_a_fieldmap_meant_for_an_image_wins_over_one_for_any():
+    """A b0 for the DWI acquired after it: the DWI takes it, not the BOLD's pair before."""
+    b0 = "fmap/sub-01_acq-dwi_dir-PA_epi"
+    assert corrected((AP, 1), (PA, 2), (BOLD, 3), (DWI, 4), (b0, 5)) == {
+        AP: [BOLD],
+        PA: [BOLD],
+        b0: [DWI],
+    }
+
+
 def test_a_rule_keeps_a_fieldmap_for_the_dwi():
     """The same b0 named acq-b0: another set, the latest before both images, so the pair
     corrects nothing; ``set.corrects`` gives the pair back to the BOLD."""

@@ -399,7 +399,8 @@ def fieldmap_sets(
     images minutes apart is one set, and so are the magnitude and phase series of one
     field measurement; a second AP image, or a fieldmap of another group, starts a new
     set. Each image is corrected by the latest set acquired before it or, when none
-    precedes it, by the first one after it, among the sets that may correct its datatype.
+    precedes it, by the first one after it: among the sets meant for its datatype
+    (``corrects`` names it) when there are any, else among those meant for any.
 
     Returns the sets (indices into ``acquisitions``) and (image index, set index) pairs.
 
@@ -437,15 +438,14 @@ def fieldmap_sets(
     chosen = []
     for image, n_before in images:
         datatype = acquisitions[image].datatype
-        allowed = [
-            k
-            for k, members in enumerate(sets)
-            if (corrects := acquisitions[members[0]].corrects) is None or datatype in corrects
-        ]
-        before = [k for k in allowed if k < n_before]
-        after = [k for k in allowed if k >= n_before]
-        if before or after:
-            chosen.append((image, before[-1] if before else after[0]))
+        named = [k for k, m in enumerate(sets) if datatype in (acquisitions[m[0]].corrects or ())]
+        anyone = [k for k, m in enumerate(sets) if acquisitions[m[0]].corrects is None]
+        for allowed in (named, anyone):  # sets meant for this datatype first
+            before = [k for k in allowed if k < n_before]
+            after = [k for k in allowed if k >= n_before]
+            if before or after:
+                chosen.append((image, before[-1] if before else after[0]))
+                break
     return sets, chosen
 
 
