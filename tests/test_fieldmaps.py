@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsport.export import intended_for
+from bidsport.export import intended_for, unlinked_fieldmaps
 from bidsport.records import Classification, ConvertedImage, FileHeader, PlannedSeries, Series
 
 SUFFIX_DATATYPE = {
@@ -225,3 +225,19 @@ def test_the_order_spans_midnight_and_puts_untimed_series_last():
         AP2: [],
         PA2: [],
     }
+
+
+def test_a_fieldmap_that_corrects_no_image_is_said():
+    """... unless a rule said it corrects nothing."""
+    b0, other = "fmap/sub-01_acq-b0_dir-PA_epi", "fmap/sub-01_acq-other_dir-AP_epi"
+    acquisitions = [(AP, 1), (PA, 2), (b0, 3), (other, 4, ()), (BOLD, 5)]
+    images = [acquisition(n, *a) for n, a in enumerate(acquisitions, start=1)]
+    notes = unlinked_fieldmaps(images, intended_for(images, "01", None))
+    assert [(n.where, n.reason.split(" (")[0]) for n in notes] == [
+        ("1.2.3.1", "sub-01_dir-AP_epi.json corrects no image"),
+        ("1.2.3.2", "sub-01_dir-PA_epi.json corrects no image"),
+    ]
+    assert "a nearer set of fieldmaps" in notes[0].reason and "set.corrects" in notes[0].reason
+    alone = [acquisition(1, AP, 1), acquisition(2, T1W, 2)]
+    (note,) = unlinked_fieldmaps(alone, intended_for(alone, "01", None))
+    assert "(no func/dwi/perf image was converted)" in note.reason

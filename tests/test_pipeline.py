@@ -492,6 +492,17 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
             for p in fmap.glob("*.json")
         }
         assert intended == expected[label], label
+        report = json.loads(
+            next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text()
+        )
+        unlinked = [
+            p["reason"].split(" (")[0]
+            for s in report["sessions"]
+            for p in s["problems"]
+            if "corrects no image" in p["reason"]
+        ]
+        assert unlinked == [f"sub-PH02_{n}.json corrects no image" for n in expected[label]
+                            if not expected[label][n]], label  # fmt: skip
     table = read_tsv(DatasetLayout(tmp_path / "rules").series_table("PH02", None))
     (b0,) = [r for r in table if r["series_description"] == "fmap-epi_acq-b0_dir-PA"]
     assert "rule 'dwi-b0': corrects only dwi images" in b0["evidence"]

@@ -525,6 +525,33 @@ def intended_for(
     return result
 
 
+def unlinked_fieldmaps(
+    images: Sequence[tuple[PlannedSeries, ConvertedImage]], links: Mapping[str, Sequence[str]]
+) -> list[Problem]:
+    """A note for each fieldmap sidecar that :func:`intended_for` links to no image
+    (``links``: its result), unless a rule said the fieldmap corrects nothing."""
+    has_images = any(p.cls.datatype in CORRECTED_DATATYPES for p, _ in images)
+    notes = []
+    for p, img in images:
+        if img.sidecar is None or links.get(img.sidecar, True) or p.cls.corrects == ():
+            continue
+        why = (
+            "each func/dwi/perf image takes a nearer set of fieldmaps"
+            if has_images
+            else "no func/dwi/perf image was converted"
+        )
+        notes.append(
+            Problem(
+                p.series.series_id,
+                f"{Path(img.sidecar).name} corrects no image ({why}), so it has no "
+                "IntendedFor; a --rules file's set.corrects says which images a fieldmap "
+                "corrects",
+                "convert",
+            )
+        )
+    return notes
+
+
 def complete_phasediff(
     images: Sequence[tuple[PlannedSeries, ConvertedImage]], session_dir: Path
 ) -> None:

@@ -609,7 +609,13 @@ def _convert_session(
     ``helper`` (the run's helper process, see :class:`RunShared`) rewrites 3D images as
     4D, so that nibabel is not imported by this process."""
     from bidsport.convert import convert_series
-    from bidsport.export import complete_phasediff, export_series, intended_for, write_scans
+    from bidsport.export import (
+        complete_phasediff,
+        export_series,
+        intended_for,
+        unlinked_fieldmaps,
+        write_scans,
+    )
     from bidsport.naming import assign_runs
     from bidsport.organize import lay_out
 
@@ -632,6 +638,8 @@ def _convert_session(
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
     exported: list[tuple[PlannedSeries, ConvertedImage]] = []
+    #: per series converted (or failed): its images and notes
+    done: dict[str, tuple[list[tuple[PlannedSeries, ConvertedImage]], list[Problem]]] = {}
     outputs_by_series: dict[str, list[str]] = {}
     failures: dict[str, str] = {}
 
@@ -697,16 +705,21 @@ def _convert_session(
                     )
                 except ConversionError as exc:
                     failures[sid(p)] = exc.message
-                    problems.append(Problem(sid(p), exc.message, "convert", fatal=True))
+                    done[sid(p)] = [], [Problem(sid(p), exc.message, "convert", fatal=True)]
                     continue
-                problems += probs
-                exported += [(p, img) for img in imgs]
+                done[sid(p)] = [(p, img) for img in imgs], probs
                 outputs_by_series[sid(p)] = [img.relpath for img in imgs]
+    for p in to_convert:  # in the series' order, not the order they were done in
+        images_of, notes = done.get(sid(p), ([], []))
+        exported += images_of
+        problems += notes
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
     with state.timed("finalize"):
-        for sidecar_rel, targets in intended_for(exported, sub, ses).items():
+        links = intended_for(exported, sub, ses)
+        problems += unlinked_fieldmaps(exported, links)
+        for sidecar_rel, targets in links.items():
             if targets:
                 path = session_dir / sidecar_rel
                 data = json.loads(path.read_text(encoding="utf-8"))
