@@ -2209,3 +2209,36 @@ def test_every_emitted_name_passes_the_bids_validator(tmp_path: Path) -> None:
         if issue["severity"] == "error"
     ]
     assert errors == [], "\n".join(map(str, errors)) + "\nnames:\n" + "\n".join(sorted(names))
+
+
+def test_a_dwi_b0_made_a_fieldmap_corrects_the_dwi() -> None:
+    """The classifier's own b=0 fieldmap of a diffusion protocol is kept for the DWI."""
+    b0 = ser(hdr("dwi_b0_PA", seq="*ep_b0", ss=("EP",), tr=3230, te=89), vols=2, b_values=(0,))
+    cls = classify_series(b0)
+    assert (cls.datatype, cls.suffix, cls.corrects) == ("fmap", "epi", ("dwi",))
+    assert any("(corrects dwi images)" in e for e in cls.evidence)
+    assert classify_series(ser(hdr("fmap_PA", seq="epse2d1_86", ss=("EP",)))).corrects is None
+
+
+def test_the_acq_of_a_fieldmap_pair_is_one_label_without_the_direction() -> None:
+    """HCP style: the PA image of a spin-echo pair shares its name (fmap/dir-PA_epi) with
+    the DWI's b0: both get acq labels from their descriptions, without the direction dir
+    gives, and the AP image of the pair gets its PA image's label."""
+    epi = {"seq": "epse2d1_86", "ss": ("EP",), "tr": 8000, "te": 66}
+    ap = ser(hdr("SpinEchoFieldMap_AP", time="100000.000000", **epi), series_id="ap")
+    pa = ser(hdr("SpinEchoFieldMap_PA", time="100100.000000", **epi), series_id="pa")
+    b0 = ser(
+        hdr("dMRI_b0_PA", seq="*ep_b0", ss=("EP",), tr=3230, te=89, time="103000.000000"),
+        vols=1,
+        b_values=(0,),
+        series_id="b0",
+    )
+    results = classify_all([ap, pa, b0])
+    assert [(r.suffix, dict(r.entities)) for r in results] == [
+        ("epi", {"acq": "SpinEchoFieldMap", "dir": "AP"}),
+        ("epi", {"acq": "SpinEchoFieldMap", "dir": "PA"}),
+        ("epi", {"acq": "dMRIb0", "dir": "PA"}),
+    ]
+    assert results[0].evidence[-1] == (
+        "another image of its protocol got acq-SpinEchoFieldMap: acq-SpinEchoFieldMap"
+    )

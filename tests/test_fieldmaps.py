@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsport.export import intended_for, unlinked_fieldmaps
+from bidsport.export import link_fieldmaps
 from bidsport.records import Classification, ConvertedImage, FileHeader, PlannedSeries, Series
 
 SUFFIX_DATATYPE = {
@@ -59,7 +59,7 @@ def corrected(*acquisitions: tuple, numbers: list[int] | None = None) -> dict[st
     numbered 1, 2... in the order given (or ``numbers``)."""
     numbers = numbers or list(range(1, len(acquisitions) + 1))
     images = [acquisition(n, *a) for n, a in zip(numbers, acquisitions, strict=True)]
-    result = intended_for(images, "01", None)
+    result = link_fieldmaps(images, "01", None).intended_for
     return {
         sidecar.removesuffix(".json"): sorted(
             uri.removeprefix("bids::sub-01/").removesuffix(".nii.gz") for uri in uris
@@ -110,6 +110,14 @@ def test_a_repeated_fieldmap_starts_a_new_set():
     assert corrected(
         (MAG, 1), (PHASEDIFF, 1), (T1W, 2), (MAG2, 8), (PHASEDIFF2, 8), (SBREF, 10), (BOLD, 10)
     ) == {MAG: [], PHASEDIFF: [], MAG2: [BOLD, SBREF], PHASEDIFF2: [BOLD, SBREF]}
+
+
+def test_a_fieldmap_acquired_again_replaces_its_first_image():
+    """AP, PA, AP again: the BOLD gets the PA and the second AP (the first AP was redone).
+    Images of a pair whose names give no direction are never taken for a repeat."""
+    assert corrected((AP, 1), (PA, 2), (AP2, 3), (BOLD, 4)) == {AP: [], PA: [BOLD], AP2: [BOLD]}
+    fwd, rev = "fmap/sub-01_acq-fwd_epi", "fmap/sub-01_acq-fwd_run-2_epi"
+    assert corrected((fwd, 1), (rev, 2), (BOLD, 3)) == {fwd: [BOLD], rev: [BOLD]}
 
 
 def test_a_field_map_and_an_epi_pair_are_separate_sets():
@@ -188,10 +196,12 @@ def test_a_fieldmap_that_corrects_nothing_is_passed_over():
 
 
 def test_m0_scans_correct_asl_and_b1_maps_take_no_part():
+    """An M0 scan is linked to the ASL image apart from the B0 fieldmaps: the ASL image
+    gets both, and neither takes the other's place."""
     m0, asl, b1 = "fmap/sub-01_m0scan", "perf/sub-01_asl", "fmap/sub-01_TB1TFL"
     assert corrected((AP, 1), (PA, 2), (m0, 3), (asl, 4), (b1, 5), (T1W, 6), (BOLD, 7)) == {
-        AP: [BOLD],
-        PA: [BOLD],
+        AP: [BOLD, asl],
+        PA: [BOLD, asl],
         m0: [asl],
     }
 
@@ -227,17 +237,31 @@ def test_the_order_spans_midnight_and_puts_untimed_series_last():
     }
 
 
-def test_a_fieldmap_that_corrects_no_image_is_said():
-    """... unless a rule said it corrects nothing."""
+def test_a_set_that_corrects_no_image_is_said_once_with_why():
+    """One note per set, naming its sidecars and why; none when a rule said it corrects
+    nothing."""
     b0, other = "fmap/sub-01_acq-b0_dir-PA_epi", "fmap/sub-01_acq-other_dir-AP_epi"
-    acquisitions = [(AP, 1), (PA, 2), (b0, 3), (other, 4, ()), (BOLD, 5)]
-    images = [acquisition(n, *a) for n, a in enumerate(acquisitions, start=1)]
-    notes = unlinked_fieldmaps(images, intended_for(images, "01", None))
-    assert [(n.where, n.reason.split(" (")[0]) for n in notes] == [
-        ("1.2.3.1", "sub-01_dir-AP_epi.json corrects no image"),
-        ("1.2.3.2", "sub-01_dir-PA_epi.json corrects no image"),
+
+    def notes(*acquisitions: tuple) -> list[tuple[str, str]]:
+        images = [acquisition(n, *a) for n, a in enumerate(acquisitions, start=1)]
+        found = link_fieldmaps(images, "01", None).notes
+        assert all(n.stage == "convert" and not n.fatal for n in found)
+        assert all(n.reason.endswith("set.corrects says which images a fieldmap corrects")
+                   for n in found)  # fmt: skip
+        return [(n.where, n.reason.split("), ")[0] + ")") for n in found]
+
+    assert notes((AP, 1), (PA, 2), (b0, 3), (other, 4, ()), (BOLD, 5)) == [
+        (
+            "1.2.3.1",
+            "sub-01_dir-AP_epi.json, sub-01_dir-PA_epi.json: corrects no image "
+            "(each func/dwi/perf image takes a nearer set of fieldmaps)",
+        )
     ]
-    assert "a nearer set of fieldmaps" in notes[0].reason and "set.corrects" in notes[0].reason
-    alone = [acquisition(1, AP, 1), acquisition(2, T1W, 2)]
-    (note,) = unlinked_fieldmaps(alone, intended_for(alone, "01", None))
-    assert "(no func/dwi/perf image was converted)" in note.reason
+    assert notes((AP, 1), (T1W, 2)) == [
+        ("1.2.3.1", "sub-01_dir-AP_epi.json: corrects no image (no func/dwi/perf image was converted)")
+    ]  # fmt: skip
+    dwi_b0 = "fmap/sub-01_acq-dwi_dir-PA_epi"
+    assert notes((dwi_b0, 1), (BOLD, 2)) == [
+        ("1.2.3.1", "sub-01_acq-dwi_dir-PA_epi.json: corrects no image (no dwi image was converted)")
+    ]  # fmt: skip
+    assert notes((MAG, 1), (PHASEDIFF, 1), (BOLD, 2)) == []

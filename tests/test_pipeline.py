@@ -501,8 +501,8 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
             for p in s["problems"]
             if "corrects no image" in p["reason"]
         ]
-        assert unlinked == [f"sub-PH02_{n}.json corrects no image" for n in expected[label]
-                            if not expected[label][n]], label  # fmt: skip
+        alone = ", ".join(f"sub-PH02_{n}.json" for n, to in expected[label].items() if not to)
+        assert unlinked == ([f"{alone}: corrects no image"] if alone else []), label
     table = read_tsv(DatasetLayout(tmp_path / "rules").series_table("PH02", None))
     (b0,) = [r for r in table if r["series_description"] == "fmap-epi_acq-b0_dir-PA"]
     assert "rule 'dwi-b0': corrects only dwi images" in b0["evidence"]
@@ -512,3 +512,26 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
         assert main([str(tmp_path / "inbox"), str(out), "group", "--skip-validation"]) == 0
         result = run_validator(out, command=validator)
         assert result.ran and not result.errors, [e.describe() for e in result.errors]
+
+
+def test_notes_follow_the_series_order_not_the_conversion_order(tmp_path):
+    """Series convert largest first (here the PA fieldmap, series 5); the run's notes and
+    images are listed in the series' order all the same."""
+    from bidsport.synthetic import SeriesSpec, Study, write_series
+
+    study = Study(manufacturer="Philips", model="Ingenia")
+    packet = tmp_path / "inbox" / "PH03"
+    for number, description, slices in ((4, "fmap-epi_dir-AP", 2), (5, "fmap-epi_dir-PA", 6)):
+        spec = SeriesSpec(description, number, n_slices=slices, mr_acquisition_type="2D",
+                          scanning_sequence=("SE", "EP"), sequence_name="", flip_angle=90.0,
+                          acquisition_time=f"09{number:02d}00.000000")  # fmt: skip
+        write_series(spec, packet / description, study=study)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "inbox"), str(out), "participant", "--n-procs", "1"]) == 0
+    report = json.loads(next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text())
+    (session,) = report["sessions"]
+    assert [p["reason"].split(" ")[0] for p in session["problems"]] == [
+        "sub-PH03_dir-AP_epi.json",  # no PhaseEncodingDirection (Philips)
+        "sub-PH03_dir-PA_epi.json",
+        "sub-PH03_dir-AP_epi.json,",  # the pair corrects no image
+    ]

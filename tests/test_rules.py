@@ -756,7 +756,14 @@ def test_a_rule_limits_what_a_fieldmap_corrects() -> None:
     assert refining.corrects == ("func", "perf")
     cls = classify_series(bold("fMRI_rest"), [refining])
     assert cls.datatype == "func" and cls.corrects is None
-    assert "rule 'r' sets corrects, ignored: not a fieldmap" in cls.evidence
+    assert "rule 'r' sets corrects, ignored: not a B0 fieldmap or M0 scan" in cls.evidence
+    (b1,) = rules_from(
+        {"rules": [{"name": "b1", "match": {"series_description": "b1"},
+                    "set": {"datatype": "fmap", "suffix": "TB1TFL", "corrects": ["func"]}}]}
+    )  # fmt: skip
+    cls = classify_series(series("tfl_b1map"), [b1])
+    assert (cls.suffix, cls.corrects) == ("TB1TFL", None)
+    assert "rule 'b1' sets corrects, ignored: not a B0 fieldmap or M0 scan" in cls.evidence
     (none,) = rules_from(
         {"rules": [{"name": "n", "match": {"series_description": "b0"}, "set": {"corrects": []}}]}
     )

@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bidsport.naming import ENTITY_ORDER, sanitize_label
-from bidsport.records import PROVENANCES, Classification, Series
+from bidsport.records import LINKED_FMAP_SUFFIXES, PROVENANCES, Classification, Series
 from bidsport.rules import SUFFIXES, Rule, rule_evidence, rule_matches
 
 log = logging.getLogger(__name__)
@@ -481,6 +481,7 @@ class _Draft:
     evidence: list[str] = field(default_factory=list)
     review: bool = False
     excluded: str | None = None
+    corrects: tuple[str, ...] | None = None  #: of a fieldmap: datatypes it may correct
 
     def note(self, text: str) -> None:
         if text not in self.evidence:
@@ -506,6 +507,7 @@ class _Draft:
             excluded=self.excluded,
             review=self.review,
             rule=rule,
+            corrects=self.corrects if self.datatype == "fmap" else None,
         )
 
 
@@ -894,8 +896,9 @@ def _decide(d: _Draft, f: _Facts, series: Series) -> None:
                 "fmap",
                 "epi",
                 f"diffusion sequence with only b=0 ({f.n_vol} volume(s)) and "
-                "a stated direction → EPI field map",
+                "a stated direction → EPI field map of the DWI (corrects dwi images)",
             )
+            d.corrects = ("dwi",)
         else:
             d.name("dwi", "dwi", "diffusion: " + "; ".join(reasons))
         _set_dir(d, f, series, required=d.suffix == "epi")
@@ -1101,21 +1104,20 @@ def _apply_rule(
 def _with_sidecar(d: _Draft, rule: Rule) -> Classification:
     """``d`` frozen, with the sidecar keys and the datatypes to correct that ``rule`` sets
     (said in the evidence)."""
-    corrects = None
     if rule.corrects is not None:
-        if d.datatype == "fmap":
-            corrects = rule.corrects
+        if d.datatype == "fmap" and d.suffix in LINKED_FMAP_SUFFIXES:
+            d.corrects = rule.corrects
             d.note(
-                f"rule {rule.name!r}: corrects only {', '.join(corrects)} images"
-                if corrects
+                f"rule {rule.name!r}: corrects only {', '.join(rule.corrects)} images"
+                if rule.corrects
                 else f"rule {rule.name!r}: corrects no image"
             )
         else:
-            d.note(f"rule {rule.name!r} sets corrects, ignored: not a fieldmap")
+            d.note(f"rule {rule.name!r} sets corrects, ignored: not a B0 fieldmap or M0 scan")
     if rule.sidecar:
         shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in rule.sidecar.items())
         d.note(f"rule {rule.name!r} sets in the sidecar: {shown}")
-    return replace(d.freeze(rule.name), sidecar=dict(rule.sidecar), corrects=corrects)
+    return replace(d.freeze(rule.name), sidecar=dict(rule.sidecar))
 
 
 # --------------------------------------------------------------------------- public
@@ -1232,8 +1234,9 @@ def classify_all(
         )
         if c.excluded is None and c.datatype and c.suffix and not named:
             groups[(c.datatype, c.suffix, tuple(sorted(c.entities.items())))].append(i)
+    given: dict[tuple[object, ...], str] = {}  # (datatype, suffix, label) → acq given
     for members in groups.values():
-        labels = {i: _protocol_label(pairs[i][0]) for i in members}
+        labels = {i: _protocol_label(pairs[i][0], results[i]) for i in members}
         if len({label.lower() for label in labels.values()}) < 2:
             continue
         for i in members:
@@ -1248,13 +1251,33 @@ def classify_all(
                     {"acq": labels[i]},
                     f"several protocols share this name: acq-{labels[i]} from SeriesDescription",
                 )
+                given[(c.datatype, c.suffix, labels[i].lower())] = labels[i]
+    # the other fieldmaps of a protocol that got an acq label get it too (an AP/PA pair
+    # whose PA image shares its name with another protocol's is one pair, by acq)
+    for members in groups.values():
+        for i in members:
+            c = results[i]
+            label = _protocol_label(pairs[i][0], c).lower()
+            acq = given.get((c.datatype, c.suffix, label))
+            if c.datatype == "fmap" and acq and "acq" not in c.entities:
+                results[i] = _with(
+                    c, {"acq": acq}, f"another image of its protocol got acq-{acq}: acq-{acq}"
+                )
     return results
 
 
-def _protocol_label(series: Series) -> str:
-    """An ``acq`` label from the SeriesDescription (or ProtocolName), without "WIP"."""
+def _protocol_label(series: Series, cls: Classification | None = None) -> str:
+    """An ``acq`` label from the SeriesDescription (or ProtocolName), without "WIP" and
+    without the direction that the ``dir`` entity of ``cls`` gives."""
     h = series.header
     text = re.sub(r"^WIP\s+", "", h.series_description or h.protocol_name or "")
+    direction = cls.entities.get("dir") if cls is not None else None
+    if direction:
+        stripped = re.sub(
+            rf"(?<![A-Za-z0-9]){re.escape(direction)}(?![A-Za-z0-9])", "", text, flags=re.I
+        )
+        if sanitize_label(stripped):
+            text = stripped
     return sanitize_label(text)
 
 

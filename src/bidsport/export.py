@@ -27,7 +27,14 @@ from bidsport.layout import DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
 from bidsport.phi import Identifiers, scrub_sidecar
-from bidsport.records import Classification, ConvertedImage, PlannedSeries, Problem, Series
+from bidsport.records import (
+    FIELD_SUFFIXES,
+    Classification,
+    ConvertedImage,
+    PlannedSeries,
+    Problem,
+    Series,
+)
 
 log = logging.getLogger(__name__)
 
@@ -350,11 +357,6 @@ def export_series(
     return images, problems
 
 
-#: fieldmap suffixes measured together by one acquisition (or a few adjacent ones) of
-#: the field itself, as opposed to ``epi`` images of opposite phase encoding
-FIELD_SUFFIXES = frozenset(
-    {"magnitude", "magnitude1", "magnitude2", "phase1", "phase2", "phasediff", "fieldmap"}
-)
 #: datatypes of the images fieldmaps correct
 CORRECTED_DATATYPES = ("func", "dwi", "perf")
 #: ``acq`` labels of fieldmaps that say which datatype they were acquired for
@@ -363,6 +365,8 @@ _ACQ_CORRECTS = types.MappingProxyType(
         "dwi": "dwi",
         "dti": "dwi",
         "diff": "dwi",
+        "dmri": "dwi",
+        "diffusion": "dwi",
         "func": "func",
         "bold": "func",
         "fmri": "func",
@@ -384,7 +388,7 @@ class Acquisition:
     datatype: str  #: "fmap", or the datatype of an image fieldmaps correct
     #: of a fieldmap: what the fieldmaps of one set share (kind, acq, ce, axis...)
     group: tuple[str, ...] = ()
-    #: of a fieldmap: its image (suffix and entities but the run): a set has one of each
+    #: of a fieldmap: the image it is (suffix and entities but the run)
     image: str = ""
     corrects: frozenset[str] | None = None  #: of a fieldmap: datatypes it may correct
 
@@ -394,22 +398,24 @@ def fieldmap_sets(
 ) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """Group fieldmap acquisitions into sets and pick the set that corrects each image.
 
-    A set is a run of fieldmaps acquired one after the other, with no corrected image
-    between them, that share their group and whose images differ: an AP/PA pair of ``epi``
-    images minutes apart is one set, and so are the magnitude and phase series of one
-    field measurement; a second AP image, or a fieldmap of another group, starts a new
-    set. Each image is corrected by the latest set acquired before it or, when none
-    precedes it, by the first one after it: among the sets meant for its datatype
-    (``corrects`` names it) when there are any, else among those meant for any.
+    A set is the fieldmaps of one group acquired one after the other, with no corrected
+    image between them: an AP/PA pair of ``epi`` images minutes apart is one set, and so
+    are the magnitude and phase series of one field measurement. A fieldmap acquired
+    again (a second AP image) starts a new set, which keeps the latest image of each of
+    the others (AP, PA, AP again: the PA and the second AP). Each image is corrected by
+    the latest set acquired before it or, when none precedes it, by the first one after
+    it: among the sets meant for its datatype (``corrects`` names it) when there are any,
+    else among those meant for any.
 
-    Returns the sets (indices into ``acquisitions``) and (image index, set index) pairs.
+    Returns the sets (indices into ``acquisitions``; a set may share fieldmaps with the
+    one before) and (image index, set index) pairs.
 
     >>> def at(n, datatype, image="", group=("epi",), corrects=None):
     ...     return Acquisition((n,), datatype, group, image, corrects)
     >>> fieldmap_sets([at(1, "fmap", "AP"), at(2, "fmap", "PA"), at(3, "func"),
     ...                at(4, "fmap", "AP"), at(5, "fmap", "PA"), at(6, "fmap", "AP"),
     ...                at(7, "func"), at(8, "dwi")])
-    ([[0, 1], [3, 4], [5]], [(2, 0), (6, 2), (7, 2)])
+    ([[0, 1], [3, 4], [4, 5]], [(2, 0), (6, 2), (7, 2)])
     >>> fieldmap_sets([at(1, "fmap", "AP"), at(2, "fmap", "PA", corrects=frozenset({"dwi"})),
     ...                at(3, "func"), at(4, "dwi")])
     ([[0], [1]], [(2, 0), (3, 1)])
@@ -425,16 +431,13 @@ def fieldmap_sets(
             images.append((i, len(sets)))
             continue
         first = acquisitions[sets[-1][0]] if sets else None
-        if (
-            growing
-            and first is not None
-            and (acq.group, acq.corrects) == (first.group, first.corrects)
-            and all(acquisitions[j].image != acq.image for j in sets[-1])
-        ):
-            sets[-1].append(i)
-        else:
+        if not (growing and first and (acq.group, acq.corrects) == (first.group, first.corrects)):
             sets.append([i])
             growing = True
+        elif any(acquisitions[j].image == acq.image for j in sets[-1]):
+            sets.append([j for j in sets[-1] if acquisitions[j].image != acq.image] + [i])
+        else:
+            sets[-1].append(i)
     chosen = []
     for image, n_before in images:
         datatype = acquisitions[image].datatype
@@ -454,10 +457,10 @@ def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
 
     Fieldmaps: ``epi`` images (grouped by ``acq``, ``ce`` and the phase-encoding axis of
     ``dir``), the images of a field measurement (:data:`FIELD_SUFFIXES`, by ``acq``) and
-    ``m0scan`` images. What a fieldmap may correct is what a rule says (``set.corrects``),
-    else what its ``acq`` label names (``acq-dwi``: DWI only, see :data:`_ACQ_CORRECTS`),
-    else perf images for an ``m0scan``, else any. B1 maps correct no func/dwi/perf image
-    and take no part.
+    ``m0scan`` images (by ``acq``). What a fieldmap may correct is what a rule or the
+    classifier says (``corrects``), else what its ``acq`` label names (``acq-dwi``: DWI
+    only, see :data:`_ACQ_CORRECTS`), else perf images for an ``m0scan``, else any. B1
+    maps correct no func/dwi/perf image and take no part.
     """
     from bidsport.index import series_order
 
@@ -471,9 +474,12 @@ def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
     corrects = None if cls.corrects is None else frozenset(cls.corrects)
     if corrects is None and acq.lower() in _ACQ_CORRECTS:
         corrects = frozenset({_ACQ_CORRECTS[acq.lower()]})
+    image = "_".join([str(cls.suffix), *(f"{k}-{v}" for k, v in sorted(entities.items()))])
     if cls.suffix == "epi":
         axis = _DIR_AXES.get(entities.get("dir", "").upper(), "")
         group: tuple[str, ...] = ("epi", acq, ce, axis)
+        if "dir" not in entities:  # which image of the pair it is, its name does not say
+            image += f"_{p.series.series_id}"
     elif cls.suffix in FIELD_SUFFIXES:
         group = ("field", acq)
     elif cls.suffix == "m0scan":
@@ -481,75 +487,94 @@ def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
         corrects = frozenset({"perf"}) if corrects is None else corrects
     else:
         return None
-    image = "_".join([str(cls.suffix), *(f"{k}-{v}" for k, v in sorted(entities.items()))])
     return Acquisition(series_order(p.series), "fmap", group, image, corrects)
 
 
-def intended_for(
-    images: Sequence[tuple[PlannedSeries, ConvertedImage]], subject: str, session: str | None
-) -> dict[str, list[str]]:
-    """Fieldmap sidecar (relative path) → the images it corrects (BIDS URIs).
+@dataclass(frozen=True)
+class FieldmapLinks:
+    """What :func:`link_fieldmaps` found for a session."""
 
-    Fieldmaps (with a sidecar) are grouped into sets, each func/dwi/perf NIfTI image is
-    corrected by one set: see :func:`fieldmap_sets`.
+    #: fieldmap sidecar (relative path) → the images it corrects (BIDS URIs, sorted)
+    intended_for: Mapping[str, Sequence[str]]
+    #: one note per set of fieldmaps that corrects no image (none for a rule's ``[]``)
+    notes: Sequence[Problem]
+
+
+def link_fieldmaps(
+    images: Sequence[tuple[PlannedSeries, ConvertedImage]], subject: str, session: str | None
+) -> FieldmapLinks:
+    """Which images each fieldmap (with a sidecar) of a session corrects.
+
+    B0 fieldmaps (``epi`` and field measurements) and ``m0scan`` images are linked
+    apart, each by :func:`fieldmap_sets`: an ASL image gets its M0 scan and a B0 set.
     """
 
     def is_nifti(img: ConvertedImage) -> bool:
         return img.relpath.endswith((".nii", ".nii.gz"))
 
     acquisitions: dict[str, Acquisition] = {}
+    by_series: dict[str, list[ConvertedImage]] = {}
     for p, img in images:
+        by_series.setdefault(p.series.series_id, []).append(img)
         if (img.sidecar if p.cls.datatype == "fmap" else is_nifti(img)) and (
             acq := fieldmap_acquisition(p)
         ):
             acquisitions[p.series.series_id] = acq
-    ids = list(acquisitions)
-    sets, chosen = fieldmap_sets(list(acquisitions.values()))
-    by_series: dict[str, list[ConvertedImage]] = {}
-    for p, img in images:
-        by_series.setdefault(p.series.series_id, []).append(img)
-    result: dict[str, list[str]] = {
-        img.sidecar: []
+    prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
+    links: dict[str, set[str]] = {
+        img.sidecar: set()
         for sid, acq in acquisitions.items()
         if acq.datatype == "fmap"
         for img in by_series[sid]
         if img.sidecar
     }
-    prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
-    for image, set_index in chosen:
-        uris = [prefix + img.relpath for img in by_series[ids[image]] if is_nifti(img)]
-        for member in sets[set_index]:
-            for img in by_series[ids[member]]:
-                if img.sidecar:
-                    result[img.sidecar] += uris
-    return result
+    notes: list[Problem] = []
+    noted: set[str] = set()
 
+    def m0_part(acq: Acquisition) -> bool:
+        return acq.group[:1] == ("m0scan",) or acq.datatype == "perf"
 
-def unlinked_fieldmaps(
-    images: Sequence[tuple[PlannedSeries, ConvertedImage]], links: Mapping[str, Sequence[str]]
-) -> list[Problem]:
-    """A note for each fieldmap sidecar that :func:`intended_for` links to no image
-    (``links``: its result), unless a rule said the fieldmap corrects nothing."""
-    has_images = any(p.cls.datatype in CORRECTED_DATATYPES for p, _ in images)
-    notes = []
-    for p, img in images:
-        if img.sidecar is None or links.get(img.sidecar, True) or p.cls.corrects == ():
-            continue
-        why = (
-            "each func/dwi/perf image takes a nearer set of fieldmaps"
-            if has_images
-            else "no func/dwi/perf image was converted"
-        )
-        notes.append(
-            Problem(
-                p.series.series_id,
-                f"{Path(img.sidecar).name} corrects no image ({why}), so it has no "
-                "IntendedFor; a --rules file's set.corrects says which images a fieldmap "
-                "corrects",
-                "convert",
+    def b0_part(acq: Acquisition) -> bool:
+        return acq.group[:1] != ("m0scan",)
+
+    for part in (b0_part, m0_part):
+        ids = [sid for sid, acq in acquisitions.items() if part(acq)]
+        sets, chosen = fieldmap_sets([acquisitions[sid] for sid in ids])
+        for image, set_index in chosen:
+            uris = {prefix + img.relpath for img in by_series[ids[image]] if is_nifti(img)}
+            for member in sets[set_index]:
+                for img in by_series[ids[member]]:
+                    if img.sidecar:
+                        links[img.sidecar] |= uris
+        converted = {acquisitions[sid].datatype for sid in ids}
+        for members in sets:
+            unlinked = [
+                img.sidecar
+                for member in members
+                if ids[member] not in noted
+                for img in by_series[ids[member]]
+                if img.sidecar and not links[img.sidecar]
+            ]
+            corrects = acquisitions[ids[members[0]]].corrects
+            if not unlinked or corrects == frozenset():
+                continue
+            noted.update(ids[member] for member in members)
+            meant = sorted(corrects) if corrects is not None else list(CORRECTED_DATATYPES)
+            why = (
+                f"each {'/'.join(meant)} image takes a nearer set of fieldmaps"
+                if converted.intersection(meant)
+                else f"no {'/'.join(meant)} image was converted"
             )
-        )
-    return notes
+            names = ", ".join(Path(sidecar).name for sidecar in unlinked)
+            notes.append(
+                Problem(
+                    ids[members[0]],
+                    f"{names}: corrects no image ({why}), so no IntendedFor; a --rules "
+                    "file's set.corrects says which images a fieldmap corrects",
+                    "convert",
+                )
+            )
+    return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
 
 
 def complete_phasediff(

@@ -609,13 +609,7 @@ def _convert_session(
     ``helper`` (the run's helper process, see :class:`RunShared`) rewrites 3D images as
     4D, so that nibabel is not imported by this process."""
     from bidsport.convert import convert_series
-    from bidsport.export import (
-        complete_phasediff,
-        export_series,
-        intended_for,
-        unlinked_fieldmaps,
-        write_scans,
-    )
+    from bidsport.export import complete_phasediff, export_series, link_fieldmaps, write_scans
     from bidsport.naming import assign_runs
     from bidsport.organize import lay_out
 
@@ -673,53 +667,55 @@ def _convert_session(
     )
     order = sorted(to_convert, key=lambda p: -p.series.n_files)
     waiting = [p for p in order if repaired.intersection(p.series.files)]
-    with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
-        futures = {pool.submit(convert_one, p): p for p in order if p not in waiting}
-        if anon is None:
-            try:
-                with state.timed("organize"):
-                    lay_out(decisions, dicom_dir, symlink=opts.symlink)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        state.stages["organized"] = True
-        futures.update({pool.submit(convert_one, p): p for p in waiting})
-        with state.timed("convert"):
-            for future in as_completed(futures):
-                p = futures[future]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
+            futures = {pool.submit(convert_one, p): p for p in order if p not in waiting}
+            if anon is None:
                 try:
-                    conversion = future.result()
-                    imgs, probs = export_series(
-                        p,
-                        runs.get(sid(p), ""),
-                        conversion,
-                        layout=layout,
-                        subject=sub,
-                        session=ses,
-                        opts=opts,
-                        sources=[flat[f] for f in p.series.files],
-                        deidentify=state.deidentify,
-                        identifiers=state.source_identifiers(),
-                        executor=helper,
-                    )
-                except ConversionError as exc:
-                    failures[sid(p)] = exc.message
-                    done[sid(p)] = [], [Problem(sid(p), exc.message, "convert", fatal=True)]
-                    continue
-                done[sid(p)] = [(p, img) for img in imgs], probs
-                outputs_by_series[sid(p)] = [img.relpath for img in imgs]
-    for p in to_convert:  # in the series' order, not the order they were done in
-        images_of, notes = done.get(sid(p), ([], []))
-        exported += images_of
-        problems += notes
+                    with state.timed("organize"):
+                        lay_out(decisions, dicom_dir, symlink=opts.symlink)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+            state.stages["organized"] = True
+            futures.update({pool.submit(convert_one, p): p for p in waiting})
+            with state.timed("convert"):
+                for future in as_completed(futures):
+                    p = futures[future]
+                    try:
+                        conversion = future.result()
+                        imgs, probs = export_series(
+                            p,
+                            runs.get(sid(p), ""),
+                            conversion,
+                            layout=layout,
+                            subject=sub,
+                            session=ses,
+                            opts=opts,
+                            sources=[flat[f] for f in p.series.files],
+                            deidentify=state.deidentify,
+                            identifiers=state.source_identifiers(),
+                            executor=helper,
+                        )
+                    except ConversionError as exc:
+                        failures[sid(p)] = exc.message
+                        done[sid(p)] = [], [Problem(sid(p), exc.message, "convert", fatal=True)]
+                        continue
+                    done[sid(p)] = [(p, img) for img in imgs], probs
+                    outputs_by_series[sid(p)] = [img.relpath for img in imgs]
+    finally:  # what was done is reported even when an error stops the rest
+        for p in to_convert:  # in the series' order, not the order they were done in
+            images_of, notes = done.get(sid(p), ([], []))
+            exported += images_of
+            problems += notes
 
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
     with state.timed("finalize"):
-        links = intended_for(exported, sub, ses)
-        problems += unlinked_fieldmaps(exported, links)
-        for sidecar_rel, targets in links.items():
+        links = link_fieldmaps(exported, sub, ses)
+        problems += links.notes
+        for sidecar_rel, targets in links.intended_for.items():
             if targets:
                 path = session_dir / sidecar_rel
                 data = json.loads(path.read_text(encoding="utf-8"))

@@ -137,6 +137,13 @@ class Series:
 # --------------------------------------------------------------------------- classify
 
 DATATYPES = ("anat", "dwi", "func", "fmap", "perf")
+#: fmap suffixes of the images of one field measurement (magnitude and phase series)
+FIELD_SUFFIXES = frozenset(
+    {"magnitude", "magnitude1", "magnitude2", "phase1", "phase2", "phasediff", "fieldmap"}
+)
+#: fmap suffixes that are linked to the images they correct (IntendedFor): B0 fieldmaps
+#: (``epi`` and field measurements) and M0 scans; B1 maps are not
+LINKED_FMAP_SUFFIXES = FIELD_SUFFIXES | {"epi", "m0scan"}
 
 PROVENANCES = (
     "raw",  # raw reconstruction
