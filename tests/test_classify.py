@@ -2240,5 +2240,5 @@ def test_the_acq_of_a_fieldmap_pair_is_one_label_without_the_direction() -> None
         ("epi", {"acq": "dMRIb0", "dir": "PA"}),
     ]
     assert results[0].evidence[-1] == (
-        "another image of its protocol got acq-SpinEchoFieldMap: acq-SpinEchoFieldMap"
+        "acq-SpinEchoFieldMap: the label another fieldmap of its protocol got"
     )

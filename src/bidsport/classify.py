@@ -1261,7 +1261,7 @@ def classify_all(
             acq = given.get((c.datatype, c.suffix, label))
             if c.datatype == "fmap" and acq and "acq" not in c.entities:
                 results[i] = _with(
-                    c, {"acq": acq}, f"another image of its protocol got acq-{acq}: acq-{acq}"
+                    c, {"acq": acq}, f"acq-{acq}: the label another fieldmap of its protocol got"
                 )
     return results
 

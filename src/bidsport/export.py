@@ -556,25 +556,29 @@ def link_fieldmaps(
                 if img.sidecar and not links[img.sidecar]
             ]
             corrects = acquisitions[ids[members[0]]].corrects
-            if not unlinked or corrects == frozenset():
-                continue
-            noted.update(ids[member] for member in members)
-            meant = sorted(corrects) if corrects is not None else list(CORRECTED_DATATYPES)
-            why = (
-                f"each {'/'.join(meant)} image takes a nearer set of fieldmaps"
-                if converted.intersection(meant)
-                else f"no {'/'.join(meant)} image was converted"
-            )
-            names = ", ".join(Path(sidecar).name for sidecar in unlinked)
-            notes.append(
-                Problem(
-                    ids[members[0]],
-                    f"{names}: corrects no image ({why}), so no IntendedFor; a --rules "
-                    "file's set.corrects says which images a fieldmap corrects",
-                    "convert",
-                )
-            )
+            if unlinked and corrects != frozenset():
+                noted.update(ids[member] for member in members)
+                notes.append(_unlinked_note(ids[members[0]], unlinked, corrects, converted))
     return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
+
+
+def _unlinked_note(
+    series_id: str, sidecars: Sequence[str], corrects: frozenset[str] | None, converted: set[str]
+) -> Problem:
+    """The note for fieldmaps (``sidecars``) of a set that corrects no image, and why."""
+    meant = sorted(corrects) if corrects is not None else list(CORRECTED_DATATYPES)
+    why = (
+        f"each {'/'.join(meant)} image takes a nearer set of fieldmaps"
+        if converted.intersection(meant)
+        else f"no {'/'.join(meant)} image was converted"
+    )
+    names = ", ".join(Path(sidecar).name for sidecar in sidecars)
+    return Problem(
+        series_id,
+        f"{names}: corrects no image ({why}), so no IntendedFor; a --rules file's "
+        "set.corrects says which images a fieldmap corrects",
+        "convert",
+    )
 
 
 def complete_phasediff(

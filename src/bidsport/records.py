@@ -175,7 +175,8 @@ class Classification:
     review: bool = False  #: uncertain: flagged for a curator to look at
     rule: str | None = None  #: name of the user rule that decided it, if any
     sidecar: Mapping[str, Any] = field(default_factory=dict)  #: JSON sidecar keys a rule sets
-    #: of a fieldmap: the datatypes it may correct (a rule's ``set.corrects``); None: any
+    #: of a fieldmap: the datatypes it may correct (a rule's ``set.corrects``, or the
+    #: classifier's for a DWI's b=0 fieldmap); None: any
     corrects: tuple[str, ...] | None = None
 
 
