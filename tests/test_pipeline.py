@@ -442,7 +442,7 @@ sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
 """
 
 
-def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
+def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path, capsys):
     """An AP/PA pair for the BOLD, then a b0 for the DWI (acq-b0, which names no
     datatype), then both images: by default the b0 is the latest set before both, and the
     pair corrects nothing; a rule's set.corrects keeps the b0 for the DWI and gives the
@@ -503,6 +503,15 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path):
         ]
         alone = ", ".join(f"sub-PH02_{n}.json" for n, to in expected[label].items() if not to)
         assert unlinked == ([f"{alone}: corrects no image"] if alone else []), label
+    # --dry-run shows the plan, before anything is converted
+    capsys.readouterr()
+    dry = [str(tmp_path / "inbox"), str(tmp_path / "dry"), "participant", "--dry-run"]
+    assert main([*dry, "--rules", str(rules)]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("      corrects: func/sub-PH02_task-rest_dir-AP_bold\n") == 2
+    assert "      corrects: dwi/sub-PH02_dir-AP_dwi\n" in plan
+    assert main(dry) == 0
+    assert capsys.readouterr().out.count("      corrects: no image\n") == 2
     table = read_tsv(DatasetLayout(tmp_path / "rules").series_table("PH02", None))
     (b0,) = [r for r in table if r["series_description"] == "fmap-epi_acq-b0_dir-PA"]
     assert "rule 'dwi-b0': corrects only dwi images" in b0["evidence"]

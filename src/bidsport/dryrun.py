@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bidsport.errors import BidsportError
+from bidsport.export import plan_fieldmap_sets
 from bidsport.index import scan_session
 from bidsport.ingest import import_packet
 from bidsport.naming import assign_runs, bids_basename
@@ -29,6 +30,8 @@ class SeriesPreview:
     provenance: str
     skip: str | None
     evidence: tuple[str, ...]
+    #: of a fieldmap: the names of the images it would correct (IntendedFor)
+    corrects: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,26 +67,38 @@ def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview
         excluded += [(str(d.source.relative_to(root)), d.reason) for d in decisions if d.reason]
         candidates = [run_candidate(p) for p in planned if p.skip is None]
         runs = assign_runs(candidates)
-        previews = []
+        names: dict[str, str] = {}
         for p in planned:
-            name = None
             if p.skip is None and p.cls.datatype and p.cls.suffix:
                 entities = dict(p.cls.entities)
                 if runs.get(p.series.series_id):
                     entities["run"] = runs[p.series.series_id]
                 base = bids_basename(assignment.subject, assignment.session, entities, p.cls.suffix)
-                name = f"{p.cls.datatype}/{base}" if opts.layout == "bids" else base
-            previews.append(
-                SeriesPreview(
-                    p.series.series_id,
-                    p.series.header.series_description or "",
-                    p.series.n_files,
-                    name,
-                    p.cls.provenance,
-                    p.skip,
-                    p.cls.evidence,
+                names[p.series.series_id] = (
+                    f"{p.cls.datatype}/{base}" if opts.layout == "bids" else base
                 )
+        corrects: dict[str, list[str]] = {}  # fieldmap series → IntendedFor (no sidecar: none)
+        linked = [p for p in planned if p.skip is None and opts.output_format != "dcm"]
+        for fieldmap_set in plan_fieldmap_sets(linked):
+            for sid in fieldmap_set.fieldmaps:
+                corrects.setdefault(sid, []).extend(names.get(i, i) for i in fieldmap_set.images)
+        previews = [
+            SeriesPreview(
+                p.series.series_id,
+                p.series.header.series_description or "",
+                p.series.n_files,
+                names.get(p.series.series_id),
+                p.cls.provenance,
+                p.skip,
+                p.cls.evidence,
+                (
+                    tuple(sorted(set(corrects[p.series.series_id])))
+                    if p.series.series_id in corrects
+                    else None
+                ),
             )
+            for p in planned
+        ]
         return SessionPreview(assignment, tuple(previews), tuple(sorted(excluded)))
     except BidsportError as exc:
         return SessionPreview(assignment, (), (), error=exc.message)
@@ -113,6 +128,8 @@ def format_preview(result: Preview) -> str:
             )
             if s.evidence:
                 lines.append(f"      because: {'; '.join(s.evidence)}")
+            if s.corrects is not None:
+                lines.append(f"      corrects: {', '.join(s.corrects) or 'no image'}")
         for file, reason in session.excluded_files:
             lines.append(f"  excluded file {file}: {reason}")
     return "\n".join(lines)

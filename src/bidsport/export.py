@@ -491,6 +491,46 @@ def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
 
 
 @dataclass(frozen=True)
+class FieldmapSet:
+    """Fieldmap series acquired together, and the series of the images they correct."""
+
+    fieldmaps: tuple[str, ...]  #: series ids, in acquisition order
+    images: tuple[str, ...]  #: series ids of the images it corrects (maybe none)
+    corrects: frozenset[str] | None  #: the datatypes it may correct (None: any)
+
+
+def plan_fieldmap_sets(series: Sequence[PlannedSeries]) -> list[FieldmapSet]:
+    """The fieldmap sets of a session's series (pure: see :func:`fieldmap_sets`).
+
+    B0 fieldmaps (``epi`` and field measurements) and ``m0scan`` images are grouped
+    apart: an ASL image gets its M0 scan and a B0 set.
+    """
+    acquisitions = {
+        p.series.series_id: acq for p in series if (acq := fieldmap_acquisition(p)) is not None
+    }
+
+    def b0_part(acq: Acquisition) -> bool:  # B0 fieldmaps, and every image
+        return acq.group[:1] != ("m0scan",)
+
+    def m0_part(acq: Acquisition) -> bool:  # M0 scans, and ASL images
+        return acq.group[:1] == ("m0scan",) or acq.datatype == "perf"
+
+    result = []
+    for part in (b0_part, m0_part):
+        ids = [sid for sid, acq in acquisitions.items() if part(acq)]
+        sets, chosen = fieldmap_sets([acquisitions[sid] for sid in ids])
+        for k, members in enumerate(sets):
+            result.append(
+                FieldmapSet(
+                    tuple(ids[i] for i in members),
+                    tuple(ids[image] for image, set_index in chosen if set_index == k),
+                    acquisitions[ids[members[0]]].corrects,
+                )
+            )
+    return result
+
+
+@dataclass(frozen=True)
 class FieldmapLinks:
     """What :func:`link_fieldmaps` found for a session."""
 
@@ -503,67 +543,64 @@ class FieldmapLinks:
 def link_fieldmaps(
     images: Sequence[tuple[PlannedSeries, ConvertedImage]], subject: str, session: str | None
 ) -> FieldmapLinks:
-    """Which images each fieldmap (with a sidecar) of a session corrects.
-
-    B0 fieldmaps (``epi`` and field measurements) and ``m0scan`` images are linked
-    apart, each by :func:`fieldmap_sets`: an ASL image gets its M0 scan and a B0 set.
-    """
+    """Which images each fieldmap (with a sidecar) of a session corrects (each NIfTI image
+    of the series :func:`plan_fieldmap_sets` gives it)."""
 
     def is_nifti(img: ConvertedImage) -> bool:
         return img.relpath.endswith((".nii", ".nii.gz"))
 
-    acquisitions: dict[str, Acquisition] = {}
     by_series: dict[str, list[ConvertedImage]] = {}
+    planned: dict[str, PlannedSeries] = {}
     for p, img in images:
         by_series.setdefault(p.series.series_id, []).append(img)
-        if (img.sidecar if p.cls.datatype == "fmap" else is_nifti(img)) and (
-            acq := fieldmap_acquisition(p)
-        ):
-            acquisitions[p.series.series_id] = acq
+        if img.sidecar if p.cls.datatype == "fmap" else is_nifti(img):
+            planned.setdefault(p.series.series_id, p)
+    sets = plan_fieldmap_sets(list(planned.values()))
     prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
-    links: dict[str, set[str]] = {
-        img.sidecar: set()
-        for sid, acq in acquisitions.items()
-        if acq.datatype == "fmap"
-        for img in by_series[sid]
-        if img.sidecar
+    sidecars = {
+        sid: [img.sidecar for img in by_series[sid] if img.sidecar]
+        for fieldmap_set in sets
+        for sid in fieldmap_set.fieldmaps
     }
+    links: dict[str, set[str]] = {
+        sidecar: set() for group in sidecars.values() for sidecar in group
+    }
+    for fieldmap_set in sets:
+        uris = {
+            prefix + img.relpath
+            for sid in fieldmap_set.images
+            for img in by_series[sid]
+            if is_nifti(img)
+        }
+        for sid in fieldmap_set.fieldmaps:
+            for sidecar in sidecars[sid]:
+                links[sidecar] |= uris
+    converted = {planned[sid].cls.datatype for sid in planned}
     notes: list[Problem] = []
     noted: set[str] = set()
-
-    def m0_part(acq: Acquisition) -> bool:
-        return acq.group[:1] == ("m0scan",) or acq.datatype == "perf"
-
-    def b0_part(acq: Acquisition) -> bool:
-        return acq.group[:1] != ("m0scan",)
-
-    for part in (b0_part, m0_part):
-        ids = [sid for sid, acq in acquisitions.items() if part(acq)]
-        sets, chosen = fieldmap_sets([acquisitions[sid] for sid in ids])
-        for image, set_index in chosen:
-            uris = {prefix + img.relpath for img in by_series[ids[image]] if is_nifti(img)}
-            for member in sets[set_index]:
-                for img in by_series[ids[member]]:
-                    if img.sidecar:
-                        links[img.sidecar] |= uris
-        converted = {acquisitions[sid].datatype for sid in ids}
-        for members in sets:
-            unlinked = [
-                img.sidecar
-                for member in members
-                if ids[member] not in noted
-                for img in by_series[ids[member]]
-                if img.sidecar and not links[img.sidecar]
-            ]
-            corrects = acquisitions[ids[members[0]]].corrects
-            if unlinked and corrects != frozenset():
-                noted.update(ids[member] for member in members)
-                notes.append(_unlinked_note(ids[members[0]], unlinked, corrects, converted))
+    for fieldmap_set in sets:
+        unlinked = [
+            sidecar
+            for sid in fieldmap_set.fieldmaps
+            if sid not in noted
+            for sidecar in sidecars[sid]
+            if not links[sidecar]
+        ]
+        if unlinked and fieldmap_set.corrects != frozenset():
+            noted.update(fieldmap_set.fieldmaps)
+            notes.append(
+                _unlinked_note(
+                    fieldmap_set.fieldmaps[0], unlinked, fieldmap_set.corrects, converted
+                )
+            )
     return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
 
 
 def _unlinked_note(
-    series_id: str, sidecars: Sequence[str], corrects: frozenset[str] | None, converted: set[str]
+    series_id: str,
+    sidecars: Sequence[str],
+    corrects: frozenset[str] | None,
+    converted: set[str | None],
 ) -> Problem:
     """The note for fieldmaps (``sidecars``) of a set that corrects no image, and why."""
     meant = sorted(corrects) if corrects is not None else list(CORRECTED_DATATYPES)
