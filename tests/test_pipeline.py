@@ -316,7 +316,7 @@ def test_sessions_in_flight_at_once_give_the_same_dataset(example, tmp_path):
     assert any(value.startswith("-> ") for value in made["2"].values())
 
 
-PHILIPS_TOPUP_RULES = """
+TOPUP_RULES = """
 [[rules]]
 name = "topup-AP"
 [rules.match]
@@ -330,7 +330,11 @@ name = "topup-PA"
 series_description = "^fmap-epi_dir-PA$"
 [rules.set]
 sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
+"""
 
+PHILIPS_TOPUP_RULES = (
+    TOPUP_RULES
+    + """
 [[rules]]
 name = "wrong-axis"
 [rules.match]
@@ -338,6 +342,28 @@ series_description = "^func-bold"
 [rules.set]
 sidecar = { PhaseEncodingDirection = "i-" }
 """
+)
+
+
+def write_philips_epi(packet: Path, *series: tuple[int, str, dict]) -> None:
+    """Write Philips spin-echo EPI series (number, ReproIn description, more SeriesSpec
+    fields) acquired at 09:<number>, one folder each, into ``packet``."""
+    from bidsport.synthetic import SeriesSpec, Study, write_series
+
+    study = Study(manufacturer="Philips", model="Ingenia")
+    epi = {
+        "mr_acquisition_type": "2D",
+        "scanning_sequence": ("SE", "EP"),
+        "sequence_name": "",
+        "repetition_time": 3000.0,
+        "echo_time": 50.0,
+        "flip_angle": 90.0,
+        "n_slices": 3,
+    }
+    for number, description, extra in series:
+        at = f"09{number:02d}00.000000"
+        spec = SeriesSpec(description, number, acquisition_time=at, **{**epi, **extra})
+        write_series(spec, packet / description, study=study)
 
 
 def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
@@ -346,27 +372,14 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     requires of an epi fieldmap. The participant level says so for each fieldmap; a rules
     file sets the keys, and the validator then finds no error. A rule's direction on
     another axis than the images' is written as asked, and said."""
-    from bidsport.synthetic import SeriesSpec, Study, write_series
     from bidsport.validator import run_validator
 
-    epi = {
-        "mr_acquisition_type": "2D",
-        "scanning_sequence": ("SE", "EP"),
-        "sequence_name": "",
-        "repetition_time": 3000.0,
-        "echo_time": 50.0,
-        "flip_angle": 90.0,
-    }
-    study = Study(manufacturer="Philips", model="Ingenia")
-    packet = tmp_path / "inbox" / "PH01"
-    for number, description, volumes in (
-        (3, "func-bold_task-rest_dir-AP", 4),
-        (4, "fmap-epi_dir-AP", 1),
-        (5, "fmap-epi_dir-PA", 1),
-    ):
-        spec = SeriesSpec(description, number, n_slices=3, n_volumes=volumes,
-                          acquisition_time=f"09{number:02d}00.000000", **epi)  # fmt: skip
-        write_series(spec, packet / description, study=study)
+    write_philips_epi(
+        tmp_path / "inbox" / "PH01",
+        (3, "func-bold_task-rest_dir-AP", {"n_volumes": 4}),
+        (4, "fmap-epi_dir-AP", {}),
+        (5, "fmap-epi_dir-PA", {}),
+    )
     rules = tmp_path / "topup.toml"
     rules.write_text(PHILIPS_TOPUP_RULES, encoding="utf-8")
     validator = find_validator()
@@ -416,7 +429,8 @@ def test_a_philips_epi_fieldmap_is_flagged_then_completed_by_rules(tmp_path):
     assert any('sets in the sidecar: PhaseEncodingDirection = "j"' in e for e in evidence)
 
 
-DWI_FIELDMAP_RULES = """
+DWI_FIELDMAP_RULES = (
+    """
 [[rules]]
 name = "dwi-b0"
 description = "the b0 acquired for the DWI corrects the DWI only"
@@ -425,21 +439,9 @@ series_description = "^fmap-epi_acq-b0_dir-PA$"
 [rules.set]
 corrects = ["dwi"]
 sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
-
-[[rules]]
-name = "topup-AP"
-[rules.match]
-series_description = "^fmap-epi_dir-AP$"
-[rules.set]
-sidecar = { PhaseEncodingDirection = "j-", TotalReadoutTime = 0.0415 }
-
-[[rules]]
-name = "topup-PA"
-[rules.match]
-series_description = "^fmap-epi_dir-PA$"
-[rules.set]
-sidecar = { PhaseEncodingDirection = "j", TotalReadoutTime = 0.0415 }
 """
+    + TOPUP_RULES
+)
 
 
 def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path, capsys):
@@ -447,29 +449,16 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path, capsys):
     datatype), then both images: by default the b0 is the latest set before both, and the
     pair corrects nothing; a rule's set.corrects keeps the b0 for the DWI and gives the
     pair back to the BOLD. The dataset passes the validator."""
-    from bidsport.synthetic import SeriesSpec, Study, write_series
     from bidsport.validator import run_validator
 
-    epi = {
-        "mr_acquisition_type": "2D",
-        "scanning_sequence": ("SE", "EP"),
-        "sequence_name": "",
-        "repetition_time": 3000.0,
-        "echo_time": 50.0,
-        "flip_angle": 90.0,
-    }
-    study = Study(manufacturer="Philips", model="Ingenia")
-    packet = tmp_path / "inbox" / "PH02"
-    for number, description, extra in (
+    write_philips_epi(
+        tmp_path / "inbox" / "PH02",
         (3, "fmap-epi_dir-AP", {}),
         (4, "fmap-epi_dir-PA", {}),
         (5, "fmap-epi_acq-b0_dir-PA", {}),
         (6, "func-bold_task-rest_dir-AP", {"n_volumes": 4}),
         (7, "dwi_dir-AP", {"n_volumes": 3, "b_values": (0, 1000, 1000)}),
-    ):
-        spec = SeriesSpec(description, number, n_slices=3,
-                          acquisition_time=f"09{number:02d}00.000000", **{**epi, **extra})  # fmt: skip
-        write_series(spec, packet / description, study=study)
+    )
     rules = tmp_path / "dwi.toml"
     rules.write_text(DWI_FIELDMAP_RULES, encoding="utf-8")
     prefix = "bids::sub-PH02/"
@@ -526,15 +515,11 @@ def test_a_rule_gives_the_dwi_its_own_fieldmap(tmp_path, capsys):
 def test_notes_follow_the_series_order_not_the_conversion_order(tmp_path):
     """Series convert largest first (here the PA fieldmap, series 5); the run's notes and
     images are listed in the series' order all the same."""
-    from bidsport.synthetic import SeriesSpec, Study, write_series
-
-    study = Study(manufacturer="Philips", model="Ingenia")
-    packet = tmp_path / "inbox" / "PH03"
-    for number, description, slices in ((4, "fmap-epi_dir-AP", 2), (5, "fmap-epi_dir-PA", 6)):
-        spec = SeriesSpec(description, number, n_slices=slices, mr_acquisition_type="2D",
-                          scanning_sequence=("SE", "EP"), sequence_name="", flip_angle=90.0,
-                          acquisition_time=f"09{number:02d}00.000000")  # fmt: skip
-        write_series(spec, packet / description, study=study)
+    write_philips_epi(
+        tmp_path / "inbox" / "PH03",
+        (4, "fmap-epi_dir-AP", {"n_slices": 2}),
+        (5, "fmap-epi_dir-PA", {"n_slices": 6}),
+    )
     out = tmp_path / "out"
     assert main([str(tmp_path / "inbox"), str(out), "participant", "--n-procs", "1"]) == 0
     report = json.loads(next((out / "derivatives/bidsport/logs").glob("*_report.json")).read_text())
