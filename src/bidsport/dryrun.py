@@ -77,7 +77,8 @@ def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview
                 names[p.series.series_id] = (
                     f"{p.cls.datatype}/{base}" if opts.layout == "bids" else base
                 )
-        corrects: dict[str, list[str]] = {}  # fieldmap series → IntendedFor (no sidecar: none)
+        # fieldmap series → the images it would correct (none in DICOM output: no sidecar)
+        corrects: dict[str, list[str]] = {}
         linked = [p for p in planned if p.skip is None and opts.output_format != "dcm"]
         for fieldmap_set in plan_fieldmap_sets(linked):
             for sid in fieldmap_set.fieldmaps:
