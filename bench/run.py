@@ -42,6 +42,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import random
 import re
 import resource
@@ -340,17 +341,24 @@ def cpu_probe(repeat: int = 3, cores: int | None = None) -> float:
     if cores <= 1:
         return _probe_seconds(repeat) * 1000
     ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(cores), ctx.SimpleQueue()
+    barrier, results = ctx.Barrier(cores, timeout=30), ctx.Queue()
     others = [
         ctx.Process(target=_probe_worker, args=(barrier, repeat, results)) for _ in range(cores - 1)
     ]
     for process in others:
         process.start()
-    barrier.wait()
-    mine = _probe_seconds(repeat)
-    theirs = [results.get() for _ in others]
-    for process in others:
-        process.join()
+    try:
+        barrier.wait()
+        mine = _probe_seconds(repeat)
+        theirs = [results.get(timeout=30) for _ in others]
+    except (threading.BrokenBarrierError, queue.Empty):  # a worker did not start or answer
+        return _probe_seconds(repeat) * 1000
+    finally:
+        for process in others:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
     return max(mine, *theirs) * 1000
 
 
