@@ -1234,10 +1234,10 @@ def classify_all(
         )
         if c.excluded is None and c.datatype and c.suffix and not named:
             groups[(c.datatype, c.suffix, tuple(sorted(c.entities.items())))].append(i)
+    labels = {i: _protocol_label(pairs[i][0], results[i]) for m in groups.values() for i in m}
     given: dict[tuple[object, ...], str] = {}  # (datatype, suffix, label) → acq given
     for members in groups.values():
-        labels = {i: _protocol_label(pairs[i][0], results[i]) for i in members}
-        if len({label.lower() for label in labels.values()}) < 2:
+        if len({labels[i].lower() for i in members}) < 2:
             continue
         for i in members:
             c = results[i]
@@ -1257,8 +1257,7 @@ def classify_all(
     for members in groups.values():
         for i in members:
             c = results[i]
-            label = _protocol_label(pairs[i][0], c).lower()
-            acq = given.get((c.datatype, c.suffix, label))
+            acq = given.get((c.datatype, c.suffix, labels[i].lower()))
             if c.datatype == "fmap" and acq and "acq" not in c.entities:
                 results[i] = _with(
                     c, {"acq": acq}, f"acq-{acq}: the label another fieldmap of its protocol got"

@@ -28,6 +28,7 @@ from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
 from bidsport.phi import Identifiers, scrub_sidecar
 from bidsport.records import (
+    CORRECTED_DATATYPES,
     FIELD_SUFFIXES,
     Classification,
     ConvertedImage,
@@ -357,8 +358,6 @@ def export_series(
     return images, problems
 
 
-#: datatypes of the images fieldmaps correct
-CORRECTED_DATATYPES = ("func", "dwi", "perf")
 #: ``acq`` labels of fieldmaps that say which datatype they were acquired for
 _ACQ_CORRECTS = types.MappingProxyType(
     {
@@ -546,14 +545,11 @@ def link_fieldmaps(
     """Which images each fieldmap (with a sidecar) of a session corrects (each NIfTI image
     of the series :func:`plan_fieldmap_sets` gives it)."""
 
-    def is_nifti(img: ConvertedImage) -> bool:
-        return img.relpath.endswith((".nii", ".nii.gz"))
-
     by_series: dict[str, list[ConvertedImage]] = {}
     planned: dict[str, PlannedSeries] = {}
     for p, img in images:
         by_series.setdefault(p.series.series_id, []).append(img)
-        if img.sidecar if p.cls.datatype == "fmap" else is_nifti(img):
+        if img.sidecar if p.cls.datatype == "fmap" else _is_nifti(img):
             planned.setdefault(p.series.series_id, p)
     sets = plan_fieldmap_sets(list(planned.values()))
     prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
@@ -570,7 +566,7 @@ def link_fieldmaps(
             prefix + img.relpath
             for sid in fieldmap_set.images
             for img in by_series[sid]
-            if is_nifti(img)
+            if _is_nifti(img)
         }
         for sid in fieldmap_set.fieldmaps:
             for sidecar in sidecars[sid]:
@@ -594,6 +590,10 @@ def link_fieldmaps(
                 )
             )
     return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
+
+
+def _is_nifti(img: ConvertedImage) -> bool:
+    return img.relpath.endswith((".nii", ".nii.gz"))
 
 
 def _unlinked_note(
@@ -670,7 +670,7 @@ def write_scans(path: Path, images: Sequence[ConvertedImage]) -> None:
     rows = [
         {"filename": img.relpath, "acq_time": img.acq_time}
         for img in sorted(images, key=lambda i: i.relpath)
-        if img.relpath.endswith((".nii", ".nii.gz"))
+        if _is_nifti(img)
     ]
     if rows:
         fileops.write_tsv(path, rows, ["filename", "acq_time"])

@@ -144,6 +144,8 @@ FIELD_SUFFIXES = frozenset(
 #: fmap suffixes that are linked to the images they correct (IntendedFor): B0 fieldmaps
 #: (``epi`` and field measurements) and M0 scans; B1 maps are not
 LINKED_FMAP_SUFFIXES = FIELD_SUFFIXES | {"epi", "m0scan"}
+#: datatypes of the images fieldmaps correct (IntendedFor, a rule's ``set.corrects``)
+CORRECTED_DATATYPES = ("func", "dwi", "perf")
 
 PROVENANCES = (
     "raw",  # raw reconstruction

@@ -63,7 +63,7 @@ from typing import Any
 from bidsport.errors import ConfigError
 from bidsport.naming import ENTITY_ORDER
 from bidsport.phi import SIDECAR_PHI_KEYS, is_anonymized_sidecar_key
-from bidsport.records import DATATYPES, PROVENANCES, FileHeader, Series
+from bidsport.records import CORRECTED_DATATYPES, DATATYPES, PROVENANCES, FileHeader, Series
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,8 +138,6 @@ _RULE_KEYS = frozenset(("name", "description", "match", "set", "exclude"))
 _SET_KEYS = frozenset(
     ("datatype", "suffix", "entities", "provenance", "review", "sidecar", "corrects")
 )
-#: the datatypes of images a fieldmap can correct (``set.corrects``)
-_CORRECTABLE = ("func", "dwi", "perf")
 #: BIDS metadata keys are CamelCase
 _SIDECAR_KEY = re.compile(r"[A-Z][A-Za-z0-9]*")
 #: the values BIDS allows for PhaseEncodingDirection
@@ -415,16 +413,16 @@ def _corrects(spec: Any) -> tuple[str, ...]:
     """Validate ``set.corrects``: a list of the datatypes fieldmaps correct (maybe empty)."""
     if not isinstance(spec, list) or not all(isinstance(d, str) for d in spec):
         raise _Problem(
-            f"set.corrects must be a list of datatypes ({', '.join(_CORRECTABLE)}), "
+            f"set.corrects must be a list of datatypes ({', '.join(CORRECTED_DATATYPES)}), "
             f"or [] for none, not {spec!r}"
         )
-    unknown = [d for d in spec if d not in _CORRECTABLE]
+    unknown = [d for d in spec if d not in CORRECTED_DATATYPES]
     if unknown:
         raise _Problem(
             f"set.corrects: {', '.join(map(repr, unknown))} is not a datatype fieldmaps "
-            f"correct ({', '.join(_CORRECTABLE)})"
+            f"correct ({', '.join(CORRECTED_DATATYPES)})"
         )
-    return tuple(d for d in _CORRECTABLE if d in spec)
+    return tuple(d for d in CORRECTED_DATATYPES if d in spec)
 
 
 def _sidecar(spec: Any) -> dict[str, Any]:
