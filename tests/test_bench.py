@@ -6,6 +6,7 @@ series, one session with a folder per series and one flat, bidsport and bare dcm
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -358,3 +359,40 @@ def test_a_runner_stopped_by_sigterm_stops_the_tool(tmp_path: Path) -> None:
             break
         time.sleep(0.05)
     assert not _running(child)
+
+
+def test_a_run_during_which_the_host_slowed_is_redone_and_left_out():
+    """A run whose CPU probes are more than 15% slower than the fastest probe seen is
+    unsteady: up to --retries more runs are made while none is steady, and the kept figure
+    is the fastest steady run (the unsteady ones are named in the notes)."""
+    probes = iter([(40.0, 41.0), (30.0, 44.0), (30.0, 31.0), (29.0, 30.0)])
+    walls = iter([5.0, 4.0, 6.0, 7.0])
+
+    def one_run(attempt: int) -> list:
+        return [run.Measure("dcm2bids", wall=next(walls), probe=next(probes), calls=1)]
+
+    # the first run sets the floor (40 ms): it is steady against itself, so no retry
+    runs, floor = run.repeat_runs(one_run, repeat=1, retries=2, floor=0.0)
+    assert len(runs) == 1 and floor == 40.0
+    # the machine's first probe (30 ms) is the floor: the next run moves (44 ms), the third
+    # is steady, and no more is made
+    runs, floor = run.repeat_runs(one_run, repeat=1, retries=2, floor=30.0)
+    assert [r[0].wall for r in runs] == [4.0, 6.0] and floor == 30.0
+    (kept,) = run.best_of(runs, floor)
+    assert kept.wall == 6.0
+    assert kept.extra == {"walls": [4.0, 6.0], "unsteady_runs": 1, "steady": True}
+    note = run.case_table({"files": 10, "measures": [dataclasses.asdict(kept)]})[-1]
+    assert "walls 4.0/6.0 (1 left out: probe moved)" in note
+    # no steady run at all: the retries stop, the fastest run is kept and the notes say it
+    slow = iter([(50.0, 50.0), (45.0, 50.0), (50.0, 48.0)])
+    runs, floor = run.repeat_runs(
+        lambda _a: [run.Measure("x", wall=1.0, probe=next(slow), calls=1)],
+        repeat=1,
+        retries=2,
+        floor=30,
+    )
+    assert len(runs) == 3 and floor == 30
+    (kept,) = run.best_of(runs, floor)
+    assert kept.extra["unsteady_runs"] == 3 and kept.extra["steady"] is False
+    note = run.case_table({"files": 10, "measures": [dataclasses.asdict(kept)]})[-1]
+    assert "(probe 15%+ above the fastest in every run)" in note
