@@ -268,6 +268,28 @@ def test_a_run_killed_twice_is_finished_too(baseline: Baseline, tmp_path: Path) 
     assert_same_dataset(out, baseline.tree)
 
 
+@pytest.mark.parametrize("mode", ["clean", "overwrite"])
+def test_a_killed_redo_of_a_done_session_is_not_taken_for_done(
+    baseline: Baseline, tmp_path: Path, mode: str
+) -> None:
+    """A converted session redone with --overwrite clean/overwrite and killed while its
+    outputs are being replaced: its record must not say it is done, so the next ordinary
+    run (--overwrite skip) converts it again instead of skipping it."""
+    out = tmp_path / "bids"
+    args = command(baseline.inbox, out)
+    assert run_quietly(args)[0] == 0
+    redo = [*args, "--overwrite", mode, "--participant-label", "KA"]
+    child = run_child(baseline.wrapper, redo, "bidsport.convert:run_command", 1)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, output
+    record = json.loads(DatasetLayout(out).status_row_file("KA", None).read_text())
+    assert record["converted"] is False and record["last_error"].startswith("unfinished:")
+    code, text = run_quietly(args)
+    assert code == 0, text
+    assert "sub-KA: already done" not in text
+    assert_same_dataset(out, baseline.tree)
+
+
 # --------------------------------------------------------------------------- the lock
 
 

@@ -255,6 +255,36 @@ def _session_done(
     return record if len(packets) <= len(recorded) else None
 
 
+#: the last error of a session whose run has begun and not yet recorded its outcome
+UNFINISHED = "unfinished: a run began to redo this session at {when} and recorded no outcome"
+
+
+def _record_unfinished(layout: DatasetLayout, subject: str, session: str | None) -> None:
+    """Before a session is redone, mark its record (if any) not converted.
+
+    The outputs are about to be replaced (or removed, with ``--overwrite clean``): a run
+    killed from here on must not leave a record that says the session is done, which later
+    runs would trust and skip. A session without a record is left without one (with
+    ``--anonymize`` its label may still be refused: it is written nowhere until accepted);
+    the packet names are the recorded ones (scrubbed with ``--anonymize``). The run's end
+    replaces this record with its outcome.
+    """
+    old = read_status_record(layout, subject, session)
+    if old is None:
+        return
+    now = now_iso()
+    record_session(
+        layout,
+        dataclasses.replace(
+            old,
+            organized=False,
+            converted=False,
+            last_error=UNFINISHED.format(when=now),
+            updated=now,
+        ),
+    )
+
+
 def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> None:
     for path in (layout.session_dir(subject, session), layout.dicom_dir(subject, session)):
         if path.exists():
@@ -375,6 +405,7 @@ def process_session(
             ):
                 fileops.remove_stale_temps(folder)
             remove_stale_temps(layout, sub, ses)  # of the status record
+            _record_unfinished(layout, sub, ses)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
             _run_session(
