@@ -219,3 +219,43 @@ def test_repeated_acquisitions_get_runs_in_time_order(tmp_path):
     sidecar = json.loads((out / "sub-P09/anat/sub-P09_run-1_T1w.json").read_text())
     assert sidecar["SeriesNumber"] == 12
     assert os.path.isfile(out / "sub-P09/anat/sub-P09_run-2_T1w.nii.gz")
+
+
+def test_repeated_label_options_add_up_and_a_label_matching_nothing_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As in a SLURM script that builds its command from parts: every occurrence of
+    --participant-label/--session-label counts (argparse would keep only the last), a
+    label given twice is processed once, and labels that match no packet are named."""
+    root = tmp_path / "inbox"
+    for subject in ("P01", "P02", "P03"):
+        for spec in typical_session()[:1]:
+            write_series(spec, root / f"{subject}_V1", Subject(patient_id=subject), Study(subject))
+    code = main(
+        [
+            str(root),
+            str(tmp_path / "out"),
+            "participant",
+            "--nameformat",
+            NAMEFORMAT,
+            "--dry-run",
+            "--participant-label",
+            "P01",
+            "sub-P01",
+            "--participant-label",
+            "P03",
+            "p02",
+            "--session-label",
+            "V1",
+            "--session-label",
+            "V9",
+        ]
+    )
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert out.count("packet P01_V1 -> sub-P01 ses-V1") == 1
+    assert out.count("packet P03_V1 -> sub-P03 ses-V1") == 1
+    assert "sub-P02" not in out
+    assert "--participant-label p02: no packet of the inbox matched it" in err
+    assert "--session-label V9: no packet of the inbox matched it" in err
+    assert not (tmp_path / "out").exists()

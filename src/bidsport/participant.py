@@ -119,6 +119,18 @@ def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
         if (not opts.participant_labels or a.subject in opts.participant_labels)
         and (not opts.session_labels or (a.session or "") in opts.session_labels)
     ]
+    for option, labels, found in (
+        ("--participant-label", opts.participant_labels, {a.subject for a in selected}),
+        ("--session-label", opts.session_labels, {a.session or "" for a in selected}),
+    ):
+        if missing := [label for label in labels if label not in found]:
+            log.warning(
+                "%s %s: no packet of the inbox %s (labels are case-sensitive; --dry-run "
+                "lists the inbox's sessions)",
+                option,
+                " ".join(missing),
+                "matched it" if len(missing) == 1 else "matched these",
+            )
     return Plan(tuple(selected), tuple(problems) + tuple(assign_problems), len(packets))
 
 

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
-        participant_labels=tuple(args.participant_label or ()),
-        session_labels=tuple(args.session_label or ()),
+        participant_labels=tuple(dict.fromkeys(args.participant_label or ())),
+        session_labels=tuple(dict.fromkeys(args.session_label or ())),
         pattern=args.pattern,
         nameformat=args.nameformat,
         mapping=read_mapping(args.mapping) if args.mapping else None,
