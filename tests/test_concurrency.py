@@ -261,3 +261,34 @@ def test_a_locked_session_keeps_its_status(
     run, _, status = _locked_out_run(layout, inbox)
     assert LOCK_MESSAGE in run.stdout
     assert _status_files(layout, "C1", "1") == status
+
+
+def test_a_run_gets_its_scratch_folder_when_another_removes_the_shared_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs share OUTPUT_DIR's scratch folder and remove it when it is empty as they end.
+    Two runs end just after this one made the shared folder and before it made its own
+    folder in it: it makes the shared folder again instead of failing."""
+    import tempfile
+
+    from bidsport import participant
+
+    base = tmp_path / "work"
+    dead = base / f"{os.uname().nodename}-999999999-x"  # a killed run's, on this host
+    other = base / "otherhost-1-x"  # a run of another node: cannot be checked from here
+    mkdtemp, ended = tempfile.mkdtemp, []
+
+    def other_runs_end_first(*args: object, **kwargs: object) -> str:
+        if len(ended) < 2:
+            os.rmdir(base)
+            ended.append(True)
+        return mkdtemp(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", other_runs_end_first)
+    path = participant._shared_scratch(base)
+    assert path.is_dir() and path.parent == base and len(ended) == 2
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    for folder in (dead, other):
+        folder.mkdir()
+    second = participant._shared_scratch(base)
+    assert sorted(base.iterdir()) == sorted([path, second, other])

@@ -174,9 +174,7 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
     elif opts.anonymize:
         path = Path(tempfile.mkdtemp(prefix="bidsport-"))
     else:
-        base = fileops.ensure_dir(layout.work_dir)
-        _remove_dead_work_dirs(base)
-        path = Path(tempfile.mkdtemp(prefix=f"{os.uname().nodename}-{os.getpid()}-", dir=base))
+        path = _shared_scratch(layout.work_dir)
     try:
         yield path
     finally:
@@ -184,6 +182,28 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
         if opts.work_dir is None and not opts.anonymize:
             with contextlib.suppress(OSError):
                 layout.work_dir.rmdir()  # only when empty: other runs may be working
+
+
+def _shared_scratch(base: Path, attempts: int = 100) -> Path:
+    """A new scratch folder in ``base``, which runs share and each removes when it is empty.
+
+    Another run may remove ``base`` between its creation here and the creation of the
+    scratch folder in it (that run ends, and sees it empty): it is made again (up to
+    ``attempts`` times) instead of failing.
+    """
+    prefix = f"{os.uname().nodename}-{os.getpid()}-"
+    attempt = 0
+    while True:
+        fileops.ensure_dir(base)
+        try:
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            break
+        except FileNotFoundError as exc:
+            attempt += 1
+            if attempt >= attempts:
+                raise OutputError(f"cannot make a scratch folder in {base}: {exc}") from exc
+    _remove_dead_work_dirs(base)  # after ours exists: ``base`` is not empty, nobody removes it
+    return path
 
 
 def _remove_dead_work_dirs(base: Path) -> None:
