@@ -276,7 +276,8 @@ def test_a_run_gets_its_scratch_folder_when_another_removes_the_shared_one(
     base = tmp_path / "work"
     dead = base / f"{os.uname().nodename}-999999999-x"  # a killed run's, on this host
     other = base / "otherhost-1-x"  # a run of another node: cannot be checked from here
-    mkdtemp, ended = tempfile.mkdtemp, []
+    mkdtemp = tempfile.mkdtemp
+    ended: list[bool] = []
 
     def other_runs_end_first(*args: object, **kwargs: object) -> str:
         if len(ended) < 2:
