@@ -29,17 +29,18 @@ def acquisition(
     name: str,
     when: int | tuple[str, str] | None,
     corrects: tuple[str, ...] | None = None,
+    study: str | None = None,
 ) -> tuple[PlannedSeries, ConvertedImage]:
     """Series ``number``, converted into ``name`` (e.g. "fmap/sub-01_dir-AP_epi", whose
     suffix gives the datatype and whose labels the entities), acquired ``when``: a minute
     after 10:00 on 2026-01-01, a (date, time), or never said. ``corrects`` is as a rule's
-    ``set.corrects``."""
+    ``set.corrects``; ``study`` the StudyInstanceUID."""
     suffix = name.rsplit("_", 1)[1]
     labels = name.split("/")[1].split("_")[1:-1]  # the entities after sub-01
     date, time = (
         ("20260101", f"10{when:02d}00.000000") if isinstance(when, int) else when or (None, None)
     )
-    header = FileHeader(Path(f"/in/{number}.dcm"), 1, 0, series_number=number)
+    header = FileHeader(Path(f"/in/{number}.dcm"), 1, 0, series_number=number, study_uid=study)
     series = Series(
         f"1.2.3.{number}",
         header,
@@ -265,3 +266,48 @@ def test_a_set_that_corrects_no_image_is_said_once_with_why():
         ("1.2.3.1", "sub-01_acq-dwi_dir-PA_epi.json: corrects no image (no dwi image was converted)")
     ]  # fmt: skip
     assert notes((MAG, 1), (PHASEDIFF, 1), (BOLD, 2)) == []
+
+
+def test_fieldmaps_correct_images_of_their_own_study_only():
+    """A packet may hold the exams of two scanners or two people (one StudyInstanceUID
+    each): a pair of one study never names the BOLD of the other, even when it is the only
+    pair before it; the note says why."""
+    assert corrected((AP, 1, None, "1.9.1"), (PA, 2, None, "1.9.1"), (BOLD, 3, None, "1.9.2")) == {
+        "fmap/sub-01_dir-AP_epi": [],
+        "fmap/sub-01_dir-PA_epi": [],
+    }
+    images = [
+        acquisition(n, *a)
+        for n, a in enumerate(
+            [(AP, 1, None, "1.9.1"), (PA, 2, None, "1.9.1"), (BOLD, 3, None, "1.9.2")], start=1
+        )
+    ]
+    (note,) = link_fieldmaps(images, "01", None).notes
+    assert "(no func/dwi/perf image of its DICOM study was converted)" in note.reason
+    # each study's pair corrects its own BOLD, though the other study's pair is nearer
+    b_ap, b_pa = "fmap/sub-01_acq-b_dir-AP_epi", "fmap/sub-01_acq-b_dir-PA_epi"
+    bold_b = "func/sub-01_task-rest_run-2_bold"
+    assert corrected(
+        (AP, 1, None, "1.9.1"),
+        (PA, 2, None, "1.9.1"),
+        (b_ap, 3, None, "1.9.2"),
+        (b_pa, 4, None, "1.9.2"),
+        (BOLD, 5, None, "1.9.1"),
+        (bold_b, 6, None, "1.9.2"),
+    ) == {
+        "fmap/sub-01_dir-AP_epi": [BOLD],
+        "fmap/sub-01_dir-PA_epi": [BOLD],
+        b_ap: [bold_b],
+        b_pa: [bold_b],
+    }
+
+
+def test_a_session_of_several_studies_gets_a_note():
+    from bidsport.participant import several_studies_note
+
+    one = [acquisition(1, AP, 1, None, "1.9.1")[0], acquisition(2, BOLD, 2, None, "1.9.1")[0]]
+    assert several_studies_note(one, "P01") is None
+    two = [*one, acquisition(3, BOLD2, 3, None, "1.9.2")[0]]
+    note = several_studies_note(two, "P01")
+    assert note is not None and note.where == "P01" and not note.fatal
+    assert note.reason.startswith("the session's series come from 2 DICOM studies: when")

@@ -112,16 +112,25 @@ def test_notes_and_readmes_are_excluded_with_a_reason(real_dataset):
     assert all("not a DICOM" in r["excluded"] for r in readmes)
 
 
-def test_the_epi_pair_on_the_bold_axis_corrects_the_bold_runs(real_dataset):
-    """dcm_qa_nih: four epi images (AP, PA, RL, LR) acquired one after the other, minutes
-    apart and after the four BOLD runs (phase encoded along j): the AP/PA pair is the
-    first set after them and names every run; the RL/LR pair is a set of its own."""
+def test_fieldmaps_of_another_study_correct_nothing(real_dataset):
+    """dcm_qa_nih holds two exams: four GE BOLD runs, and a Siemens exam of four epi
+    images (AP, PA, RL, LR) on another scanner with another matrix. The epi images must
+    not name the GE runs (a fieldmap corrects images of its own study only), and a note
+    says why each pair corrects nothing."""
     _, _, out, _ = real_dataset
-    sub_dir = out / "sub-nih"
-    bolds = sorted(f"bids::sub-nih/{name}" for name in EXPECTED["nih"] if "_bold" in name)
-    for direction, expected in (("AP", bolds), ("PA", bolds), ("RL", None), ("LR", None)):
-        sidecar = json.loads((sub_dir / f"fmap/sub-nih_dir-{direction}_epi.json").read_text())
-        assert sidecar.get("IntendedFor") == expected, direction
+    for direction in ("AP", "PA", "RL", "LR"):
+        sidecar = json.loads((out / f"sub-nih/fmap/sub-nih_dir-{direction}_epi.json").read_text())
+        assert "IntendedFor" not in sidecar, direction
+    (report,) = (out / "derivatives/bidsport/logs").glob("participant_*_report.json")
+    (nih,) = [
+        s for s in json.loads(report.read_text())["sessions"] if s["participant_id"] == "sub-nih"
+    ]
+    notes = [p["reason"] for p in nih["problems"] if "IntendedFor" in p["reason"]]
+    assert len(notes) == 2, notes  # one per pair
+    assert all("(no func/dwi/perf image of its DICOM study was converted)" in n for n in notes)
+    (studies,) = [p["reason"] for p in nih["problems"] if "DICOM studies" in p["reason"]]
+    assert studies.startswith("the session's series come from 2 DICOM studies from 2 scanners")
+    assert "GE MEDICAL SYSTEMS" in studies and "SIEMENS" in studies
 
 
 def test_group_level_output_passes_the_validator(real_dataset):

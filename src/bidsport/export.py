@@ -496,14 +496,24 @@ class FieldmapSet:
     fieldmaps: tuple[str, ...]  #: series ids, in acquisition order
     images: tuple[str, ...]  #: series ids of the images it corrects (maybe none)
     corrects: frozenset[str] | None  #: the datatypes it may correct (None: any)
+    study: str = ""  #: the StudyInstanceUID of its series ("" when they have none)
 
 
 def plan_fieldmap_sets(series: Sequence[PlannedSeries]) -> list[FieldmapSet]:
     """The fieldmap sets of a session's series (pure: see :func:`fieldmap_sets`).
 
-    B0 fieldmaps (``epi`` and field measurements) and ``m0scan`` images are grouped
-    apart: an ASL image gets its M0 scan and a B0 set.
+    Fieldmaps correct images of their own study only (StudyInstanceUID): a packet may
+    hold the exams of two scanners, or of two people. B0 fieldmaps (``epi`` and field
+    measurements) and ``m0scan`` images are grouped apart: an ASL image gets its M0 scan
+    and a B0 set.
     """
+    studies: dict[str, list[PlannedSeries]] = {}
+    for p in series:
+        studies.setdefault(p.series.header.study_uid or "", []).append(p)
+    return [s for study, members in studies.items() for s in _plan_study(members, study)]
+
+
+def _plan_study(series: Sequence[PlannedSeries], study: str) -> list[FieldmapSet]:
     acquisitions = {
         p.series.series_id: acq for p in series if (acq := fieldmap_acquisition(p)) is not None
     }
@@ -524,6 +534,7 @@ def plan_fieldmap_sets(series: Sequence[PlannedSeries]) -> list[FieldmapSet]:
                     tuple(ids[i] for i in members),
                     tuple(ids[image] for image, set_index in chosen if set_index == k),
                     acquisitions[ids[members[0]]].corrects,
+                    study,
                 )
             )
     return result
@@ -571,7 +582,9 @@ def link_fieldmaps(
         for sid in fieldmap_set.fieldmaps:
             for sidecar in sidecars[sid]:
                 links[sidecar] |= uris
-    converted = {planned[sid].cls.datatype for sid in planned}
+    converted: dict[str, set[str | None]] = {}  # by study
+    for p in planned.values():
+        converted.setdefault(p.series.header.study_uid or "", set()).add(p.cls.datatype)
     notes: list[Problem] = []
     noted: set[str] = set()
     for fieldmap_set in sets:
@@ -586,7 +599,11 @@ def link_fieldmaps(
             noted.update(fieldmap_set.fieldmaps)
             notes.append(
                 _unlinked_note(
-                    fieldmap_set.fieldmaps[0], unlinked, fieldmap_set.corrects, converted
+                    fieldmap_set.fieldmaps[0],
+                    unlinked,
+                    fieldmap_set.corrects,
+                    converted.get(fieldmap_set.study, set()),
+                    of_its_study=len(converted) > 1,
                 )
             )
     return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
@@ -601,13 +618,19 @@ def _unlinked_note(
     sidecars: Sequence[str],
     corrects: frozenset[str] | None,
     converted: set[str | None],
+    *,
+    of_its_study: bool = False,
 ) -> Problem:
-    """The note for fieldmaps (``sidecars``) of a set that corrects no image, and why."""
+    """The note for fieldmaps (``sidecars``) of a set that corrects no image, and why
+    (``converted``: the datatypes converted in its study; ``of_its_study``: the session
+    holds several studies)."""
     meant = sorted(corrects) if corrects is not None else list(CORRECTED_DATATYPES)
     why = (
         f"each {'/'.join(meant)} image takes a nearer set of fieldmaps"
         if converted.intersection(meant)
-        else f"no {'/'.join(meant)} image was converted"
+        else f"no {'/'.join(meant)} image "
+        + ("of its DICOM study " if of_its_study else "")
+        + "was converted"
     )
     names = ", ".join(Path(sidecar).name for sidecar in sidecars)
     return Problem(

@@ -264,6 +264,34 @@ def classify_session(
     return decisions, planned
 
 
+def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Problem | None:
+    """A note when a session's series come from several DICOM studies (pure).
+
+    That is legitimate (an exam the scanner split in two), or the sign of packets that
+    hold two people or two visits, which then end up in one subject's folder: the note
+    says how many studies and, when they differ, which scanners (make and model: no
+    identifiers), so that a curator can tell.
+    """
+    studies = {p.series.header.study_uid for p in planned if p.series.header.study_uid}
+    if len(studies) < 2:
+        return None
+    scanners = sorted(
+        {
+            " ".join(part for part in (h.manufacturer, h.model) if part)
+            for h in (p.series.header for p in planned)
+        }
+        - {""}
+    )
+    makes = f" from {len(scanners)} scanners ({', '.join(scanners)})" if len(scanners) > 1 else ""
+    return Problem(
+        where,
+        f"the session's series come from {len(studies)} DICOM studies{makes}: when they are "
+        "different people or visits, give their packets their own labels (--nameformat, "
+        "--mapping); fieldmaps correct images of their own study only",
+        "classify",
+    )
+
+
 def _session_done(
     layout: DatasetLayout,
     subject: str,
@@ -632,6 +660,8 @@ def _prepare_session(
     )
     with state.timed("classify"):
         decisions, planned = classify_session(headers, raw_root, opts)
+    if note := several_studies_note(planned, ", ".join(a.packet.name for a in assignments)):
+        problems.append(note)
     dicom_dir = layout.dicom_dir(sub, ses)
     if anon is None:
         del headers  # only each series' own header is needed from here on (memory)
