@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import dcm2niix
 import pytest
 
+from bidsport.errors import ExitCode, LockedError
 from bidsport.group import (
     DEFAULT_BIDS_VERSION,
     GroupResult,
+    SessionsInProgress,
     SummaryRow,
     format_summary,
+    in_progress_error,
     merge_description,
+    name_locked_sessions,
     run_group,
     summarize,
 )
@@ -255,6 +263,108 @@ def test_group_needs_the_dataset(tmp_path: Path) -> None:
         _group(DatasetLayout(tmp_path / "nowhere"))
 
 
+# --------------------------------------------------------------------------- running jobs
+
+#: A participant-level job at work, as the group level sees it: a process holding session
+#: locks (``fileops.file_lock``, as ``participant.process_session`` takes them) until killed.
+HOLDER = """
+import sys, time
+from contextlib import ExitStack
+from pathlib import Path
+from bidsport.fileops import file_lock
+with ExitStack() as stack:
+    for name in sys.argv[1:]:
+        stack.enter_context(file_lock(Path(name), blocking=False))
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _hold(*locks: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, *map(str, locks)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder below ``root``: (mtime in ns, size)."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            info = (Path(folder) / name).lstat()
+            found[os.path.relpath(Path(folder) / name, root)] = (info.st_mtime_ns, info.st_size)
+    return found
+
+
+def test_group_refuses_while_participant_jobs_convert(
+    tmp_path: Path, dataset: DatasetLayout
+) -> None:
+    """A job converting sub-02 ses-V1 (imported, not converted yet) and one that has not
+    written anything yet: the group level names them, exits FAILED and writes nothing;
+    once the jobs are killed (SIGKILL: no clean-up), it runs."""
+    root = tmp_path / "busy"
+    shutil.copytree(dataset.root, root, symlinks=True)
+    layout = DatasetLayout(root)
+    write_series(T1W, layout.raw_dir("02", "V1") / "PKT02", Subject(patient_id="PID02"))
+    holder = _hold(layout.lock_file("02", "V1"), layout.lock_file("03", None))
+    try:
+        before = _tree(root)
+        with pytest.raises(LockedError) as refused:
+            _group(layout)  # the validator and the report would start: they do not
+        assert _tree(root) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    assert refused.value.exit_code == ExitCode.FAILED
+    assert refused.value.message == (
+        f"participant-level jobs are still converting 2 sessions in {root}: "
+        "sub-02 ses-V1 and 1 more"
+    )
+    assert refused.value.hint is not None
+    assert "--dependency=afterok:<array job id>" in refused.value.hint
+
+    assert layout.lock_file("02", "V1").is_file()  # left by the killed job, free
+    result = _group(layout, validate=False)
+    rows = {(r.participant_id, r.session_id): r for r in result.status}
+    assert rows["02", "V1"].imported and not rows["02", "V1"].converted
+    assert layout.report_file.is_file()
+
+
+def test_the_command_line_exits_with_the_refusal(tmp_path: Path, dataset: DatasetLayout) -> None:
+    root = tmp_path / "cli"
+    shutil.copytree(dataset.root, root, symlinks=True)
+    layout = DatasetLayout(root)
+    holder = _hold(layout.lock_file("01", None))
+    logs_before = sorted(layout.logs_dir.glob("*")) if layout.logs_dir.is_dir() else []
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    try:
+        group = subprocess.run(
+            [sys.executable, "-m", "bidsport.cli.run", str(tmp_path / "inbox"), str(root), "group"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        regenerate = subprocess.run(
+            [sys.executable, "-m", "bidsport.cli.run", str(tmp_path / "inbox"), str(root),
+             "participant", "--regenerate"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        logs_after = sorted(layout.logs_dir.glob("*")) if layout.logs_dir.is_dir() else []
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    assert group.returncode == ExitCode.FAILED, group.stdout + group.stderr
+    assert group.stdout == ""
+    lines = group.stderr.splitlines()
+    assert lines[0] == (
+        f"bidsport: error: participant-level jobs are still converting 1 session in {root}: sub-01"
+    )
+    assert lines[1].startswith("  hint: wait for the participant-level jobs to finish")
+    assert logs_after == logs_before  # not even a log file
+    assert regenerate.returncode == ExitCode.FAILED and regenerate.stdout == ""
+    assert "participant-level jobs are still converting 1 session" in regenerate.stderr
+
+
 # --------------------------------------------------------------------------- pure
 
 
@@ -312,3 +422,26 @@ def test_summarize_and_format() -> None:
     missing = GroupResult((), (), (), SummaryRow("all", 0, 0, 0, 0, 0),
                           ValidationResult(ran=False), ())  # fmt: skip
     assert "not installed" in format_summary(missing)
+
+
+def test_locked_sessions_are_named_from_what_the_dataset_knows() -> None:
+    layout = DatasetLayout(Path("/ds"))
+    known = [(f"{n:02d}", "1") for n in range(1, 13)] + [("99", None)]
+    held = [layout.lock_file(sub, ses) for sub, ses in reversed(known[:12])]
+    held.append(layout.lock_file("77", "new"))  # a job that has written nothing yet
+    progress = name_locked_sessions(held, known, layout.lock_file)
+    assert progress.sessions == tuple(known[:12])
+    assert progress.unnamed == (layout.lock_file("77", "new"),)
+    assert progress.count == 13
+    message = in_progress_error(layout.root, progress).message
+    assert message == (
+        "participant-level jobs are still converting 13 sessions in /ds: "
+        + ", ".join(f"sub-{n:02d} ses-1" for n in range(1, 11))
+        + " and 3 more"
+    )
+    alone = SessionsInProgress((), (layout.lock_file("77", "new"),))
+    assert in_progress_error(layout.root, alone).message == (
+        "participant-level jobs are still converting 1 session in /ds"
+    )
+    bare = name_locked_sessions([layout.lock_file("99", None)], known, layout.lock_file)
+    assert in_progress_error(layout.root, bare).message.endswith("/ds: sub-99")

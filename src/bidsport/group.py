@@ -1,7 +1,10 @@
 """The group level: dataset-level files, status table, summary and validation.
 
-Run after the participant-level jobs (not while they run); it needs only the output
-dataset, never the DICOM inbox. It writes, through :mod:`bidsport.fileops` (atomic):
+Run after the participant-level jobs; it needs only the output dataset, never the DICOM
+inbox. While a participant-level job holds the lock of a session of the dataset, it
+refuses to start (:func:`check_no_session_in_progress`) and writes nothing: its files
+would describe a half-converted dataset. A lock of a killed job is free (``flock`` ends
+with its process). It writes, through :mod:`bidsport.fileops` (atomic):
 
 * ``dataset_description.json``: created with Name (default: the folder name),
   BIDSVersion (that of the installed validator's schema), DatasetType "raw" and
@@ -29,16 +32,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidsport import fileops
-from bidsport.errors import OutputError, UsageError
+from bidsport import fileops, uptodate
+from bidsport.errors import LockedError, OutputError, UsageError
 from bidsport.htmlreport import write_report
-from bidsport.layout import DatasetLayout
-from bidsport.status import StatusRow, regenerate_status
+from bidsport.layout import DatasetLayout, sub_ses_prefix
+from bidsport.status import StatusRow, build_status, read_records, read_status, regenerate_status
 from bidsport.validator import (
     Issue,
     ValidationResult,
@@ -56,6 +59,13 @@ README_NAMES = ("README", "README.md", "README.rst", "README.txt")
 PARTICIPANT_ID_DESCRIPTION = {"Description": "Unique participant label (sub-<label>)."}
 #: How many distinct issue codes :func:`format_summary` lists per severity.
 SHOWN_CODES = 5
+#: How many in-progress sessions the refusal to start names (the rest: "and N more").
+SHOWN_SESSIONS = 10
+IN_PROGRESS_HINT = (
+    "wait for the participant-level jobs to finish, then run the group level (SLURM: "
+    "sbatch --dependency=afterok:<array job id>, or afterany to run it after partial "
+    "failures too); a killed job does not block it"
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,70 @@ class GroupResult:
     report: Path | None = None  #: the HTML report (None with ``report=False``)
 
 
+@dataclass(frozen=True)
+class SessionsInProgress:
+    """The sessions whose lock participant-level jobs hold."""
+
+    #: (subject, session) pairs found in the dataset, sorted
+    sessions: tuple[tuple[str, str | None], ...]
+    #: held locks of sessions not found in the dataset (a job that has not written yet)
+    unnamed: tuple[Path, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.sessions) + len(self.unnamed)
+
+
 # --------------------------------------------------------------------------- pure
+
+
+def name_locked_sessions(
+    held: Iterable[Path],
+    known: Iterable[tuple[str, str | None]],
+    lock_file: Callable[[str, str | None], Path],
+) -> SessionsInProgress:
+    """Which of the ``known`` (subject, session) pairs the ``held`` lock files belong to.
+
+    ``lock_file`` is :meth:`DatasetLayout.lock_file` (its name is a hash of the labels,
+    so a lock is named by matching it with the sessions the dataset knows).
+    """
+    by_name = {lock_file(subject, session).name: (subject, session) for subject, session in known}
+    paths = sorted(set(held))
+    named = sorted(
+        {by_name[path.name] for path in paths if path.name in by_name},
+        key=lambda pair: (pair[0], pair[1] or ""),
+    )
+    return SessionsInProgress(
+        sessions=tuple(named), unnamed=tuple(p for p in paths if p.name not in by_name)
+    )
+
+
+def in_progress_error(
+    root: Path, progress: SessionsInProgress, shown: int = SHOWN_SESSIONS
+) -> LockedError:
+    """The refusal to start the group level while ``progress`` is not empty.
+
+    Names up to ``shown`` sessions (``sub-X ses-Y``), then "and N more" (sessions not
+    found in the dataset are among the N).
+
+    >>> print(in_progress_error(Path("/ds"), SessionsInProgress((("01", "a"),), ())).message)
+    participant-level jobs are still converting 1 session in /ds: sub-01 ses-a
+    """
+    names = [
+        sub_ses_prefix(subject, session).replace("_", " ")
+        for subject, session in progress.sessions[:shown]
+    ]
+    more = progress.count - len(names)
+    if names and more:
+        names[-1] += f" and {more} more"
+    count = progress.count
+    message = (
+        f"participant-level jobs are still converting {count} "
+        f"session{'' if count == 1 else 's'} in {root}"
+    )
+    if names:
+        message += ": " + ", ".join(names)
+    return LockedError(message, IN_PROGRESS_HINT)
 
 
 def summarize(rows: Sequence[StatusRow]) -> tuple[tuple[SummaryRow, ...], SummaryRow]:
@@ -219,6 +292,67 @@ def _write_participants(layout: DatasetLayout, labels: list[str], written: list[
     _write_json_if_changed(json_path, merged, written)
 
 
+def _locks_dir(layout: DatasetLayout) -> Path:
+    """The folder of the session locks (every ``layout.lock_file`` lies in it)."""
+    return layout.lock_file("x", None).parent
+
+
+def held_session_locks(layout: DatasetLayout) -> list[Path]:
+    """The session lock files of the dataset that another process holds, sorted.
+
+    Each lock is taken and released at once, never waited for (:func:`uptodate.lock_held`).
+    A lock that cannot be tested (not writable by this user, a file system without
+    ``flock``) is logged and counted as free.
+    """
+    folder = _locks_dir(layout)
+    try:
+        entries = sorted(folder.iterdir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise OutputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+    held = []
+    for path in entries:
+        if path.suffix != ".lock":
+            continue
+        try:
+            if uptodate.lock_held(str(path)):
+                held.append(path)
+        except OSError as exc:
+            log.warning(
+                "cannot tell whether a participant-level job holds %s: %s",
+                path,
+                exc.strerror or exc,
+            )
+    return held
+
+
+def _known_sessions(layout: DatasetLayout) -> set[tuple[str, str | None]]:
+    """Every session the status table would list (records, current table, folders)."""
+    try:
+        previous = read_status(layout)
+    except OutputError:
+        previous = []
+    rows = build_status(layout, read_records(layout), previous)
+    return {(row.participant_id, row.session_id) for row in rows}
+
+
+def check_no_session_in_progress(layout: DatasetLayout) -> None:
+    """Raise :class:`LockedError` when participant-level jobs hold session locks of the
+    dataset, naming the sessions; write nothing.
+
+    Only a job running now counts: a killed job's lock is free. A job that starts after
+    this check is not seen.
+    """
+    held = held_session_locks(layout)
+    if not held:
+        return
+    progress = name_locked_sessions(held, _known_sessions(layout), layout.lock_file)
+    for path in progress.unnamed:
+        log.debug("held lock of a session not yet in the dataset: %s", path)
+    raise in_progress_error(layout.root, progress)
+
+
 def run_group(
     layout: DatasetLayout,
     *,
@@ -236,12 +370,15 @@ def run_group(
     its thumbnails are made in up to ``n_procs`` processes).
 
     Idempotent: a second run with the same arguments changes no file. Raises
-    :class:`UsageError` when the dataset folder does not exist, :class:`OutputError`
-    when an existing dataset-level file cannot be read.
+    :class:`UsageError` when the dataset folder does not exist, :class:`LockedError`
+    (before writing anything) while participant-level jobs convert sessions of it
+    (:func:`check_no_session_in_progress`), :class:`OutputError` when an existing
+    dataset-level file cannot be read.
     """
     root = layout.root
     if not root.is_dir():
         raise UsageError(f"output dataset {root} does not exist", "run the participant level first")
+    check_no_session_in_progress(layout)
     written: list[Path] = []
     name = dataset_name or root.resolve().name
     command = find_validator()

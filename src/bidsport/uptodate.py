@@ -188,26 +188,36 @@ def _writable(folders: list[str]) -> bool:
     return all(os.path.isdir(f) and os.access(f, os.W_OK | os.X_OK) for f in folders)
 
 
-def _locks_free(paths: list[str]) -> bool:
-    """False when another run holds one of these session locks (``fileops.file_lock``).
+def lock_held(path: str) -> bool:
+    """True when another process holds this session lock (``fileops.file_lock``).
 
-    Opened for writing, as the full path opens them (NFS locks need it): a lock file that
-    cannot be opened so raises OSError, and the full path reports it.
+    The lock is taken and released at once (``LOCK_NB``), never waited for; a lock file
+    that does not exist is free. Opened for writing, as ``file_lock`` opens it (NFS locks
+    need it): a lock file that cannot be opened so, or a file system without ``flock``,
+    raises OSError.
     """
     import fcntl
 
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
-    return True
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _locks_free(paths: list[str]) -> bool:
+    """False when another run holds one of these session locks (:func:`lock_held`).
+
+    A lock file that cannot be opened for writing raises OSError, and the full path
+    reports it.
+    """
+    return not any(lock_held(path) for path in paths)
 
 
 # --------------------------------------------------------------------------- replay

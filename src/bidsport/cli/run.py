@@ -112,6 +112,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(subject)
         return 0
 
+    if (args.analysis_level == "group" or args.regenerate) and output_dir.is_dir():
+        # before anything is written (the log file included): not while participant-level
+        # jobs convert sessions of the dataset
+        from bidsport.group import check_no_session_in_progress
+
+        check_no_session_in_progress(layout)
+
     if args.regenerate:
         from bidsport.status import regenerate_status
 
