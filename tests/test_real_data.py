@@ -149,3 +149,21 @@ def test_the_originals_are_untouched(real_dataset):
     some = next(p for p in raw.rglob("*") if p.is_file())
     original = shared / "dcm_qa_ge" / "In" / some.relative_to(raw / "ge")
     assert original.read_bytes() == some.read_bytes()
+
+
+def test_technical_sidecar_values_are_kept_and_scrubbed_keys_are_noted(real_dataset):
+    """Without --anonymize, values the scanner's software wrote are kept verbatim though
+    they hold an identifier's token (dcm_qa_nih's institution "NIH" in the Siemens
+    sequence file name); typed values are scrubbed, and a note names the keys."""
+    _, _, out, _ = real_dataset
+    epi = json.loads((out / "sub-nih/fmap/sub-nih_dir-AP_epi.json").read_text())
+    assert epi["PulseSequenceDetails"].endswith("nih_ep2d_bold")
+    (report,) = (out / "derivatives/bidsport/logs").glob("participant_*_report.json")
+    notes = [
+        p["reason"]
+        for s in json.loads(report.read_text())["sessions"]
+        for p in s["problems"]
+        if "identifiers removed" in p["reason"]
+    ]
+    assert notes and all(n.endswith("(replaced by X)") for n in notes)
+    assert not [n for n in notes if "PulseSequenceDetails" in n or "SequenceName" in n]

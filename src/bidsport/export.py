@@ -26,7 +26,7 @@ from bidsport.convert import SeriesConversion, load_sidecar
 from bidsport.layout import DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
-from bidsport.phi import Identifiers, scrub_sidecar
+from bidsport.phi import Identifiers, ScrubbedSidecar, scrub_sidecar_changes
 from bidsport.records import (
     CORRECTED_DATATYPES,
     FIELD_SUFFIXES,
@@ -71,8 +71,9 @@ def finalize_sidecar(
     sources: Sequence[str],
     deidentify: Deidentify | None = None,
     identifiers: Identifiers | None = None,
-) -> dict[str, object]:
-    """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS.
+) -> ScrubbedSidecar:
+    """The BIDS sidecar of an output: scrubbed of identifiers, completed for BIDS (and the
+    keys whose values held identifiers, see :func:`bidsport.phi.scrub_sidecar_changes`).
 
     Always: the keys a rule sets (``cls.sidecar``) replace dcm2niix's, the identifying keys
     dcm2niix keeps are dropped and the session's ``identifiers`` scrubbed from every value.
@@ -80,11 +81,12 @@ def finalize_sidecar(
     only recorded as the UID of the anonymized copies; ``BidsportSourceDicom`` is what
     links an image to its DICOMs.
     """
-    data = scrub_sidecar(
+    scrubbed = scrub_sidecar_changes(
         {**sidecar, **cls.sidecar},
         anonymize=deidentify is not None,
         identifiers=deidentify.identifiers if deidentify else identifiers,
     )
+    data = scrubbed.data
     data.pop("BidsGuess", None)  # dcm2niix's guess: not ours, and sometimes wrong
     if cls.datatype == "func" and cls.entities.get("task"):
         data["TaskName"] = cls.entities["task"]
@@ -92,7 +94,7 @@ def finalize_sidecar(
     if deidentify is not None and uid:
         data["SeriesInstanceUID"] = deidentify.series_uid(uid)
     data["BidsportSourceDicom"] = list(sources)
-    return data
+    return scrubbed
 
 
 #: sidecar keys BIDS requires of an image (by suffix) that dcm2niix cannot always write
@@ -306,7 +308,7 @@ def export_series(
                 Problem(planned.series.series_id, f"{name}.json: {note}", "convert")
                 for note in rule_sidecar_notes(data, cls)
             ]
-            data = finalize_sidecar(
+            final = finalize_sidecar(
                 data,
                 cls=cls,
                 series=planned.series,
@@ -314,6 +316,16 @@ def export_series(
                 deidentify=deidentify,
                 identifiers=identifiers,
             )
+            data = final.data
+            if final.scrubbed_keys:
+                problems.append(
+                    Problem(
+                        planned.series.series_id,
+                        f"{name}.json: the source's identifiers removed from "
+                        f"{', '.join(final.scrubbed_keys)} (replaced by X)",
+                        "convert",
+                    )
+                )
             sidecar_dst = target_dir / f"{name}.json"
             fileops.write_json(sidecar_dst, data)
             sidecar_rel = os.path.relpath(sidecar_dst, session_dir)

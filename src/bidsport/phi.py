@@ -5,7 +5,10 @@
 dates, accession numbers, institution, station and device identifiers, addresses, staff
 names. The audit (:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text`
 removes them from free text; :func:`scrub_sidecar` removes identifying keys from BIDS
-JSON sidecars. This module needs no pydicom.
+JSON sidecars and scrubs the values a person may have typed (not the technical values the
+scanner's software wrote, :data:`SIDECAR_TECHNICAL_KEYS`), and
+:func:`scrub_sidecar_changes` also tells which keys it scrubbed. This module needs no
+pydicom.
 
 Matching rules (shared by the audit and the scrubbers, see :class:`Matcher`):
 
@@ -16,7 +19,10 @@ Matching rules (shared by the audit and the scrubbers, see :class:`Matcher`):
   only match as a token: not preceded by a letter when they start with a letter (by a digit
   when they start with a digit), and likewise after their end. "DEV" matches ``sub-DEV01``
   but not ``device``; "Doe" matches ``Doe_Jane`` but not ``Doeblin``; "Timing" does not
-  match ``SliceTiming``. Longer IDs, dates, institutions... match anywhere;
+  match ``SliceTiming``. Longer IDs, dates, institutions... match anywhere. ``_`` and
+  digits are boundaries: "Doe" in ``DOE_T1``, "NIH" in ``NIH_rest`` and in
+  ``nih_ep2d_bold`` (technicians type tokens joined by ``_``; the text cannot tell who
+  wrote it, the sidecar key can: see :data:`SIDECAR_TECHNICAL_KEYS`);
 * names are also searched as their components (family, given, ... of at least 3
   characters), with ``^`` replaced by a space, in "given family" order and joined by ``_``
   or nothing; birth dates in the usual spellings (``19800101``, ``1980-01-01``,
@@ -473,7 +479,9 @@ SIDECAR_ANONYMIZE_KEYS: frozenset[str] = frozenset(
         "PatientComments",
     }
 )
-#: free-text keys scrubbed of the identifiers when ``identifiers`` are given
+#: free-text keys (typed or chosen by staff) scrubbed of the identifiers when
+#: ``identifiers`` are given. Every key that is in neither this list nor
+#: :data:`SIDECAR_TECHNICAL_KEYS` is scrubbed too: the list documents, it does not select.
 SIDECAR_TEXT_KEYS: frozenset[str] = frozenset(
     {
         "SeriesDescription",
@@ -483,7 +491,81 @@ SIDECAR_TEXT_KEYS: frozenset[str] = frozenset(
         "ImageComments",
         "DerivationDescription",
         "BodyPartExamined",
+        "BodyPart",  # (0018,0015) as newer dcm2niix names it; typed on some consoles
         "ReceiveCoilName",
+        "WipMemBlock",  # Siemens WIP parameter card: free text of the protocol
+        "ConversionComments",  # dcm2niix -c: typed by whoever converts
+        "TracerName",  # PET: typed at the injection
+    }
+)
+#: keys whose values the scanner's (or the converter's) software writes, never a person:
+#: defined terms, sequence and software names, coil elements, phase-encoding axes...
+#: :func:`scrub_sidecar` keeps them verbatim, whatever they hold (but with ``--anonymize``,
+#: whose PHI audit searches every byte of the output). A patient's name or ID in
+#: them can only be a coincidence (a phantom named after its sequence, "epiRT"), and a
+#: site's sequence named after the site ("%CustomerSeq%\\nih_ep2d_bold") is no patient's
+#: identifier; scrubbing them would change what the acquisition was. Left out on purpose:
+#: dates and times (an anonymizer may set the birth date to the study date), BidsGuess (made
+#: from the protocol name), coil names (sites name their coils), PET tracer and
+#: reconstruction names, and every key whose origin is unsure (FmriExternalInfo,
+#: DeepLearningDetails, ...): those stay scrubbed.
+SIDECAR_TECHNICAL_KEYS: frozenset[str] = frozenset(
+    {
+        # the scanner and its software
+        "Modality",
+        "Manufacturer",
+        "ManufacturersModelName",
+        "SoftwareVersions",
+        "ConsistencyInfo",  # Siemens software baseline, "N4_VE11C_LATEST_20160120"
+        # the sequence: names given by its programmer, DICOM defined terms
+        "SequenceName",
+        "PulseSequenceName",
+        "InternalPulseSequenceName",
+        "PulseSequenceDetails",  # Siemens sequence file, "%CustomerSeq%\\nih_ep2d_bold"
+        "PulseSequenceType",
+        "ScanningSequence",
+        "SequenceVariant",
+        "ScanOptions",
+        "MRAcquisitionType",
+        "MRSpectroscopyAcquisitionType",
+        "ImageType",
+        "ImageTypeText",
+        "ArterialSpinLabelingType",
+        "PASLType",
+        "M0Type",
+        "DiffusionScheme",
+        "DiffGradientCyclingGE",
+        "ResonantNucleus",
+        # acquisition state, geometry and hardware, as recorded by the scanner
+        "PatientPosition",  # "HFS": a defined term, not a characteristic of the patient
+        "ImageOrientationText",
+        "PhaseEncodingDirection",
+        "PhaseEncodingAxis",
+        "InPlanePhaseEncodingDirectionDICOM",
+        "PhaseEncodingDirectionDisplayed",
+        "PhaseEncodingPolarityGE",
+        "PartialFourierDirection",
+        "PartialFourierEnabled",
+        "ParallelAcquisitionTechnique",
+        "MatrixCoilMode",
+        "CoilCombinationMethod",
+        "CoilString",  # coil IDs read from the hardware ("HEA;HEP")
+        "ReceiveCoilActiveElements",
+        "PrescanReuseString",
+        "NonlinearGradientCorrection",
+        "MTState",
+        "SpoilingState",
+        "SpoilingType",
+        # units and defined terms (PET, fieldmaps)
+        "Units",
+        "InjectedRadioactivityUnits",
+        "MolarActivityUnits",
+        "DecayCorrection",
+        "RandomsCorrectionMethod",
+        "ConvolutionKernel",
+        # the converter
+        "ConversionSoftware",
+        "ConversionSoftwareVersion",
     }
 )
 _DATE_KEY = re.compile(r"Date(Time)?$")
@@ -498,36 +580,81 @@ def is_anonymized_sidecar_key(key: str) -> bool:
     return key in SIDECAR_ANONYMIZE_KEYS or bool(_DATE_KEY.search(key))
 
 
-def scrub_sidecar(
+@dataclass(frozen=True)
+class ScrubbedSidecar:
+    """A sidecar scrubbed by :func:`scrub_sidecar_changes`, and where identifiers were."""
+
+    data: dict[str, Any]  #: the sidecar without identifying keys, its values scrubbed
+    #: top-level keys (sorted) whose values held an identifier, replaced by ``X``: safe to
+    #: log and to note (names of keys only, never the values, which are PHI)
+    scrubbed_keys: tuple[str, ...] = ()
+
+
+def scrub_sidecar_changes(
     d: Mapping[str, Any], *, anonymize: bool = False, identifiers: Identifiers | None = None
-) -> dict[str, Any]:
-    """A copy of sidecar ``d`` without identifying keys.
+) -> ScrubbedSidecar:
+    """A copy of sidecar ``d`` without identifying keys, and the keys scrubbed.
 
     Always drops :data:`SIDECAR_PHI_KEYS`; with ``anonymize`` also every ``...Date`` /
     ``...DateTime`` key (``AcquisitionDateTime``, ``StudyDate``...; ``AcquisitionTime`` as a
     time of day stays) and :data:`SIDECAR_ANONYMIZE_KEYS`. With ``identifiers``, every
-    string value left (nested too) is scrubbed with :func:`scrub_text`.
+    string left (nested in lists and objects too) is scrubbed with :func:`scrub_text`,
+    except, without ``anonymize``, the values of :data:`SIDECAR_TECHNICAL_KEYS`, kept
+    verbatim (with it, every value is scrubbed: the PHI audit of an anonymized dataset
+    finds nothing, and a technical value mangled is the lesser harm); the keys whose value
+    the scrub changed are reported.
+
+    >>> ids = Identifiers(names=frozenset({"Doe^Jane"}))
+    >>> result = scrub_sidecar_changes(
+    ...     {"SeriesDescription": "t1 Doe", "SequenceName": "doe_tfl"}, identifiers=ids
+    ... )
+    >>> result.data, result.scrubbed_keys
+    ({'SeriesDescription': 't1 X', 'SequenceName': 'doe_tfl'}, ('SeriesDescription',))
     """
-    out: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
     for key, value in d.items():
         if key in SIDECAR_PHI_KEYS:
             continue
         if anonymize and is_anonymized_sidecar_key(key):
             continue
-        out[key] = value
-    if identifiers is not None and not identifiers.is_empty():
-        matcher = matcher_for(identifiers)
-        scrubbed = _scrub_json(out, matcher)
-        assert isinstance(scrubbed, dict)
-        out = scrubbed
-    return out
+        kept[key] = value
+    if identifiers is None or identifiers.is_empty():
+        return ScrubbedSidecar(kept)
+    matcher = matcher_for(identifiers)
+    out: dict[str, Any] = {}
+    scrubbed: list[str] = []
+    for key, value in kept.items():
+        if key in SIDECAR_TECHNICAL_KEYS and not anonymize:
+            out[key] = value
+            continue
+        out[key], changed = _scrub_json(value, matcher)
+        if changed:
+            scrubbed.append(key)
+    return ScrubbedSidecar(out, tuple(sorted(scrubbed)))
 
 
-def _scrub_json(value: Any, matcher: Matcher) -> Any:
+def scrub_sidecar(
+    d: Mapping[str, Any], *, anonymize: bool = False, identifiers: Identifiers | None = None
+) -> dict[str, Any]:
+    """:func:`scrub_sidecar_changes` without the report: the scrubbed copy of ``d``."""
+    return scrub_sidecar_changes(d, anonymize=anonymize, identifiers=identifiers).data
+
+
+def _scrub_json(value: Any, matcher: Matcher) -> tuple[Any, bool]:
+    """``value`` with its strings scrubbed (lists and objects at any depth), and whether
+    any string changed."""
     if isinstance(value, str):
-        return matcher.scrub(value)
-    if isinstance(value, list):
-        return [_scrub_json(v, matcher) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub_json(v, matcher) for k, v in value.items()}
-    return value
+        scrubbed = matcher.scrub(value)
+        return scrubbed, scrubbed != value
+    if isinstance(value, (list, tuple)):
+        pairs = [_scrub_json(v, matcher) for v in value]
+        items = [v for v, _ in pairs]
+        return (tuple(items) if isinstance(value, tuple) else items), any(c for _, c in pairs)
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        changed = False
+        for k, v in value.items():
+            out[k], item_changed = _scrub_json(v, matcher)
+            changed = changed or item_changed
+        return out, changed
+    return value, False
