@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,25 @@ def test_json_of_a_name_that_is_not_utf8_reads_back_as_the_same_string(tmp_path:
     raw = (tmp_path / "a.json").read_bytes()
     assert b"\\udcfc" in raw and "Müller".encode() in raw  # valid UTF-8, readable
     assert json.loads(raw.decode("utf-8")) == data
+
+
+def test_files_written_atomically_get_the_mode_of_new_files(tmp_path):
+    """A dataset shared by a lab must stay readable by its members: files written through
+    a temporary name (tables, index caches, copies, outputs moved from another file
+    system) get 0666 less the umask, as ``open`` gives, not ``mkstemp``'s 0600; a copy
+    keeps its source's mode."""
+    old = os.umask(0o027)
+    try:
+        fileops.write_json(tmp_path / "a.json", {"a": 1})  # write_bytes: 0644 by design
+        with fileops.atomic_path(tmp_path / "b.tsv") as tmp:
+            tmp.write_text("x\n")
+        src = tmp_path / "src.dcm"
+        src.write_bytes(b"x")
+        os.chmod(src, 0o640)
+        fileops.copy_file(src, tmp_path / "copy.dcm")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.tsv").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "copy.dcm").stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.tsv", "copy.dcm", "src.dcm"]

@@ -12,8 +12,8 @@ import errno
 import functools
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,32 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+def _new_temp(folder: Path, name: str) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` in ``folder``, as ``open`` creates files:
+    mode 0666 less the umask (``tempfile.mkstemp`` makes 0600, and a dataset shared by a
+    lab must stay readable by its members). The name is new (``O_EXCL``)."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(folder))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
+
+    The temporary file exists (empty), with the mode a new file gets (0666 less the
+    umask); a caller writing secrets makes it 0600 before writing.
+    """
     ensure_dir(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    try:
+        tmp = _new_temp(path.parent, path.name)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
     try:
         yield tmp
         os.replace(tmp, path)
@@ -191,6 +210,7 @@ def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (content and mode, not ownership)."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)
 
 
 def hardlink_or_copy(src: Path | str, dst: Path | str, *, replace: bool = True) -> str:
