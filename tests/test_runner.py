@@ -86,3 +86,44 @@ def test_leaving_the_block_without_waiting_stops_the_command() -> None:
     with pytest.raises(RuntimeError, match="the caller failed"), start_command(sleeper) as running:
         raise RuntimeError("the caller failed")
     assert _gone(running.pid)
+
+
+OWNER = """
+import os, signal, sys
+from bidsport.runner import process_pool
+
+def init(path):
+    open(path, "w").write("initialized")
+
+pool = process_pool(2, initializer=init, initargs=(sys.argv[1],))
+pids = {pool.submit(os.getpid).result() for _ in range(8)}
+print(" ".join(map(str, sorted(pids))), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would: no clean-up at all
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_workers_end_when_their_owner_is_killed(tmp_path: Path) -> None:
+    """A pool's workers wait for tasks forever once their owner is SIGKILLed alone (they
+    hold the other end of their task pipe): each checks that its parent still runs and
+    ends when it does not. The pool's own initializer still runs."""
+    import subprocess
+
+    marker = tmp_path / "init"
+    owner = subprocess.run(
+        [sys.executable, "-c", OWNER, str(marker)], capture_output=True, text=True, timeout=30
+    )
+    assert owner.returncode == -9, owner.stderr
+    workers = [int(pid) for pid in owner.stdout.split()]
+    assert workers and marker.read_text() == "initialized"
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)

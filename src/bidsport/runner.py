@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,12 +142,47 @@ class RunningCommand:
             self.stop()
 
 
-def process_pool(n_procs: int, **options: Any) -> ProcessPoolExecutor:
+#: seconds between two checks of a worker process that its parent still runs
+PARENT_CHECK_SECONDS = 1.0
+
+
+def process_pool(
+    n_procs: int,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    **options: Any,
+) -> ProcessPoolExecutor:
     """A pool of ``n_procs`` worker processes started by :func:`process_pool_context`'s
-    method (``options``: more arguments of ``ProcessPoolExecutor``)."""
+    method (``initializer``, ``initargs`` and ``options``: as for ``ProcessPoolExecutor``).
+
+    Each worker ends when its parent is gone: a worker waits for tasks on a pipe whose
+    other end it holds itself, so a main process killed alone (``kill -9``, the OOM
+    killer) would leave it waiting forever.
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=n_procs, mp_context=process_pool_context(), **options)
+    return ProcessPoolExecutor(
+        max_workers=n_procs,
+        mp_context=process_pool_context(),
+        initializer=_start_worker,
+        initargs=(initializer, initargs),
+        **options,
+    )
+
+
+def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    """Worker start: watch the parent (:func:`process_pool`), then the pool's initializer."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)  # orphaned: the pool's owner is gone, nobody will send a task
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def process_pool_context() -> Any:
