@@ -908,50 +908,51 @@ def _validation_note(validation: dict[str, Any] | None) -> str:
     return f"validator: {n} errors" + (f" ({codes})" if n else "")
 
 
-def steady(run: Sequence[Measure], floor: float) -> bool:
-    """Whether every probe of ``run`` (one repetition of a tool) is within
+def steady(m: Measure, floor: float) -> bool:
+    """Whether both probes of ``m`` (before and after the tool) are within
     :data:`PROBE_SPREAD_WARN` of ``floor``, the fastest probe of the benchmark so far: the
-    host was in its usual state before and after each command, not slowed by other work."""
-    probes = [p for m in run for p in m.probe if p > 0]
-    return floor <= 0 or all(p <= floor * (1 + PROBE_SPREAD_WARN) for p in probes)
+    host was in its usual state, not slowed by other work."""
+    return floor <= 0 or all(p <= floor * (1 + PROBE_SPREAD_WARN) for p in m.probe if p > 0)
 
 
 def best_of(runs: list[list[Measure]], floor: float = 0.0) -> list[Measure]:
     """Per tool, the repetition with the shortest wall time, with every wall time seen.
 
-    The repetitions that are :func:`steady` against ``floor`` come first: the others are
-    kept only when no repetition was steady. ``extra`` says how many were not steady, and
-    whether the one kept was."""
-    kept = [run for run in runs if steady(run, floor)]
-    unsteady = len(runs) - len(kept)
-    kept = kept or runs
-    best: dict[str, Measure] = {}
-    walls: dict[str, list[float]] = {}
+    A tool's :func:`steady` measures come first: the others are kept only when none of
+    its measures was steady. ``extra`` says how many were not steady, and whether the one
+    kept was.
+    """
+    by_tool: dict[str, list[Measure]] = {}
     for run in runs:
         for m in run:
-            walls.setdefault(m.tool, []).append(round(m.wall, 3))
-    for run in kept:
-        for m in run:
-            if m.tool not in best or m.wall < best[m.tool].wall:
-                best[m.tool] = m
-    for tool, m in best.items():
-        if len(walls[tool]) > 1:
-            m.extra["walls"] = walls[tool]
-        if unsteady:
-            m.extra["unsteady_runs"] = unsteady
-            m.extra["steady"] = unsteady < len(runs)
-    return list(best.values())
+            by_tool.setdefault(m.tool, []).append(m)
+    best = []
+    for measures in by_tool.values():
+        calm = [m for m in measures if steady(m, floor)]
+        m = min(calm or measures, key=lambda m: m.wall)
+        if len(measures) > 1:
+            m.extra["walls"] = [round(x.wall, 3) for x in measures]
+        if len(calm) < len(measures):
+            m.extra["unsteady_runs"] = len(measures) - len(calm)
+            m.extra["steady"] = bool(calm)
+        best.append(m)
+    return best
 
 
 def repeat_runs(
     one_run: Callable[[int], list[Measure]], repeat: int, retries: int, floor: float
 ) -> tuple[list[list[Measure]], float]:
-    """``repeat`` runs of a tool (``one_run(attempt)``), and up to ``retries`` more while
-    none of them was :func:`steady`; the runs and the fastest probe seen (the new floor)."""
+    """``repeat`` runs of a tool (``one_run(attempt)``: its measures), and up to
+    ``retries`` more while one of its measures (bidsport's participant level, group
+    level...) was :func:`steady` in none of them; the runs and the fastest probe seen
+    (the new floor)."""
     runs: list[list[Measure]] = []
-    while len(runs) < repeat or (
-        len(runs) < repeat + retries and not any(steady(run, floor) for run in runs)
-    ):
+
+    def settled() -> bool:
+        tools = {m.tool for run in runs for m in run}
+        return all(any(steady(m, floor) for run in runs for m in run if m.tool == t) for t in tools)
+
+    while len(runs) < repeat or (len(runs) < repeat + retries and not settled()):
         if len(runs) >= repeat:
             print("   the CPU probe moved during every run so far: one more", flush=True)
         runs.append(one_run(len(runs)))
