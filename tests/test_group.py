@@ -108,6 +108,10 @@ def test_group_writes_a_valid_dataset(dataset: DatasetLayout, validator: list[st
         ],
     }  # fmt: skip
     assert description["GeneratedBy"][0]["CodeURL"].startswith("https://")
+    derivative = json.loads((dataset.derivatives_dir / "dataset_description.json").read_text())
+    assert derivative["DatasetType"] == "derivative"
+    assert derivative["BIDSVersion"] == description["BIDSVersion"]
+    assert derivative["GeneratedBy"] == description["GeneratedBy"][:1]
     assert dataset.participants_file.read_text(encoding="utf-8") == "participant_id\nsub-01\n"
     sidecar = json.loads((dataset.root / "participants.json").read_text(encoding="utf-8"))
     assert list(sidecar) == ["participant_id"] and sidecar["participant_id"]["Description"]

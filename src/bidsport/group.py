@@ -6,6 +6,8 @@ refuses to start (:func:`check_no_session_in_progress`) and writes nothing: its 
 would describe a half-converted dataset. A lock of a killed job is free (``flock`` ends
 with its process). It writes, through :mod:`bidsport.fileops` (atomic):
 
+* ``derivatives/bidsport/dataset_description.json`` (DatasetType "derivative", as BIDS
+  requires of the folder of logs, reports and thumbnails);
 * ``dataset_description.json``: created with Name (default: the folder name),
   BIDSVersion (that of the installed validator's schema), DatasetType "raw" and
   GeneratedBy; when it exists, every key is kept and only the bidsport and dcm2niix
@@ -216,6 +218,33 @@ def merge_description(
     return description
 
 
+def derivative_description(
+    existing: dict[str, Any] | None, *, bids_version: str, bidsport_version: str
+) -> dict[str, Any]:
+    """The dataset_description.json of ``derivatives/bidsport`` (the logs, run reports,
+    HTML report and thumbnails), which BIDS requires of a derivative dataset: existing
+    keys are kept, bidsport's GeneratedBy entry comes first.
+
+    >>> derivative_description(None, bids_version="1.10.0", bidsport_version="1")["DatasetType"]
+    'derivative'
+    """
+    description: dict[str, Any] = dict(existing or {})
+    description.setdefault("Name", "bidsport curation records")
+    description.setdefault("BIDSVersion", bids_version)
+    description["DatasetType"] = "derivative"
+    old_entries = description.get("GeneratedBy")
+    others = [
+        e
+        for e in (old_entries if isinstance(old_entries, list) else [])
+        if isinstance(e, dict) and e.get("Name") != "bidsport"
+    ]
+    description["GeneratedBy"] = [
+        {"Name": "bidsport", "Version": bidsport_version, "CodeURL": CODE_URL},
+        *others,
+    ]
+    return description
+
+
 def readme_text(name: str) -> str:
     """The README written when the dataset has none."""
     return (
@@ -391,6 +420,16 @@ def run_group(
         dcm2niix_version=dcm2niix_version,
     )
     _write_json_if_changed(layout.dataset_description_file, description, written)
+    derivative_file = layout.derivatives_dir / "dataset_description.json"
+    _write_json_if_changed(
+        derivative_file,
+        derivative_description(
+            _read_json(derivative_file),
+            bids_version=str(description.get("BIDSVersion") or DEFAULT_BIDS_VERSION),
+            bidsport_version=bidsport_version,
+        ),
+        written,
+    )
 
     labels = _participant_folders(layout)
     _write_participants(layout, labels, written)

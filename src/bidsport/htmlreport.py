@@ -203,6 +203,15 @@ code{font-size:.9em}
 """
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1.
+
+    >>> _count(1, "session"), _count(2, "session")
+    ('1 session', '2 sessions')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -371,7 +380,8 @@ def build_html(
         "</head>",
         "<body>",
         f"<h1>{_e(title)}</h1>",
-        f"<p>{n_subjects} participants, {len(sessions)} sessions: {states.count('ok')} "
+        f"<p>{_count(n_subjects, 'participant')}, {_count(len(sessions), 'session')}: "
+        f"{states.count('ok')} "
         f"converted, {states.count('failed')} failed, {states.count('partial')} in progress, "
         f"{states.count('expected')} expected; {n_review} series flagged for review. "
         f"Report by {_e(generator)}.</p>",
