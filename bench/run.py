@@ -918,9 +918,10 @@ def steady(m: Measure, floor: float) -> bool:
 def best_of(runs: list[list[Measure]], floor: float = 0.0) -> list[Measure]:
     """Per tool, the repetition with the shortest wall time, with every wall time seen.
 
-    A tool's :func:`steady` measures come first: the others are kept only when none of
-    its measures was steady. ``extra`` says how many were not steady, and whether the one
-    kept was.
+    Measures that were not :func:`steady` are not left out: a host slowed by other work
+    makes a tool slower, never faster, so the shortest time is the best estimate either
+    way. ``extra`` says how many were not steady, and whether any was (see
+    :func:`repeat_runs`, which runs a tool again until one is).
     """
     by_tool: dict[str, list[Measure]] = {}
     for run in runs:
@@ -929,7 +930,7 @@ def best_of(runs: list[list[Measure]], floor: float = 0.0) -> list[Measure]:
     best = []
     for measures in by_tool.values():
         calm = [m for m in measures if steady(m, floor)]
-        m = min(calm or measures, key=lambda m: m.wall)
+        m = min(measures, key=lambda m: m.wall)
         if len(measures) > 1:
             m.extra["walls"] = [round(x.wall, 3) for x in measures]
         if len(calm) < len(measures):
@@ -1194,7 +1195,7 @@ def case_table(case: dict[str, Any]) -> list[str]:
             )
         if unsteady := m["extra"].get("unsteady_runs"):
             note += (
-                f" ({unsteady} left out: probe moved)"
+                f" ({unsteady} with the probe {PROBE_SPREAD_WARN:.0%}+ above the fastest)"
                 if m["extra"].get("steady")
                 else f" (probe {PROBE_SPREAD_WARN:.0%}+ above the fastest in every run)"
             )
