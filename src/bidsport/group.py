@@ -201,21 +201,32 @@ def merge_description(
     description.setdefault("Name", name)
     description.setdefault("BIDSVersion", bids_version)
     description.setdefault("DatasetType", "raw")
-    old_entries = description.get("GeneratedBy")
-    others = (
-        [e for e in old_entries if isinstance(e, dict)] if isinstance(old_entries, list) else []
-    )
+    others = _generators(description)
     old_dcm2niix = next((e for e in others if e.get("Name") == "dcm2niix"), {})
     dcm2niix: dict[str, Any] = {"Name": "dcm2niix"}
     version = dcm2niix_version or old_dcm2niix.get("Version")
     if version:
         dcm2niix["Version"] = version
-    description["GeneratedBy"] = [
-        {"Name": "bidsport", "Version": bidsport_version, "CodeURL": CODE_URL},
-        dcm2niix,
-        *(e for e in others if e.get("Name") not in ("bidsport", "dcm2niix")),
-    ]
+    description["GeneratedBy"] = _generated_by(
+        [_bidsport_generator(bidsport_version), dcm2niix], others
+    )
     return description
+
+
+def _generators(description: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a description's GeneratedBy (what is not an object is dropped)."""
+    entries = description.get("GeneratedBy")
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _bidsport_generator(version: str) -> dict[str, Any]:
+    return {"Name": "bidsport", "Version": version, "CodeURL": CODE_URL}
+
+
+def _generated_by(ours: list[dict[str, Any]], others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GeneratedBy: ``ours`` first, then the ``others`` of other names, in their order."""
+    names = {e["Name"] for e in ours}
+    return [*ours, *(e for e in others if e.get("Name") not in names)]
 
 
 def derivative_description(
@@ -232,16 +243,9 @@ def derivative_description(
     description.setdefault("Name", "bidsport curation records")
     description.setdefault("BIDSVersion", bids_version)
     description["DatasetType"] = "derivative"
-    old_entries = description.get("GeneratedBy")
-    others = [
-        e
-        for e in (old_entries if isinstance(old_entries, list) else [])
-        if isinstance(e, dict) and e.get("Name") != "bidsport"
-    ]
-    description["GeneratedBy"] = [
-        {"Name": "bidsport", "Version": bidsport_version, "CodeURL": CODE_URL},
-        *others,
-    ]
+    description["GeneratedBy"] = _generated_by(
+        [_bidsport_generator(bidsport_version)], _generators(description)
+    )
     return description
 
 
@@ -321,11 +325,6 @@ def _write_participants(layout: DatasetLayout, labels: list[str], written: list[
     _write_json_if_changed(json_path, merged, written)
 
 
-def _locks_dir(layout: DatasetLayout) -> Path:
-    """The folder of the session locks (every ``layout.lock_file`` lies in it)."""
-    return layout.lock_file("x", None).parent
-
-
 def held_session_locks(layout: DatasetLayout) -> list[Path]:
     """The session lock files of the dataset that another process holds, sorted.
 
@@ -333,7 +332,7 @@ def held_session_locks(layout: DatasetLayout) -> list[Path]:
     A lock that cannot be tested (not writable by this user, a file system without
     ``flock``) is logged and counted as free.
     """
-    folder = _locks_dir(layout)
+    folder = layout.locks_dir
     try:
         entries = sorted(folder.iterdir())
     except FileNotFoundError:

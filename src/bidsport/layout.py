@@ -119,11 +119,16 @@ class DatasetLayout:
     def status_row_file(self, subject: str, session: str | None) -> Path:
         return self.status_rows_dir / f"{sub_ses_prefix(subject, session)}.json"
 
+    @property
+    def locks_dir(self) -> Path:
+        """The folder of the sessions' locks (:meth:`lock_file`)."""
+        return self.sourcedata_dir / "bidsport" / "locks"
+
     def lock_file(self, subject: str, session: str | None) -> Path:
         """The session's lock: named by a hash, so that a label refused for carrying a
         patient's identity (with --anonymize) is never written into the dataset."""
         digest = hashlib.sha256(sub_ses_prefix(subject, session).encode()).hexdigest()[:20]
-        return self.sourcedata_dir / "bidsport" / "locks" / f"{digest}.lock"
+        return self.locks_dir / f"{digest}.lock"
 
     def session_dir(self, subject: str, session: str | None) -> Path:
         """The BIDS folder of a subject/session (``sub-<s>[/ses-<t>]``)."""
