@@ -957,13 +957,13 @@ def repeat_runs(
         if len(runs) >= repeat:
             print("   the CPU probe moved during every run so far: one more", flush=True)
         runs.append(one_run(len(runs)))
-        floor = fastest_probe(runs[-1:], floor)
+        floor = fastest_probe(runs[-1], floor)
     return runs, floor
 
 
-def fastest_probe(runs: Sequence[Sequence[Measure]], floor: float) -> float:
-    """The fastest probe among ``floor`` (0: none yet) and those of ``runs``."""
-    probes = [p for run in runs for m in run for p in m.probe if p > 0]
+def fastest_probe(run: Sequence[Measure], floor: float) -> float:
+    """The fastest probe among ``floor`` (0: none yet) and those of ``run``'s measures."""
+    probes = [p for m in run for p in m.probe if p > 0]
     probes += [floor] if floor > 0 else []
     return min(probes, default=0.0)
 
