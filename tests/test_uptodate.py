@@ -186,9 +186,21 @@ def _dead_scratch_folder(inbox: Path, out: Path) -> None:
     (DatasetLayout(out).work_dir / f"{os.uname().nodename}-999999999-x").mkdir(parents=True)
 
 
-def _table_edited(inbox: Path, out: Path) -> None:
+def _own_row_edited(inbox: Path, out: Path) -> None:
+    # as --regenerate may leave it: the table says S01 is not converted, its record says it is
     table = DatasetLayout(out).status_file
-    table.write_text(table.read_text(encoding="utf-8"), encoding="utf-8")
+    lines = table.read_text(encoding="utf-8").splitlines()
+    lines = [
+        line.replace("\ttrue\tn/a", "\tfalse\tn/a") if "sub-S01\t" in line else line
+        for line in lines
+    ]
+    table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _own_row_removed(inbox: Path, out: Path) -> None:
+    table = DatasetLayout(out).status_file
+    lines = table.read_text(encoding="utf-8").splitlines()
+    table.write_text("\n".join(x for x in lines if "sub-S02\t" not in x) + "\n", encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -198,7 +210,8 @@ def _table_edited(inbox: Path, out: Path) -> None:
         (_record_removed, {"sub-S01": "1 images", "sub-S02": "already done (skipped)"}),
         (_entry_touched, {"sub-S01": "already done (skipped)"}),
         (_dead_scratch_folder, {"sub-S01": "already done (skipped)"}),
-        (_table_edited, {"sub-S01": "already done (skipped)"}),
+        (_own_row_edited, {"sub-S01": "already done (skipped)"}),
+        (_own_row_removed, {"sub-S02": "already done (skipped)"}),
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else None,
 )
@@ -219,6 +232,53 @@ def test_any_change_takes_the_full_path(
     code, stdout, _ = run(args)
     assert code == 0 and shortcuts(out) == 1
     assert "1 images" not in stdout
+
+
+def test_the_tasks_of_an_array_rerun_by_the_shortcut(tmp_path: Path) -> None:
+    """One job per participant (a SLURM array): each task's run changes the status table
+    that the earlier tasks stamped. Their rows are unchanged, so each re-run is short; a
+    task whose own row changed, or a table the full path would refuse, is not."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_packets(inbox, "S01", "S02", "S03")
+    tasks = [
+        [str(inbox), str(out), "participant", "--n-procs", "1", "--participant-label", label]
+        for label in ("S01", "S02", "S03")
+    ]
+    for args in tasks:
+        code, stdout, stderr = run(args)
+        assert code == 0 and "1 images" in stdout, stdout + stderr
+    layout = DatasetLayout(out)
+    table = layout.status_file.read_bytes()
+    assert len(stamps(out)) == 3 and table.count(b"\ttrue\ttrue\ttrue\t") == 3
+    for n, args in enumerate(tasks, start=1):
+        code, stdout, _ = run(args)
+        assert code == 0 and "already done (skipped)" in stdout
+        assert shortcuts(out) == n
+    assert layout.status_file.read_bytes() == table
+
+    # another session's row, changed as the group level's merge may change it: still short
+    text = table.decode("utf-8")
+    other = text.replace("\tS03\ttrue\t", "\tS03;S03b\ttrue\t")
+    assert other != text
+    layout.status_file.write_text(other, encoding="utf-8")
+    assert run(tasks[0])[0] == 0 and shortcuts(out) == 4
+
+    # the task's own row changed: the full path puts its record back into the table
+    layout.status_file.write_text(
+        other.replace("\tS01\ttrue\ttrue\ttrue\t", "\tS01\ttrue\ttrue\tfalse\t"),
+        encoding="utf-8",
+    )
+    assert run(tasks[0])[0] == 0 and shortcuts(out) == 4
+    assert layout.status_file.read_text(encoding="utf-8") == other
+
+    # another row the full path would refuse: it warns, and writes no stamp
+    bad = other.replace("\tS02\ttrue\ttrue\ttrue\t", "\tS02\ttrue\tmaybe\ttrue\t")
+    assert bad != other
+    layout.status_file.write_text(bad, encoding="utf-8")
+    code, stdout, stderr = run(tasks[0])
+    assert code == 0 and shortcuts(out) == 4
+    assert "organized is 'maybe', not true/false" in stdout + stderr
+    assert run(tasks[0])[0] == 0 and shortcuts(out) == 4
 
 
 def test_a_file_named_on_the_command_line_is_watched(tmp_path: Path) -> None:

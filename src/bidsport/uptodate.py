@@ -7,8 +7,11 @@ folder. It holds:
 - what the run read before it started, each as a ``stat`` signature: the inbox's entries,
   every file named on the command line (``--rules``, ``--mapping``, ``--manifest``...),
   bidsport's own code; and the user's ids, which decide what is readable;
-- what a re-run reads of the output, as signatures too: each session's status record and
-  the status table; and the scratch folder that a killed run would leave behind;
+- what a re-run reads of the output: each session's status record, as a signature, and
+  the sessions' rows of the status table, as text (other runs, e.g. the other tasks of a
+  SLURM array, write their own rows to the same table: a change there is not a change
+  for this run, see :func:`table_holds`); and the scratch folder that a killed run would
+  leave behind;
 - what that re-run prints, reports and exits with. Every session is "already done
   (skipped)", rendered by the code of the full path
   (:func:`bidsport.cli.levels.write_shortcut`).
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
 
     Stamp = dict[str, Any]
 
-FORMAT = 2
+FORMAT = 3
 STAMP_DIR = ("sourcedata", "bidsport", "uptodate")
 #: where a participant run without --anonymize logs (``DatasetLayout.logs_dir``)
 LOGS_DIR = ("derivatives", "bidsport", "logs")
@@ -183,6 +186,97 @@ def observe_outputs(paths: list[str]) -> dict[str, list[list[int] | None] | None
     return {path: signature(path) for path in paths}
 
 
+def _label(cell: str, prefix: str) -> str:
+    """A status table cell as the label in ``StatusRow.key`` ("" for none)."""
+    cell = cell.strip()
+    return "" if cell in ("", "n/a") else cell.removeprefix(prefix)
+
+
+#: the cells of a status table's flag columns that ``status.read_status`` accepts
+_FLAGS = ("imported", "organized", "converted")
+_FLAG_VALUES = frozenset({"true", "1", "yes", "false", "0", "no", "n/a", ""})
+
+
+def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | None:
+    """The lines of a status table's text by session (``StatusRow.key``), the header
+    first; None when ``status.read_status`` would refuse the table: a missing column, a
+    line whose number of cells is not the header's, a flag that is not true or false, a
+    label that is not letters and digits (then the full path warns, and decides).
+    """
+    header = lines[0].split("\t") if lines else []
+    if not all(name in header for name in ("participant_id", "session_id", *_FLAGS)):
+        return None
+    subject, session = header.index("participant_id"), header.index("session_id")
+    flags = [header.index(name) for name in _FLAGS]
+    found: dict[tuple[str, str], list[str]] = {}
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(header) or any(
+            cells[i].strip().lower() not in _FLAG_VALUES for i in flags
+        ):
+            return None
+        key = (_label(cells[subject], "sub-"), _label(cells[session], "ses-"))
+        if not (key[0].isascii() and key[0].isalnum()) or not (
+            key[1] == "" or (key[1].isascii() and key[1].isalnum())
+        ):
+            return None
+        found.setdefault(key, []).append(line)
+    return found
+
+
+def _read_lines(path: str) -> list[str] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def table_rows(path: str, sessions: list[tuple[str, str]]) -> dict[str, object] | None:
+    """What a stamp keeps of the status table at ``path``: its signature, its header line
+    and the line of each of ``sessions`` (``StatusRow.key``s); None when the table is
+    unreadable, changes while it is read, or does not hold each session exactly once.
+    """
+    before = signature(path)
+    lines = _read_lines(path)
+    if lines is None or signature(path) != before:
+        return None
+    found = _rows_by_session(lines)
+    if found is None or any(len(found.get(key, ())) != 1 for key in sessions):
+        return None
+    return {
+        "path": path,
+        "signature": before,
+        "header": lines[0],
+        "rows": [found[key][0] for key in sessions],
+    }
+
+
+def table_holds(stamped: dict[str, object]) -> bool:
+    """True when the status table still holds the stamped rows (:func:`table_rows`).
+
+    Unchanged (the same signature), or changed by other runs only: the same header, a
+    well-formed line per row, and the stamped line, once, for each stamped session. Then
+    the full path would find each session's row equal to its record and not write the
+    table. Lines are compared as text, so a row written by other code, even equal once
+    read, makes this False (and the full path decides).
+    """
+    path = str(stamped["path"])
+    if signature(path) == stamped["signature"]:
+        return True
+    lines = _read_lines(path)
+    if not lines or lines[0] != stamped["header"]:
+        return False
+    found = _rows_by_session(lines)
+    rows = stamped["rows"]
+    if found is None or not isinstance(rows, list):
+        return False
+    wanted = _rows_by_session([lines[0], *rows]) or {}
+    return all(found.get(key) == mine for key, mine in wanted.items())
+
+
 def _writable(folders: list[str]) -> bool:
     """True when each folder exists and can be written (the full path writes there)."""
     return all(os.path.isdir(f) and os.access(f, os.W_OK | os.X_OK) for f in folders)
@@ -310,6 +404,7 @@ def _fresh(stamp: Stamp, argv: list[str], cwd: str) -> bool:
         and _writable(stamp["writable"])
         and observe_inputs(argv, stamp["inbox"]) == stamp["inputs"]
         and observe_outputs(list(stamp["outputs"])) == stamp["outputs"]
+        and table_holds(stamp["table"])
         and not any(os.path.lexists(path) for path in stamp["absent"])
         and _locks_free(stamp["locks"])
     )
@@ -352,8 +447,8 @@ def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
             __name__,
             f"nothing new since the run that ended {stamp['finished']}: the inbox's "
             f"{len(stamp['inputs']['entries'])} entries, the files named on the command "
-            f"line and the {len(stamp['outputs'])} status files are as it left them "
-            f"({stamp['path']})",
+            f"line and the {len(stamp['outputs'])} session records are as it left them, "
+            f"and the status table holds their rows ({stamp['path']})",
         ),
     ]
     lines += [_log_line(started, __name__, message) for message in stamp["log"]]

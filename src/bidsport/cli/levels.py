@@ -179,16 +179,18 @@ def write_shortcut(
 
     where = (shortcut["output_dir"], shortcut["cwd"], shortcut["argv"])
     sessions = [(r.subject, r.session) for r in run.results]
-    outputs = [str(layout.status_file)]
-    outputs += [str(layout.status_row_file(sub, ses)) for sub, ses in sessions]
+    outputs = [str(layout.status_row_file(sub, ses)) for sub, ses in sessions]
     seen = uptodate.observe_outputs(outputs)
+    table = uptodate.table_rows(str(layout.status_file), [(s, ses or "") for s, ses in sessions])
     if (
         shortcut["log_dir"] is None
         or run.problems
         or not run.results
         or any(r.error for r in run.results)
+        or table is None
         or not rerun_skips_all(layout, run)
         or uptodate.observe_outputs(outputs) != seen  # changed while we looked
+        or not uptodate.table_holds(table)
     ):
         uptodate.remove_stamp(*where)
         return
@@ -198,6 +200,7 @@ def write_shortcut(
         "inbox": shortcut["inbox"],
         "inputs": shortcut["inputs"],
         "outputs": seen,
+        "table": table,
         # a killed run's scratch folder (the full path removes it); where scratch goes
         "absent": [str(layout.work_dir)] if opts.work_dir is None else [],
         "writable": [str(opts.work_dir or layout.work_dir.parent)],
