@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -348,9 +349,13 @@ def test_a_stamp_planted_elsewhere_or_by_someone_else_is_not_trusted(
     planted.chmod(0o644)
     write_packets(inbox, "S03")
     code, stdout, _ = run(args)
-    assert code == 0 and "sub-S03: 1 images" in stdout
+    assert "sub-S03: 1 images" in stdout
+    # the planted folder is a packet of the inbox, with nothing to convert
+    assert code == 3 and "sub-sourcedata: FAILED: no DICOM image series" in stdout
     assert not elsewhere.exists()
     assert shortcuts(out) == 0
+    shutil.rmtree(inbox / "sourcedata")
+    assert run(args)[0] == 0 and shortcuts(out) == 0  # stamped again
 
     # the genuine stamp, made writable by others, or owned by another user: not trusted
     (stamp_file,) = stamps(out)

@@ -82,8 +82,10 @@ def assign_runs(
 
     Series that share datatype, suffix and entities are numbered ``1..n`` by acquisition
     date and time (then series number). ``existing`` holds the labels given in an earlier
-    run (series id → run label): they are kept as they are, so re-running or adding data
-    never renames what exists; new series take the next free numbers.
+    run (series id → run label) to series named as they are now: they are kept as they
+    are, so re-running or adding data never renames what exists; new series take the next
+    free numbers. Of earlier labels that would now clash (two series given one name), the
+    earliest series keeps its label and the others are numbered as new.
 
     >>> c = [RunCandidate("b", "anat", "T1w", {}, ("20240101", "100000", 5)),
     ...      RunCandidate("a", "anat", "T1w", {}, ("20240101", "090000", 9))]
@@ -93,6 +95,8 @@ def assign_runs(
     {'b': ''}
     >>> assign_runs(c, {"b": ""})
     {'b': '', 'a': '2'}
+    >>> assign_runs(c, {"a": "", "b": ""})
+    {'a': '', 'b': '2'}
     """
     existing = existing or {}
     groups: dict[tuple[object, ...], list[RunCandidate]] = defaultdict(list)
@@ -101,8 +105,12 @@ def assign_runs(
     runs: dict[str, str] = {}
     for members in groups.values():
         members = sorted(members, key=lambda c: (c.order_key, c.series_id))
-        kept = {c.series_id: existing[c.series_id] for c in members if c.series_id in existing}
-        new = [c for c in members if c.series_id not in existing]
+        kept: dict[str, str] = {}
+        for c in members:
+            label = existing.get(c.series_id)
+            if label is not None and label not in kept.values():
+                kept[c.series_id] = label
+        new = [c for c in members if c.series_id not in kept]
         runs.update(kept)
         if not kept:
             if len(new) == 1:

@@ -16,10 +16,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from bidsport import fileops, uptodate
@@ -27,6 +27,7 @@ from bidsport.errors import (
     AnonymizationError,
     BidsportError,
     ConversionError,
+    DicomReadError,
     LockedError,
     OutputError,
 )
@@ -150,15 +151,113 @@ def _filtered_out(cls: Classification, opts: RunOptions) -> str | None:
     return None
 
 
-def _existing_runs(series_table: Path) -> dict[str, str]:
-    """Run labels given to series by an earlier run (kept so nothing gets renamed)."""
+@dataclass(frozen=True)
+class EarlierName:
+    """How an earlier run named a series it converted (its row of the series table)."""
+
+    datatype: str
+    suffix: str
+    entities: Mapping[str, str]  #: without "run", in the order they were set
+    run: str  #: "" when the name has no run entity
+    outputs: tuple[str, ...]  #: its images, relative to the session folder
+
+    @property
+    def group_key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        """As :attr:`bidsport.naming.RunCandidate.group_key`."""
+        return (self.datatype, self.suffix, tuple(sorted(self.entities.items())))
+
+
+def _cell(row: Mapping[str, str], column: str) -> str:
+    value = row.get(column, "")
+    return "" if value == "n/a" else value
+
+
+def earlier_names(series_table: Path) -> dict[str, EarlierName]:
+    """The names an earlier run gave the series it converted, by public series id (kept
+    so that nothing gets renamed, and to find its outputs this run does not write)."""
     if not series_table.is_file():
         return {}
-    runs = {}
+    names = {}
     for row in fileops.read_tsv(series_table):
-        if row.get("outputs", "n/a") != "n/a":
-            runs[row["series_id"]] = "" if row.get("run") == "n/a" else row.get("run", "")
-    return runs
+        outputs = tuple(o for o in _cell(row, "outputs").split(";") if o)
+        if not outputs or not row.get("series_id"):
+            continue
+        entities = {}
+        for part in _cell(row, "entities").split(";"):
+            key, _, value = part.partition("-")
+            if key and value:
+                entities[key] = value
+        names[row["series_id"]] = EarlierName(
+            _cell(row, "datatype"), _cell(row, "suffix"), entities, _cell(row, "run"), outputs
+        )
+    return names
+
+
+def keep_earlier_name(p: PlannedSeries, earlier: EarlierName | None) -> PlannedSeries:
+    """``p`` named as an earlier run named it (``--overwrite skip``: a session redone for
+    a new packet renames nothing it converted before), with the reason in its evidence.
+    """
+    cls = p.cls
+    if earlier is None or p.skip is not None:
+        return p
+    if (cls.datatype, cls.suffix, dict(cls.entities)) == (
+        earlier.datatype,
+        earlier.suffix,
+        dict(earlier.entities),
+    ):
+        return p
+
+    def name(datatype: str | None, suffix: str | None, entities: Mapping[str, str]) -> str:
+        return f"{datatype}/" + "_".join([*(f"{k}-{v}" for k, v in entities.items()), f"{suffix}"])
+
+    reason = (
+        f"named {name(earlier.datatype, earlier.suffix, earlier.entities)} as an earlier run "
+        f"named it, not {name(cls.datatype, cls.suffix, cls.entities)}: with --overwrite "
+        "skip a re-run renames nothing (--overwrite overwrite or clean names it anew)"
+    )
+    kept = dataclasses.replace(
+        cls,
+        datatype=earlier.datatype,
+        suffix=earlier.suffix,
+        entities=dict(earlier.entities),
+        evidence=(*cls.evidence, reason),
+    )
+    return dataclasses.replace(p, cls=kept)
+
+
+def _kept_runs(
+    candidates: Sequence[RunCandidate], earlier: Mapping[str, EarlierName]
+) -> dict[str, str]:
+    """The run labels of an earlier run to keep: those of series named as they were."""
+    return {
+        c.series_id: earlier[c.series_id].run
+        for c in candidates
+        if c.series_id in earlier and earlier[c.series_id].group_key == c.group_key
+    }
+
+
+_COMPANIONS = (".json", ".bval", ".bvec")
+
+
+def remove_outputs(session_dir: Path, root: Path, relpaths: Iterable[str]) -> list[str]:
+    """Remove these images of a session (files, or folders of DICOM copies) with their
+    sidecars (``.json``, ``.bval``, ``.bvec``); the ones removed, relative."""
+    removed = []
+    for rel in relpaths:
+        path = PurePosixPath(rel)
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            continue
+        image = session_dir / path
+        stem = next(
+            (image.name[: -len(x)] for x in (".nii.gz", ".nii") if image.name.endswith(x)), None
+        )
+        targets = [image] + ([image.with_name(stem + x) for x in _COMPANIONS] if stem else [])
+        found = [t for t in targets if t.is_symlink() or t.exists()]
+        for target in found:
+            fileops.remove_tree(target, root)
+        if found:
+            removed.append(rel)
+    return removed
 
 
 @contextlib.contextmanager
@@ -651,6 +750,7 @@ def _prepare_session(
 
     # ---- scan, decide, organize
     say(f"{label}: reading headers")
+    n_before_scan = len(problems)
     headers = _scan(
         raw_root,
         opts,
@@ -683,7 +783,41 @@ def _prepare_session(
             )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
+    if not planned:
+        raise DicomReadError(
+            state.scrub(
+                no_images_message(
+                    [a.packet.name for a in assignments],
+                    [d.reason or "in no series" for d in decisions]
+                    + [p.reason for p in problems[n_before_scan:] if p.stage == "organize"],
+                )
+            ),
+            f"each file's reason is in {layout.files_table(sub, ses)}; a packet sent again "
+            "complete is converted by the next run",
+        )
     return _Prepared(raw_root, dicom_dir, decisions, planned, flat)
+
+
+def no_images_message(packets: Sequence[str], reasons: Sequence[str]) -> str:
+    """Why a session has nothing to convert: its packets hold no usable image (``reasons``:
+    why each file read was not used).
+
+    >>> no_images_message(["A"], ["not DICOM", "truncated", "not DICOM"])
+    'no DICOM image series in packet A: 3 files, none usable (not DICOM: 2; truncated: 1)'
+    >>> no_images_message(["A", "B"], [])
+    'no DICOM image series in packets A, B: no files'
+    """
+    where = f"packet{'s' if len(packets) > 1 else ''} {', '.join(packets)}"
+    if not reasons:
+        return f"no DICOM image series in {where}: no files"
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])
+    shown = "; ".join(f"{reason}: {n}" for reason, n in top[:3])
+    more = f"; {len(top) - 3} other reasons" if len(top) > 3 else ""
+    files = f"{len(reasons)} file{'s' if len(reasons) > 1 else ''}"
+    return f"no DICOM image series in {where}: {files}, none usable ({shown}{more})"
 
 
 def _convert_session(
@@ -718,9 +852,12 @@ def _convert_session(
     def sid(p: PlannedSeries) -> str:
         return state.scrub(p.series.series_id)
 
+    earlier = earlier_names(layout.series_table(sub, ses))
+    if opts.overwrite == "skip":  # redone for a new packet: what was converted keeps its name
+        planned = [keep_earlier_name(p, earlier.get(sid(p))) for p in planned]
     to_convert = [p for p in planned if p.skip is None]
     candidates = [run_candidate(p, sid(p)) for p in to_convert]
-    runs = assign_runs(candidates, _existing_runs(layout.series_table(sub, ses)))
+    runs = assign_runs(candidates, _kept_runs(candidates, earlier))
 
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
@@ -806,6 +943,9 @@ def _convert_session(
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
     with state.timed("finalize"):
+        problems += _remove_earlier_outputs(
+            session_dir, layout.root, earlier, outputs_by_series, failures
+        )
         links = link_fieldmaps(exported, sub, ses)
         problems += links.notes
         for sidecar_rel, targets in links.intended_for.items():
@@ -821,6 +961,49 @@ def _convert_session(
         )
     state.images += [img for _, img in exported]
     state.stages["converted"] = not failures and bool(exported or not to_convert)
+
+
+def _remove_earlier_outputs(
+    session_dir: Path,
+    root: Path,
+    earlier: Mapping[str, EarlierName],
+    written: Mapping[str, list[str]],
+    failures: Mapping[str, str],
+) -> list[Problem]:
+    """Remove the images an earlier run wrote that this run did not write again (a series
+    named anew, or no longer converted), so no stale image stays beside the new ones; a
+    note for each. When a series failed, nothing is removed (the session is redone later).
+    """
+    now = {rel for rels in written.values() for rel in rels}
+    stale = {
+        series_id: [rel for rel in name.outputs if rel not in now]
+        for series_id, name in earlier.items()
+    }
+    if failures:
+        return [
+            Problem(
+                series_id,
+                f"{rel}, written by an earlier run, is kept until the session "
+                "converts without failure",
+                "convert",
+            )
+            for series_id, rels in stale.items()
+            for rel in rels
+        ]
+    notes = []
+    for series_id, rels in stale.items():
+        for rel in remove_outputs(session_dir, root, rels):
+            new = written.get(series_id)
+            now_named = f"now written as {', '.join(new)}" if new else "not converted by this run"
+            notes.append(
+                Problem(
+                    series_id,
+                    f"removed {rel} (with its sidecars), written by an earlier "
+                    f"run: the series is {now_named}",
+                    "convert",
+                )
+            )
+    return notes
 
 
 def _write_files_table(

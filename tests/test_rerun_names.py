@@ -1,0 +1,126 @@
+"""Names across re-runs: a session redone keeps the names of what it converted before,
+leaves no stale image behind, never writes two series to one file, and a packet with
+nothing to convert fails instead of counting as converted.
+
+Real DICOM files (bidsport.synthetic) converted by the real dcm2niix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from bidsport.cli.run import main
+from bidsport.fileops import read_tsv
+from bidsport.layout import DatasetLayout
+from bidsport.status import read_status_record
+from bidsport.synthetic import SeriesSpec, Study, Subject, write_series
+
+MPRAGE = {
+    "scanning_sequence": ("GR", "IR"),
+    "sequence_variant": ("SK", "SP", "MP"),
+    "sequence_name": "*tfl3d1_16ns",
+    "repetition_time": 2300.0,
+    "echo_time": 2.98,
+    "inversion_time": 900.0,
+}
+SPIN_ECHO_T1 = {
+    "scanning_sequence": ("SE",),
+    "sequence_variant": ("SP",),
+    "sequence_name": "*se2d1",
+    "mr_acquisition_type": "2D",
+    "repetition_time": 500.0,
+    "echo_time": 12.0,
+}
+
+
+def series(folder: Path, description: str, number: int, time: str, **kw: object) -> None:
+    spec = SeriesSpec(description, number, acquisition_time=f"{time}.000000", **kw)  # type: ignore[arg-type]
+    write_series(spec, folder / f"s{number}", Subject(), Study(key="rerun"))
+
+
+def run(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main([*args, "--n-procs", "1"])
+    return code, out.getvalue()
+
+
+def images(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.nii.gz"))
+
+
+def test_a_packet_added_to_a_session_renames_nothing(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    assert run(str(inbox), str(out), "participant", "--mapping", str(mapping))[0] == 0
+    anat = out / "sub-01" / "ses-1" / "anat"
+    assert images(anat) == ["sub-01_ses-1_T1w.nii.gz"]
+
+    # a second T1w protocol arrives: alone, the session would name both with acq- labels
+    series(inbox / "pB", "t1_se_tra", 20, "094000", **SPIN_ECHO_T1)
+    code, text = run(str(inbox), str(out), "participant", "--mapping", str(mapping))
+    assert code == 0, text
+    assert images(anat) == ["sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_acq-t1setra_T1w.nii.gz"]
+    assert sorted(p.name for p in anat.iterdir()) == sorted(
+        name.replace(".nii.gz", ext) for name in images(anat) for ext in (".nii.gz", ".json")
+    )
+    scans = read_tsv(out / "sub-01" / "ses-1" / "sub-01_ses-1_scans.tsv")
+    assert [r["filename"] for r in scans] == [f"anat/{name}" for name in images(anat)]
+    rows = {r["series_number"]: r for r in read_tsv(DatasetLayout(out).series_table("01", "1"))}
+    assert "as an earlier run named it" in rows["2"]["evidence"]
+    assert "acq-t1mpragesag" in rows["2"]["evidence"]  # what this run alone would have named it
+
+
+def test_overwrite_after_a_rules_change_writes_each_series_once(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "P04", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    series(inbox / "P04", "t1_mprage_sag", 3, "090600", **MPRAGE)
+    rules = tmp_path / "split.toml"
+    rules.write_text(
+        "".join(
+            f'[[rules]]\nname = "r{n}"\n[rules.match]\nseries_number = {n}\n'
+            f'[rules.set]\nentities = {{ acq = "{acq}" }}\n'
+            for n, acq in ((2, "a"), (3, "b"))
+        ),
+        encoding="utf-8",
+    )
+    assert run(str(inbox), str(out), "participant", "--rules", str(rules))[0] == 0
+    anat = out / "sub-P04" / "anat"
+    assert images(anat) == ["sub-P04_acq-a_T1w.nii.gz", "sub-P04_acq-b_T1w.nii.gz"]
+
+    code, text = run(str(inbox), str(out), "participant", "--overwrite", "overwrite")
+    assert code == 0, text
+    assert images(anat) == ["sub-P04_run-1_T1w.nii.gz", "sub-P04_run-2_T1w.nii.gz"]
+    assert not list(anat.glob("*acq-*"))  # the earlier names' images and sidecars are gone
+    assert "removed anat/sub-P04_acq-a_T1w.nii.gz" in text
+    scans = read_tsv(out / "sub-P04" / "sub-P04_scans.tsv")
+    assert [r["filename"] for r in scans] == [f"anat/{name}" for name in images(anat)]
+
+    # and back: the same run labels are no longer kept for names that changed again
+    assert run(str(inbox), str(out), "participant", "--rules", str(rules), "--overwrite",
+               "overwrite")[0] == 0  # fmt: skip
+    assert images(anat) == ["sub-P04_acq-a_T1w.nii.gz", "sub-P04_acq-b_T1w.nii.gz"]
+
+
+def test_a_packet_with_nothing_to_convert_fails_and_is_not_archived(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    (inbox / "EMPTY").mkdir(parents=True)
+    (inbox / "EMPTY" / "notes.txt").write_text("scanner notes\n", encoding="utf-8")
+    (inbox / "EMPTY" / "cut.dcm").write_bytes(b"\0" * 128 + b"DICM\x02\x00")
+    series(inbox / "GOOD", "t1_mprage_sag", 2, "090100", **MPRAGE)
+
+    code, text = run(str(inbox), str(out), "participant", "--archive", "delete")
+    assert code == 3, text  # some sessions failed
+    assert "sub-EMPTY: no DICOM image series in packet EMPTY: 2 files, none usable" in text
+    record = read_status_record(DatasetLayout(out), "EMPTY", None)
+    assert record is not None and not record.converted and record.last_error
+    assert (inbox / "EMPTY" / "notes.txt").is_file() and (inbox / "EMPTY" / "cut.dcm").is_file()
+    assert not (inbox / "GOOD").exists()  # the converted packet was archived (deleted)
+
+    # a default re-run tries the failed session again, and still says why
+    code, text = run(str(inbox), str(out), "participant")
+    assert code == 4 and "no DICOM image series in packet EMPTY" in text
