@@ -529,3 +529,22 @@ def test_notes_follow_the_series_order_not_the_conversion_order(tmp_path):
         "sub-PH03_dir-PA_epi.json",
         "sub-PH03_dir-AP_epi.json,",  # the pair corrects no image
     ]
+
+
+def test_the_exit_code_says_nothing_was_done_only_when_no_image_was_written() -> None:
+    from bidsport.cli.levels import participant_exit_code
+    from bidsport.errors import ExitCode
+    from bidsport.participant import ParticipantRun
+    from bidsport.records import ConvertedImage, SessionResult
+
+    image = ConvertedImage("1.2", "func/sub-01_task-rest_run-2_bold.nii.gz", None)
+    partly = SessionResult("01", None, True, True, False, images=(image,), error="1 series failed")
+    failed = SessionResult("02", None, True, False, False, error="no DICOM image series")
+    done = SessionResult("03", None, True, True, True, images=(image,))
+
+    def code(*results: SessionResult) -> ExitCode:
+        return participant_exit_code(ParticipantRun(results, (), len(results)))
+
+    assert code(partly) == code(partly, failed) == code(done, failed) == ExitCode.PARTIAL
+    assert code(failed) == ExitCode.FAILED
+    assert code(done) == ExitCode.SUCCESS

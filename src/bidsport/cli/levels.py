@@ -42,15 +42,16 @@ def _progress(quiet: bool) -> Iterator[Callable[[str], None] | None]:
 
 
 def participant_exit_code(run: ParticipantRun) -> ExitCode:
-    """0 all done; 3 some packets/sessions/series failed; 4 nothing could be done;
-    1 a session failed on a bug (the others were still processed)."""
+    """0 all done; 3 some packets/sessions/series failed; 4 nothing could be done (every
+    session failed, and none wrote an image); 1 a session failed on a bug (the others were
+    still processed)."""
     if any(r.internal for r in run.results):
         return ExitCode.INTERNAL
     failed = sum(1 for r in run.results if r.error)
     import_failures = [p for p in run.problems if p.fatal]
     if not run.results:
         return ExitCode.FAILED
-    if failed == len(run.results):
+    if failed == len(run.results) and not any(r.images for r in run.results):
         return ExitCode.FAILED
     if failed or import_failures:
         return ExitCode.PARTIAL
