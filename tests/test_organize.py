@@ -195,3 +195,38 @@ def test_a_new_folder_costs_one_system_call_per_link(tmp_path, monkeypatch):
     assert made == [
         (os.path.relpath(d.source, flat), os.path.join(flat, d.flat_name)) for d in decisions
     ]
+
+
+def test_a_rule_that_names_a_derived_series_keeps_it(tmp_path: Path) -> None:
+    """Derived images are excluded unless --keep-derived; a user rule that names such a
+    series (datatype and suffix) keeps that series, and says so in its evidence."""
+    import contextlib
+    import io
+
+    from bidsport.cli.run import main
+    from bidsport.fileops import read_tsv
+    from bidsport.layout import DatasetLayout
+
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    derived = ("DERIVED", "PRIMARY", "M", "UNI", "ND")
+    for number, description in ((3, "mp2rage_UNI_Images"), (4, "other_map")):
+        spec = SeriesSpec(description, number, image_type=derived, sequence_name="*tfl3d1_16")
+        write_series(spec, inbox / "P" / f"s{number}")
+    rules = tmp_path / "uni.toml"
+    rules.write_text(
+        '[[rules]]\nname = "uni"\n[rules.match]\nseries_description = "mp2rage_UNI"\n'
+        '[rules.set]\ndatatype = "anat"\nsuffix = "UNIT1"\n',
+        encoding="utf-8",
+    )
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(inbox), str(out), "participant", "--rules", str(rules)]) == 0
+    assert sorted(p.name for p in (out / "sub-P" / "anat").glob("*.nii.gz")) == [
+        "sub-P_UNIT1.nii.gz"
+    ]
+    rows = {r["series_number"]: r for r in read_tsv(DatasetLayout(out).series_table("P", None))}
+    assert "kept although derived: rule 'uni' names it" in rows["3"]["evidence"]
+    assert rows["4"]["outputs"] == "n/a"
+    assert rows["4"]["excluded"].startswith("derived image (ImageType DERIVED\\PRIMARY")
+    assert rows["4"]["excluded"].endswith(
+        "--keep-derived, or a rule that names the series, keeps it"
+    )

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,18 +90,21 @@ def decide_files(
     *,
     keep_derived: bool = False,
     skip_checks: bool = False,
+    keep_derived_series: Collection[str] = (),
 ) -> list[FileDecision]:
     """Which readable DICOM files are used (pure: no I/O).
 
     Headers are decided in the order given (the scan's order of relative paths). A file
     whose SOPInstanceUID was already used is excluded, naming the file kept: a copy sent
     twice, or a different image under the same UID (a re-sent, re-processed or broken
-    export), which the reason says when the headers differ.
+    export), which the reason says when the headers differ. Derived images of the series
+    in ``keep_derived_series`` (SeriesInstanceUIDs) are kept as with ``keep_derived``.
     """
     decisions = []
     seen: dict[str, FileHeader] = {}
     for h in headers:
-        reason = None if skip_checks else file_exclusion(h, keep_derived=keep_derived)
+        keep = keep_derived or (h.series_uid is not None and h.series_uid in keep_derived_series)
+        reason = None if skip_checks else file_exclusion(h, keep_derived=keep)
         if reason is None and h.sop_instance_uid and h.sop_instance_uid in seen:
             first = seen[h.sop_instance_uid]
             reason = f"duplicate SOPInstanceUID of {relative_target(first.path, raw_root)}"

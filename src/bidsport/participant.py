@@ -342,6 +342,8 @@ def classify_session(
 
     Series made of excluded files (derived images, ...) are classified too, so the series
     table says what they were; they carry the file exclusion as the reason they are skipped.
+    A derived series that a user rule names (datatype and suffix) is kept: the rule says
+    the user wants it, as ``--keep-derived`` would for every derived series.
     """
     from bidsport.index import group_series
     from bidsport.organize import decide_files
@@ -351,16 +353,48 @@ def classify_session(
     )
     excluded = {d.source: d.reason for d in decisions if d.reason}
     image_headers = [h for h in headers if h.has_pixel_data and h.series_uid]
+    classified = _classify_all(group_series(image_headers), opts)
+    named = {
+        uid
+        for p in classified
+        if (uid := p.series.header.series_uid) is not None
+        and p.cls.rule
+        and p.cls.datatype
+        and p.cls.suffix
+        and p.skip is None
+        and all((excluded.get(f) or "").startswith(_DERIVED_REASONS) for f in p.series.files)
+    }
+    if named:
+        decisions = decide_files(
+            headers,
+            raw_root,
+            keep_derived=opts.keep_derived,
+            skip_checks=opts.skip_dicom_check,
+            keep_derived_series=named,
+        )
+        excluded = {d.source: d.reason for d in decisions if d.reason}
     planned = []
-    for p in _classify_all(group_series(image_headers), opts):
+    for p in classified:
         kept = tuple(f for f in p.series.files if f not in excluded)
         if not kept:
             reasons = sorted({excluded[f] or "" for f in p.series.files})
-            p = dataclasses.replace(p, skip=p.skip or reasons[0])
+            reason = reasons[0]
+            if reason.startswith(_DERIVED_REASONS):
+                reason += "; --keep-derived, or a rule that names the series, keeps it"
+            p = dataclasses.replace(p, skip=p.skip or reason)
         elif len(kept) < p.series.n_files:
             p = dataclasses.replace(p, series=dataclasses.replace(p.series, files=kept))
+        if kept and p.series.header.series_uid in named:
+            why = f"kept although derived: rule {p.cls.rule!r} names it"
+            p = dataclasses.replace(
+                p, cls=dataclasses.replace(p.cls, evidence=(*p.cls.evidence, why))
+            )
         planned.append(p)
     return decisions, planned
+
+
+#: the file exclusions (:func:`bidsport.index.file_exclusion`) that ``--keep-derived`` lifts
+_DERIVED_REASONS = ("derived image", "secondary capture")
 
 
 def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Problem | None:
