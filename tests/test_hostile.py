@@ -28,8 +28,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -635,6 +638,81 @@ def test_archive_move_only_takes_packets_that_were_converted(tmp_path: Path) -> 
     moved = out / "sourcedata/packets/GOOD_V1"
     assert len(list(moved.iterdir())) == 3
     assert (out / "sub-GOOD/ses-V1/anat/sub-GOOD_ses-V1_T1w.nii.gz").is_file()
+
+
+def test_clashing_packet_names_fail_and_special_files_are_not_archived(tmp_path: Path) -> None:
+    """X_V1/ and X_V1.zip would be imported into one folder, one replacing the other: both
+    fail before anything is imported, and --archive move leaves them in the inbox. A FIFO
+    in another packet is skipped by the import and by the archive copy (it hung it)."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_series(SMALL_T1, inbox / "X_V1" / "S2", Subject(patient_id="IDX"), Study("x"))
+    staged = write_series(SMALL_T1, tmp_path / "staging", Subject(patient_id="IDX"), Study("x2"))
+    with zipfile.ZipFile(inbox / "X_V1.zip", "w") as zf:
+        for path in staged:
+            zf.write(path, f"S3/{path.name}")
+    write_series(SMALL_T1, inbox / "F_V1", Subject(patient_id="IDF"), Study("f"))
+    os.mkfifo(inbox / "F_V1" / "pipe")
+    clashing = {name: snapshot(inbox / name) for name in ("X_V1", "X_V1.zip")}
+    code, stdout, stderr = run(
+        [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "--archive", "move"]
+    )
+    assert code == 3, stderr
+    said = stdout + stderr
+    assert (
+        "inbox entry 'X_V1' has the same packet name 'X_V1' as inbox entry(ies) 'X_V1.zip'" in said
+    )
+    assert (
+        "inbox entry 'X_V1.zip' has the same packet name 'X_V1' as inbox entry(ies) 'X_V1'" in said
+    )
+    assert sorted(os.listdir(inbox)) == ["X_V1", "X_V1.zip"]
+    assert {name: snapshot(inbox / name) for name in clashing} == clashing
+    assert not (out / "sub-X").exists() and not (out / "sourcedata/raw/sub-X").exists()
+    assert (out / "sub-F/ses-V1/anat/sub-F_ses-V1_T1w.nii.gz").is_file()
+    moved = out / "sourcedata/packets/F_V1"
+    assert sorted(os.listdir(moved)) == sorted(p.name for p in staged)  # all but the FIFO
+    assert "F_V1" in said and "pipe not archived" in said
+    rows = {r["participant_id"]: r for r in read_tsv(out / "sourcedata/status.tsv")}
+    assert rows["sub-F"]["converted"] == "true" and rows["sub-F"]["last_error"] == "n/a"
+
+
+def test_an_unreadable_series_folder_fails_its_session_and_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    """A series folder of mode 000 (run where permissions hold: as root, without the
+    capabilities that override them): the session fails naming the folder, and
+    --archive delete deletes the other packet only (it used to half-delete this one)."""
+    cmd = [sys.executable, "-c", "import sys; from bidsport.cli.run import main; sys.exit(main())"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        cmd = [setpriv, "--inh-caps=-all", "--bounding-set=-all", *cmd]
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_series(SMALL_T1, inbox / "A_V1" / "S2", Subject(patient_id="IDA"), Study("a"))
+    write_series(SMALL_T1, inbox / "A_V1" / "S3", Subject(patient_id="IDA"), Study("a"))
+    write_series(SMALL_T1, inbox / "B_V1", Subject(patient_id="IDB"), Study("b"))
+    (inbox / "A_V1" / "S3").chmod(0)
+    before = snapshot(inbox / "A_V1")
+    args = [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "--archive", "delete"]
+    try:
+        done = subprocess.run(
+            [*cmd, *args, "-w", str(tmp_path / "work")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        (inbox / "A_V1" / "S3").chmod(0o755)
+    assert done.returncode == 3, done.stderr
+    assert "cannot read folder 'S3' of packet A_V1: Permission denied" in done.stderr
+    (inbox / "A_V1" / "S3").chmod(0)
+    assert snapshot(inbox / "A_V1") == before  # not deleted, not even in part
+    (inbox / "A_V1" / "S3").chmod(0o755)
+    assert sorted(os.listdir(inbox)) == ["A_V1"]  # B_V1 converted, then deleted
+    rows = {r["participant_id"]: r for r in read_tsv(out / "sourcedata/status.tsv")}
+    assert "cannot read folder 'S3' of packet A_V1" in rows["sub-A"]["last_error"]
+    assert rows["sub-B"]["last_error"] == "n/a"
 
 
 def run(args: list[str]) -> tuple[int, str, str]:

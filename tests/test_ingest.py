@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import shutil
+import stat
+import subprocess
+import sys
 import tarfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -83,6 +89,23 @@ def write_tar(path: Path, members: dict[str, bytes], mode: str) -> Path:
 
 def packet(path: Path, name: str, kind: str) -> Packet:
     return Packet(path=path, name=name, kind=kind)
+
+
+def run_without_dac_override(code: str) -> object:
+    """Run ``code`` (Python printing one JSON value last) where permissions hold.
+
+    As root, through ``setpriv`` without the capabilities that override file permissions
+    (root can otherwise read and remove anything); skipped when that is not possible.
+    """
+    cmd = [sys.executable, "-c", textwrap.dedent(code)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        cmd = [setpriv, "--inh-caps=-all", "--bounding-set=-all", *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- discover
@@ -232,7 +255,7 @@ def test_assign_collisions_after_cleaning() -> None:
 
 
 def test_assign_same_target_and_session_collisions() -> None:
-    mapping = {
+    mapping: dict[str, tuple[str, str | None]] = {
         "a": ("S1", "1"),
         "b": ("sub-S1", "ses-1"),  # same labels as a: same target
         "c": ("S2", "V_1"),
@@ -253,6 +276,54 @@ def test_assign_mixed_sessions_fail_that_subject_only() -> None:
     assert [a.packet.name for a in assignments] == ["c", "d"]
     assert {p.where for p in problems} == {"a", "b"}
     assert all("with and without a session" in p.reason for p in problems)
+
+
+def test_same_packet_name_is_a_collision_even_when_sessions_merge(
+    tmp_path: Path, series: dict[str, bytes]
+) -> None:
+    """A folder and an archive, or two entries --pattern names alike, would be imported
+    into the same folder (one replacing the other): both fail, the others go on."""
+    inbox = tmp_path / "inbox"
+    for folder in ("X_V1/t1", "Y_V1/t1", "monday_S01/a", "tuesday_S01/b"):
+        (inbox / folder).mkdir(parents=True)
+        for name, data in series.items():
+            (inbox / folder / name).write_bytes(data)
+    write_zip(inbox / "X_V1.zip", {f"t2/{n}": d for n, d in series.items()})
+    packets, _ = discover_packets(inbox)
+    fmt = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
+    chosen = [p for p in packets if p.name in ("X_V1", "Y_V1")]
+    assignments, problems = assign_packets(chosen, fmt, merge_sessions=True)
+    assert [a.packet.path.name for a in assignments] == ["Y_V1"]
+    assert [(p.where, p.fatal) for p in problems] == [("X_V1", True), ("X_V1", True)]
+    assert "inbox entry 'X_V1' has the same packet name 'X_V1' as inbox entry(ies) " in (
+        problems[0].reason
+    )
+    for problem, other in zip(problems, ("'X_V1.zip'", "'X_V1'"), strict=True):
+        assert other in problem.reason and "rename one of them" in problem.reason
+    packets, _ = discover_packets(inbox, r"_(?P<packet_name>S\d+)$")
+    assert [p.name for p in packets] == ["S01", "S01"]
+    assignments, problems = assign_packets(packets, merge_sessions=True)
+    assert assignments == []
+    assert {p.where for p in problems} == {"S01"} and len(problems) == 2
+    assert "'monday_S01'" in problems[1].reason and "'tuesday_S01'" in problems[0].reason
+    # names that differ only in case clash too (case-insensitive file systems)
+    mapping: dict[str, tuple[str, str | None]] = {"ab": ("S1", None), "AB": ("S1", None)}
+    assignments, problems = assign_packets(
+        packets_named("ab", "AB"), None, mapping, merge_sessions=True
+    )
+    assert assignments == [] and len(problems) == 2
+
+
+def test_a_semicolon_in_a_packet_name_is_refused(tmp_path: Path) -> None:
+    """';' separates packet names in status.tsv: such a name could never be found done."""
+    (tmp_path / "SEMI;COLON_V1").mkdir()
+    (tmp_path / "OK_V1").mkdir()
+    packets, _ = discover_packets(tmp_path)
+    assignments, problems = assign_packets(packets, r"(?P<subject_id>[^_]+)_(?P<session_name>.+)")
+    assert [a.packet.name for a in assignments] == ["OK_V1"]
+    (problem,) = problems
+    assert problem.where == "SEMI;COLON_V1" and problem.fatal
+    assert "holds a ';'" in problem.reason and "rename" in problem.reason
 
 
 def test_assign_uncleanable_label() -> None:
@@ -446,6 +517,40 @@ def test_import_folder_renames_clashes_and_special_files(tmp_path: Path) -> None
     assert result.n_files == 2 and result.mode == "hardlink"
 
 
+def test_unreadable_parts_of_a_folder_packet_are_fatal(tmp_path: Path) -> None:
+    """A series folder or a file that cannot be read: the packet is incomplete, which must
+    fail its session (never a silent gap), with the packet and the path named."""
+    src = tmp_path / "inbox" / "A_V1"
+    for folder in ("S2", "S3", "S4"):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "IM1").write_bytes(b"data " + folder.encode())
+    (src / "S3").chmod(0)
+    (src / "S4" / "IM1").chmod(0)
+    try:
+        found = run_without_dac_override(
+            f"""
+            import json
+            from pathlib import Path
+            from bidsport.ingest import import_packet
+            from bidsport.records import Packet
+            result = import_packet(
+                Packet(Path({str(src)!r}), "A_V1", "folder"), Path({str(tmp_path / "out")!r})
+            )
+            print(json.dumps([result.n_files, [[p.where, p.reason, p.fatal]
+                                               for p in result.problems]]))
+            """
+        )
+    finally:
+        (src / "S3").chmod(0o755)
+        (src / "S4" / "IM1").chmod(0o644)
+    assert isinstance(found, list)
+    n_files, problems = found
+    assert n_files == 1
+    assert [(where, fatal) for where, _, fatal in problems] == [("S3", True), ("S4/IM1", True)]
+    assert problems[0][1].startswith("cannot read folder 'S3' of packet A_V1: Permission denied")
+    assert problems[1][1].startswith("cannot read file 'S4/IM1' of packet A_V1: Permission denied")
+
+
 def test_hardlink_or_copy_straight_to_a_new_name(tmp_path: Path) -> None:
     src = tmp_path / "IM1"
     src.write_bytes(b"data")
@@ -559,3 +664,83 @@ def test_archive_policy_refusals(tmp_path: Path, packets: dict[str, Packet]) -> 
     with pytest.raises(ConfigError, match="unknown archive policy"):
         apply_archive_policy(pkt, "shred", tmp_path / "a")
     assert snapshot(pkt.path) == before
+
+
+def test_archive_copy_takes_files_folders_and_links_only(
+    tmp_path: Path, packets: dict[str, Packet]
+) -> None:
+    """A FIFO or a device node in a folder packet is never opened for the archive copy
+    (a FIFO would hang it, /dev/zero fill the disk): skipped, and said so."""
+    pkt = packets["folder"]
+    os.mkfifo(pkt.path / "pipe")
+    (pkt.path / "t1" / "link").symlink_to("../t1")
+    device = False
+    try:
+        os.mknod(pkt.path / "null", stat.S_IFCHR | 0o644, os.makedev(1, 3))  # as /dev/null
+        device = True
+    except PermissionError:
+        pass  # not root: the FIFO stands for every special file
+    before = snapshot(pkt.path)
+    did = apply_archive_policy(pkt, "copy", tmp_path / "archive")
+    assert did is not None and "special files not copied: " in did
+    assert "pipe" in did and ("null" in did or not device)
+    copy = tmp_path / "archive" / "S01"
+    expected = {k: v for k, v in contents(pkt.path).items() if k not in ("pipe", "null")}
+    assert contents(copy) == expected
+    assert os.readlink(copy / "t1" / "link") == "../t1"  # a link stays a link
+    assert snapshot(pkt.path) == before
+    assert sorted(os.listdir(tmp_path / "archive")) == ["S01"]  # nothing left half-made
+    assert "moved" in (apply_archive_policy(pkt, "move", tmp_path / "moved") or "")
+    assert not os.path.lexists(pkt.path)
+    assert contents(tmp_path / "moved" / "S01") == expected
+
+
+def test_archive_failures_are_output_errors_and_remove_nothing(
+    tmp_path: Path, packets: dict[str, Packet]
+) -> None:
+    """A packet that cannot be removed whole is not touched by move or delete (no half-
+    deleted inbox), and a copy that fails is an OutputError naming the packet (not a bug)."""
+    pkt = packets["folder"]
+    (pkt.path / "a").mkdir()
+    (pkt.path / "a" / "IM1").write_bytes(b"first, removed before the next folder fails")
+    (pkt.path / "t1").chmod(0o555)  # readable, but its files cannot be removed
+    (pkt.path / "secret").write_bytes(b"unreadable")
+    before = snapshot(pkt.path)
+    try:
+        found = run_without_dac_override(
+            f"""
+            import json, os
+            from pathlib import Path
+            from bidsport.errors import OutputError
+            from bidsport.ingest import apply_archive_policy
+            from bidsport.records import Packet
+            pkt = Packet(Path({str(pkt.path)!r}), "S01", "folder")
+            errors = []
+            for policy, folder in (("delete", "d"), ("move", "m")):
+                try:
+                    apply_archive_policy(pkt, policy, Path({str(tmp_path)!r}) / folder)
+                except OutputError as exc:
+                    errors.append(str(exc))
+            os.chmod(pkt.path / "t1", 0o755)
+            os.chmod(pkt.path / "secret", 0)
+            try:
+                apply_archive_policy(pkt, "copy", Path({str(tmp_path)!r}) / "c")
+            except OutputError as exc:
+                errors.append(str(exc))
+            print(json.dumps(errors))
+            """
+        )
+    finally:
+        (pkt.path / "t1").chmod(0o755)
+        (pkt.path / "secret").chmod(0o644)
+    assert isinstance(found, list) and len(found) == 3
+    delete, move, copy = found
+    assert delete.startswith(f"cannot delete {pkt.path}: the folder {pkt.path / 't1'} is not")
+    assert "nothing was removed" in delete
+    assert move.startswith(f"cannot move {pkt.path}: ") and "nothing was copied" in move
+    assert copy.startswith(f"cannot copy packet {pkt.path} to {tmp_path / 'c' / 'S01'}: ")
+    assert "Permission denied" in copy and str(pkt.path / "secret") in copy
+    (pkt.path / "t1").chmod(0o755)
+    assert snapshot(pkt.path) == before
+    assert not (tmp_path / "m").exists() or os.listdir(tmp_path / "m") == []
+    assert os.listdir(tmp_path / "c") == []  # the failed copy left nothing

@@ -260,22 +260,34 @@ def assign_packets(
     cleaned with :func:`clean_label`.
 
     A packet gets a fatal Problem, and no assignment, when its name does not match
-    ``nameformat`` (and it is not mapped), when its label cannot be cleaned, or when it
+    ``nameformat`` (and it is not mapped), when its label cannot be cleaned, when its
+    name holds a ``;`` (the separator of packet names in ``status.tsv``), or when it
     collides: two packets with the same subject/session; two different raw labels that
     become the same after cleaning (``QPN_001`` vs ``QPN-001``, or labels differing only
-    in case, which clash on case-insensitive file systems); or a subject with some
-    packets with a session and some without (BIDS needs all or none). Each colliding
+    in case, which clash on case-insensitive file systems); a subject with some packets
+    with a session and some without (BIDS needs all or none); or two inbox entries with
+    the same packet name (``X_V1/`` and ``X_V1.zip``, or two entries ``--pattern`` names
+    alike, ignoring case), which would be imported into the same folder. Each colliding
     packet's Problem names the others. The remaining packets are assigned, in order.
 
     With ``merge_sessions``, several packets of one subject/session are not a collision:
     a session sent in several parts (a PACS push per series, a series split across two
     exports) is imported as one; :func:`group_by_session` gathers them. Labels that
-    differ only once cleaned still collide.
+    differ only once cleaned, and packet names, still collide.
     """
     regex = _compile(nameformat, "--nameformat", "subject_id")
     problems: list[Problem] = []
     candidates: list[_Candidate] = []
     for packet in packets:
+        if ";" in packet.name:
+            reason = (
+                f"packet name {packet.name!r} (inbox entry {packet.path.name!r}) holds a ';', "
+                "which separates packet names in status.tsv: rename the inbox entry, or give "
+                "it a packet name without ';' with --pattern"
+            )
+            problems.append(Problem(packet.name, reason, STAGE, fatal=True))
+            log.error("packet %s not assigned: %s", packet.name, reason)
+            continue
         try:
             raw_subject, raw_session, source = _labels_for(packet, regex, mapping)
             raw_session = raw_session.strip() if raw_session and raw_session.strip() else None
@@ -303,11 +315,23 @@ def assign_packets(
     by_subject: dict[str, list[int]] = defaultdict(list)
     by_session: dict[tuple[str, str], list[int]] = defaultdict(list)
     by_target: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    by_name: dict[str, list[int]] = defaultdict(list)
     for i, cand in enumerate(candidates):
         by_subject[cand.subject.lower()].append(i)
         if cand.session:
             by_session[(cand.subject.lower(), cand.session.lower())].append(i)
         by_target[(cand.subject.lower(), cand.session.lower() if cand.session else None)].append(i)
+        by_name[cand.packet.name.casefold()].append(i)
+    for group in by_name.values():
+        if len(group) > 1:
+            for i in group:
+                entries = ", ".join(repr(candidates[j].packet.path.name) for j in group if j != i)
+                reasons[i].append(
+                    f"inbox entry {candidates[i].packet.path.name!r} has the same packet name "
+                    f"{candidates[i].packet.name!r} as inbox entry(ies) {entries}: they would "
+                    "be imported into the same folder, one replacing the other; rename one of "
+                    "them (or give them distinct packet names with --pattern)"
+                )
     for group in by_subject.values():
         raws = {candidates[i].raw_subject for i in group}
         if len(raws) > 1:
@@ -541,7 +565,7 @@ def _walk_key(parts: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
     return (*((1, part) for part in parts[:-1]), (0, parts[-1]))
 
 
-def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
+def _link_folder(src_root: Path, dst_root: Path, packet_name: str) -> _Linked:
     """Hard-link (or copy) every regular file of ``src_root`` under ``dst_root`` (new, empty).
 
     One pass over the folder listings (``os.scandir``: the entry types come with the
@@ -550,6 +574,11 @@ def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
     fresh work folder, renamed into place only when the import is complete). Every file
     is read once (its first bytes: readable? DICOM? archive?) so that only the files
     that may be archives are looked at again.
+
+    A folder or file that cannot be read (permissions, a file gone while importing) is a
+    fatal Problem naming the packet: the packet is incomplete, so its session must not
+    count as done nor its input be archived or deleted. Special files, links leading
+    outside the packet and name clashes are skipped with a (non-fatal) Problem.
     """
     modes = {"hardlink": 0, "copy": 0}
     problems: list[Problem] = []
@@ -562,6 +591,14 @@ def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
         problems.append(Problem(where=rel, reason=reason, stage=STAGE))
         log.warning("skipped %s: %s", rel, reason)
 
+    def unreadable(rel: str, what: str, exc: OSError) -> None:
+        reason = (
+            f"cannot read {what} {rel!r} of packet {packet_name}: {exc.strerror or exc} "
+            "(the packet is incomplete: make it readable, or complete, and run again)"
+        )
+        problems.append(Problem(where=rel, reason=reason, stage=STAGE, fatal=True))
+        log.error("%s", reason)
+
     # Folders to visit, last first: (source path, safe relative parts, renamed on the way).
     stack: list[tuple[str, tuple[str, ...], bool]] = [(str(src_root), (), False)]
     while stack:
@@ -572,7 +609,7 @@ def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            skip(rel_dir or ".", f"cannot read folder: {exc.strerror or exc}")
+            unreadable(rel_dir or ".", "folder", exc)
             continue
         # As os.walk: files (and links to files), then links to folders, then folders.
         files: list[os.DirEntry[str]] = []
@@ -598,7 +635,7 @@ def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
                 is_link = entry.is_symlink()
                 is_file = is_link or entry.is_file(follow_symlinks=False)
             except OSError as exc:
-                skip(rel, f"cannot read: {exc.strerror or exc}")
+                unreadable(rel, "file", exc)
                 continue
             if is_link:
                 target = Path(os.path.realpath(source))
@@ -615,11 +652,8 @@ def _link_folder(src_root: Path, dst_root: Path) -> _Linked:
                 continue
             try:
                 head = read_head(source)
-            except PermissionError:
-                skip(rel, "cannot read: permission denied")
-                continue
             except OSError as exc:
-                skip(rel, f"cannot read: {exc.strerror or exc}")
+                unreadable(rel, "file", exc)
                 continue
             dest = os.path.join(dest_dir, safe)
             if dest in taken:
@@ -719,7 +753,7 @@ def import_packet(
         os.chmod(work, 0o755)
         problems: list[Problem] = []
         if packet.kind == "folder":
-            linked = _link_folder(src, work)
+            linked = _link_folder(src, work, packet.name)
             problems = linked.problems
             used = [mode for mode, count in linked.modes.items() if count]
             mode = used[0] if len(used) == 1 else ("mixed" if used else "copy")
@@ -751,32 +785,132 @@ def import_packet(
 # --------------------------------------------------------------------------- archive
 
 
-def _copy_into(src: Path, target: Path) -> None:
-    """Copy a file or folder to ``target`` atomically (replacing what is there)."""
+def _copy_regular(src: str, dst: Path, *, follow: bool = False) -> bool:
+    """Copy ``src`` to ``dst`` (atomically, with its mode and times) when it is a regular
+    file; False, with nothing written, when it is not (a FIFO, device or socket: opened
+    without blocking and checked on the open file, so a FIFO or ``/dev/zero`` swapped in
+    after the listing is never read). A symbolic link is followed only with ``follow``.
+    Raises OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(src, flags)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        with fileops.atomic_path(dst) as tmp:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(fh, out)
+            shutil.copystat(src, tmp)
+    return True
+
+
+def _copy_tree(src: Path, dst: Path) -> list[str]:
+    """Copy the folder ``src`` into the new, empty folder ``dst``: its folders, regular
+    files and symbolic links (as links, not followed). Other entries (FIFOs, sockets,
+    device nodes) are skipped: their paths relative to ``src`` are returned. Raises
+    OSError (or OutputError from :mod:`bidsport.fileops`)."""
+    skipped: list[str] = []
+    stack: list[tuple[Path, Path, str]] = [(src, dst, "")]
+    made: list[tuple[Path, Path]] = []
+    while stack:
+        folder, target, rel_dir = stack.pop()
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            out = target / entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), out)
+            elif entry.is_dir(follow_symlinks=False):
+                fileops.ensure_dir(out)
+                stack.append((Path(entry.path), out, rel))
+            elif not (entry.is_file(follow_symlinks=False) and _copy_regular(entry.path, out)):
+                skipped.append(rel)
+        made.append((folder, target))
+    for folder, target in reversed(made):  # times last: writing inside changes them
+        shutil.copystat(folder, target, follow_symlinks=False)
+    return skipped
+
+
+def _copy_into(src: Path, target: Path) -> list[str]:
+    """Copy a file or folder to ``target`` atomically (replacing what is there).
+
+    Only folders, regular files and symbolic links (as links) are copied; the special
+    files skipped (FIFOs, sockets, devices) are returned, relative to ``src``. Raises
+    :class:`OutputError` naming the packet and the reason when the copy fails (nothing
+    is left at ``target`` then, and a previous copy there is kept).
+    """
     parent = fileops.ensure_dir(target.parent)
-    if src.is_dir():
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.archiving-", dir=parent))
+    try:
+        if src.is_dir():
+            work = Path(tempfile.mkdtemp(prefix=f".{target.name}.archiving-", dir=parent))
+            try:
+                os.chmod(work, 0o755)
+                skipped = _copy_tree(src, work)
+                _swap_into_place(work, target)
+            except BaseException:
+                if os.path.lexists(work):
+                    fileops.remove_tree(work, parent)
+                raise
+            return skipped
+        if not _copy_regular(str(src), target, follow=True):
+            return [src.name]
+        return []
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OutputError(
+            f"cannot copy packet {src} to {target}: {exc.strerror or exc}{where}",
+            "the input is left as it was; check the permissions of the packet and of the "
+            "archive folder, and the free space",
+        ) from exc
+
+
+def _unremovable(path: Path) -> str | None:
+    """Why ``path`` (an inbox entry) cannot be removed whole, or None when it can.
+
+    Checked before anything is removed, so that a packet is not left half-deleted: the
+    folder holding the entry must be writable, and so must every folder inside it
+    (listable, writable, searchable). Links are not followed. A check, not a promise
+    (immutable files, sticky folders owned by others, or a change after the check can
+    still make the removal fail).
+    """
+    parent = path.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the folder {parent} is not writable"
+    if path.is_symlink() or not path.is_dir():
+        return None
+    stack = [str(path)]
+    while stack:
+        folder = stack.pop()
+        if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            return f"the folder {folder} is not readable and writable"
         try:
-            shutil.copytree(src, work, symlinks=True, dirs_exist_ok=True)
-            _swap_into_place(work, target)
-        except BaseException:
-            if os.path.lexists(work):
-                fileops.remove_tree(work, parent)
-            raise
-    else:
-        with fileops.atomic_path(target) as tmp:
-            shutil.copy2(src, tmp)
+            with os.scandir(folder) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError as exc:
+            return f"cannot list {folder}: {exc.strerror or exc}"
+    return None
 
 
-def _remove_input(path: Path) -> None:
+def _remove_input(path: Path, policy: str) -> None:
+    """Remove an inbox entry whole, having checked first that it can be (see
+    :func:`_unremovable`); raises :class:`OutputError`, which says when a failure
+    half-way left the entry partly removed."""
+    if reason := _unremovable(path):
+        raise OutputError(
+            f"cannot {policy} {path}: {reason}; nothing was removed",
+            "the DICOM folder must be writable for --archive move or delete",
+        )
     try:
         if path.is_symlink():
             path.unlink()  # the inbox entry is the link; what it points to stays
         else:
             fileops.remove_tree(path, path.parent)
     except OSError as exc:
+        partly = " (it is now partly removed)" if os.path.lexists(path) else ""
         raise OutputError(
-            f"cannot remove {path}: {exc.strerror or exc}",
+            f"cannot remove {path}: {exc.strerror or exc}{partly}",
             "the DICOM folder must be writable for --archive move or delete",
         ) from exc
 
@@ -784,16 +918,22 @@ def _remove_input(path: Path) -> None:
 def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str | None:
     """Apply ``--archive`` to a packet's input: "leave", "copy", "move" or "delete".
 
-    Call it only after the packet was imported AND converted successfully: "move" and
-    "delete" remove the input. "copy" copies the entry into ``archive_dir`` atomically
-    (a previous copy there is replaced); "move" copies, then removes the original
-    (``copytree`` then ``rmtree`` for folders); "delete" removes the original. For an
-    inbox entry that is a symbolic link, only the link is removed. Returns what was done
-    ("leave": None).
+    Call it only after the packet was imported AND converted successfully (no fatal
+    Problem): "move" and "delete" remove the input. "copy" copies the entry into
+    ``archive_dir`` atomically (a previous copy there is replaced): folders, regular
+    files and symbolic links (as links) only; FIFOs, sockets and device nodes are
+    skipped, with a warning, and named in the returned text. "move" copies, then removes
+    the original; "delete" removes the original. Both first check that the whole entry
+    can be removed (every folder in it writable), and touch nothing when it cannot. For
+    an inbox entry that is a symbolic link, only the link is removed. Returns what was
+    done ("leave": None).
 
     Raises :class:`ConfigError` for an unknown policy and :class:`OutputError` when it
-    would destroy data: ``archive_dir`` inside the packet, the copy landing on the
-    packet itself, or a packet path that is a file-system root.
+    would destroy data (``archive_dir`` inside the packet, the copy landing on the
+    packet itself, a packet path that is a file-system root), when the entry cannot be
+    removed whole, and when the copy or the removal fails (the message names the path
+    and the reason, and says when a removal that failed half-way left the entry partly
+    removed).
     """
     if policy not in ARCHIVE_POLICIES:
         raise ConfigError(
@@ -815,17 +955,32 @@ def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str 
         )
     if policy in ("copy", "move"):
         target = archive_dir / src.name
-        if fileops.is_within(src, target) or (
-            os.path.lexists(target) and os.path.samefile(target, src)
-        ):
+        try:
+            same = os.path.lexists(target) and os.path.samefile(target, src)
+        except OSError:
+            same = False
+        if fileops.is_within(src, target) or same:
             raise OutputError(
                 f"refusing to {policy} packet {packet.name} to {target}: that is the packet itself",
                 "choose an archive folder other than the DICOM folder",
             )
-        _copy_into(src, target)
+        if policy == "move" and (reason := _unremovable(src)):
+            raise OutputError(
+                f"cannot move {src}: {reason}; nothing was copied nor removed",
+                "the DICOM folder must be writable for --archive move or delete",
+            )
+        skipped = _copy_into(src, target)
+        for rel in skipped:
+            log.warning(
+                "packet %s: %s not archived: not a regular file, folder or link "
+                "(FIFO, socket or device)",
+                packet.name,
+                rel,
+            )
+        note = f" (special files not copied: {', '.join(skipped)})" if skipped else ""
         if policy == "copy":
-            return f"copied {src.name} to {archive_dir}"
-        _remove_input(src)
-        return f"moved {src.name} to {archive_dir}"
-    _remove_input(src)
+            return f"copied {src.name} to {archive_dir}{note}"
+        _remove_input(src, policy)
+        return f"moved {src.name} to {archive_dir}{note}"
+    _remove_input(src, policy)
     return f"deleted {src}"
