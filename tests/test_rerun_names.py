@@ -124,3 +124,35 @@ def test_a_packet_with_nothing_to_convert_fails_and_is_not_archived(tmp_path: Pa
     # a default re-run tries the failed session again, and still says why
     code, text = run(str(inbox), str(out), "participant")
     assert code == 4 and "no DICOM image series in packet EMPTY" in text
+
+
+def test_the_dry_run_names_series_as_the_run_does(tmp_path: Path) -> None:
+    """A session sent as two packets is previewed as one (run numbers across packets);
+    on a converted dataset the preview says the session is skipped, and keeps the names
+    an earlier run gave when a packet was added, as the run does."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    series(inbox / "pB", "t1_mprage_sag", 3, "091000", **MPRAGE)
+    args = [str(inbox), str(out), "participant", "--mapping", str(mapping)]
+
+    code, plan = run(*args, "--dry-run")
+    assert code == 0 and not out.exists()
+    assert "packets pA, pB -> sub-01 ses-1 (mapping)" in plan
+    assert plan.count("-> anat/sub-01_ses-1_run-") == 2
+    assert "-> anat/sub-01_ses-1_run-1_T1w" in plan and "-> anat/sub-01_ses-1_run-2_T1w" in plan
+
+    assert run(*args)[0] == 0
+    code, plan = run(*args, "--dry-run")
+    assert code == 0 and "already converted from these packets: skipped" in plan
+
+    series(inbox / "pC", "t1_se_tra", 20, "094000", **SPIN_ECHO_T1)
+    mapping.write_text(mapping.read_text(encoding="utf-8") + "pC,01,1\n", encoding="utf-8")
+    code, plan = run(*args, "--dry-run")
+    assert code == 0 and "skipped" not in plan
+    code, text = run(*args)
+    assert code == 0, text
+    written = images(out / "sub-01" / "ses-1" / "anat")
+    assert [f"-> anat/{name.removesuffix('.nii.gz')}" in plan for name in written] == [True] * 3
+    assert "sub-01_ses-1_run-1_T1w.nii.gz" in written  # named as before the new packet

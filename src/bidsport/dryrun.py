@@ -6,6 +6,7 @@ folder (the work dir when one is given) that is removed afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -14,10 +15,19 @@ from pathlib import Path
 from bidsport.errors import BidsportError
 from bidsport.export import plan_fieldmap_sets
 from bidsport.index import scan_session
-from bidsport.ingest import import_packet
+from bidsport.ingest import group_by_session, import_packet
+from bidsport.layout import DatasetLayout
 from bidsport.naming import assign_runs, bids_basename
 from bidsport.options import RunOptions
-from bidsport.participant import classify_session, plan_sessions, run_candidate
+from bidsport.participant import (
+    classify_session,
+    earlier_names,
+    keep_earlier_name,
+    kept_runs,
+    plan_sessions,
+    run_candidate,
+    session_done,
+)
 from bidsport.records import Assignment, FileHeader, Problem
 
 
@@ -36,10 +46,11 @@ class SeriesPreview:
 
 @dataclass(frozen=True)
 class SessionPreview:
-    assignment: Assignment
+    assignments: tuple[Assignment, ...]  #: the packets of the session (one or more)
     series: tuple[SeriesPreview, ...]
     excluded_files: tuple[tuple[str, str], ...]  #: (file, reason)
     error: str | None = None
+    skipped: bool = False  #: already converted from these packets (``--overwrite skip``)
 
 
 @dataclass(frozen=True)
@@ -48,32 +59,65 @@ class Preview:
     problems: tuple[Problem, ...]
 
 
-def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview:
+def _packet_root(assignment: Assignment, tmp: Path, opts: RunOptions) -> Path:
+    """Where the packet's files are read: a folder packet in place, an archive extracted."""
+    if assignment.packet.kind == "folder":
+        return assignment.packet.path
+    root = tmp / assignment.packet.name
+    import_packet(assignment.packet, root, opts.limits)
+    return root
+
+
+def _preview_session(
+    assignments: tuple[Assignment, ...], opts: RunOptions, layout: DatasetLayout | None
+) -> SessionPreview:
+    """What the run would do with one session: every packet of it together, as the run
+    groups them, named as the run would name them given what ``layout`` holds already."""
+    sub, ses = assignments[0].subject, assignments[0].session
+    packets = [a.packet.name for a in assignments]
+    if (
+        layout is not None
+        and opts.overwrite == "skip"
+        and session_done(layout, sub, ses, packets, by_name=not opts.anonymize)
+    ):
+        return SessionPreview(assignments, (), (), skipped=True)
     tmp = Path(tempfile.mkdtemp(prefix="bidsport-dryrun-", dir=opts.work_dir))
     try:
-        if assignment.packet.kind == "folder":
-            root = assignment.packet.path
-        else:
-            root = tmp / assignment.packet.name
-            import_packet(assignment.packet, root, opts.limits)
         headers: list[FileHeader] = []
         excluded: list[tuple[str, str]] = []
-        for item in scan_session(root, n_procs=opts.n_procs):
-            if isinstance(item, Problem):
-                excluded.append((item.where, item.reason))
-            else:
-                headers.append(item)
-        decisions, planned = classify_session(headers, root, opts)
-        excluded += [(str(d.source.relative_to(root)), d.reason) for d in decisions if d.reason]
+        shown: dict[Path, str] = {}  #: each packet's root -> how its files are named
+        for assignment in assignments:
+            root = _packet_root(assignment, tmp, opts)
+            shown[root] = f"{assignment.packet.name}/" if len(assignments) > 1 else ""
+            for item in scan_session(root, n_procs=opts.n_procs):
+                if isinstance(item, Problem):
+                    excluded.append((shown[root] + item.where, item.reason))
+                else:
+                    headers.append(item)
+        common = Path(os.path.commonpath(list(shown)))
+        decisions, planned = classify_session(headers, common, opts)
+        for d in decisions:
+            if d.reason:
+                root = next(r for r in shown if d.source.is_relative_to(r))
+                excluded.append((shown[root] + str(d.source.relative_to(root)), d.reason))
+        # as the run names them: with the names an earlier run gave (not with --anonymize:
+        # the series table then holds the anonymized copies' UIDs)
+        earlier = (
+            earlier_names(layout.series_table(sub, ses))
+            if layout is not None and opts.overwrite != "clean" and not opts.anonymize
+            else {}
+        )
+        if opts.overwrite == "skip":
+            planned = [keep_earlier_name(p, earlier.get(p.series.series_id)) for p in planned]
         candidates = [run_candidate(p) for p in planned if p.skip is None]
-        runs = assign_runs(candidates)
+        runs = assign_runs(candidates, kept_runs(candidates, earlier))
         names: dict[str, str] = {}
         for p in planned:
             if p.skip is None and p.cls.datatype and p.cls.suffix:
                 entities = dict(p.cls.entities)
                 if runs.get(p.series.series_id):
                     entities["run"] = runs[p.series.series_id]
-                base = bids_basename(assignment.subject, assignment.session, entities, p.cls.suffix)
+                base = bids_basename(sub, ses, entities, p.cls.suffix)
                 names[p.series.series_id] = (
                     f"{p.cls.datatype}/{base}" if opts.layout == "bids" else base
                 )
@@ -100,16 +144,20 @@ def _preview_session(assignment: Assignment, opts: RunOptions) -> SessionPreview
             )
             for p in planned
         ]
-        return SessionPreview(assignment, tuple(previews), tuple(sorted(excluded)))
+        return SessionPreview(assignments, tuple(previews), tuple(sorted(excluded)))
     except BidsportError as exc:
-        return SessionPreview(assignment, (), (), error=exc.message)
+        return SessionPreview(assignments, (), (), error=exc.message)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def preview(dicom_dir: Path, opts: RunOptions) -> Preview:
+def preview(dicom_dir: Path, opts: RunOptions, layout: DatasetLayout | None = None) -> Preview:
+    """The plan of a participant-level run; with ``layout`` (OUTPUT_DIR), given what it
+    holds: sessions already converted are skipped, and earlier names are kept, as the run
+    would."""
     plan = plan_sessions(dicom_dir, opts)
-    return Preview(tuple(_preview_session(a, opts) for a in plan.assignments), plan.problems)
+    sessions = group_by_session(plan.assignments)
+    return Preview(tuple(_preview_session(g, opts, layout) for g in sessions), plan.problems)
 
 
 def format_preview(result: Preview) -> str:
@@ -117,9 +165,13 @@ def format_preview(result: Preview) -> str:
     for problem in result.problems:
         lines.append(f"packet {problem.where}: not imported: {problem.reason}")
     for session in result.sessions:
-        a = session.assignment
+        a = session.assignments[0]
         ses = f" ses-{a.session}" if a.session else ""
-        lines.append(f"packet {a.packet.path.name} -> sub-{a.subject}{ses} ({a.source})")
+        names = ", ".join(x.packet.path.name for x in session.assignments)
+        packets = f"packet{'s' if len(session.assignments) > 1 else ''} {names}"
+        lines.append(f"{packets} -> sub-{a.subject}{ses} ({a.source})")
+        if session.skipped:
+            lines.append("  already converted from these packets: skipped (--overwrite skip)")
         if session.error:
             lines.append(f"  ERROR: {session.error}")
         for s in session.series:

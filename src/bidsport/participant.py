@@ -225,7 +225,7 @@ def keep_earlier_name(p: PlannedSeries, earlier: EarlierName | None) -> PlannedS
     return dataclasses.replace(p, cls=kept)
 
 
-def _kept_runs(
+def kept_runs(
     candidates: Sequence[RunCandidate], earlier: Mapping[str, EarlierName]
 ) -> dict[str, str]:
     """The run labels of an earlier run to keep: those of series named as they were."""
@@ -425,7 +425,7 @@ def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Proble
     )
 
 
-def _session_done(
+def session_done(
     layout: DatasetLayout,
     subject: str,
     session: str | None,
@@ -582,7 +582,7 @@ def process_session(
     try:
         with fileops.file_lock(layout.lock_file(sub, ses), blocking=False, what=label):
             done = (
-                _session_done(layout, sub, ses, packets, by_name=anon is None)
+                session_done(layout, sub, ses, packets, by_name=anon is None)
                 if opts.overwrite == "skip"
                 else None
             )
@@ -891,7 +891,7 @@ def _convert_session(
         planned = [keep_earlier_name(p, earlier.get(sid(p))) for p in planned]
     to_convert = [p for p in planned if p.skip is None]
     candidates = [run_candidate(p, sid(p)) for p in to_convert]
-    runs = assign_runs(candidates, _kept_runs(candidates, earlier))
+    runs = assign_runs(candidates, kept_runs(candidates, earlier))
 
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
@@ -1151,7 +1151,7 @@ def rerun_skips_all(layout: DatasetLayout, run: ParticipantRun) -> bool:
     except OutputError:
         return False
     for result, packets in zip(run.results, run.packets, strict=True):
-        done = _session_done(layout, result.subject, result.session, packets)
+        done = session_done(layout, result.subject, result.session, packets)
         if done is None or table.get(done.key) != done:
             return False
     return True
@@ -1232,7 +1232,7 @@ def run_participant_level(
             s
             for s in sessions
             if opts.overwrite != "skip"
-            or _session_done(
+            or session_done(
                 layout, s[0].subject, s[0].session, [a.packet.name for a in s], by_name=anon is None
             )
             is None

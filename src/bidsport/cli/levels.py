@@ -76,7 +76,7 @@ def run_participant(
     if opts.dry_run:
         from bidsport.dryrun import format_preview, preview
 
-        print(format_preview(preview(dicom_dir, opts)))
+        print(format_preview(preview(dicom_dir, opts, layout)))
         if opts.anonymize:
             from bidsport.anonymize import default_policy, describe_actions, load_policy
 
