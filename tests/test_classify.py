@@ -861,6 +861,111 @@ SIEMENS += [
     ),
 ]
 
+# Siemens MP2RAGE: the series of one acquisition, named <protocol>_INV1, _INV2, _UNI_Images,
+# _UNI-DEN, _T1_Images, with the ImageType values the scanner writes on each.
+MP2RAGE = {
+    "seq": "*tfl3d1_16",
+    "ss": ("GR", "IR"),
+    "sv": ("SK", "SP", "MP"),
+    "tr": 5000,
+    "te": 2.9,
+    "mracq": "3D",
+}
+NORM = (*ORIG, "NORM")
+UNI = ("DERIVED", "PRIMARY", "M", "ND", "UNI")
+SIEMENS += [
+    Case(
+        "si-mp2rage-inv1",
+        ser(hdr("t1_mp2rage_sag_p3_iso_INV1", ti=700, image_type=NORM, **MP2RAGE)),
+        "anat",
+        "MP2RAGE",
+        {"inv": "1"},
+        evidence="inversion 1 (TI 700 ms) → inv-1 MP2RAGE",
+    ),
+    Case(
+        "si-mp2rage-inv2",
+        ser(hdr("t1_mp2rage_sag_p3_iso_INV2", ti=2500, image_type=NORM, **MP2RAGE)),
+        "anat",
+        "MP2RAGE",
+        {"inv": "2"},
+        evidence="description word 'mp2rage'",
+    ),
+    Case(
+        "si-mp2rage-inv1-phase",
+        ser(
+            hdr(
+                "t1_mp2rage_sag_p3_iso_PHS_INV1",
+                ti=700,
+                image_type=("ORIGINAL", "PRIMARY", "P", "ND", "PHASE"),
+                **MP2RAGE,
+            )
+        ),
+        "anat",
+        "MP2RAGE",
+        {"inv": "1", "part": "phase"},
+    ),
+    Case(
+        "si-mp2rage-uni",
+        ser(hdr("t1_mp2rage_sag_p3_iso_UNI_Images", image_type=UNI, **MP2RAGE)),
+        "anat",
+        "UNIT1",
+        evidence="ImageType contains DERIVED, but an MP2RAGE uniform image is the scanner's",
+    ),
+    Case(
+        "si-mp2rage-uni-den",
+        ser(hdr("t1_mp2rage_sag_p3_iso_UNI-DEN", image_type=UNI, **MP2RAGE)),
+        "anat",
+        "UNIT1",
+        {"rec": "denoised"},
+        evidence="denoised uniform image (UNI-DEN)",
+    ),
+    Case(
+        "si-mp2rage-t1map",
+        ser(
+            hdr(
+                "t1_mp2rage_sag_p3_iso_T1_Images",
+                image_type=("DERIVED", "PRIMARY", "T1 MAP", "ND"),
+                **MP2RAGE,
+            )
+        ),
+        "anat",
+        "T1map",
+        evidence="T1 map → T1map",
+    ),
+    Case(  # no "mp2rage" in the protocol name: the tfl3d sequence and the _INV2 part tell
+        "si-mp2rage-unnamed-inv2",
+        ser(hdr("t1_2inv_sag_INV2", ti=2500, image_type=NORM, **MP2RAGE)),
+        "anat",
+        "MP2RAGE",
+        {"inv": "2"},
+        evidence="SequenceName *tfl3d1_16",
+    ),
+    Case(  # a reformat of the UNI image stays derived
+        "si-mp2rage-uni-mpr",
+        ser(
+            hdr(
+                "t1_mp2rage_sag_p3_iso_UNI_Images_MPR_Tra",
+                image_type=("DERIVED", "SECONDARY", "MPR", "ND", "UNI"),
+                **MP2RAGE,
+            )
+        ),
+        "anat",
+        "T1w",
+        {"rec": "MPR"},
+        provenance="derived",
+        excluded=DERIVED,
+    ),
+    Case(  # which image it is, nothing says: not taken for a T1w
+        "si-mp2rage-which",
+        ser(hdr("mp2rage_sag", ti=700, image_type=NORM, **MP2RAGE)),
+        None,
+        None,
+        excluded="unrecognized: ",
+        review=True,
+        evidence="names none of its images (INV1, INV2, UNI, T1 map)",
+    ),
+]
+
 # --------------------------------------------------------------------------- GE
 GE_TYPE = ("ORIGINAL", "PRIMARY", "OTHER")
 GE = [
@@ -1659,23 +1764,36 @@ def test_evidence_names_tags_and_values() -> None:
 
 
 def test_derived_kept_with_keep_derived() -> None:
-    adc = next(c for c in CASES if c.id == "si-adc").series
+    mip = next(c for c in CASES if c.id == "si-tof-mip").series
     mpr = next(c for c in CASES if c.id == "si-mprage-mpr").series
     report = next(c for c in CASES if c.id == "si-phoenix-report").series
-    kept = classify_series(adc, keep_derived=True)
-    assert kept.excluded is None and kept.entities == {"dir": "AP", "rec": "ADC"}
-    assert classify_series(adc, keep_derived={"dti_map"}).excluded is None
-    assert classify_series(mpr, keep_derived={"dti_map"}).excluded.startswith("derived: derived")
+    kept = classify_series(mip, keep_derived=True)
+    assert kept.excluded is None and kept.entities == {"rec": "MIP"}
+    assert classify_series(mip, keep_derived={"projection"}).excluded is None
+    assert classify_series(mpr, keep_derived={"projection"}).excluded.startswith("derived: derived")
     assert classify_series(mpr, keep_derived=True).excluded is None
     nameless = classify_series(report, keep_derived=True)
     assert nameless.excluded is not None and nameless.review
 
 
+def test_dti_maps_are_never_converted_not_even_kept() -> None:
+    """An ADC/FA/trace map has no raw BIDS name: as a dwi image it would take the bval/bvec
+    of the DWI (the validator's VOLUME_COUNT_MISMATCH), so --keep-derived does not keep it,
+    and the reason says so (not "use --keep-derived")."""
+    for case in (c for c in CASES if c.provenance == "dti_map"):
+        for keep in (False, True, {"dti_map"}):
+            cls = classify_series(case.series, keep_derived=keep)
+            assert cls.excluded is not None, (case.id, keep)
+            assert cls.excluded.startswith("derived: dti_map, a map the scanner computed")
+            assert "even with --keep-derived" in cls.excluded and "bval/bvec" in cls.excluded
+            assert "use --keep-derived" not in cls.excluded and not cls.review, case.id
+
+
 def test_raw_series_never_get_rec_and_localizers_are_never_kept() -> None:
     for case in CASES:
         cls = classify_series(case.series, keep_derived=True)
-        if cls.provenance == "raw":
-            assert "rec" not in cls.entities, case.id
+        if cls.provenance == "raw":  # but a scanner reconstruction that says which one
+            assert "rec" not in cls.entities or any("rec-" in e for e in cls.evidence), case.id
         if cls.provenance == "localizer":
             assert cls.excluded == "localizer", case.id
 
@@ -2133,6 +2251,15 @@ def _sidecar(datatype: str, suffix: str, entities: dict[str, str]) -> dict[str, 
         meta["Units"] = "Hz"
     if entities.get("part") == "phase":
         meta["Units"] = "rad"
+    if suffix == "MP2RAGE":  # keys the headers do not give (a rules file sets them)
+        meta.update(
+            InversionTime=0.7 if entities["inv"] == "1" else 2.5,
+            FlipAngle=4,
+            RepetitionTimeExcitation=0.0072,
+            RepetitionTimePreparation=5.0,
+            NumberShots=176,
+            MagneticFieldStrength=3,
+        )
     if datatype == "perf":
         meta.update(
             MagneticFieldStrength=3,
@@ -2242,3 +2369,135 @@ def test_the_acq_of_a_fieldmap_pair_is_one_label_without_the_direction() -> None
     assert results[0].evidence[-1] == (
         "acq-SpinEchoFieldMap: the label another fieldmap of its protocol got"
     )
+
+
+# --------------------------------------------------------------------------- MP2RAGE, NORM
+
+
+def test_mp2rage_series_of_two_protocols_keep_one_acq_label_each() -> None:
+    """The acq label of a session's second MP2RAGE protocol is its protocol's, without the
+    _INV1/_UNI_Images part, so its images stay one collection; the magnitude of an
+    inversion with a phase image gets part-mag."""
+    series = []
+    for k, (protocol, time) in enumerate((("mp2rage_1mm", "100000"), ("mp2rage_07mm", "110000"))):
+        for part, image_type, ti in (
+            ("INV1", NORM, 700),
+            ("PHS_INV1", ("ORIGINAL", "PRIMARY", "P", "ND", "PHASE"), 700),
+            ("INV2", NORM, 2500),
+            ("UNI_Images", UNI, None),
+        ):
+            h = hdr(
+                f"{protocol}_{part}",
+                prot=protocol,
+                image_type=image_type,
+                ti=ti,
+                time=f"{time}.000000",
+                **MP2RAGE,
+            )
+            series.append(ser(h, series_id=f"{k}-{part}"))
+    results = classify_all(series)
+    names = [(r.suffix, dict(r.entities)) for r in results]
+    assert names[:4] == [
+        ("MP2RAGE", {"acq": "mp2rage1mm", "inv": "1", "part": "mag"}),
+        ("MP2RAGE", {"acq": "mp2rage1mm", "inv": "1", "part": "phase"}),
+        ("MP2RAGE", {"acq": "mp2rage1mm", "inv": "2"}),
+        ("UNIT1", {"acq": "mp2rage1mm"}),
+    ]
+    assert {r.entities["acq"] for r in results[4:]} == {"mp2rage07mm"}
+    assert all(r.excluded is None and r.provenance == "raw" for r in results)
+
+
+def test_reconstructions_of_one_acquisition_get_rec_labels_not_runs() -> None:
+    """Siemens saves one acquisition with and without NORM (prescan normalize), or without
+    (ND) and with (DIS2D) distortion correction: same protocol, same acquisition time.
+    They are not two runs: the ImageType values that differ give a rec label."""
+    t1 = {"seq": "*tfl3d1_16ns", "ss": ("GR", "IR"), "tr": 2300, "te": 2.98, "ti": 900}
+
+    def mprage(image_type: tuple[str, ...], time: str = "101010.000000", n: int = 2) -> Series:
+        h = hdr("t1_mprage_sag", image_type=image_type, time=time, **t1)
+        return ser(h, series_id=f"{n}-{'-'.join(image_type)}-{time}")
+
+    plain, normalized = classify_all([mprage(ORIG), mprage(NORM, n=3)])
+    assert (dict(plain.entities), dict(normalized.entities)) == ({}, {"rec": "norm"})
+    assert "without NORM) keeps its name without rec" in plain.evidence[-1]
+    assert "ImageType differs in NORM (prescan normalize)" in normalized.evidence[-1]
+    assert normalized.evidence[-1].endswith("(with NORM) → rec-norm")
+    dis2d = ("ORIGINAL", "PRIMARY", "M", "DIS2D", "NORM")
+    nd, corrected = classify_all([mprage(NORM), mprage(dis2d, n=3)])
+    assert (dict(nd.entities), dict(corrected.entities)) == ({"rec": "nd"}, {"rec": "dis2d"})
+    assert "ND/DIS2D/DIS3D (distortion correction)" in nd.evidence[-1]
+    # the same reconstruction twice, or two acquisitions: left to run numbering
+    assert [dict(r.entities) for r in classify_all([mprage(NORM), mprage(NORM, n=3)])] == [{}, {}]
+    later = mprage(NORM, time="111111.000000", n=3)
+    assert [dict(r.entities) for r in classify_all([mprage(ORIG), later])] == [{}, {}]
+
+
+def test_mp2rage_norm_and_dti_maps_end_to_end(tmp_path: Path) -> None:
+    """dcm2niix conversions of synthetic Siemens series, with --keep-derived: the MP2RAGE
+    inversions become inv-1/inv-2 MP2RAGE and its UNI image UNIT1 (not rec-derived_T1w);
+    a NORM reconstruction is rec-norm beside its plain twin (not run-1/run-2); the ADC map
+    is not written as a DWI (it would take the DWI's bval/bvec)."""
+    from bidsport.cli.run import main
+    from bidsport.fileops import read_tsv
+    from bidsport.layout import DatasetLayout
+    from bidsport.synthetic import SeriesSpec, Study, Subject, write_series
+
+    mp2rage = {
+        "scanning_sequence": ("GR", "IR"),
+        "sequence_variant": ("SK", "SP", "MP"),
+        "sequence_name": "*tfl3d1_16",
+        "repetition_time": 5000.0,
+        "echo_time": 2.9,
+        "acquisition_time": "090000.000000",
+    }
+    t1 = {**mp2rage, "sequence_name": "*tfl3d1_16ns", "repetition_time": 2300.0}
+    t1 |= {"inversion_time": 900.0, "acquisition_time": "091000.000000"}
+    dwi = {
+        "scanning_sequence": ("EP",),
+        "sequence_variant": ("SK", "SP"),
+        "mr_acquisition_type": "2D",
+        "repetition_time": 3000.0,
+        "echo_time": 89.0,
+        "acquisition_time": "092000.000000",
+    }
+    specs = [
+        SeriesSpec("mp2rage_INV1", 1, **mp2rage, inversion_time=700.0, image_type=NORM),
+        SeriesSpec("mp2rage_INV2", 2, **mp2rage, inversion_time=2500.0, image_type=NORM),
+        SeriesSpec("mp2rage_UNI_Images", 3, **mp2rage, image_type=UNI),
+        SeriesSpec("t1_mprage_sag", 4, **t1),
+        SeriesSpec("t1_mprage_sag", 5, **t1, image_type=NORM),
+        SeriesSpec(
+            "dMRI_dir6_AP",
+            6,
+            n_volumes=4,
+            b_values=(0, 1000, 1000, 1000),
+            sequence_name="*ep_b1000#1",
+            **dwi,
+        ),
+        SeriesSpec(
+            "dMRI_dir6_AP_ADC",
+            7,
+            image_type=("DERIVED", "PRIMARY", "DIFFUSION", "ADC", "ND"),
+            sequence_name="*ep_b0_1000",
+            **dwi,
+        ),
+    ]
+    for spec in specs:
+        write_series(spec, tmp_path / "inbox" / "P" / f"S{spec.series_number}", Subject(), Study())
+    out = tmp_path / "bids"
+    assert main([str(tmp_path / "inbox"), str(out), "participant", "-q", "--keep-derived"]) == 0
+    images = sorted(str(p.relative_to(out / "sub-P")) for p in (out / "sub-P").rglob("*.nii.gz"))
+    assert images == [
+        "anat/sub-P_T1w.nii.gz",
+        "anat/sub-P_UNIT1.nii.gz",
+        "anat/sub-P_inv-1_MP2RAGE.nii.gz",
+        "anat/sub-P_inv-2_MP2RAGE.nii.gz",
+        "anat/sub-P_rec-norm_T1w.nii.gz",
+        "dwi/sub-P_dir-AP_dwi.nii.gz",
+    ]
+    table = {r["series_number"]: r for r in read_tsv(DatasetLayout(out).series_table("P", None))}
+    assert "MP2RAGE uniform image" in table["3"]["evidence"]
+    assert table["3"]["provenance"] == "raw"
+    assert "with NORM) → rec-norm" in table["5"]["evidence"]
+    assert table["7"]["provenance"] == "dti_map"
+    assert "no place in a raw BIDS dataset" in table["7"]["excluded"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,44 @@ def test_a_session_of_several_studies_gets_a_note():
     note = several_studies_note(two, "P01")
     assert note is not None and note.where == "P01" and not note.fatal
     assert note.reason.startswith("the session's series come from 2 DICOM studies: when")
+
+
+def test_an_asl_m0_scan_in_perf_gets_intendedfor_end_to_end(tmp_path: Path) -> None:
+    """Siemens pCASL: the classifier names the M0 scan ``perf/m0scan``; BIDS requires its
+    IntendedFor (the ASL images it calibrates), so dcm2niix's outputs of synthetic DICOM
+    series get it, and an EPI pair acquired before corrects the ASL image, not the M0."""
+    from bidsport.cli.run import main
+    from bidsport.synthetic import SeriesSpec, Study, Subject, write_series
+    from bidsport.validator import find_validator, run_validator
+
+    epi = {"scanning_sequence": ("EP",), "mr_acquisition_type": "2D", "echo_time": 20.0}
+    asl = {**epi, "sequence_name": "tgse_pcasl", "repetition_time": 4000.0}
+    fmap = {**epi, "sequence_name": "epse2d1_64", "repetition_time": 8000.0}
+    packet = tmp_path / "inbox" / "P"
+    for spec in (
+        SeriesSpec("fmap-SE_dir-AP", 1, **fmap, acquisition_time="085800.000000"),
+        SeriesSpec("fmap-SE_dir-PA", 2, **fmap, acquisition_time="085900.000000"),
+        SeriesSpec("pcasl_M0", 3, **asl, acquisition_time="090000.000000"),
+        SeriesSpec("tgse_pcasl_PLD1800", 4, n_volumes=4, **asl, acquisition_time="090100.000000"),
+    ):
+        write_series(spec, packet / f"S{spec.series_number}", Subject(), Study(key="asl"))
+    out = tmp_path / "bids"
+    assert main([str(tmp_path / "inbox"), str(out), "participant", "-q"]) == 0
+    sub = out / "sub-P"
+    asl_uri = "bids::sub-P/perf/sub-P_asl.nii.gz"
+    m0 = json.loads((sub / "perf" / "sub-P_m0scan.json").read_text())
+    assert m0["IntendedFor"] == [asl_uri]
+    for direction in ("AP", "PA"):
+        pair = json.loads((sub / "fmap" / f"sub-P_dir-{direction}_epi.json").read_text())
+        assert pair["IntendedFor"] == [asl_uri]  # the M0 scan is not an image it corrects
+    validator = find_validator()
+    if validator is not None:
+        assert main([str(tmp_path / "inbox"), str(out), "group", "-q", "--skip-validation"]) == 0
+        result = run_validator(out, command=validator)
+        assert result.ran
+        about_m0 = [
+            e.describe()
+            for e in result.errors
+            if "m0scan" in e.describe() and "IntendedFor" in e.describe()
+        ]
+        assert about_m0 == []

@@ -10,7 +10,7 @@ import pytest
 
 from bidsport.cli.run import main
 from bidsport.fileops import read_tsv
-from bidsport.synthetic import Study, Subject, typical_session, write_series
+from bidsport.synthetic import SeriesSpec, Study, Subject, typical_session, write_series
 
 NAMEFORMAT = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
 
@@ -56,14 +56,24 @@ def test_filters_by_datatype_and_provenance(inbox, tmp_path):
 
 
 def test_keep_derived_with_provenance_filter(inbox, tmp_path):
-    out = tmp_path / "derived"
-    assert (
-        run(
-            inbox, out, "--keep-derived", "--include-provenance", "dti_map", "--session-label", "V1"
-        )
-        == 0
+    """--keep-derived keeps derived series of the provenances included, except the DTI maps
+    (ADC...): named as dwi images they would take the DWI's bval/bvec."""
+    mip = SeriesSpec(
+        "tof_fl3d_tra_p2_multi-slab_MIP_SAG",
+        30,
+        image_type=("DERIVED", "PRIMARY", "MIP_SAG", "ND"),
+        sequence_name="*fl3d1r_t70",
+        repetition_time=21.0,
+        echo_time=3.4,
     )
-    assert images(out) == ["sub-P01/ses-V1/dwi/sub-P01_ses-V1_rec-ADC_dir-AP_dwi.nii.gz"]
+    write_series(mip, inbox / "P01_V1" / "S30", Subject(), Study(key="V1", date="20240101"))
+    out = tmp_path / "derived"
+    keep = ["--keep-derived", "--include-provenance", "projection", "dti_map"]
+    assert run(inbox, out, *keep, "--session-label", "V1") == 0
+    assert images(out) == ["sub-P01/ses-V1/anat/sub-P01_ses-V1_rec-MIP_angio.nii.gz"]
+    rows = read_tsv(out / "sourcedata/bidsport/sub-P01/ses-V1/series.tsv")
+    (adc,) = [r for r in rows if r["provenance"] == "dti_map"]
+    assert adc["outputs"] == "n/a" and "even with --keep-derived" in adc["excluded"]
 
 
 def test_nii_output_flat_layout_and_copies(inbox, tmp_path):

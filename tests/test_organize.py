@@ -197,9 +197,10 @@ def test_a_new_folder_costs_one_system_call_per_link(tmp_path, monkeypatch):
     ]
 
 
-def test_a_rule_that_names_a_derived_series_keeps_it(tmp_path: Path) -> None:
-    """Derived images are excluded unless --keep-derived; a user rule that names such a
-    series (datatype and suffix) keeps that series, and says so in its evidence."""
+def test_derived_series_kept_by_a_rule_or_as_a_raw_reconstruction(tmp_path: Path) -> None:
+    """Derived images are excluded unless --keep-derived; a series of them is kept when a
+    user rule names it (datatype and suffix), or when it is the scanner's reconstruction
+    that BIDS keeps as raw data (an MP2RAGE UNI image: UNIT1), each said in its evidence."""
     import contextlib
     import io
 
@@ -208,25 +209,34 @@ def test_a_rule_that_names_a_derived_series_keeps_it(tmp_path: Path) -> None:
     from bidsport.layout import DatasetLayout
 
     inbox, out = tmp_path / "inbox", tmp_path / "bids"
-    derived = ("DERIVED", "PRIMARY", "M", "UNI", "ND")
-    for number, description in ((3, "mp2rage_UNI_Images"), (4, "other_map")):
-        spec = SeriesSpec(description, number, image_type=derived, sequence_name="*tfl3d1_16")
+    derived = ("DERIVED", "PRIMARY", "M", "ND")
+    for number, description in ((3, "special_map"), (4, "other_map")):
+        spec = SeriesSpec(description, number, image_type=derived, sequence_name="*fl3d1")
         write_series(spec, inbox / "P" / f"s{number}")
-    rules = tmp_path / "uni.toml"
+    uni = SeriesSpec(
+        "t1_mp2rage_sag_UNI_Images",
+        5,
+        image_type=("DERIVED", "PRIMARY", "M", "UNI", "ND"),
+        scanning_sequence=("GR", "IR"),
+        sequence_name="*tfl3d1_16",
+        repetition_time=5000.0,
+        echo_time=2.9,
+    )
+    write_series(uni, inbox / "P" / "s5")
+    rules = tmp_path / "map.toml"
     rules.write_text(
-        '[[rules]]\nname = "uni"\n[rules.match]\nseries_description = "mp2rage_UNI"\n'
-        '[rules.set]\ndatatype = "anat"\nsuffix = "UNIT1"\n',
+        '[[rules]]\nname = "map"\n[rules.match]\nseries_description = "special_map"\n'
+        '[rules.set]\ndatatype = "anat"\nsuffix = "T1map"\n',
         encoding="utf-8",
     )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main([str(inbox), str(out), "participant", "--rules", str(rules)]) == 0
     assert sorted(p.name for p in (out / "sub-P" / "anat").glob("*.nii.gz")) == [
-        "sub-P_UNIT1.nii.gz"
+        "sub-P_T1map.nii.gz",
+        "sub-P_UNIT1.nii.gz",
     ]
     rows = {r["series_number"]: r for r in read_tsv(DatasetLayout(out).series_table("P", None))}
-    assert "kept although derived: rule 'uni' names it" in rows["3"]["evidence"]
+    assert "kept although derived: rule 'map' names it" in rows["3"]["evidence"]
+    assert "kept although its files are derived: its classification is raw" in rows["5"]["evidence"]
     assert rows["4"]["outputs"] == "n/a"
-    assert rows["4"]["excluded"].startswith("derived image (ImageType DERIVED\\PRIMARY")
-    assert rows["4"]["excluded"].endswith(
-        "--keep-derived, or a rule that names the series, keeps it"
-    )
+    assert rows["4"]["excluded"].startswith("derived") and "--keep-derived" in rows["4"]["excluded"]

@@ -451,7 +451,7 @@ VALID_SET = {"datatype": "anat", "suffix": "T1w"}
                     }
                 ]
             },
-            "suffix 'bold' is not a anat suffix",
+            "suffix 'bold' is not a suffix of datatype anat (known: ",
         ),
         (
             {

@@ -8,17 +8,21 @@ this order:
    datatype, suffix and entities (``run`` and ``ses`` are ignored: bidsport numbers runs
    and sessions come from the import);
 3. the provenance, from ImageType and descriptions: localizer, synthetic MRI, SWI
-   processing, DTI maps, projections, subtractions, other derived images, or raw;
+   processing, DTI maps, projections, subtractions, other derived images, or raw (the
+   scanner reconstructions BIDS keeps as raw data, e.g. Siemens MP2RAGE: its inversions
+   ``inv-1``/``inv-2_MP2RAGE``, its UNI image ``UNIT1`` and its T1 map ``T1map``);
 4. datatype and suffix from the sequence parameters (ScanningSequence, SequenceVariant,
    SequenceName, TR/TE/TI, b-values, echoes, volumes) and description words, across
    Siemens, GE, Philips, Canon/Toshiba and UIH conventions.
 
 Every decision appends a short reason to ``Classification.evidence``; uncertain ones set
-``review``. Localizers and derived series are excluded (but still described); a series
-nothing recognises is excluded as "unrecognized" with a summary of its key headers —
-never silently dropped. :func:`classify_all` adds two session-level passes: ``part-mag``
-on the magnitude partner of a phase series, and ``acq`` labels where one session holds
-several protocols that would otherwise share a name.
+``review``. Localizers and derived series are excluded (but still described), DTI maps
+even when derived series are kept (no raw BIDS name suits them); a series nothing
+recognises is excluded as "unrecognized" with a summary of its key headers — never
+silently dropped. :func:`classify_all` adds session-level passes: ``part-mag`` on the
+magnitude partner of a phase series, ``rec`` labels on reconstructions of one
+acquisition (Siemens NORM, ND/DIS2D), and ``acq`` labels where one session holds several
+protocols that would otherwise share a name.
 """
 
 from __future__ import annotations
@@ -274,6 +278,17 @@ _ANAT_WORDS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
 #: Word-named suffixes that sequence parameters cannot contradict (e.g. TOF is a T1 GRE).
 _PARAM_BLIND = frozenset(("angio", "MEGRE"))
 
+# Siemens MP2RAGE: one acquisition, several series named <protocol>_INV1, _INV2 (the two
+# inversions, ImageType ORIGINAL), _UNI_Images / _UNI-DEN (the uniform image, ImageType
+# DERIVED\PRIMARY\M\ND\UNI) and _T1_Images (ImageType DERIVED\PRIMARY\T1 MAP\ND).
+_MP2RAGE_WORD = re.compile(r"\b(mp2rage\w*|\w*mp2rage)\b")
+_MP2RAGE_SEQ = re.compile(r"^\*?tfl3d")
+_MP2RAGE_SUFFIXES = frozenset(("MP2RAGE", "UNIT1", "T1map"))
+_MP2RAGE_PART = re.compile(
+    r"(?i)(?:^|[^A-Za-z0-9])(INV[-_ ]?(?P<inv>[12])|(?P<den>UNI[-_ ]?DEN)|"
+    r"(?P<uni>UNI)(?:[-_ ]?Images)?|(?P<t1>T1[-_ ]?(?:Images|map)))(?![A-Za-z0-9])"
+)
+
 _SYNTHETIC_SUFFIX: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("T1map", re.compile(r"\bt1 ?map\b|\bqt1\b")),
     ("T2map", re.compile(r"\bt2 ?map\b|\bqt2\b")),
@@ -470,6 +485,13 @@ def _summary(series: Series, f: _Facts) -> str:
 # --------------------------------------------------------------------------- draft
 
 
+def _linked(datatype: str | None, suffix: str | None) -> bool:
+    """Linked to the images it corrects (IntendedFor): a B0 fieldmap or an M0 scan."""
+    return (datatype == "fmap" and suffix in LINKED_FMAP_SUFFIXES) or (
+        datatype == "perf" and suffix == "m0scan"
+    )
+
+
 @dataclass
 class _Draft:
     """A classification being built (mutable; frozen into a Classification at the end)."""
@@ -507,7 +529,7 @@ class _Draft:
             excluded=self.excluded,
             review=self.review,
             rule=rule,
-            corrects=self.corrects if self.datatype == "fmap" else None,
+            corrects=self.corrects if _linked(self.datatype, self.suffix) else None,
         )
 
 
@@ -583,6 +605,25 @@ def _kept(provenance: str, keep_derived: bool | Collection[str]) -> bool:
     if isinstance(keep_derived, bool):
         return keep_derived and provenance in DERIVED_PROVENANCES
     return provenance in keep_derived
+
+
+#: Derived provenances that have no place in a raw BIDS dataset, even with --keep-derived.
+_NO_RAW_NAME = {
+    "dti_map": (
+        "a map the scanner computed from the diffusion images (ADC, FA, trace...), which "
+        "has no place in a raw BIDS dataset, even with --keep-derived (named as a dwi "
+        "image, it would take the DWI's bval/bvec)"
+    ),
+}
+
+
+def _derived_exclusion(provenance: str, keep_derived: bool | Collection[str]) -> str | None:
+    """Why a series of a derived ``provenance`` is not converted (None: it is)."""
+    if provenance in _NO_RAW_NAME:
+        return f"derived: {provenance}, {_NO_RAW_NAME[provenance]}"
+    if not _kept(provenance, keep_derived):
+        return f"derived: {provenance} (use --keep-derived to keep)"
+    return None
 
 
 def _find_dir(f: _Facts) -> tuple[str, str] | None:
@@ -690,8 +731,15 @@ def _rec_label(provenance: str, hit: str) -> str:
     return sanitize_label(_REC_LABELS.get(word, word)) or provenance
 
 
-def _provenance(series: Series, f: _Facts) -> tuple[str, str | None, str | None]:
-    """(provenance, reason, rec label) from ImageType, SOP class and descriptions."""
+def _provenance(
+    series: Series, f: _Facts, *, reconstruction: str | None = None
+) -> tuple[str, str | None, str | None]:
+    """(provenance, reason, rec label) from ImageType, SOP class and descriptions.
+
+    ``reconstruction``: why the series is the scanner's own reconstruction that BIDS keeps
+    as raw data (an MP2RAGE UNI image or T1 map), which ImageType DERIVED alone does not
+    make derived.
+    """
     for provenance, values in _IMAGE_TYPE_PROVENANCE:
         hits = sorted(f.image_type & values)
         if hits:
@@ -713,6 +761,8 @@ def _provenance(series: Series, f: _Facts) -> tuple[str, str | None, str | None]
                 _rec_label(provenance, word.strip()),
             )
     hits = sorted(f.image_type & _DERIVED_TYPES)
+    if hits and reconstruction and "SECONDARY" not in hits:
+        return "raw", f"ImageType contains DERIVED, but {reconstruction}: raw", None
     if hits and not f.fieldmap_hz:
         return "derived", f"ImageType contains {hits[0]} → derived", _rec_label("derived", hits[0])
     if (series.header.sop_class_uid or "").startswith(_SECONDARY_CAPTURE):
@@ -775,6 +825,79 @@ def _anat_words(f: _Facts) -> tuple[str, str, bool] | None:
                 return "T1w", f"description words {m.group(0)!r} and t1 → T1w (T1-FLAIR)", True
             return suffix, f"description word {m.group(0).strip()!r} → {suffix}", strong
     return None
+
+
+@dataclass(frozen=True)
+class _Mp2rage:
+    """What a series of a Siemens MP2RAGE acquisition is."""
+
+    suffix: str | None  #: MP2RAGE (an inversion), UNIT1, T1map; None: the headers do not say
+    entities: Mapping[str, str]
+    reason: str
+    reconstruction: str | None = None  #: of UNIT1/T1map: why it is raw data, not derived
+
+
+def _mp2rage(f: _Facts) -> _Mp2rage | None:
+    """The image of an MP2RAGE acquisition a series is, from the description word
+    ``mp2rage``, the ``tfl3d`` sequence with an ``_INV1``/``_INV2``/``_UNI``/``_T1_Images``
+    description, or ImageType UNI (which Siemens writes on MP2RAGE uniform images only)."""
+    word = _MP2RAGE_WORD.search(f.text)
+    seq = _MP2RAGE_SEQ.match(f.seq)
+    part = _MP2RAGE_PART.search(f.desc)
+    uni_type = "UNI" in f.image_type
+    t1_type = bool(f.image_type & {"T1 MAP", "T1MAP", "T1_MAP"})
+    if not (word or uni_type or (seq and part)):
+        return None
+    clues = [
+        f"description word {word.group(0)!r}" if word else "",
+        f"SequenceName {f.seq}" if seq else "",
+        f"SeriesDescription {f.desc!r} ({part.group(1)})" if part else "",
+        "ImageType UNI" if uni_type else "",
+        "ImageType T1 MAP" if t1_type else "",
+    ]
+    what = f"MP2RAGE ({', '.join(c for c in clues if c)})"
+    raw = "the scanner's own reconstruction, which BIDS keeps as raw data"
+    if part is not None and part.group("inv"):
+        n = part.group("inv")
+        ti = f" (TI {_fmt(f.ti)} ms)" if f.ti else ""
+        return _Mp2rage("MP2RAGE", {"inv": n}, f"{what}: inversion {n}{ti} → inv-{n} MP2RAGE")
+    if part is not None and part.group("den"):
+        return _Mp2rage(
+            "UNIT1",
+            {"rec": "denoised"},
+            f"{what}: denoised uniform image (UNI-DEN) → UNIT1 rec-denoised",
+            f"a denoised MP2RAGE uniform image is {raw} (UNIT1)",
+        )
+    if uni_type or (part is not None and part.group("uni")):
+        return _Mp2rage(
+            "UNIT1",
+            {},
+            f"{what}: uniform image (UNI) → UNIT1",
+            f"an MP2RAGE uniform image is {raw} (UNIT1)",
+        )
+    if t1_type or (part is not None and part.group("t1")):
+        return _Mp2rage(
+            "T1map",
+            {},
+            f"{what}: T1 map → T1map",
+            f"an MP2RAGE T1 map is {raw} (T1map)",
+        )
+    return _Mp2rage(
+        None,
+        {},
+        f"{what}, but the description names none of its images (INV1, INV2, UNI, T1 map)",
+    )
+
+
+def _apply_mp2rage(d: _Draft, mp2: _Mp2rage, f: _Facts, series: Series) -> None:
+    d.note(mp2.reason)
+    if mp2.suffix is None:
+        d.review = True
+        return
+    d.datatype, d.suffix = "anat", mp2.suffix
+    d.entities.update(mp2.entities)
+    _set_part(d, f)
+    _set_echo(d, series)
 
 
 def _decide_anat(d: _Draft, f: _Facts, series: Series) -> None:
@@ -964,7 +1087,7 @@ def _apply_reproin(d: _Draft, r: ReproIn, f: _Facts, series: Series) -> None:
     d.entities.update(r.entities)
     suffix = r.suffix
     if r.label and suffix is None:
-        d.note(f"ReproIn label {r.label!r} is not a {r.datatype} suffix: inferred")
+        d.note(f"ReproIn label {r.label!r} is not a suffix of datatype {r.datatype}: inferred")
     sbref = any(_SBREF.search(_norm(flag)) for flag in r.flags)
     if sbref and r.datatype in ("func", "dwi"):
         suffix = "sbref"
@@ -1016,23 +1139,28 @@ def _automatic(series: Series, f: _Facts, keep_derived: bool | Collection[str]) 
         d.provenance, d.excluded = "localizer", "localizer"
         d.note(localizer)
         return d
-    provenance, why, rec = _provenance(series, f)
+    mp2 = _mp2rage(f) if reproin is None else None
+    provenance, why, rec = _provenance(
+        series, f, reconstruction=mp2.reconstruction if mp2 is not None else None
+    )
     if why:
         d.provenance = provenance
         d.note(why)
     if reproin is not None:
         _apply_reproin(d, reproin, f, series)
     else:
-        _decide(d, f, series)
+        if mp2 is not None and provenance == "raw":
+            _apply_mp2rage(d, mp2, f, series)
+        else:
+            _decide(d, f, series)
         acq = _ACQ_EXPLICIT.search(f.desc) or _ACQ_EXPLICIT.search(f.prot)
         if acq and d.datatype and not d.entities.get("acq"):
             d.entities["acq"] = acq.group(1)
             d.note(f"description says acq-{acq.group(1)}")
     if provenance != "raw":
         _derived_name(d, f, provenance, rec)
-        if not _kept(provenance, keep_derived):
-            d.excluded = f"derived: {provenance} (use --keep-derived to keep)"
-        elif d.datatype is None or d.suffix is None:
+        d.excluded = _derived_exclusion(provenance, keep_derived)
+        if d.excluded is None and (d.datatype is None or d.suffix is None):
             d.excluded = f"derived: {provenance}, no BIDS name for it"
             d.review = True
     if d.datatype is None or d.suffix is None:
@@ -1088,10 +1216,10 @@ def _apply_rule(
         if by_provenance:
             if rule.provenance == "localizer":
                 d.excluded = "localizer"
-            elif rule.provenance in DERIVED_PROVENANCES and not _kept(
+            elif rule.provenance in DERIVED_PROVENANCES and _derived_exclusion(
                 rule.provenance, keep_derived
             ):
-                d.excluded = f"derived: {rule.provenance} (use --keep-derived to keep)"
+                d.excluded = _derived_exclusion(rule.provenance, keep_derived)
             elif d.datatype is None or d.suffix is None:
                 d.excluded = f"unrecognized: {_summary(series, f)}"
             else:
@@ -1105,7 +1233,7 @@ def _with_sidecar(d: _Draft, rule: Rule) -> Classification:
     """``d`` frozen, with the sidecar keys and the datatypes to correct that ``rule`` sets
     (said in the evidence)."""
     if rule.corrects is not None:
-        if d.datatype == "fmap" and d.suffix in LINKED_FMAP_SUFFIXES:
+        if _linked(d.datatype, d.suffix):
             d.corrects = rule.corrects
             d.note(
                 f"rule {rule.name!r}: corrects only {', '.join(rule.corrects)} images"
@@ -1131,9 +1259,10 @@ def classify_series(
 ) -> Classification:
     """The BIDS name, provenance and reasons for one series (pure).
 
-    ``keep_derived``: True keeps every derived provenance (synthetic, swi, dti_map,
-    projection, subtraction, derived); a collection keeps those named. Kept derived
-    series carry a ``rec`` entity; others are excluded but still named as well as possible.
+    ``keep_derived``: True keeps every derived provenance (synthetic, swi, projection,
+    subtraction, derived); a collection keeps those named. Kept derived series carry a
+    ``rec`` entity; others are excluded but still named as well as possible. DTI maps
+    (dti_map) are never kept: as ``dwi`` images they would take the DWI's bval/bvec.
     """
     f = _facts(series)
     for rule in rules:
@@ -1197,6 +1326,10 @@ def classify_all(
       (split by geometry when grouped) are a localizer;
     * the magnitude partner of a ``part-phase`` series (same protocol, acquisition time,
       datatype, suffix and entities) gets ``part-mag``;
+    * reconstructions of one acquisition (same protocol, acquisition date and time, name)
+      that differ in Siemens' ImageType NORM (prescan normalize) or ND/DIS2D/DIS3D
+      (distortion correction) get a ``rec`` label (``rec-norm``, ``rec-nd``...) rather than
+      run numbers, which would present them as several acquisitions;
     * when kept series of different protocols would share a name (run numbering would
       mix them), each gets ``acq-<its SeriesDescription>`` unless it has an ``acq``.
     """
@@ -1223,6 +1356,7 @@ def classify_all(
             results[i] = _with(
                 c, {"part": "mag"}, "a phase series of the same protocol exists: part-mag"
             )
+    _label_reconstructions([s for s, _ in pairs], results)
     # acq where different protocols would share a name (ReproIn names and rules are kept)
     groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
     for i, c in enumerate(results):
@@ -1265,11 +1399,95 @@ def classify_all(
     return results
 
 
+#: ImageType values (Siemens) of a reconstruction: distortion correction off (ND) or on
+_DISTORTION = ("ND", "DIS2D", "DIS3D")
+
+
+def _recon_flags(series: Series) -> tuple[bool, str | None]:
+    """(prescan-normalized: ImageType NORM, the distortion-correction value) of a series."""
+    values = {v.upper() for v in series.header.image_type}
+    for image_type in series.image_types:
+        values |= {v.upper() for v in image_type}
+    return "NORM" in values, next((v for v in _DISTORTION if v in values), None)
+
+
+def _label_reconstructions(series_list: Sequence[Series], results: list[Classification]) -> None:
+    """``rec`` labels for the reconstructions of one acquisition that would share a name.
+
+    Siemens saves the images of one acquisition with and without prescan normalization
+    (ImageType NORM) or distortion correction (ND: none, DIS2D/DIS3D); each such series has
+    the protocol and acquisition time of the others. Only the ImageType values that differ
+    make the label: ``rec-norm`` for the normalized one (the other keeps its name), or
+    ``rec-nd``/``rec-dis2d``..., or both (``rec-dis2dnorm``). ``results`` is updated.
+    """
+    groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+    for i, (s, c) in enumerate(zip(series_list, results, strict=True)):
+        when = s.acquisition_time or s.header.acquisition_time or ""
+        if c.excluded is not None or not (c.datatype and c.suffix) or not when[:6]:
+            continue
+        if "rec" in c.entities or "rec" not in allowed_entities(c.datatype, c.suffix):
+            continue
+        h = s.header
+        key = (
+            h.protocol_name or h.series_description,
+            s.acquisition_date or h.acquisition_date,
+            when[:6],
+            c.datatype,
+            c.suffix,
+            tuple(sorted(c.entities.items())),
+        )
+        groups[key].append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        flags = {i: _recon_flags(series_list[i]) for i in members}
+        by_norm = len({norm for norm, _ in flags.values()}) > 1
+        by_distortion = len({dist for _, dist in flags.values()}) > 1
+        if not (by_norm or by_distortion):
+            continue  # the same reconstruction twice: left to run numbering
+        labels = {
+            i: ((dist or "").lower() if by_distortion else "")
+            + ("norm" if by_norm and norm else "")
+            for i, (norm, dist) in flags.items()
+        }
+        if len(set(labels.values())) < len(members):
+            continue  # the ImageType does not tell them apart
+        differ = " and ".join(
+            what
+            for what, used in (
+                ("NORM (prescan normalize)", by_norm),
+                ("ND/DIS2D/DIS3D (distortion correction)", by_distortion),
+            )
+            if used
+        )
+        numbers = ", ".join(str(series_list[i].header.series_number or "?") for i in members)
+        for i in members:
+            norm, dist = flags[i]
+            mine = ", ".join(
+                ([("with" if norm else "without") + " NORM"] if by_norm else [])
+                + ([dist or "no ND/DIS value"] if by_distortion else [])
+            )
+            why = (
+                f"series {numbers}: one acquisition (same protocol and acquisition time) "
+                f"reconstructed {len(members)} times, ImageType differs in {differ}; "
+                f"this one ({mine}) "
+            )
+            if labels[i]:
+                results[i] = _with(results[i], {"rec": labels[i]}, why + f"→ rec-{labels[i]}")
+            else:
+                results[i] = _with(results[i], {}, why + "keeps its name without rec")
+
+
 def _protocol_label(series: Series, cls: Classification | None = None) -> str:
     """An ``acq`` label from the SeriesDescription (or ProtocolName), without "WIP" and
-    without the direction that the ``dir`` entity of ``cls`` gives."""
+    without the direction that the ``dir`` entity of ``cls`` gives; of an MP2RAGE image,
+    from the ProtocolName that its series share (or the description without _INV1...)."""
     h = series.header
     text = re.sub(r"^WIP\s+", "", h.series_description or h.protocol_name or "")
+    if cls is not None and cls.suffix in _MP2RAGE_SUFFIXES:  # one label for INV1, UNI...
+        stripped = re.sub(r"^WIP\s+", "", h.protocol_name or "") or _MP2RAGE_PART.sub("", text)
+        if sanitize_label(stripped):
+            text = stripped
     direction = cls.entities.get("dir") if cls is not None else None
     if direction:
         stripped = re.sub(

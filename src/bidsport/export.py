@@ -103,6 +103,9 @@ REQUIRED_SIDECAR_KEYS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
         # Philips does not record the phase-encoding polarity, and some exports lack the
         # readout's timing: dcm2niix then writes neither
         "epi": ("PhaseEncodingDirection", "TotalReadoutTime"),
+        # the sequence's timing, which no DICOM tag holds
+        "MP2RAGE": ("RepetitionTimeExcitation", "RepetitionTimePreparation", "NumberShots"),
+        "m0scan": ("RepetitionTimePreparation",),
     }
 )
 
@@ -468,17 +471,19 @@ def fieldmap_acquisition(p: PlannedSeries) -> Acquisition | None:
 
     Fieldmaps: ``epi`` images (grouped by ``acq``, ``ce`` and the phase-encoding axis of
     ``dir``), the images of a field measurement (:data:`FIELD_SUFFIXES`, by ``acq``) and
-    ``m0scan`` images (by ``acq``). What a fieldmap may correct is what a rule or the
-    classifier says (``corrects``), else what its ``acq`` label names (``acq-dwi``: DWI
-    only, see :data:`_ACQ_CORRECTS`), else perf images for an ``m0scan``, else any. B1
-    maps correct no func/dwi/perf image and take no part.
+    ``m0scan`` images (by ``acq``), in ``fmap/`` or in ``perf/``: an M0 scan is linked to
+    the ASL images it calibrates, wherever it is (BIDS requires its ``IntendedFor``), and
+    is not itself an image that B0 fieldmaps correct. What a fieldmap may correct is what
+    a rule or the classifier says (``corrects``), else what its ``acq`` label names
+    (``acq-dwi``: DWI only, see :data:`_ACQ_CORRECTS`), else perf images for an
+    ``m0scan``, else any. B1 maps correct no func/dwi/perf image and take no part.
     """
     from bidsport.index import series_order
 
     cls = p.cls
-    if cls.datatype in CORRECTED_DATATYPES:
-        return Acquisition(series_order(p.series), cls.datatype)
-    if cls.datatype != "fmap":
+    if not _is_fieldmap(cls):
+        if cls.datatype in CORRECTED_DATATYPES:
+            return Acquisition(series_order(p.series), str(cls.datatype))
         return None
     entities = {k: v for k, v in cls.entities.items() if k != "run"}
     acq, ce = entities.get("acq", ""), entities.get("ce", "")
@@ -572,7 +577,7 @@ def link_fieldmaps(
     planned: dict[str, PlannedSeries] = {}
     for p, img in images:
         by_series.setdefault(p.series.series_id, []).append(img)
-        if img.sidecar if p.cls.datatype == "fmap" else _is_nifti(img):
+        if img.sidecar if _is_fieldmap(p.cls) else _is_nifti(img):
             planned.setdefault(p.series.series_id, p)
     sets = plan_fieldmap_sets(list(planned.values()))
     prefix = f"bids::sub-{subject}/" + (f"ses-{session}/" if session else "")
@@ -596,7 +601,9 @@ def link_fieldmaps(
                 links[sidecar] |= uris
     converted: dict[str, set[str | None]] = {}  # by study
     for p in planned.values():
-        converted.setdefault(p.series.header.study_uid or "", set()).add(p.cls.datatype)
+        kinds = converted.setdefault(p.series.header.study_uid or "", set())
+        if not _is_fieldmap(p.cls):  # a perf M0 scan is no ASL image
+            kinds.add(p.cls.datatype)
     notes: list[Problem] = []
     noted: set[str] = set()
     for fieldmap_set in sets:
@@ -619,6 +626,11 @@ def link_fieldmaps(
                 )
             )
     return FieldmapLinks({k: sorted(v) for k, v in links.items()}, notes)
+
+
+def _is_fieldmap(cls: Classification) -> bool:
+    """A series linked to the images it corrects: one in ``fmap/``, or an M0 scan."""
+    return cls.datatype == "fmap" or (cls.datatype == "perf" and cls.suffix == "m0scan")
 
 
 def _is_nifti(img: ConvertedImage) -> bool:

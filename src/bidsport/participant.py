@@ -342,8 +342,10 @@ def classify_session(
 
     Series made of excluded files (derived images, ...) are classified too, so the series
     table says what they were; they carry the file exclusion as the reason they are skipped.
-    A derived series that a user rule names (datatype and suffix) is kept: the rule says
-    the user wants it, as ``--keep-derived`` would for every derived series.
+    A series of derived images is kept when a user rule names it (datatype and suffix: the
+    user wants it, as ``--keep-derived`` would for every derived series), or when its
+    classification says it is the scanner's own reconstruction, raw data in BIDS (an
+    MP2RAGE UNIT1, a field map in Hz), whatever its ImageType says.
     """
     from bidsport.index import group_series
     from bidsport.organize import decide_files
@@ -358,7 +360,7 @@ def classify_session(
         uid
         for p in classified
         if (uid := p.series.header.series_uid) is not None
-        and p.cls.rule
+        and (p.cls.rule or p.cls.provenance == "raw")
         and p.cls.datatype
         and p.cls.suffix
         and p.skip is None
@@ -385,7 +387,11 @@ def classify_session(
         elif len(kept) < p.series.n_files:
             p = dataclasses.replace(p, series=dataclasses.replace(p.series, files=kept))
         if kept and p.series.header.series_uid in named:
-            why = f"kept although derived: rule {p.cls.rule!r} names it"
+            why = (
+                f"kept although derived: rule {p.cls.rule!r} names it"
+                if p.cls.rule
+                else "kept although its files are derived: its classification is raw data"
+            )
             p = dataclasses.replace(
                 p, cls=dataclasses.replace(p.cls, evidence=(*p.cls.evidence, why))
             )
@@ -540,6 +546,22 @@ class _SessionState:
         )
 
 
+def failure_summary(failed: Sequence[Problem]) -> str | None:
+    """The session's error from its fatal problems (None when there are none).
+
+    >>> failure_summary([Problem("1.2", "dcm2niix failed", "convert")] * 2)
+    '2 series failed: dcm2niix failed'
+    >>> failure_summary([Problem("S3", "cannot read folder 'S3'", "import", fatal=True)])
+    "1 fatal problem: cannot read folder 'S3'"
+    """
+    if not failed:
+        return None
+    n = len(failed)
+    if all(p.stage == "convert" for p in failed):
+        return f"{n} series failed: {failed[0].reason}"
+    return f"{n} fatal problem{'s' if n > 1 else ''}: {failed[0].reason}"
+
+
 def skipped_result(subject: str, session: str | None) -> SessionResult:
     """The result of a session found already converted (``--overwrite skip``)."""
     return SessionResult(subject, session, True, True, True, skipped=True)
@@ -605,7 +627,7 @@ def process_session(
                 assignments, layout, opts, work_root / label, state, progress, anon, shared
             )
             failed = [p for p in state.problems if p.fatal]
-            error = f"{len(failed)} series failed: {failed[0].reason}" if failed else None
+            error = failure_summary(failed)
             with state.timed("status"):
                 record(error)
             if not failed and opts.archive != "leave":
@@ -780,7 +802,8 @@ def _prepare_session(
             assignment.packet.name,
             result.mode,
         )
-    state.stages["imported"] = True
+    # a packet read in part (an unreadable folder...) is not imported: the session fails
+    state.stages["imported"] = not any(p.fatal and p.stage == "import" for p in problems)
 
     # ---- scan, decide, organize
     say(f"{label}: reading headers")
@@ -994,7 +1017,9 @@ def _convert_session(
             layout, sub, ses, planned, runs, outputs_by_series, failures, state.scrub
         )
     state.images += [img for _, img in exported]
-    state.stages["converted"] = not failures and bool(exported or not to_convert)
+    state.stages["converted"] = (
+        state.stages["imported"] and not failures and bool(exported or not to_convert)
+    )
 
 
 def _remove_earlier_outputs(

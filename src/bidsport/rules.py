@@ -496,7 +496,7 @@ def _rule(spec: Any, source: str, names: set[str]) -> Rule:
             raise _Problem(f"unknown datatype {datatype!r} (known: {', '.join(DATATYPES)})")
         if suffix not in SUFFIXES[datatype]:
             raise _Problem(
-                f"suffix {suffix!r} is not a {datatype} suffix "
+                f"suffix {suffix!r} is not a suffix of datatype {datatype} "
                 f"(known: {', '.join(sorted(SUFFIXES[datatype]))})"
             )
     provenance = action.get("provenance")

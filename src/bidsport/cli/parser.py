@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     org.add_argument(
         "--keep-derived",
         action="store_true",
-        help="keep derived and secondary-capture images (excluded by default)",
+        help="keep derived and secondary-capture images (excluded by default), named with a "
+        "rec- label; DTI maps (ADC, FA, trace) stay excluded: BIDS has no raw place for them",
     )
     org.add_argument(
         "--skip-dicom-check",
