@@ -38,7 +38,7 @@ from bidsport.runner import run_command
 from bidsport.synthetic import SeriesSpec, Study, Subject, series_datasets
 from bidsport.todicom import ExportOptions, ExportResult, export_nifti, writers
 from bidsport.todicom.geometry import ras_to_lps
-from bidsport.todicom.reference import find_dataset_root, resolve_bids_uri
+from bidsport.todicom.reference import find_dataset_root, layout_root, resolve_bids_uri
 from bidsport.todicom.sidecar import dicom_attributes, read_label_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,8 +135,10 @@ def write_series(
     subject: Subject = DEFAULT_SUBJECT,
     study: Study = DEFAULT_STUDY,
     n_slices: int = 6,
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """A synthetic series (anisotropic pixels); ``rotate`` turns it about the isocentre."""
+    """A synthetic series (anisotropic pixels, 2.5 mm slices); ``rotate`` turns it about the
+    isocentre; ``extra`` sets more attributes (keyword: value)."""
     spec = SeriesSpec(
         description,
         number,
@@ -148,7 +150,7 @@ def write_series(
         n_volumes=n_volumes,
         pixel_spacing=1.5,
         slice_thickness=2.5,
-        extra={"PixelSpacing": [1.5, 1.25], "BodyPartExamined": "BRAIN"},
+        extra={"PixelSpacing": [1.5, 1.25], "BodyPartExamined": "BRAIN", **(extra or {})},
     )
     fileops.ensure_dir(folder)
     paths = []
@@ -870,3 +872,221 @@ def test_sidecar_mapping_and_label_tables(tmp_path: Path) -> None:
     bad.write_text("value\tlabel\n1\tx\n")
     with pytest.raises(UsageError, match="needs the columns 'index' and 'name'"):
         read_label_table(bad)
+
+
+# --------------------------------------------------------------------------- slice thickness
+
+
+def nifti_image(path: Path) -> nib.Nifti1Image:
+    """A NIfTI-1 image (dcm2niix writes NIfTI-1), typed as such."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image), path
+    return image
+
+
+def pixel_measures(path: Path) -> tuple[float, float | None]:
+    """(SliceThickness, SpacingBetweenSlices or None) of a classic or multi-frame file."""
+    ds = header(path)
+    if "SharedFunctionalGroupsSequence" in ds:
+        ds = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    spacing = ds.get("SpacingBetweenSlices")  # not in Secondary Capture
+    return float(ds.SliceThickness), None if spacing is None else float(spacing)
+
+
+def test_slice_thickness_is_kept_on_the_reference_slices(tmp_path: Path) -> None:
+    """1.5 mm slices every 2.5 mm (a 1 mm gap): the thickness is not the spacing."""
+    src = tmp_path / "src"
+    write_series(src, rotate=OBLIQUE, extra={"SliceThickness": 1.5})
+    first = first_conversion(tmp_path, src)
+    assert dcm2niix_sidecar(first)["SliceThickness"] == 1.5
+    for kind in ("mr", "sc", "enhanced"):
+        result, back = round_trip(tmp_path, src, first, kind=kind)
+        expected = (1.5, None) if kind == "sc" else (1.5, 2.5)
+        assert pixel_measures(result.files[0]) == pytest.approx(expected, abs=1e-5), kind
+        assert dcm2niix_sidecar(back)["SliceThickness"] == 1.5
+    img = nifti_image(first)
+    mask_file = tmp_path / "sub-01_label-x_mask.nii.gz"
+    nib.save(nib.Nifti1Image((img.get_fdata() > 500).astype(np.uint8), img.affine), mask_file)
+    seg = export_nifti(mask_file, tmp_path / "seg", ExportOptions(reference=src))
+    assert pixel_measures(seg.files[0]) == pytest.approx((1.5, 2.5), abs=1e-5)
+    # no sidecar: the reference's thickness; a sidecar's own value wins over the reference's
+    lone = tmp_path / "lone" / "result.nii.gz"
+    fileops.ensure_dir(lone.parent)
+    nib.save(img, lone)
+    result = export_nifti(lone, tmp_path / "o1", ExportOptions(reference=src))
+    assert pixel_measures(result.files[0]) == pytest.approx((1.5, 2.5), abs=1e-5)
+    fileops.write_json(lone.with_name("result.json"), {"SliceThickness": 1.75})
+    result = export_nifti(lone, tmp_path / "o2", ExportOptions(reference=src))
+    assert pixel_measures(result.files[0]) == pytest.approx((1.75, 2.5), abs=1e-5)
+    # resampled across the slices: the new slices' thickness is unknown, the spacing is used
+    finer = img.affine.copy()
+    finer[:3, 2] /= 2
+    resampled = tmp_path / "resampled.nii.gz"
+    nib.save(nib.Nifti1Image(np.repeat(img.get_fdata(), 2, axis=2), finer), resampled)
+    result = export_nifti(resampled, tmp_path / "o3", ExportOptions(reference=src))
+    assert not result.same_grid
+    assert pixel_measures(result.files[0]) == pytest.approx((1.25, 1.25), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case, thickness, spacing",
+    [
+        ("dcm_qa_nih/In/20180918Si/mr_0003", 3.0, 12.0),  # Siemens mosaic, 9 mm gap
+        ("dcm_qa_philips/In/Magdeburg_2014/fmri", 6.0, 8.0),  # Philips, 2 mm gap
+    ],
+)
+def test_slice_thickness_real_data(
+    tmp_path: Path, shared_data: Path, case: str, thickness: float, spacing: float
+) -> None:
+    src = shared_data / case
+    first = first_conversion(tmp_path, src)
+    result = export_nifti(first, tmp_path / "out", ExportOptions(reference=src, kind="mr"))
+    assert pixel_measures(result.files[0]) == pytest.approx((thickness, spacing), abs=1e-4)
+    lone = tmp_path / "lone.nii.gz"  # without the sidecar: from the reference's header
+    shutil.copy(first, lone)
+    result = export_nifti(lone, tmp_path / "o2", ExportOptions(reference=src, kind="enhanced"))
+    assert pixel_measures(result.files[0]) == pytest.approx((thickness, spacing), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- single planes
+
+
+def plane_cases(img: nib.Nifti1Image, slice_axis: int) -> dict[int, nib.Nifti1Image]:
+    """One plane across each in-plane axis of the reference, by the axis it is thin along."""
+    out = {}
+    for axis in range(3):
+        if axis != slice_axis:
+            index = [slice(None)] * 3
+            index[axis] = slice(4, 5)
+            out[axis] = img.slicer[tuple(index)]
+    return out
+
+
+def as_2d(plane: nib.Nifti1Image, thin_axis: int) -> nib.Nifti1Image:
+    """The same plane as a 2D NIfTI (the thin axis moved last, then dropped)."""
+    perm = [a for a in range(3) if a != thin_axis] + [thin_axis]
+    affine = plane.affine.copy()
+    affine[:3, :3] = plane.affine[:3, perm]
+    data = np.transpose(np.asanyarray(plane.dataobj), perm)[:, :, 0]
+    return nib.Nifti1Image(data, affine)
+
+
+@pytest.mark.parametrize("orientation", ["sagittal", "axial"])
+def test_single_plane_across_the_reference_slices(tmp_path: Path, orientation: str) -> None:
+    """One plane of another orientation than the reference's slices becomes one image in its
+    own plane (not frames of one row each), which dcm2niix reads back as the same plane."""
+    src = tmp_path / "src"
+    write_series(src, orientation=orientation)
+    first = first_conversion(tmp_path, src)
+    img = nifti_image(first)
+    ref = header(next(src.iterdir()))
+    normal = np.cross(
+        np.asarray(ref.ImageOrientationPatient[:3], float),
+        np.asarray(ref.ImageOrientationPatient[3:], float),
+    )
+    directions = ras_to_lps(img.affine)[:3, :3]
+    slice_axis = int(np.argmax(np.abs(normal @ directions)))
+    for axis, plane in plane_cases(img, slice_axis).items():
+        name = f"across-axis-{axis}"
+        plane_file = tmp_path / f"{name}.nii.gz"
+        nib.save(plane, plane_file)
+        flat_file = tmp_path / f"{name}_2d.nii.gz"  # the same plane, as a 2D NIfTI
+        nib.save(as_2d(plane, axis), flat_file)
+        for nifti in (plane_file, flat_file):
+            result, back = round_trip(tmp_path / f"rt_{nifti.name}", src, nifti)
+            assert len(result.files) == 1, name
+            out = header(result.files[0])
+            assert out.Rows > 1 and out.Columns > 1
+            assert out.Rows * out.Columns == int(np.prod(plane.shape))
+            iop = np.asarray(out.ImageOrientationPatient, dtype=float)
+            assert abs(float(np.dot(np.cross(iop[:3], iop[3:]), normal))) < 1e-6  # across
+            assert_same_nifti(plane_file, back, exact_layout=False)
+
+
+def test_a_line_of_voxels_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_series(src, orientation="sagittal")
+    img = nifti_image(first_conversion(tmp_path, src))
+    line = tmp_path / "line.nii.gz"
+    nib.save(img.slicer[2:3, 3:4, :], line)
+    with pytest.raises(ConversionError, match=r"line.nii.gz has shape \(1, 1, 6\).*not an image"):
+        export_nifti(line, tmp_path / "out", ExportOptions(reference=src, kind="mr"))
+
+
+# --------------------------------------------------------------------------- dataset root
+
+
+def test_reference_found_before_the_group_level(tmp_path: Path) -> None:
+    """After the participant level only (no dataset_description.json yet), the dataset root
+    is the folder above sub-*/ses-*/<datatype>/."""
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    (root / "dataset_description.json").unlink()
+    assert find_dataset_root(ds["image"]) is None
+    assert layout_root(ds["image"]) == root.absolute()
+    result = export_nifti(ds["image"], tmp_path / "out")
+    assert result.reference.endswith("BidsportSourceDicom of sub-01_ses-1_T1w.nii.gz)")
+    assert result.reference_series_uid == str(header(ds["t1"][0]).SeriesInstanceUID)
+    # the SeriesInstanceUID lookup in sourcedata/dicom finds the root the same way
+    sidecar_file = ds["image"].with_name("sub-01_ses-1_T1w.json")
+    sidecar = json.loads(sidecar_file.read_text())
+    listed = sidecar.pop("BidsportSourceDicom")
+    fileops.write_json(sidecar_file, sidecar)
+    result = export_nifti(ds["image"], tmp_path / "out2")
+    assert result.reference_series_uid == sidecar["SeriesInstanceUID"]
+    # a missing source file is named where it was looked for: under the dataset root
+    sidecar["BidsportSourceDicom"] = listed
+    fileops.write_json(sidecar_file, sidecar)
+    (root / listed[0]).unlink()
+    with pytest.raises(ReferenceError_) as info:
+        export_nifti(ds["image"], tmp_path / "out3")
+    message = str(info.value)
+    assert f"{root.absolute() / listed[0]} (BidsportSourceDicom" in message
+    assert "anat/sourcedata" not in message
+
+
+def test_unresolved_sources_are_named(tmp_path: Path) -> None:
+    """A sidecar that has Sources which cannot be followed says which and why."""
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    img = nifti_image(ds["image"])
+    lone_dir = tmp_path / "elsewhere"
+    fileops.ensure_dir(lone_dir)
+    t1map = lone_dir / "sub-01_ses-1_T1map.nii.gz"
+    nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32), img.affine), t1map)
+    uri = "bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    fileops.write_json(lone_dir / "sub-01_ses-1_T1map.json", {"Sources": [uri]})
+    with pytest.raises(ReferenceError_) as info:
+        export_nifti(t1map, tmp_path / "out")
+    message = str(info.value)
+    assert "has no" not in message
+    assert f"Sources entry {uri!r}" in message and "DatasetLinks 'raw'" in message
+    # with the link, but to a file that is not there: the missing file is named
+    fileops.write_json(
+        lone_dir / "dataset_description.json",
+        {"Name": "d", "BIDSVersion": "1.9.0", "DatasetLinks": {"raw": str(tmp_path / "gone")}},
+    )
+    with pytest.raises(ReferenceError_, match=r"gone/sub-01/ses-1/anat/.*which does not exist"):
+        export_nifti(t1map, tmp_path / "out")
+    fileops.write_json(
+        lone_dir / "dataset_description.json",
+        {"Name": "d", "BIDSVersion": "1.9.0", "DatasetLinks": {"raw": str(root)}},
+    )
+    result = export_nifti(t1map, tmp_path / "out")
+    assert result.reference_series_uid == str(header(ds["t1"][0]).SeriesInstanceUID)
+
+
+def test_cli_quiet_prints_errors_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    write_series(src)
+    first = first_conversion(tmp_path, src)
+    args = [str(first), "-o", str(tmp_path / "out"), "--reference", str(src), "-q"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == ""
+    code = cli.main(
+        [str(tmp_path / "nope.nii.gz"), *args[:1], "-o", str(tmp_path / "o2"), *args[3:]]
+    )
+    assert code == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "nope.nii.gz" in captured.err and "not found" in captured.err

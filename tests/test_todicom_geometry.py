@@ -189,3 +189,30 @@ def test_patient_orientation_letters() -> None:
     assert patient_orientation((0, -1, 0)) == "A"
     assert patient_orientation((0.8, 0.0, -0.6)) == "LF"
     assert patient_orientation((0.0, 0.001, 1.0)) == "H"
+
+
+@pytest.mark.parametrize(("perm", "signs", "rot"), GRIDS)
+def test_a_single_plane_is_one_frame_in_its_own_plane(
+    perm: tuple[int, ...], signs: tuple[int, ...], rot: str
+) -> None:
+    """Whatever axis is one voxel thick: one frame, rows and columns along the two others,
+    shown as scanners show that plane (axial: rows to the left; else columns down)."""
+    affine = make_affine(perm, signs, ROTATIONS[rot])
+    lps = ras_to_lps(affine)
+    for thin in range(3):
+        shape = tuple(1 if axis == thin else n for axis, n in enumerate((5, 4, 3)))
+        assert geometry.single_plane_axis(shape) == thin
+        order = geometry.single_plane_order(affine, shape)
+        assert order is not None and order.axes[2] == thin
+        geo = stack_geometry(affine, shape, order)
+        assert (geo.n_frames, geo.rows * geo.columns) == (1, int(np.prod(shape)))
+        row, col = geometry.plane_directions(lps[:3, thin])
+        assert np.dot(geo.row_direction, row) > 0.5 and np.dot(geo.column_direction, col) > 0.5
+        volume = np.arange(np.prod(shape)).reshape(shape)
+        frames = to_frames(volume, order)
+        for r, c in itertools.product(range(geo.rows), range(geo.columns)):
+            voxel = np.argwhere(volume == frames[0, r, c])[0]
+            expected = lps[:3, :3] @ voxel + lps[:3, 3]
+            assert np.allclose(dicom_world(geo, 0, r, c), expected, atol=1e-6)
+    assert geometry.single_plane_order(affine, (5, 4, 3)) is None
+    assert geometry.single_plane_order(affine, (1, 1, 3)) is None

@@ -186,7 +186,9 @@ def run(args: argparse.Namespace) -> int:
 
     With one NIfTI its error propagates (the main CLI reports it). With several, each
     failure is reported and the others go on: exit 3 when some failed, 4 when all did.
+    With ``--quiet`` only the failures are printed (on stderr).
     """
+    quiet = bool(getattr(args, "quiet", False))
     options = _options(args)
     inputs: list[Path] = list(args.nifti)
     failures = 0
@@ -199,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             print(f"bidsport todicom: {nifti_file}: {exc}", file=sys.stderr)
             continue
-        print(_report(result))
-    if len(inputs) > 1:
+        if not quiet:
+            print(_report(result))
+    if len(inputs) > 1 and not quiet:
         print(f"{len(inputs) - failures} of {len(inputs)} NIfTI images written")
     if failures == 0:
         return int(ExitCode.SUCCESS)

@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from bidsport import __version__, fileops
 from bidsport.errors import OutputError, ReferenceError_, UsageError
 from bidsport.todicom import writers
-from bidsport.todicom.geometry import stack_geometry, to_frames
+from bidsport.todicom.geometry import StackGeometry, stack_geometry, to_frames
 from bidsport.todicom.nifti import NiftiInput, NiftiValues, read_nifti, read_values
 from bidsport.todicom.pixels import encode_values, label_values
 from bidsport.todicom.reference import (
@@ -27,6 +27,8 @@ from bidsport.todicom.reference import (
     find_dataset_root,
     grid_matches,
     match_problems,
+    reference_slice_spacing,
+    reference_slice_thickness,
     resolve_reference,
     voxel_order_for,
 )
@@ -125,6 +127,41 @@ def choose_kind(
         if labels is not None and len(labels) <= MAX_AUTO_LABELS and nifti.dtype.kind in "iub":
             return "seg", f"integer image with {len(labels)} distinct labels"
     return "mr", "scalar image"
+
+
+#: Largest difference (mm) between two slice spacings taken as the same (dcm2niix affines are
+#: float32: 8 mm comes back as 7.999998826).
+SPACING_TOLERANCE_MM = 0.01
+
+
+def choose_slice_thickness(
+    nifti: NiftiInput, ref: ReferenceSeries, stack: StackGeometry
+) -> tuple[float, str]:
+    """(SliceThickness for the new frames, where it comes from).
+
+    The thickness of a slice is a property of the acquisition, not of the grid: a 6 mm slice
+    acquired every 8 mm (a 2 mm gap) is still 6 mm thick in any image kept on those slices.
+    When the new frames lie along the reference's slices (same slice direction and spacing:
+    the reference's own grid, or one resampled in plane only), the thickness is the NIfTI
+    sidecar's SliceThickness, else the reference's. On any other grid (resampled across the
+    slices, reformatted to another orientation, one plane of another orientation) the
+    thickness of the new slices is unknown: the slice spacing is written, as for contiguous
+    slices (SpacingBetweenSlices always holds the spacing).
+    """
+    spacing = stack.slice_spacing
+    ref_spacing = reference_slice_spacing(ref)
+    if ref.geometry is None or ref_spacing is None:
+        return spacing, "the slice spacing (the reference's slice spacing is unknown)"
+    parallel = abs(float(np.dot(stack.normal, ref.geometry.slice_direction))) > 1 - 1e-4
+    if not parallel or abs(spacing - ref_spacing) > SPACING_TOLERANCE_MM:
+        return spacing, "the slice spacing (not on the reference's slices)"
+    side = (nifti.sidecar or {}).get("SliceThickness")
+    if isinstance(side, (int, float)) and not isinstance(side, bool) and 0 < side < 1000:
+        return float(side), "the sidecar's SliceThickness"
+    thickness = reference_slice_thickness(ref)
+    if thickness is not None:
+        return thickness, "the reference's SliceThickness"
+    return spacing, "the slice spacing (the reference has no SliceThickness)"
 
 
 def _label_table(nifti: NiftiInput, options: ExportOptions) -> dict[int, Label]:
@@ -231,6 +268,8 @@ def export_nifti(
         if options.disclaimer
         else f"Derived from {nifti.name} by bidsport."
     )
+    thickness, thickness_source = choose_slice_thickness(nifti, ref, stack)
+    log.debug("%s: SliceThickness %.6g mm from %s", nifti.name, thickness, thickness_source)
     plan_args: dict[str, Any] = dict(
         reference=ref,
         geometry=stack,
@@ -242,6 +281,7 @@ def export_nifti(
         research=options.disclaimer,
         acquisition=_acquisition(nifti, ref),
         source_name=nifti.name,
+        slice_thickness=thickness,
     )
     if kind == "seg":
         volume = values.stored.reshape(nifti.spatial_shape)

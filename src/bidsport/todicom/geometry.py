@@ -155,13 +155,16 @@ def choose_voxel_order(
     target_row: Sequence[float] | None = None,
     target_column: Sequence[float] | None = None,
     target_slice: Sequence[float] | None = None,
+    *,
+    frame_axis: int | None = None,
 ) -> VoxelOrder:
     """The voxel order whose DICOM axes are closest to a target orientation (LPS unit vectors).
 
     ``affine`` is RAS+. Without a target, :data:`DCM2NIIX_ORDER`. With one, every
     permutation and flip is scored by the sum of cosines between the resulting row, column
     and frame directions and the targets (``target_slice`` defaults to their cross product);
-    the best wins, ties going to the first permutation in ``itertools`` order.
+    the best wins, ties going to the first permutation in ``itertools`` order. ``frame_axis``
+    (with a target) keeps only the orders whose frames step along that voxel axis.
 
     >>> axial_ras = np.diag([1.0, 1.0, 1.0, 1.0])     # RAS storage of an axial volume
     >>> choose_voxel_order(axial_ras, (1, 0, 0), (0, 1, 0))
@@ -179,6 +182,8 @@ def choose_voxel_order(
     dirs = _directions(ras_to_lps(affine))
     best: tuple[float, VoxelOrder] | None = None
     for axes in itertools.permutations(range(3)):
+        if frame_axis is not None and axes[2] != frame_axis:
+            continue
         score = 0.0
         flips = []
         for axis, target in zip(axes, targets, strict=True):
@@ -190,6 +195,51 @@ def choose_voxel_order(
             best = (score, order)
     assert best is not None
     return best[1]
+
+
+def single_plane_axis(shape: Sequence[int]) -> int | None:
+    """The voxel axis of length 1 of a single-plane image (the two others longer), else None.
+
+    >>> single_plane_axis((6, 16, 1)), single_plane_axis((1, 16, 16)), single_plane_axis((4, 5, 6))
+    (2, 0, None)
+    """
+    spatial = [int(n) for n in shape[:3]]
+    thin = [axis for axis, n in enumerate(spatial) if n == 1]
+    return thin[0] if len(thin) == 1 else None
+
+
+#: Row and column directions (LPS) in which scanners show axial, coronal and sagittal images,
+#: by the LPS axis (0 = x, 1 = y, 2 = z) nearest to the plane's normal.
+STANDARD_PLANES: dict[int, tuple[Vec3, Vec3]] = {
+    2: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),  # axial: rows to the left, columns to the back
+    1: ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),  # coronal: rows to the left, columns down
+    0: ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # sagittal: rows to the back, columns down
+}
+
+
+def plane_directions(normal: Sequence[float] | npt.NDArray[Any]) -> tuple[Vec3, Vec3]:
+    """Row and column directions (LPS) for a plane of this normal, as scanners show it.
+
+    >>> plane_directions((0.1, 0.05, -0.99))
+    ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+    """
+    return STANDARD_PLANES[int(np.argmax(np.abs(np.asarray(normal, dtype=np.float64))))]
+
+
+def single_plane_order(affine: npt.ArrayLike, shape: Sequence[int]) -> VoxelOrder | None:
+    """For a single-plane image (see :func:`single_plane_axis`): the order that writes it as
+    one frame in its own plane, rows and columns as scanners show that plane. Else None.
+
+    >>> order = single_plane_order(np.diag([-2.0, 2.0, 3.0, 1.0]), (6, 1, 16))  # coronal
+    >>> order.axes[2], stack_geometry(np.diag([-2.0, 2.0, 3.0, 1.0]), (6, 1, 16), order).rows
+    (1, 16)
+    """
+    thin = single_plane_axis(shape)
+    if thin is None:
+        return None
+    normal = ras_to_lps(affine)[:3, thin]
+    row, column = plane_directions(normal)
+    return choose_voxel_order(affine, row, column, frame_axis=thin)
 
 
 def order_matrix(order: VoxelOrder, shape: Sequence[int]) -> FloatArray:

@@ -85,6 +85,14 @@ def _shape4(shape: tuple[int, ...], path: Path) -> tuple[int, int, int, int]:
     dims += [1] * (4 - len(dims))
     if min(dims) < 1:
         raise ConversionError(f"{path} has an empty dimension: shape {tuple(shape)}")
+    if sum(n > 1 for n in dims[:3]) < 2:
+        # Rows or Columns would be 1: valid DICOM, but dcm2niix reads no such image back.
+        raise ConversionError(
+            f"{path} has shape {tuple(shape)}: fewer than two spatial axes longer than one "
+            "voxel, so it is not an image plane (a DICOM image needs at least 2 rows and 2 "
+            "columns to be read back)",
+            "write images of at least 2 x 2 voxels in some plane",
+        )
     return (dims[0], dims[1], dims[2], dims[3])
 
 

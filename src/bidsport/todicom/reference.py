@@ -5,9 +5,11 @@ The reference is, in this order of preference:
 1. ``--reference PATH``: a DICOM folder (searched recursively; one series is chosen, see
    :func:`choose_series`), one DICOM file (its series, in its folder), or a BIDS image that
    bidsport converted (then as in 2.);
-2. the NIfTI's own sidecar: ``BidsportSourceDicom`` (paths relative to the dataset root,
-   the nearest folder above holding ``dataset_description.json``); else its
-   ``SeriesInstanceUID`` looked up in ``sourcedata/dicom/sub-<s>[/ses-<t>]``;
+2. the NIfTI's own sidecar: ``BidsportSourceDicom`` (paths relative to the dataset root:
+   a folder above holding ``dataset_description.json``, else, before bidsport's group level
+   has written one, the folder above ``sub-<s>/[ses-<t>/]<datatype>/`` or one holding
+   ``sourcedata/dicom``, see :func:`candidate_roots`); else its ``SeriesInstanceUID``
+   looked up in ``sourcedata/dicom/sub-<s>[/ses-<t>]`` of those roots;
 3. for a derivative, the images its sidecar names in ``SpatialReference``, ``Sources`` or
    ``RawSources`` (BIDS URIs ``bids:<dataset>:<path>``, resolved with ``DatasetLinks``),
    followed as in 2.
@@ -40,6 +42,8 @@ from bidsport.todicom.geometry import (
     choose_voxel_order,
     lps_to_ras,
     same_grid,
+    single_plane_axis,
+    single_plane_order,
     stack_geometry,
     vec3,
     world_corners,
@@ -302,15 +306,31 @@ def series_geometry(datasets: Sequence[Dataset]) -> ReferenceGeometry | None:
 
 def voxel_order_for(nifti: NiftiInput, geometry: ReferenceGeometry | None) -> VoxelOrder:
     """How the NIfTI is written: like the reference's frames when they are known (so the
-    new series is displayed as its source), else as dcm2niix stored it."""
+    new series is displayed as its source), else as dcm2niix stored it.
+
+    A single-plane image (one voxel thick) whose plane is not parallel to the reference's
+    slices (one axial plane of a sagittal series) is written as one image in its own plane,
+    not as frames of one row each (see :func:`~bidsport.todicom.geometry.single_plane_order`).
+    """
     if geometry is None:
-        return choose_voxel_order(nifti.affine)
-    return choose_voxel_order(
-        nifti.affine,
-        geometry.row_direction,
-        geometry.column_direction,
-        geometry.slice_direction,
+        order = choose_voxel_order(nifti.affine)
+    else:
+        order = choose_voxel_order(
+            nifti.affine,
+            geometry.row_direction,
+            geometry.column_direction,
+            geometry.slice_direction,
+        )
+    thin = single_plane_axis(nifti.spatial_shape)
+    if thin is None or order.axes[2] == thin:
+        return order
+    plane = single_plane_order(nifti.affine, nifti.spatial_shape)
+    assert plane is not None
+    log.info(
+        "%s is one plane across the reference's slices: written as one image in its own plane",
+        nifti.name,
     )
+    return plane
 
 
 def nifti_stack(nifti: NiftiInput, geometry: ReferenceGeometry | None) -> StackGeometry:
@@ -323,6 +343,41 @@ def grid_matches(nifti: NiftiInput, geometry: ReferenceGeometry | None) -> bool:
     if geometry is None or geometry.stack is None:
         return False
     return same_grid(nifti_stack(nifti, geometry), geometry.stack)
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def reference_slice_thickness(ref: ReferenceSeries) -> float | None:
+    """The reference's SliceThickness (mm; Pixel Measures of a multi-frame), if it has one."""
+    planes = frame_planes(ref.header)
+    if planes and planes[0][3] > 0:
+        return planes[0][3]
+    return _positive(ref.header.get("SliceThickness"))
+
+
+def reference_slice_spacing(ref: ReferenceSeries) -> float | None:
+    """Distance between the reference's slice centres (mm): from the positions of its frames,
+    else (a mosaic, one frame) its SpacingBetweenSlices, if it has one."""
+    stack = ref.geometry.stack if ref.geometry is not None else None
+    if stack is not None and stack.n_frames > 1:
+        return stack.slice_spacing
+    header = ref.header
+    measures = _seq_item(
+        header,
+        (header.get("PerFrameFunctionalGroupsSequence") or [None])[0],
+        "PixelMeasuresSequence",
+    )
+    for item in (measures, header):
+        spacing = _positive(item.get("SpacingBetweenSlices")) if item is not None else None
+        if spacing is not None:
+            return spacing
+    return None
 
 
 # --------------------------------------------------------------------------- building
@@ -457,6 +512,43 @@ def find_dataset_root(path: Path) -> Path | None:
     return roots[0] if roots else None
 
 
+def layout_root(image_file: Path) -> Path | None:
+    """The dataset root of an image in a BIDS layout: the folder above
+    ``sub-<label>/[ses-<label>/]<datatype>/`` (for a dataset without its
+    dataset_description.json yet, e.g. before bidsport's group level).
+
+    >>> layout_root(Path("/d/bids/sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"))
+    PosixPath('/d/bids')
+    >>> layout_root(Path("/d/bids/sub-01/anat/x.nii.gz")), layout_root(Path("/tmp/x.nii.gz"))
+    (PosixPath('/d/bids'), None)
+    """
+    above = image_file.absolute().parent.parent  # above the datatype folder
+    if above.name.startswith("ses-"):
+        above = above.parent
+    return above.parent if above.name.startswith("sub-") else None
+
+
+def candidate_roots(image_file: Path) -> list[Path]:
+    """Folders that may be the dataset root of ``image_file``, most likely first.
+
+    Every folder above it with a dataset_description.json (nearest first), then the root of
+    its BIDS layout (:func:`layout_root`), then every folder above it holding
+    ``sourcedata/dicom``: bidsport's participant level writes the images and
+    ``sourcedata/`` before the group level writes dataset_description.json.
+    """
+    image_file = image_file.absolute()
+    found = dataset_roots(image_file.parent)
+    layout = layout_root(image_file)
+    if layout is not None:
+        found.append(layout)
+    found += [f for f in image_file.parents if (f / "sourcedata" / "dicom").is_dir()]
+    unique: list[Path] = []
+    for folder in found:
+        if folder not in unique:
+            unique.append(folder)
+    return unique
+
+
 def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -510,7 +602,7 @@ def reference_from_bids_image(
     )
     if sidecar is None:
         return None
-    roots = dataset_roots(image_file.parent)
+    roots = candidate_roots(image_file)
     bids = parse_bids_name(image_file.name)
     subject, session = bids.get("sub"), bids.get("ses")
     sidecar_uid = sidecar.get("SeriesInstanceUID")
@@ -536,14 +628,18 @@ def reference_from_bids_image(
                 return build_reference(
                     groups[uid], f"BidsportSourceDicom of {image_file.name}", subject, session
                 )
-        missing = next(
-            (roots[0] if roots else image_file.parent) / rel
-            for rel in listed
-            if not ((roots[0] if roots else image_file.parent) / rel).is_file()
-        )
+        if not roots:
+            raise ReferenceError_(
+                f"{image_file}: its BidsportSourceDicom paths are relative to the dataset root, "
+                "and no folder above it is one (no dataset_description.json, no "
+                "sub-<label>/[ses-<label>/]<datatype>/ layout, no sourcedata/dicom folder)",
+                "run todicom on the image inside its dataset; or pass --reference DICOM_DIR",
+            )
+        missing = next(roots[0] / rel for rel in listed if not (roots[0] / rel).is_file())
+        also = f" (nor under {', '.join(map(str, roots[1:]))})" if len(roots) > 1 else ""
         raise ReferenceError_(
-            f"{image_file.name}: its source DICOM file {missing} (BidsportSourceDicom) does not "
-            "exist",
+            f"{image_file.name}: its source DICOM file {missing} (BidsportSourceDicom, relative "
+            f"to the dataset root {roots[0]}) does not exist{also}",
             "the dataset's sourcedata/dicom folder must be present (in a container, mount the "
             "whole dataset); or pass --reference DICOM_DIR",
         )
@@ -580,6 +676,68 @@ def reference_from_bids_image(
     return None
 
 
+def _uri_problem(uri: str, roots: Sequence[Path]) -> str:
+    """What keeps one ``Sources`` entry from leading to a reference (for messages)."""
+    if "://" in uri or uri.startswith("doi:"):
+        return "is not a local file"
+    name = uri.split(":", 2)[1] if uri.startswith("bids:") and uri.count(":") >= 2 else ""
+    if not roots:
+        links = f" with DatasetLinks {name!r}" if name else ""
+        return f"cannot be resolved: no dataset_description.json{links} above the image"
+    if name:
+        descriptions = [r / "dataset_description.json" for r in roots]
+        linked = [
+            d
+            for d in descriptions
+            if d.is_file() and name in (read_json(d).get("DatasetLinks") or {})
+        ]
+        if not linked:
+            return (
+                f"cannot be resolved: no dataset_description.json above the image has "
+                f"DatasetLinks {name!r} (looked in {', '.join(map(str, roots))})"
+            )
+    targets = [t for t in (resolve_bids_uri(uri, root) for root in roots) if t is not None]
+    existing = [t for t in targets if t.is_file()]
+    if not existing:
+        return f"points to {targets[0] if targets else uri}, which does not exist"
+    target = existing[0]
+    if not target.name.endswith((*NIFTI_EXTENSIONS, ".json")):
+        return f"points to {target}, which is not a NIfTI or JSON file"
+    return f"points to {target}, whose sidecar names no source DICOM series"
+
+
+def no_reference_reason(image_file: Path, sidecar: Mapping[str, Any] | None) -> str:
+    """Why the sidecar of ``image_file`` led to no reference series (for the error message)."""
+    if sidecar is None:
+        return "it has no JSON sidecar"
+    roots = candidate_roots(image_file)
+    reasons = []
+    uid = sidecar.get("SeriesInstanceUID")
+    if isinstance(uid, str) and uid:
+        bids = parse_bids_name(image_file.name)
+        subject, session = bids.get("sub"), bids.get("ses")
+        if subject is None:
+            reasons.append(
+                f"its SeriesInstanceUID {uid} cannot be looked up (no sub- label in the name)"
+            )
+        else:
+            rel = Path(
+                "sourcedata", "dicom", f"sub-{subject}", *([f"ses-{session}"] * bool(session))
+            )
+            where = ", ".join(str(r / rel) for r in roots) or (
+                f"{rel} (no dataset root found above the image)"
+            )
+            reasons.append(f"its SeriesInstanceUID {uid} is not a series in {where}")
+    for key in SOURCE_KEYS:
+        for uri in _as_list(sidecar.get(key)):
+            reasons.append(f"its {key} entry {uri!r} {_uri_problem(uri, roots)}")
+    if not reasons:
+        return "its sidecar has no BidsportSourceDicom, SeriesInstanceUID, " + ", ".join(
+            SOURCE_KEYS
+        )
+    return "; ".join(reasons)
+
+
 def resolve_reference(
     nifti: NiftiInput,
     reference: Path | None = None,
@@ -598,9 +756,13 @@ def resolve_reference(
         if reference.name.endswith((*NIFTI_EXTENSIONS, ".json")):
             found = reference_from_bids_image(reference, series_uid=series_uid, nifti=nifti)
             if found is None:
+                own = read_json(reference) if reference.name.endswith(".json") else None
                 raise ReferenceError_(
-                    f"reference {reference} is a BIDS image whose sidecar names no source DICOM "
-                    "(no BidsportSourceDicom, SeriesInstanceUID or Sources)",
+                    f"reference {reference} is a BIDS image that leads to no source DICOM "
+                    "series: "
+                    + no_reference_reason(
+                        reference, own if own is not None else read_sidecar(reference)
+                    ),
                     "pass the DICOM folder of the source series as --reference",
                 )
             return found
@@ -618,11 +780,7 @@ def resolve_reference(
     if found is None:
         raise ReferenceError_(
             f"no reference DICOM series for {nifti.path}: "
-            + (
-                "it has no JSON sidecar"
-                if nifti.sidecar is None
-                else "its sidecar has no BidsportSourceDicom, SeriesInstanceUID or Sources"
-            ),
+            + no_reference_reason(nifti.path, nifti.sidecar),
             "pass --reference: the source DICOM folder, or the BIDS image it was derived from",
         )
     return found

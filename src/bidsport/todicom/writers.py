@@ -174,6 +174,15 @@ class SeriesPlan:
     research: bool  #: mark NOT FOR CLINICAL USE / ContentQualification RESEARCH
     acquisition: Mapping[str, Any] = field(default_factory=dict)  #: MR attributes (keywords)
     source_name: str = ""
+    #: SliceThickness (mm); None: the slice spacing (see ``export.choose_slice_thickness``)
+    slice_thickness: float | None = None
+
+    @property
+    def thickness(self) -> float:
+        """SliceThickness of the new frames (SpacingBetweenSlices is the geometry's)."""
+        if self.slice_thickness is None or self.slice_thickness <= 0:
+            return self.geometry.slice_spacing
+        return self.slice_thickness
 
 
 def valid_value(vr: str, value: Any) -> bool:
@@ -424,7 +433,7 @@ def classic_datasets(
         _mr_acquisition(base, plan.acquisition)
     base.ImageOrientationPatient = [ds(x) for x in geo.orientation]
     base.PixelSpacing = [ds(x) for x in geo.pixel_spacing]
-    base.SliceThickness = ds(geo.slice_spacing)
+    base.SliceThickness = ds(plan.thickness)
     if not secondary_capture:
         base.SpacingBetweenSlices = ds(geo.slice_spacing)
     _pixel_module(base, encoding, geo.rows, geo.columns)
@@ -551,7 +560,7 @@ def enhanced_dataset(
     shared = Dataset()
     measures = Dataset()
     measures.PixelSpacing = [ds(x) for x in geo.pixel_spacing]
-    measures.SliceThickness = ds(geo.slice_spacing)
+    measures.SliceThickness = ds(plan.thickness)
     measures.SpacingBetweenSlices = ds(geo.slice_spacing)
     shared.PixelMeasuresSequence = DicomSequence([measures])
     frame_type = Dataset()
@@ -804,7 +813,7 @@ def _segmentation(
         content_label="BIDSPORT",
         pixel_measures=hd.PixelMeasuresSequence(
             pixel_spacing=list(geo.pixel_spacing),
-            slice_thickness=geo.slice_spacing,
+            slice_thickness=plan.thickness,
             spacing_between_slices=geo.slice_spacing,
         ),
         plane_orientation=hd.PlaneOrientationSequence("PATIENT", list(geo.orientation)),
