@@ -642,6 +642,34 @@ def test_archive_policies(tmp_path: Path, packets: dict[str, Packet], kind: str)
     assert contents(moved_to / pkt.path.name) == {k: v[0] for k, v in before.items()}
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_another_delivery_under_an_archived_name_keeps_the_first(
+    tmp_path: Path, packets: dict[str, Packet], kind: str
+) -> None:
+    """After --archive move the archived copy is the only one: a packet delivered again
+    under that name (other content) is archived beside it, never over it."""
+    pkt = packets[kind]
+    archive_dir = tmp_path / "archive"
+    first = contents(pkt.path)
+    assert (
+        apply_archive_policy(pkt, "move", archive_dir) == f"moved {pkt.path.name} to {archive_dir}"
+    )
+    assert not os.path.lexists(pkt.path)
+    # the second delivery: other content, same name
+    if kind == "folder":
+        write_series(SeriesSpec("t2_tse", 7), pkt.path / "t2")
+    else:
+        with zipfile.ZipFile(pkt.path, "w") as zf:
+            zf.writestr("t2/IM0001", b"not the same packet")
+    second = contents(pkt.path)
+    assert second != first
+    did = apply_archive_policy(pkt, "move", archive_dir) or ""
+    assert did.endswith(f"as {pkt.path.name}.2: {archive_dir / pkt.path.name} holds another "
+                        "delivery of that packet, kept")  # fmt: skip
+    assert contents(archive_dir / pkt.path.name) == first
+    assert contents(archive_dir / f"{pkt.path.name}.2") == second
+
+
 def test_archive_delete_and_symlinked_entry(tmp_path: Path, packets: dict[str, Packet]) -> None:
     pkt = packets["folder"]
     link = pkt.path.parent / "S01_link"

@@ -866,6 +866,38 @@ def _copy_into(src: Path, target: Path) -> list[str]:
         ) from exc
 
 
+def _listing(path: Path) -> list[tuple[str, int, int]] | None:
+    """(relative path, size, mtime) of every regular file of ``path`` (a file or folder,
+    links not followed), sorted: what an archived copy, which keeps the times, shares with
+    its packet. None when it cannot be read."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            st = path.lstat()
+            return [("", st.st_size, st.st_mtime_ns)]
+        found = []
+        for folder, _dirs, files in os.walk(path, onerror=_raise):
+            for name in files:
+                full = os.path.join(folder, name)
+                st = os.lstat(full)
+                if stat.S_ISREG(st.st_mode):
+                    found.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+        return sorted(found)
+    except OSError:
+        return None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _free_name(target: Path) -> Path:
+    """``target`` with the first free ``.2``, ``.3``... suffix."""
+    n = 2
+    while os.path.lexists(candidate := target.with_name(f"{target.name}.{n}")):
+        n += 1
+    return candidate
+
+
 def _unremovable(path: Path) -> str | None:
     """Why ``path`` (an inbox entry) cannot be removed whole, or None when it can.
 
@@ -920,7 +952,8 @@ def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str 
 
     Call it only after the packet was imported AND converted successfully (no fatal
     Problem): "move" and "delete" remove the input. "copy" copies the entry into
-    ``archive_dir`` atomically (a previous copy there is replaced): folders, regular
+    ``archive_dir`` atomically (a previous copy of the same packet there is replaced; a
+    different delivery under that name is kept, the new one named ``<name>.2``...): folders, regular
     files and symbolic links (as links) only; FIFOs, sockets and device nodes are
     skipped, with a warning, and named in the returned text. "move" copies, then removes
     the original; "delete" removes the original. Both first check that the whole entry
@@ -964,6 +997,10 @@ def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str 
                 f"refusing to {policy} packet {packet.name} to {target}: that is the packet itself",
                 "choose an archive folder other than the DICOM folder",
             )
+        if os.path.lexists(target) and _listing(target) != _listing(src):
+            # another delivery under the same name was archived before: keep it (after
+            # "move" it is the only copy), the new one goes beside it
+            target = _free_name(target)
         if policy == "move" and (reason := _unremovable(src)):
             raise OutputError(
                 f"cannot move {src}: {reason}; nothing was copied nor removed",
@@ -978,6 +1015,11 @@ def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str 
                 rel,
             )
         note = f" (special files not copied: {', '.join(skipped)})" if skipped else ""
+        if target.name != src.name:
+            note += (
+                f" as {target.name}: {archive_dir / src.name} holds another delivery of "
+                "that packet, kept"
+            )
         if policy == "copy":
             return f"copied {src.name} to {archive_dir}{note}"
         _remove_input(src, policy)
