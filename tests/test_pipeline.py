@@ -548,3 +548,20 @@ def test_the_exit_code_says_nothing_was_done_only_when_no_image_was_written() ->
     assert code(partly) == code(partly, failed) == code(done, failed) == ExitCode.PARTIAL
     assert code(failed) == ExitCode.FAILED
     assert code(done) == ExitCode.SUCCESS
+
+
+def test_an_output_or_work_dir_inside_the_inbox_is_refused(tmp_path, capsys):
+    from bidsport.synthetic import SeriesSpec, write_series
+
+    inbox = tmp_path / "inbox"
+    write_series(SeriesSpec("t1_mprage", 2), inbox / "P01" / "t1")
+    before = sorted(p.relative_to(inbox) for p in inbox.rglob("*"))
+    for args in (
+        [str(inbox), str(inbox / "bids"), "participant"],
+        [str(inbox), str(tmp_path / "bids"), "participant", "-w", str(inbox / "P01" / "w")],
+        [str(inbox), str(inbox), "group"],
+    ):
+        assert main(args) == 2, args
+        assert "inside DICOM_DIR" in capsys.readouterr().err
+    assert sorted(p.relative_to(inbox) for p in inbox.rglob("*")) == before
+    assert not (tmp_path / "bids").exists()

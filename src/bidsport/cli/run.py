@@ -14,6 +14,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see bids
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence  # collections: ~2 ms of a ~20 ms quick re-run
+    from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +90,21 @@ def _shortcut(args: argparse.Namespace, argv: list[str]) -> dict[str, object] | 
     }
 
 
+def _check_outside_inbox(dicom_dir: Path, output_dir: Path, work_dir: Path | None) -> None:
+    """Refuse an OUTPUT_DIR or work dir inside DICOM_DIR, before anything is written: the
+    inbox is read-only, and the dataset would be read as one of its packets."""
+    from bidsport.errors import UsageError
+    from bidsport.fileops import is_within
+
+    for what, folder in (("OUTPUT_DIR", output_dir), ("the work dir (-w)", work_dir)):
+        if folder is not None and is_within(folder, dicom_dir):
+            raise UsageError(
+                f"{what} {folder} is inside DICOM_DIR {dicom_dir}, which bidsport only reads "
+                "(it would be taken for a packet of the inbox)",
+                "put it outside the inbox",
+            )
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import json
     import logging
@@ -111,6 +127,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for subject in sorted({a.subject for a in plan.assignments}):
             print(subject)
         return 0
+
+    _check_outside_inbox(args.dicom_dir, output_dir, opts.work_dir)
 
     if (args.analysis_level == "group" or args.regenerate) and output_dir.is_dir():
         # before anything is written (the log file included): not while participant-level
