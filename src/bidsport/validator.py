@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -99,10 +100,24 @@ def find_validator() -> list[str] | None:
     return [found] if found else None
 
 
-def _ask_version(command: Sequence[str]) -> RunningCommand | None:
+#: where the validator (Deno) keeps its caches, under the dataset it validates: bidsport
+#: writes nothing outside OUTPUT_DIR (Deno's default is ~/.cache/deno). The cache makes
+#: the next validation ~0.8 s shorter. A DENO_DIR the user set is left alone.
+DENO_CACHE = ("sourcedata", "bidsport", "cache", "deno")
+
+
+def validator_env(dataset_dir: Path) -> dict[str, str] | None:
+    """The validator's environment: ours with DENO_DIR in the dataset (None: ours as it
+    is, when DENO_DIR is set or the dataset cannot be written)."""
+    if os.environ.get("DENO_DIR") or not os.access(dataset_dir, os.W_OK | os.X_OK):
+        return None
+    return {**os.environ, "DENO_DIR": str(dataset_dir.joinpath(*DENO_CACHE))}
+
+
+def _ask_version(command: Sequence[str], env: dict[str, str] | None) -> RunningCommand | None:
     """Start ``command --version`` (Deno starts in ~0.3 s: ask while something else runs)."""
     try:
-        return start_command([*command, "--version"], timeout=120)
+        return start_command([*command, "--version"], timeout=120, env=env)
     except ExternalToolError as exc:
         log.warning("cannot ask the BIDS validator its version: %s", exc)
         return None
@@ -317,16 +332,17 @@ def start_validator(
     # --prune: the validator does not walk the folders it ignores anyway (sourcedata/,
     # derivatives/, code/...), where bidsport keeps a link and a copy of every DICOM file
     argv = [*cmd, "--format", "json", "--prune", str(dataset_dir)]
+    env = validator_env(dataset_dir)
     try:
-        running = start_command(argv, timeout=timeout)
+        running = start_command(argv, timeout=timeout, env=env)
     except ExternalToolError as exc:
         return PendingValidation(dataset_dir, argv, None, None, timeout, unstarted=exc)
     try:
-        asked = _ask_version(cmd)
+        asked = _ask_version(cmd, env)
     except BaseException:  # e.g. KeyboardInterrupt: the validator does not outlive us
         running.stop()
         raise
-    return PendingValidation(dataset_dir, argv, running, asked, timeout)
+    return PendingValidation(dataset_dir, argv, running, asked, timeout, env=env)
 
 
 class PendingValidation:
@@ -342,8 +358,10 @@ class PendingValidation:
         timeout: float,
         *,
         unstarted: ExternalToolError | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.dataset_dir = dataset_dir
+        self._env = env
         self._argv = argv
         self._running = running
         self._asked = asked
@@ -380,7 +398,7 @@ class PendingValidation:
             if result.returncode not in (0, EXIT_INVALID) and _UNKNOWN_PRUNE.search(plain):
                 log.info("%s has no --prune option: it walks the whole dataset", argv[0])
                 argv = [a for a in argv if a != "--prune"]
-                result = run_command(argv, timeout=self._timeout)
+                result = run_command(argv, timeout=self._timeout, env=self._env)
                 plain = _ANSI.sub("", result.stderr)
             version = _answered_version(self._asked)
         finally:
