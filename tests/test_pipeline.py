@@ -565,3 +565,16 @@ def test_an_output_or_work_dir_inside_the_inbox_is_refused(tmp_path, capsys):
         assert "inside DICOM_DIR" in capsys.readouterr().err
     assert sorted(p.relative_to(inbox) for p in inbox.rglob("*")) == before
     assert not (tmp_path / "bids").exists()
+
+
+def test_the_group_level_before_any_participant_run_is_refused(tmp_path, capsys):
+    (tmp_path / "inbox").mkdir()
+    out = tmp_path / "bids"
+    assert main([str(tmp_path / "inbox"), str(out), "group"]) == 2
+    assert "run the participant level first" in capsys.readouterr().err
+    assert not out.exists()
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("participant_id\tsession_id\nsub-01\tses-1\n", encoding="utf-8")
+    args = [str(tmp_path / "inbox"), str(out), "group", "--skip-validation"]
+    assert main([*args, "--manifest", str(manifest)]) == 0  # the sessions expected: a table
+    assert "sub-01\tses-1\t" in (out / "sourcedata" / "status.tsv").read_text(encoding="utf-8")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence  # collections: ~2 ms of a ~20 ms quick re-run
     from pathlib import Path
 
+    from bidsport.layout import DatasetLayout
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run bidsport; return the exit code (the console script exits with it)."""
@@ -105,6 +107,21 @@ def _check_outside_inbox(dicom_dir: Path, output_dir: Path, work_dir: Path | Non
             )
 
 
+def _check_has_sessions(layout: DatasetLayout) -> None:
+    """Refuse a group level over an OUTPUT_DIR without any session (no ``sub-*`` folder,
+    no status record), before anything is written: the participant level comes first."""
+    from bidsport.errors import UsageError
+
+    records = layout.status_rows_dir
+    if any(layout.root.glob("sub-*")) or (records.is_dir() and any(records.glob("sub-*"))):
+        return
+    raise UsageError(
+        f"OUTPUT_DIR {layout.root} holds no session yet (no sub-* folder, no status record)",
+        "run the participant level first (bidsport DICOM_DIR OUTPUT_DIR participant), or "
+        "give --manifest for a status table of the sessions expected",
+    )
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import json
     import logging
@@ -129,6 +146,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
 
     _check_outside_inbox(args.dicom_dir, output_dir, opts.work_dir)
+
+    if args.analysis_level == "group" and not args.regenerate and not opts.manifest:
+        _check_has_sessions(layout)
 
     if (args.analysis_level == "group" or args.regenerate) and output_dir.is_dir():
         # before anything is written (the log file included): not while participant-level
