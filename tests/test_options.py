@@ -269,3 +269,14 @@ def test_repeated_label_options_add_up_and_a_label_matching_nothing_is_named(
     assert "--participant-label p02: no packet of the inbox matched it" in err
     assert "--session-label V9: no packet of the inbox matched it" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_filter_both_included_and_excluded_is_refused(tmp_path, capsys):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    out = tmp_path / "out"
+    for kind, value, other in (("datatype", "anat", "func"), ("provenance", "raw", "swi")):
+        args = [f"--include-{kind}", value, other, f"--exclude-{kind}", value]
+        assert run(inbox, out, *args) == 2
+        assert f"--include-{kind} and --exclude-{kind} both name {value}" in capsys.readouterr().err
+    assert not out.exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bidsport.archive import ExtractLimits
+from bidsport.errors import UsageError
 from bidsport.ingest import read_manifest, read_mapping
 from bidsport.options import RunOptions
 
@@ -18,7 +19,21 @@ if TYPE_CHECKING:
     from bidsport.rules import Rule
 
 
+def _check_filters(args: argparse.Namespace) -> None:
+    """A datatype or provenance both included and excluded is a mistake: say so."""
+    for kind in ("datatype", "provenance"):
+        both = set(getattr(args, f"include_{kind}") or ()) & set(
+            getattr(args, f"exclude_{kind}") or ()
+        )
+        if both:
+            raise UsageError(
+                f"--include-{kind} and --exclude-{kind} both name {', '.join(sorted(both))}",
+                f"name each {kind} in one of the two options only",
+            )
+
+
 def options_from_args(args: argparse.Namespace) -> RunOptions:
+    _check_filters(args)
     return RunOptions(
         participant_labels=tuple(dict.fromkeys(args.participant_label or ())),
         session_labels=tuple(dict.fromkeys(args.session_label or ())),
