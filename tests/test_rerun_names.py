@@ -156,3 +156,23 @@ def test_the_dry_run_names_series_as_the_run_does(tmp_path: Path) -> None:
     written = images(out / "sub-01" / "ses-1" / "anat")
     assert [f"-> anat/{name.removesuffix('.nii.gz')}" in plan for name in written] == [True] * 3
     assert "sub-01_ses-1_run-1_T1w.nii.gz" in written  # named as before the new packet
+
+
+def test_a_rule_that_decides_no_series_is_named(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "P01", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nname = "t1"\n[rules.match]\nseries_description = "mprage"\n'
+        '[rules.set]\ndatatype = "anat"\nsuffix = "T1w"\n'
+        '[[rules]]\nname = "typo"\n[rules.match]\nseries_description = "mpraeg"\n'
+        '[rules.set]\ndatatype = "anat"\nsuffix = "T2w"\n',
+        encoding="utf-8",
+    )
+    args = [str(inbox), str(out), "participant", "--rules", str(rules)]
+    code, text = run(*args)
+    assert code == 0, text
+    assert "--rules: 'typo' decided no series of the 1 session(s) classified by this run" in text
+    assert "'t1'" not in text
+    code, text = run(*args)  # every session skipped: nothing is said of the rules
+    assert code == 0 and "already" in text and "--rules:" not in text

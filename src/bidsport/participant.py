@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # the stage modules (and pydicom, dicognito) load when a sess
     from bidsport.naming import RunCandidate
     from bidsport.organize import FileDecision
     from bidsport.phi import Identifiers
+    from bidsport.rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +514,8 @@ class _SessionState:
     #: the same, still being read in a worker process (see :func:`_read_identifiers`)
     pending_identifiers: Future[Identifiers] | None = None
     scrub: Callable[[str], str] = field(default=str)
+    classified: bool = False  #: the session's series were classified
+    rules: set[str] = field(default_factory=set)  #: the user rules that decided a series
 
     def source_identifiers(self) -> Identifiers | None:
         """:attr:`identifiers`, once the worker reading them is done."""
@@ -543,6 +546,8 @@ class _SessionState:
             ),
             error=self.scrub(error) if error else None,
             timings=tuple(self.timings.items()),
+            classified=self.classified,
+            rules=tuple(sorted(self.rules)),
         )
 
 
@@ -840,6 +845,8 @@ def _prepare_session(
             )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
+    state.classified = True
+    state.rules.update(p.cls.rule for p in planned if p.cls.rule)
     if not planned:
         raise DicomReadError(
             state.scrub(
@@ -1275,5 +1282,21 @@ def run_participant_level(
                         results = list(pool.map(lambda session: run_one(session, shared), sessions))
             finally:
                 shared.close()
+    if unused := unused_rules(opts.rules, results):
+        log.warning(
+            "--rules: %s decided no series of the %d session(s) classified by this run "
+            "(check its match conditions against series.tsv)",
+            ", ".join(repr(name) for name in unused),
+            sum(r.classified for r in results),
+        )
     packets = tuple(tuple(a.packet.name for a in session) for session in sessions)
     return ParticipantRun(tuple(results), plan.problems, plan.n_packets, packets)
+
+
+def unused_rules(rules: Sequence[Rule], results: Sequence[SessionResult]) -> list[str]:
+    """The names of the rules that decided no series of the sessions this run classified
+    (none when it classified no session: sessions skipped say nothing of the rules)."""
+    if not any(r.classified for r in results):
+        return []
+    used = {name for r in results for name in r.rules}
+    return [rule.name for rule in rules if rule.name not in used]

@@ -219,6 +219,9 @@ class SessionResult:
     error: str | None = None  #: the error that stopped this session, if any
     timings: tuple[tuple[str, float], ...] = ()  #: wall seconds per stage
     internal: bool = False  #: the error is a bug in bidsport (exit code 1), not the input's
+    #: whether its series were classified, and the user rules that decided some of them
+    classified: bool = False
+    rules: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -152,6 +152,14 @@ def outcome_lines(
                 f"{sum(1 for p in run.problems if p.fatal)} could not be assigned)",
             )
         )
+        if any(r.skipped for r in run.results):
+            lines.append(
+                (
+                    1,
+                    "sessions already done were skipped: --overwrite overwrite converts them "
+                    "again (after a change of --rules, say)",
+                )
+            )
         if report_file is not None:
             lines.append((1, f"report: {report_file}"))
     if not run.results:
