@@ -176,3 +176,18 @@ def test_a_rule_that_decides_no_series_is_named(tmp_path: Path) -> None:
     assert "'t1'" not in text
     code, text = run(*args)  # every session skipped: nothing is said of the rules
     assert code == 0 and "already" in text and "--rules:" not in text
+
+
+def test_mapping_rows_without_packet_and_unmapped_packets_are_named(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    series(inbox / "Doe_John", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npAA,02,1\n", encoding="utf-8")
+    code, text = run(str(inbox), str(out), "participant", "--mapping", str(mapping), "--dry-run")
+    assert code == 0
+    assert "--mapping: no packet of the inbox is named pAA" in text
+    assert (
+        "--mapping does not name 1 packet(s), labelled from their names instead "
+        "(--nameformat, or the whole name): Doe_John"
+    ) in text

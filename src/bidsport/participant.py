@@ -45,6 +45,7 @@ from bidsport.records import (
     Classification,
     ConvertedImage,
     FileHeader,
+    Packet,
     PlannedSeries,
     Problem,
     Series,
@@ -133,7 +134,32 @@ def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
                 " ".join(missing),
                 "matched it" if len(missing) == 1 else "matched these",
             )
+    if opts.mapping is not None:
+        _check_mapping(opts.mapping, packets, assignments)
     return Plan(tuple(selected), tuple(problems) + tuple(assign_problems), len(packets))
+
+
+def _few(names: Sequence[str], limit: int = 10) -> str:
+    """``names`` joined, the first ``limit`` of them (then how many more)."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_mapping(
+    mapping: Mapping[str, object], packets: Sequence[Packet], assignments: Sequence[Assignment]
+) -> None:
+    """Warn of the --mapping rows that name no packet of the inbox (a typo?), and of the
+    packets it does not map, labelled from their names instead (which may identify)."""
+    names = {p.name for p in packets}
+    if unused := sorted(set(mapping) - names):
+        log.warning("--mapping: no packet of the inbox is named %s", _few(unused))
+    if unmapped := [a.packet.name for a in assignments if a.source != "mapping"]:
+        log.warning(
+            "--mapping does not name %d packet(s), labelled from their names instead "
+            "(--nameformat, or the whole name): %s",
+            len(unmapped),
+            _few(unmapped),
+        )
 
 
 # --------------------------------------------------------------------------- helpers
