@@ -43,6 +43,18 @@ def _awkward(ds: Dataset, variant: int) -> None:
     ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
     ds.BurnedInAnnotation = "NO"
     ds.add_new(0x00090000, "UL", 4)  # a group length, dropped
+    # free text no rule names, at every depth and in every text VR: scrubbed
+    ds.ContrastBolusAgent = "Gadovist (ZZLEAK)"
+    ds.ClinicalTrialTimePointDescription = "visit of ZZGIVEN ZZLEAK"  # ST
+    ds.TextValue = "ZZPID1 was scanned"  # UT
+    ds.PotentialReasonsForProcedure = ["headache", "ZZLEAK follow-up"]  # UC, 2 values
+    ds.ClinicalTrialSponsorName = "ACME  trial"  # no identifier: left as it is
+    code = Dataset()
+    code.CodeValue = "X1"
+    code.CodingSchemeDesignator = "99LOCAL"
+    code.CodeMeaning = "MRI head ZZLEAK"
+    code.ExtendedCodeMeaning = "for ZZLEAK^ZZGIVEN"  # LT
+    ds.ProcedureCodeSequence = Sequence([code])
     # an item with its own character set, a person name and a date
     item = Dataset()
     item.SpecificCharacterSet = "ISO_IR 192"
@@ -52,6 +64,10 @@ def _awkward(ds: Dataset, variant: int) -> None:
     item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
     item.AcquisitionDate = "20240102"
     item.AcquisitionTime = "101010.5"
+    nested_code = Dataset()
+    nested_code.CodeValue = "X2"
+    nested_code.CodeMeaning = "Kopf Süd ZZLEAK"
+    item.ProcedureCodeSequence = Sequence([nested_code])
     nested = Dataset()
     nested.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.2"
     nested.add_new(0x00290010, "LO", "ZZ CREATOR")
@@ -178,9 +194,57 @@ def test_stream_output_is_anonymized(awkward_files: list[Path], tmp_path: Path) 
             assert leak not in data, (src, leak)
         ds = pydicom.dcmread(dst)
         assert ds.PatientName == "sub-01"
+        assert ds.ContrastBolusAgent == "Gadovist (X)"
+        assert ds.ClinicalTrialTimePointDescription == "visit of X"  # "given family"
+        assert ds.TextValue == "X was scanned"
+        assert list(ds.PotentialReasonsForProcedure) == ["headache", "X follow-up"]
+        assert ds.ClinicalTrialSponsorName == "ACME  trial"
+        code = ds.ProcedureCodeSequence[0]
+        assert (code.CodeValue, code.CodeMeaning) == ("X1", "MRI head X")
+        assert code.ExtendedCodeMeaning == "for X"
+        nested = ds.ReferencedStudySequence[0].ProcedureCodeSequence[0]
+        assert (nested.CodeValue, nested.CodeMeaning) == ("X2", "Kopf Süd X")
         assert list(ds.DeidentificationMethod)[-1].startswith("BIDSPORT")
         assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
         assert "ReferencedSOPInstanceUID" in ds.ReferencedStudySequence[0]
+
+
+@pytest.mark.parametrize("name", ["Zorblatt^Quentin", "Grünspan^Jörg"])
+def test_free_text_is_scrubbed_alike_on_every_path(name: str, tmp_path: Path) -> None:
+    """Text elements no rule names are scrubbed (unless the policy keeps them), with the
+    same bytes on the stream, pydicom and full-walk paths; a non-ASCII name (whose bytes
+    depend on the character set) makes every text element go through the scrubber."""
+    family = name.split("^")[0]
+    subject = Subject(patient_id="MRN7734521", patient_name=name)
+    files = []
+    for i, ds in enumerate(series_datasets(SeriesSpec("t1", 2, n_slices=3), subject, Study())):
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        code = Dataset()
+        code.CodeValue = "X1"
+        code.CodeMeaning = f"MRI head {family}"
+        ds.ProcedureCodeSequence = Sequence([code])
+        ds.ContrastBolusAgent = f"none ({family})"
+        ds.ClinicalTrialSponsorName = f"{family} foundation"
+        files.append(tmp_path / f"{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    identifiers = _identifiers(files)
+    keeps = policy_from_mapping({"tags": {"ClinicalTrialSponsorName": "keep"}}, source="test")
+    for policy in (default_policy(), keeps):
+        _check_same(files, policy, None, tmp_path / "general")
+        _check_same(files, policy, identifiers, tmp_path / "general")
+        for i, src in enumerate(files):
+            full = tmp_path / f"full{i}.dcm"
+            subject = "01" if i % 3 else "02"  # as _check_same
+            Anonymizer(KEY, policy, fast=False).anonymize_file(src, full, subject, identifiers)
+            assert full.read_bytes() == (tmp_path / "general" / f"{i}.dcm").read_bytes()
+            ds = pydicom.dcmread(full)
+            assert ds.ProcedureCodeSequence[0].CodeMeaning == "MRI head X"
+            assert ds.ProcedureCodeSequence[0].CodeValue == "X1"
+            assert ds.ContrastBolusAgent == "none (X)"
+            kept = policy is keeps
+            assert ds.ClinicalTrialSponsorName == (
+                f"{family} foundation" if kept else "X foundation"
+            )
 
 
 def test_unsupported_files_take_the_pydicom_path(awkward_files: list[Path], tmp_path: Path) -> None:

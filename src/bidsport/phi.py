@@ -355,6 +355,14 @@ class Matcher:
             return low
         return None
 
+    def may_hold_bytes(self, data: bytes) -> bool:
+        """Whether ``data`` may hold an identifier: a quick check (no match rules, no
+        decoding) that is never False where :meth:`find_bytes` finds one, nor, for a
+        matcher whose search strings are all ASCII (:attr:`ascii_only`), where
+        :meth:`find` finds one in the text that ``data`` decodes to in any DICOM
+        character set."""
+        return self._lowered(data) is not None
+
     def find_bytes(self, data: bytes) -> list[Match]:
         low = self._lowered(data)
         if low is None or self._bytes is None:

@@ -15,7 +15,9 @@ occupation, birth date, free-text comments and staff names; descriptions scrubbe
 subject's identifiers; site and scanner identifiers replaced by pseudonyms of the project
 key; AE titles and all private elements removed (``--keep-private-tags``: except the ones
 dcm2niix needs, listed in :data:`DCM2NIIX_PRIVATE`, whose UIDs and identifiers are
-overwritten).
+overwritten); and behind it, every other text element (LO, SH, ST, LT, UT, UC, PN, in
+sequences too) scrubbed of the subject's identifiers unless the policy keeps it
+(:class:`~bidsport.anonymize.handlers.TextScrubber`).
 
 Consistency: the seed of dicognito, the PatientID pseudonym and the date shift are
 HMAC-SHA256 functions of (project key, subject label) (:mod:`bidsport.anonymize.keys`);

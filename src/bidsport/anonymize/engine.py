@@ -40,12 +40,19 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEndi
 
 from bidsport import __version__, fileops
 from bidsport.anonymize import keys
-from bidsport.anonymize.handlers import PolicyHandler, PrivateFilter, SafeDateTimeAnonymizer
+from bidsport.anonymize.handlers import (
+    TEXT_SCRUB_ACTION,
+    PolicyHandler,
+    PrivateFilter,
+    SafeDateTimeAnonymizer,
+    TextScrubber,
+)
 from bidsport.anonymize.policy import (
     DOCUMENT_SOP_CLASSES,
     DOCUMENT_SOP_PREFIXES,
     SCREEN_SAVE_IMAGE_TYPES,
     SECONDARY_CAPTURE_SOP_CLASSES,
+    TEXT_VRS,
     AnonymizePolicy,
     describe_policy_rules,
 )
@@ -169,6 +176,8 @@ class _SubjectContext:
         anonymizer.add_element_handler(SafeDateTimeAnonymizer(self.date_shift_days * 24))
         anonymizer.add_element_handler(owner._uid_handler)
         anonymizer.add_element_handler(owner._policy_handler)
+        # and after dicognito's: the text no handler took
+        anonymizer._element_handlers.append(owner._text_scrubber)
         self.anonymizer = anonymizer
 
 
@@ -190,6 +199,7 @@ class Anonymizer:
         site = Randomizer(keys.dataset_seed(key))
         self._uid_handler = UIAnonymizer(site)
         self._policy_handler = PolicyHandler(policy, self._pseudonym)
+        self._text_scrubber = TextScrubber(self._policy_handler)
         self._private = PrivateFilter(policy.private_keep)
         dicognito_tags, dicognito_vrs = _dicognito_targets()
         self._visible_tags = dicognito_tags | self._policy_handler.tags | _READ_BY_DICOGNITO
@@ -197,6 +207,7 @@ class Anonymizer:
         self._visible_vrs = (dicognito_vrs - {"TM"}) | {"AE", "SQ"}
         self._subjects: OrderedDict[str, _SubjectContext] = OrderedDict()
         self._matchers: dict[object, Matcher] = {}
+        self._text_checks: dict[tuple[bytes, Matcher], bool] = {}
         applies = fast and stream and self._stream_applies()
         self._stream = StreamAnonymizer(self) if applies else None
 
@@ -249,6 +260,28 @@ class Anonymizer:
                 self._matchers.clear()
             self._matchers[key] = matcher
         return matcher
+
+    def may_need_scrub(self, value: bytes, matcher: Matcher) -> bool:
+        """Whether a text element whose raw value is ``value`` must go through
+        :class:`TextScrubber` (fast mode hides the others from the walk; the stream path
+        decides alike). A raw check (:meth:`Matcher.may_hold_bytes`), reliable when the
+        search strings are ASCII (the same bytes in every character set): otherwise every
+        text element goes through. Cached: the files of a series repeat their values."""
+        if not matcher.ascii_only:
+            return True
+        key = (value, matcher)
+        found = self._text_checks.get(key)
+        if found is None:
+            found = matcher.may_hold_bytes(value)
+            if len(self._text_checks) >= 50_000:
+                self._text_checks.clear()
+            self._text_checks[key] = found
+        return found
+
+    def _may_need_scrub(self, elem: Element, matcher: Matcher) -> bool:
+        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes | None):
+            return self.may_need_scrub(elem.value or b"", matcher)
+        return True  # decoded already: written again anyway, so the walk may see it
 
     def new_uid(self, uid: str) -> str:
         """The UID that replaces ``uid`` in every anonymized file (the same in every run
@@ -330,7 +363,11 @@ class Anonymizer:
                     self._prepare(item, matcher, hidden)
             elif self._fast and (
                 tag in _UNCHANGED_UIDS
-                or (tag not in self._visible_tags and vr not in self._visible_vrs)
+                or (
+                    tag not in self._visible_tags
+                    and vr not in self._visible_vrs
+                    and not (vr in TEXT_VRS and self._may_need_scrub(elem, matcher))
+                )
             ):
                 hide[tag] = elem
                 del store[tag]
@@ -570,6 +607,7 @@ def describe_actions(policy: AnonymizePolicy) -> list[str]:
         if words & own_tags or re.search(r"\ball (UI|DA|DT|TM) elements|\bprivate\b", line):
             continue  # done by bidsport instead
         lines.append(f"{line} (dicognito)")
+    lines.append(TEXT_SCRUB_ACTION)
     lines.append(
         'Set PatientIdentityRemoved to "YES" (unless BurnedInAnnotation is YES) and '
         'LongitudinalTemporalInformationModified to "MODIFIED"'

@@ -1,4 +1,5 @@
-"""bidsport's element handlers, added in front of dicognito's (first handler wins).
+"""bidsport's element handlers, added in front of dicognito's (first handler wins), and
+the one added after them (:class:`TextScrubber`).
 
 Each is a dicognito ``ElementAnonymizer``: called for every element that the walk visits,
 returns True when it took care of it, and can ``describe_actions()``.
@@ -18,7 +19,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from bidsport.anonymize.policy import AnonymizePolicy, PrivateKeep
+from bidsport.anonymize.policy import TEXT_VRS, AnonymizePolicy, PrivateKeep
 from bidsport.phi import Matcher
 
 #: ``keyword, value → pseudonym`` (per project key)
@@ -65,6 +66,43 @@ class PolicyHandler(ElementAnonymizer):
 
     def describe_actions(self) -> Iterator[str]:
         yield from ()  # described by policy.describe_policy_rules (with the private rules)
+
+
+TEXT_SCRUB_ACTION = (
+    "Replace the subject's names/IDs with X in every other text element "
+    f"({', '.join(sorted(TEXT_VRS))}), in sequences too, unless the policy keeps it"
+)
+
+
+class TextScrubber(ElementAnonymizer):
+    """The last handler: scrubs the current file's identifiers (``X``) from every text
+    element (:data:`~bidsport.anonymize.policy.TEXT_VRS`) that no handler before it took,
+    at any depth.
+
+    The handlers before it are the policy's (so ``keep`` keeps a value verbatim, and
+    ``scrub``, ``pseudonym``... are done already) and dicognito's (person names, IDs,
+    addresses...). It reads the matcher the :class:`PolicyHandler` holds for the file.
+    A value without an identifier is left as it is.
+    """
+
+    def __init__(self, policy_handler: PolicyHandler) -> None:
+        self._policy_handler = policy_handler
+
+    def __call__(self, dataset: Dataset, data_element: DataElement) -> bool:
+        if data_element.VR not in TEXT_VRS:
+            return False
+        matcher = self._policy_handler.matcher
+        value = data_element.value
+        if matcher is None or matcher.empty or not value:
+            return False
+        values = list(value) if isinstance(value, MultiValue | list) else [value]
+        scrubbed = [matcher.scrub(str(v)) for v in values]
+        if scrubbed != [str(v) for v in values]:
+            data_element.value = scrubbed if len(scrubbed) > 1 else scrubbed[0]
+        return True
+
+    def describe_actions(self) -> Iterator[str]:
+        yield TEXT_SCRUB_ACTION
 
 
 def _map_text(value: object, fn: Callable[[str], str]) -> object:

@@ -16,6 +16,14 @@ Actions:
                the same in every subject (used for site and scanner identifiers, so images of
                one scanner stay recognisable as such across subjects, e.g. for harmonisation)
 ``default``    leave the element to dicognito (random value, shifted date, new UID...)
+
+After these, every text element (:data:`TEXT_VRS`: LO, SH, ST, LT, UT, UC, PN) that
+neither the policy nor dicognito acted on is scrubbed like ``scrub``, at any depth
+(sequence items too): free text the list above does not name (a ``CodeMeaning``,
+``ContrastBolusAgent``, ``ClinicalTrialSponsorName``...) may hold a name too, and the PHI
+audit searches every element. Only the subject's known identifiers are replaced, so a
+value that holds none (code values, sequence and software names) is left as it is. To
+keep an element verbatim whatever it holds, give it the action ``keep``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ACTIONS = ("remove", "empty", "keep", "scrub", "pseudonym", "default")
+#: the text VRs: the ones ``scrub`` applies to, and that every element no rule (bidsport's
+#: or dicognito's) took is scrubbed in (see :class:`~bidsport.anonymize.handlers.TextScrubber`)
+TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN"})
 BURNED_IN_MODES = ("if-yes", "unless-no", "never")
 
 #: Elements a policy file may only remove or empty (relaxing them defeats de-identification)
@@ -337,7 +348,7 @@ def policy_from_mapping(
                 f"{where}: {keyword} can only be removed or emptied",
                 "a policy cannot relax the patient's own identifiers",
             )
-        if action == "scrub" and _vr(tag) not in ("LO", "SH", "ST", "LT", "UT", "UC", "PN"):
+        if action == "scrub" and _vr(tag) not in TEXT_VRS:
             raise ConfigError(f"{where}: only text elements can be scrubbed")
         actions[tag] = action
     options = data.get("options", {})

@@ -50,6 +50,7 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 from pydicom.values import empty_value_for_VR
 
+from bidsport.anonymize.policy import TEXT_VRS
 from bidsport.phi import Identifiers, Matcher, matcher_for
 from bidsport.sourceids import SOURCE_TAGS, identifiers_from_dataset
 
@@ -556,11 +557,15 @@ class StreamAnonymizer:
         seen_visible: list[int] = []
         out: list[tuple[int, str, Any]] = []
         append = out.append
+        may_need_scrub = self._owner.may_need_scrub
         for element in level.elements:
             tag = element.tag
             kind = kinds.get((tag, element.vr))
             if kind is None:
                 kind = self._kind(tag, element.vr)
+            if kind == "text":  # hidden unless it may hold an identifier to scrub
+                value = element.value(data) or b""
+                kind = "visible" if may_need_scrub(value, matcher) else "hidden"
             if kind == "hidden":
                 append((tag, "hidden", element))
             elif kind == "visible":
@@ -585,7 +590,8 @@ class StreamAnonymizer:
 
     def _kind(self, tag: int, written_vr: str | None) -> str:
         """What ``Anonymizer._prepare`` does with an element of ``tag`` written with
-        ``written_vr``: drop, private, sequence, hidden or visible (cached)."""
+        ``written_vr``: drop, private, sequence, hidden, visible, or text (hidden unless
+        its value may hold an identifier: ``Anonymizer.may_need_scrub``) (cached)."""
         from bidsport.anonymize.engine import _UNCHANGED_UIDS, _dictionary_vr
 
         owner = self._owner
@@ -603,10 +609,10 @@ class StreamAnonymizer:
             if written_vr == "UN":
                 raise Unsupported("sequence written as UN")
             kind = "sequence"
-        elif tag in _UNCHANGED_UIDS or (
-            tag not in owner._visible_tags and vr not in owner._visible_vrs
-        ):
+        elif tag in _UNCHANGED_UIDS:
             kind = "hidden"
+        elif tag not in owner._visible_tags and vr not in owner._visible_vrs:
+            kind = "text" if vr in TEXT_VRS else "hidden"
         else:
             if written_vr is None and " or " in vr:
                 raise Unsupported("ambiguous VR")

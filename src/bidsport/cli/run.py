@@ -164,9 +164,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{layout.status_file}: rebuilt from what is on disk ({len(rows)} rows)")
         return 0
 
-    # logs and the run report name packets and files: with --anonymize they go to the work
-    # dir (when one is given), never into OUTPUT_DIR
-    log_dir = layout.logs_dir if not opts.anonymize else opts.work_dir and opts.work_dir / "logs"
+    # logs and the run report name packets and files: with --anonymize, and for the PHI
+    # audit (which reads the inbox's packets), they go to the work dir (when one is
+    # given), never into OUTPUT_DIR
+    private = opts.anonymize or (args.analysis_level == "group" and args.audit_phi)
+    log_dir = layout.logs_dir if not private else opts.work_dir and opts.work_dir / "logs"
     log_file = None
     who = "-".join(opts.participant_labels[:3]) or "all"
     if not opts.dry_run and log_dir:
