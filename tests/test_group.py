@@ -449,3 +449,22 @@ def test_locked_sessions_are_named_from_what_the_dataset_knows() -> None:
     )
     bare = name_locked_sessions([layout.lock_file("99", None)], known, layout.lock_file)
     assert in_progress_error(layout.root, bare).message.endswith("/ds: sub-99")
+
+
+def test_the_validator_writes_nothing_outside_the_dataset_or_work_dir(
+    dataset: DatasetLayout, validator: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deno caches in ~/.cache/deno by default: the group level gives it a scratch folder
+    of OUTPUT_DIR (removed afterwards), or the work dir (kept for the next run)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("DENO_DIR", raising=False)
+    result = _group(dataset, EXPECTED)
+    assert result.validation is not None and result.validation.ran
+    assert list(home.iterdir()) == [] and not dataset.work_dir.exists()
+    work = tmp_path / "work"
+    result = run_group(dataset, dcm2niix_version=None, bidsport_version="0.1.0", work_dir=work)
+    assert result.validation is not None and result.validation.ran
+    assert list(home.iterdir()) == [] and (work / "deno").is_dir()

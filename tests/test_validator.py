@@ -16,7 +16,6 @@ import pytest
 
 from bidsport.errors import ExternalToolError
 from bidsport.validator import (
-    DENO_CACHE,
     Issue,
     find_validator,
     parse_validator_json,
@@ -147,26 +146,25 @@ def test_real_run_valid_then_broken(tmp_path: Path) -> None:
     assert ("NOT_INCLUDED", "/sub-01/anat/sub-01_T1x.nii.gz") in located
 
 
-def test_the_validator_caches_inside_the_dataset(
+def test_the_validator_caches_where_it_is_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Deno keeps its caches in ~/.cache/deno: bidsport writes nothing outside OUTPUT_DIR,
-    so the validator's caches go under the dataset's sourcedata (which it does not read),
-    unless the user set DENO_DIR."""
+    """Deno keeps its caches in ~/.cache/deno unless told otherwise (``deno_dir``); a
+    DENO_DIR the user set wins."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.delenv("DENO_DIR", raising=False)
     root = _tiny_dataset(tmp_path / "ds")
-    result = run_validator(root, command=_validator())
+    cache = tmp_path / "cache"
+    result = run_validator(root, command=_validator(), deno_dir=cache)
     assert result.ran and result.valid, [i.describe() for i in result.errors]
-    assert list(home.iterdir()) == []
-    assert root.joinpath(*DENO_CACHE).is_dir()
+    assert list(home.iterdir()) == [] and cache.is_dir()
     mine = tmp_path / "mine"
     monkeypatch.setenv("DENO_DIR", str(mine))
-    assert validator_env(root) is None
-    assert run_validator(root, command=_validator()).valid and mine.is_dir()
+    assert validator_env(cache) is None and validator_env(None) is None
+    assert run_validator(root, command=_validator(), deno_dir=cache).valid and mine.is_dir()
 
 
 def test_a_validation_left_unfinished_is_stopped(tmp_path: Path) -> None:

@@ -34,7 +34,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,6 +384,25 @@ def check_no_session_in_progress(layout: DatasetLayout) -> None:
     raise in_progress_error(layout.root, progress)
 
 
+@contextlib.contextmanager
+def _validator_cache(layout: DatasetLayout, work_dir: Path | None) -> Iterator[Path]:
+    """Where the validator (Deno) keeps its caches: in the work dir when one is given (for
+    the next run), else in a scratch folder of OUTPUT_DIR removed afterwards (Deno's own
+    default, ~/.cache/deno, lies outside OUTPUT_DIR). Named as a participant run's scratch
+    folder (``<host>-<pid>-...``), so that one left by a killed run is removed later."""
+    if work_dir is not None:
+        yield work_dir / "deno"
+        return
+    base = fileops.ensure_dir(layout.work_dir)
+    path = Path(tempfile.mkdtemp(prefix=f"{os.uname().nodename}-{os.getpid()}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            base.rmdir()  # only when empty
+
+
 def run_group(
     layout: DatasetLayout,
     *,
@@ -391,8 +413,12 @@ def run_group(
     validate: bool = True,
     report: bool = True,
     n_procs: int = 1,
+    work_dir: Path | None = None,
 ) -> GroupResult:
     """Write the dataset-level files, rebuild the status table and validate the dataset.
+
+    The validator keeps its caches in ``work_dir`` (kept for the next run), else in a
+    scratch folder under OUTPUT_DIR removed afterwards: nothing is written elsewhere.
 
     With ``report``, also write the HTML report (:func:`bidsport.htmlreport.write_report`;
     its thumbnails are made in up to ``n_procs`` processes).
@@ -447,8 +473,11 @@ def run_group(
     # the validator reads the dataset while the report is written: the report and its
     # thumbnails are in derivatives/, which the validator (--prune) does not read
     # (a validator that cannot be started is said by result(): the report is written first)
-    pending = start_validator(root, command=command) if validate else None
-    with pending or contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        pending = None
+        if validate:
+            deno_dir = stack.enter_context(_validator_cache(layout, work_dir))
+            pending = stack.enter_context(start_validator(root, command=command, deno_dir=deno_dir))
         report_file = None
         if report:
             outcome = write_report(

@@ -249,6 +249,7 @@ def run_group_level(
         manifest_pairs=list(opts.manifest),
         validate=not args.skip_validation,
         n_procs=opts.n_procs,
+        work_dir=opts.work_dir,
     )
     if not args.quiet:
         print(format_summary(result))
