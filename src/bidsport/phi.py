@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -229,12 +230,42 @@ def _name_variants(value: str, components: bool) -> Iterator[str]:
                     yield from (w for w in words if len(w) >= 4)
 
 
+#: how names are spelt in ASCII: German (ü → ue), then without diacritics (ü → u)
+_GERMAN_ASCII = str.maketrans(
+    {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"}
+)
+_LETTERS_ASCII = str.maketrans(
+    {"ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "Ae", "œ": "oe", "Œ": "Oe", "ł": "l",
+     "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "\u0131": "i"}
+)  # fmt: skip
+
+
+def ascii_spellings(text: str) -> list[str]:
+    """The ASCII spellings of a name with other letters, as staff or systems type it.
+
+    >>> ascii_spellings("Grünspan^Jörg")
+    ['Gruenspan^Joerg', 'Grunspan^Jorg']
+    >>> ascii_spellings("Søren Ødegård"), ascii_spellings("Doe")
+    (['Soren Odegard'], [])
+    """
+    if text.isascii():
+        return []
+    found = []
+    for table in (_GERMAN_ASCII, _LETTERS_ASCII):
+        decomposed = unicodedata.normalize("NFKD", text.translate(table))
+        plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+        if plain.isascii() and plain not in found:
+            found.append(plain)
+    return found
+
+
 def _variants(kind: str, value: str) -> Iterator[str]:
     value = clean_value(value)
     if not value:
         return
     if kind in ("name", "staff_name"):
-        yield from _name_variants(value, components=kind == "name")
+        for spelling in (value, *ascii_spellings(value)):
+            yield from _name_variants(spelling, components=kind == "name")
         return
     yield value
     if kind == "birth_date":
