@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="scratch folder (conversion, where images are written uncompressed first; packet "
-        "extraction with --anonymize): put it on local disk when OUTPUT_DIR is on network "
+        "extraction with --anonymize; the BIDS validator's caches at the group level): put "
+        "it on local disk when OUTPUT_DIR is on network "
         "storage; default: a temporary folder removed afterwards, inside "
         "OUTPUT_DIR/sourcedata/bidsport/work (with --anonymize: in the system temporary "
         "folder, so nothing identifiable enters OUTPUT_DIR)",
