@@ -721,3 +721,26 @@ def run(args: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(args)
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.mark.parametrize("policy", ["move", "delete"])
+def test_a_packet_with_a_damaged_nested_archive_stays_in_the_inbox(
+    tmp_path: Path, policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The images beside the damaged archive are converted; the archive's own files were
+    not imported, so --archive move/delete must not take the packet from the inbox."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    write_series(SeriesSpec("t1_mprage", 2), inbox / "P01" / "t1")
+    whole = io.BytesIO()
+    with zipfile.ZipFile(whole, "w") as zf:
+        zf.writestr("IM0001", b"x" * 4096)
+    (inbox / "P01" / "more.zip").write_bytes(whole.getvalue()[:100])  # cut short
+    before = sorted(p.relative_to(inbox) for p in inbox.rglob("*"))
+    assert main([str(inbox), str(out), "participant", "--archive", policy]) == 0
+    text = capsys.readouterr()
+    assert "sub-P01: 1 images" in text.out
+    assert "more.zip: nested archive not extracted" in text.err
+    verb = "moved" if policy == "move" else "deleted"
+    assert f"not {verb} (--archive {policy}): nested archives were not extracted" in text.err
+    assert sorted(p.relative_to(inbox) for p in inbox.rglob("*")) == before
+    assert not (out / "sourcedata" / "packets").exists()

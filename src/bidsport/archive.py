@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 STAGE = "import"
 #: How many levels of archives inside archives :func:`expand_nested` unpacks.
 MAX_NESTING = 5
+#: the reasons of the Problems of nested archives left as they are (their files are not
+#: imported: the packet must stay in the inbox, see :func:`left_unextracted`)
+NOT_EXTRACTED = "nested archive not extracted, left as is"
+TOO_DEEP = f"archive nested more than {MAX_NESTING} levels deep: left as is"
 GiB = 1024**3
 MiB = 1024**2
 
@@ -1080,6 +1084,11 @@ def _unpack_beside(
     return target, problems
 
 
+def left_unextracted(problem: Problem) -> bool:
+    """Whether ``problem`` is a nested archive left as it is (:func:`expand_nested`)."""
+    return problem.reason.startswith((NOT_EXTRACTED, TOO_DEEP))
+
+
 def expand_nested(
     dir: Path,
     limits: ExtractLimits = DEFAULT_LIMITS,
@@ -1125,7 +1134,7 @@ def expand_nested(
             problems.append(
                 Problem(
                     where=label,
-                    reason=f"archive nested more than {MAX_NESTING} levels deep: left as is",
+                    reason=TOO_DEEP,
                     stage=STAGE,
                 )
             )
@@ -1149,7 +1158,7 @@ def expand_nested(
             problems.append(
                 Problem(
                     where=label,
-                    reason=f"nested archive not extracted, left as is: {detail}",
+                    reason=f"{NOT_EXTRACTED}: {detail}",
                     stage=STAGE,
                 )
             )

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from bidsport import fileops, uptodate
+from bidsport.archive import left_unextracted
 from bidsport.errors import (
     AnonymizationError,
     BidsportError,
@@ -661,7 +662,19 @@ def process_session(
             error = failure_summary(failed)
             with state.timed("status"):
                 record(error)
-            if not failed and opts.archive != "leave":
+            unextracted = [p.where for p in state.problems if left_unextracted(p)]
+            if not failed and opts.archive in ("move", "delete") and unextracted:
+                # their files were not imported: removing the packet would lose them
+                state.problems.append(
+                    Problem(
+                        ", ".join(a.packet.name for a in assignments),
+                        f"not {'moved' if opts.archive == 'move' else 'deleted'} "
+                        f"(--archive {opts.archive}): nested archives were not extracted "
+                        f"({_few(unextracted)}), so the inbox keeps the packet",
+                        "import",
+                    )
+                )
+            elif not failed and opts.archive != "leave":
                 for assignment in assignments:
                     did = apply_archive_policy(
                         assignment.packet, opts.archive, layout.sourcedata_dir / "packets"
