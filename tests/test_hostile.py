@@ -724,23 +724,30 @@ def run(args: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("policy", ["move", "delete"])
-def test_a_packet_with_a_damaged_nested_archive_stays_in_the_inbox(
-    tmp_path: Path, policy: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("damage", ["cut short", "a member twice"])
+def test_a_packet_with_files_not_imported_stays_in_the_inbox(
+    tmp_path: Path, policy: str, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The images beside the damaged archive are converted; the archive's own files were
-    not imported, so --archive move/delete must not take the packet from the inbox."""
+    """The images beside a damaged nested archive, or beside an archive member skipped for
+    its name, are converted; what was not imported is only in the inbox, so --archive
+    move/delete must not take the packet from it."""
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     write_series(SeriesSpec("t1_mprage", 2), inbox / "P01" / "t1")
     whole = io.BytesIO()
     with zipfile.ZipFile(whole, "w") as zf:
         zf.writestr("IM0001", b"x" * 4096)
-    (inbox / "P01" / "more.zip").write_bytes(whole.getvalue()[:100])  # cut short
+        if damage == "a member twice":
+            with pytest.warns(UserWarning, match="Duplicate name"):
+                zf.writestr("IM0001", b"y" * 4096)
+    data = whole.getvalue()
+    (inbox / "P01" / "more.zip").write_bytes(data[:100] if damage == "cut short" else data)
     before = sorted(p.relative_to(inbox) for p in inbox.rglob("*"))
     assert main([str(inbox), str(out), "participant", "--archive", policy]) == 0
     text = capsys.readouterr()
     assert "sub-P01: 1 images" in text.out
-    assert "more.zip: nested archive not extracted" in text.err
+    said = "nested archive not extracted" if damage == "cut short" else "duplicate name"
+    assert "more.zip" in text.err and said in text.err
     verb = "moved" if policy == "move" else "deleted"
-    assert f"not {verb} (--archive {policy}): nested archives were not extracted" in text.err
+    assert f"not {verb} (--archive {policy}): files of it were not imported" in text.err
     assert sorted(p.relative_to(inbox) for p in inbox.rglob("*")) == before
     assert not (out / "sourcedata" / "packets").exists()

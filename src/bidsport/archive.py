@@ -51,10 +51,18 @@ log = logging.getLogger(__name__)
 STAGE = "import"
 #: How many levels of archives inside archives :func:`expand_nested` unpacks.
 MAX_NESTING = 5
-#: the reasons of the Problems of nested archives left as they are (their files are not
-#: imported: the packet must stay in the inbox, see :func:`left_unextracted`)
+#: the reasons of the Problems of what a packet holds that was not imported (nested
+#: archives left as they are, members skipped for their names): the packet must then
+#: stay in the inbox (see :func:`not_imported`)
 NOT_EXTRACTED = "nested archive not extracted, left as is"
 TOO_DEEP = f"archive nested more than {MAX_NESTING} levels deep: left as is"
+NAME_TAKEN = (
+    "its parent ",
+    "a file of the same name was extracted before it",
+    "duplicate name: the first member of this name was kept",
+    "a file or folder of this name exists already",
+    "same name as another file once made safe",  # a folder packet's (bidsport.ingest)
+)
 GiB = 1024**3
 MiB = 1024**2
 
@@ -1084,9 +1092,10 @@ def _unpack_beside(
     return target, problems
 
 
-def left_unextracted(problem: Problem) -> bool:
-    """Whether ``problem`` is a nested archive left as it is (:func:`expand_nested`)."""
-    return problem.reason.startswith((NOT_EXTRACTED, TOO_DEEP))
+def not_imported(problem: Problem) -> bool:
+    """Whether ``problem`` says that files of a packet were not imported: a nested archive
+    left as it is (:func:`expand_nested`), a member skipped for its name."""
+    return problem.reason.startswith((NOT_EXTRACTED, TOO_DEEP, *NAME_TAKEN))
 
 
 def expand_nested(

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from bidsport import fileops, uptodate
-from bidsport.archive import left_unextracted
+from bidsport.archive import not_imported
 from bidsport.errors import (
     AnonymizationError,
     BidsportError,
@@ -662,15 +662,15 @@ def process_session(
             error = failure_summary(failed)
             with state.timed("status"):
                 record(error)
-            unextracted = [p.where for p in state.problems if left_unextracted(p)]
-            if not failed and opts.archive in ("move", "delete") and unextracted:
-                # their files were not imported: removing the packet would lose them
+            left = [p.where for p in state.problems if not_imported(p)]
+            if not failed and opts.archive in ("move", "delete") and left:
+                # removing the packet would lose what was not imported of it
                 state.problems.append(
                     Problem(
                         ", ".join(a.packet.name for a in assignments),
                         f"not {'moved' if opts.archive == 'move' else 'deleted'} "
-                        f"(--archive {opts.archive}): nested archives were not extracted "
-                        f"({_few(unextracted)}), so the inbox keeps the packet",
+                        f"(--archive {opts.archive}): files of it were not imported "
+                        f"({_few(left)}: see the notes), so the inbox keeps it",
                         "import",
                     )
                 )
