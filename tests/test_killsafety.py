@@ -297,8 +297,8 @@ def test_a_killed_redo_of_a_done_session_is_not_taken_for_done(
 class Contended:
     code: int  #: exit code of the second run
     text: str  #: what the second run printed
-    record_existed: bool  #: the session's status record existed while the first run held it
-    record_after: bool  #: ... and after the second run
+    record_before: bytes | None  #: the session's status record while the first run held it
+    record_after: bytes | None  #: ... and after the second run
     first_code: int
     first_output: str
     out: Path
@@ -328,13 +328,13 @@ def contended(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> C
             time.sleep(0.02)
         layout = DatasetLayout(out)
         record = layout.status_row_file("KA", None)
-        record_existed = record.exists()
+        record_before = record.read_bytes() if record.exists() else None
         code, text = run_quietly([*args[:-1], "--participant-label", "KA"])
-        record_after = record.exists()
+        record_after = record.read_bytes() if record.exists() else None
     finally:
         release.write_text("go")
         first_output, _ = first.communicate(timeout=120)
-    return Contended(code, text, record_existed, record_after, first.returncode, first_output, out)
+    return Contended(code, text, record_before, record_after, first.returncode, first_output, out)
 
 
 def test_a_second_run_is_refused_with_a_clear_message(contended: Contended) -> None:
@@ -344,8 +344,11 @@ def test_a_second_run_is_refused_with_a_clear_message(contended: Contended) -> N
 
 
 def test_the_refused_run_does_not_touch_the_session_status(contended: Contended) -> None:
-    assert not contended.record_existed
-    assert not contended.record_after
+    # the first run recorded the session as unfinished when it began: a run killed from
+    # there on is not shown as in progress for ever
+    assert contended.record_before is not None
+    assert json.loads(contended.record_before)["last_error"].startswith("unfinished:")
+    assert contended.record_after == contended.record_before
 
 
 def test_the_first_run_finishes_unharmed(contended: Contended, baseline: Baseline) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 
 from bidsport.cli.run import main
@@ -191,3 +192,175 @@ def test_mapping_rows_without_packet_and_unmapped_packets_are_named(tmp_path: Pa
         "--mapping does not name 1 packet(s), labelled from their names instead "
         "(--nameformat, or the whole name): Doe_John"
     ) in text
+
+
+T2W = {"scanning_sequence": ("SE",), "repetition_time": 5000.0, "echo_time": 100.0}
+DWI = {
+    "scanning_sequence": ("EP",),
+    "sequence_variant": ("SK",),
+    "sequence_name": "ep_b1000",
+    "mr_acquisition_type": "2D",
+    "n_volumes": 3,
+    "b_values": (0.0, 1000.0, 1000.0),
+    "extra": {"DiffusionDirectionality": "DIRECTIONAL"},
+}
+
+
+def test_another_output_format_keeps_the_sidecars_it_wrote(tmp_path: Path) -> None:
+    """nii.gz then nii: the old images go, their sidecars (the same names) are the new
+    images' and stay, bval/bvec too."""
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "P", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    series(inbox / "P", "ep2d_diff_b1000", 5, "091000", **DWI)
+    assert run(str(inbox), str(out), "participant")[0] == 0
+    dwi = out / "sub-P" / "dwi"
+    assert sorted(p.name for p in dwi.iterdir())[-1] == "sub-P_dwi.nii.gz"
+    args = ["--output-format", "nii", "--overwrite", "overwrite"]
+    code, text = run(str(inbox), str(out), "participant", *args)
+    assert code == 0, text
+    assert sorted(p.name for p in dwi.iterdir()) == [
+        "sub-P_dwi.bval", "sub-P_dwi.bvec", "sub-P_dwi.json", "sub-P_dwi.nii"
+    ]  # fmt: skip
+    assert "removed dwi/sub-P_dwi.nii.gz" in text
+    assert (out / "sub-P" / "anat" / "sub-P_T1w.json").is_file()
+
+
+def test_the_images_of_packets_gone_from_the_inbox_are_kept(tmp_path: Path) -> None:
+    """--anonymize --archive delete: the first packet is gone when a second one arrives
+    for the session. The new one is converted (not taken for done), and the first one's
+    images, which this run cannot see, stay on disk and in the tables."""
+    inbox, out, key = tmp_path / "inbox", tmp_path / "bids", tmp_path / "study.key"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    anon = ["--mapping", str(mapping), "--anonymize", "--anonymize-key", str(key)]
+    args = [str(inbox), str(out), "participant", *anon, "--archive", "delete"]
+    assert run(*args)[0] == 0 and not (inbox / "pA").exists()
+    anat = out / "sub-01" / "ses-1" / "anat"
+    assert images(anat) == ["sub-01_ses-1_T1w.nii.gz"]
+
+    series(inbox / "pB", "t2_tse_tra", 3, "091000", **T2W)
+    code, text = run(*args)
+    assert code == 0, text
+    assert images(anat) == ["sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_T2w.nii.gz"]
+    rows = read_tsv(DatasetLayout(out).series_table("01", "1"))
+    assert sorted(r["outputs"] for r in rows) == [
+        "anat/sub-01_ses-1_T1w.nii.gz", "anat/sub-01_ses-1_T2w.nii.gz"
+    ]  # fmt: skip
+    scans = read_tsv(out / "sub-01" / "ses-1" / "sub-01_ses-1_scans.tsv")
+    assert [r["filename"] for r in scans] == [f"anat/{n}" for n in images(anat)]
+    assert all(r["acq_time"] != "n/a" for r in scans)
+    record = read_status_record(DatasetLayout(out), "01", "1")
+    assert record is not None and all(
+        name.startswith("packet-") for name in (record.packet or "").split(";")
+    )  # pseudonyms: packet names may be the patient's
+    assert "pA" not in (record.packet or "") and "pB" not in (record.packet or "")
+
+
+def test_copying_identifiable_packets_into_the_dataset_is_refused(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    for policy in ("copy", "move"):
+        code, text = run(str(inbox), str(tmp_path / "bids"), "participant", "--anonymize",
+                         "--anonymize-key", str(tmp_path / "k"), "--archive", policy)  # fmt: skip
+        assert code == 2 and "which --anonymize keeps free of them" in text
+    assert not (tmp_path / "bids").exists()
+
+
+def test_a_session_whose_images_were_deleted_is_converted_again(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "P", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    assert run(str(inbox), str(out), "participant")[0] == 0
+    shutil.rmtree(out / "sub-P")
+    code, text = run(str(inbox), str(out), "participant")
+    assert code == 0 and "sub-P: 1 images" in text
+    assert images(out / "sub-P" / "anat") == ["sub-P_T1w.nii.gz"]
+
+
+def test_only_images_bidsport_writes_are_removed(tmp_path: Path) -> None:
+    """A hand-edited or foreign series table can name anything: only NIfTI images (or
+    DICOM-copy folders) named like the session's, below it, are removed; a link itself,
+    never its target; not what this run wrote, nor the sidecars of an image it wrote."""
+    from bidsport.participant import remove_outputs
+
+    session = tmp_path / "sub-01"
+    anat = session / "anat"
+    anat.mkdir(parents=True)
+    for name in ("sub-01_T1w.nii.gz", "sub-01_T1w.json", "sub-01_T2w.nii.gz", "sub-01_T2w.json",
+                 "sub-01_T1w_defaced.nii.gz", "notes.txt"):  # fmt: skip
+        (anat / name).write_text("x", encoding="utf-8")
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_text("keep", encoding="utf-8")
+    (anat / "sub-01_link.nii.gz").symlink_to(outside)
+    wanted = ["anat", "anat/notes.txt", "../outside.nii.gz", "/etc/passwd",
+              "anat/sub-01_link.nii.gz", "anat/sub-01_T1w.nii.gz", "anat/sub-01_T2w.nii.gz"]  # fmt: skip
+    removed, kept = remove_outputs(session, "sub-01", wanted, {"anat/sub-01_T2w.nii"})
+    assert removed == [
+        "anat/sub-01_link.nii.gz",
+        "anat/sub-01_T1w.nii.gz",
+        "anat/sub-01_T2w.nii.gz",
+    ]
+    assert [k.split(": ")[0] for k in kept] == wanted[:4]
+    assert outside.read_text(encoding="utf-8") == "keep"
+    # the T2w's sidecar is the sidecar of the .nii this run wrote: kept
+    assert sorted(p.name for p in anat.iterdir()) == [
+        "notes.txt", "sub-01_T1w_defaced.nii.gz", "sub-01_T2w.json"
+    ]  # fmt: skip
+
+
+def test_a_foreign_table_names_nothing_and_a_killed_runs_journal_is_read(tmp_path: Path) -> None:
+    from bidsport.participant import OUTPUTS_JOURNAL, earlier_names
+
+    table = tmp_path / "series.tsv"
+    table.write_text(
+        "series_id\tsuffix\tentities\trun\toutputs\n1.2\tT1w\tn/a\tn/a\tanat/sub-01_T1w.nii.gz\n",
+        encoding="utf-8",
+    )  # no datatype column: the names are not kept, the outputs are known
+    journal = tmp_path / OUTPUTS_JOURNAL
+    journal.write_text("1.2\tanat/sub-01_acq-x_T1w.nii.gz\n1.3\tfunc/sub-01_bold.nii.gz\n")
+    names = earlier_names(table, journal)
+    assert not names["1.2"].named and not names["1.3"].named
+    assert names["1.2"].outputs == ("anat/sub-01_T1w.nii.gz", "anat/sub-01_acq-x_T1w.nii.gz")
+    assert names["1.3"].outputs == ("func/sub-01_bold.nii.gz",) and names["1.3"].row is None
+
+
+def test_earlier_images_of_failed_or_unseen_series_are_kept(tmp_path: Path) -> None:
+    from bidsport.participant import EarlierName, _settle_earlier_outputs
+
+    session = tmp_path / "sub-01"
+    (session / "anat").mkdir(parents=True)
+    for name in ("sub-01_T1w", "sub-01_acq-x_T1w", "sub-01_T2w", "sub-01_FLAIR", "sub-01_PDw"):
+        (session / "anat" / f"{name}.nii.gz").write_text("x", encoding="utf-8")
+    row = {"series_id": "?"}
+    earlier = {
+        "renamed": EarlierName("anat", "T1w", {}, "", ("anat/sub-01_T1w.nii.gz",), row),
+        "failed": EarlierName("anat", "T2w", {}, "", ("anat/sub-01_T2w.nii.gz",), row),
+        "unseen": EarlierName("anat", "FLAIR", {}, "", ("anat/sub-01_FLAIR.nii.gz",), row),
+        "killed": EarlierName("", "", {}, "", ("anat/sub-01_PDw.nii.gz",)),  # journal only
+    }
+    written = {"renamed": ["anat/sub-01_acq-x_T1w.nii.gz"]}
+    carried, notes = _settle_earlier_outputs(
+        session, "sub-01", earlier, {"renamed", "failed"}, written, {"failed": "dcm2niix"}
+    )
+    assert carried == {"failed": ["anat/sub-01_T2w.nii.gz"], "unseen": ["anat/sub-01_FLAIR.nii.gz"]}
+    assert sorted(p.name for p in (session / "anat").iterdir()) == [
+        "sub-01_FLAIR.nii.gz", "sub-01_T2w.nii.gz", "sub-01_acq-x_T1w.nii.gz"
+    ]  # fmt: skip
+    assert [n.where for n in notes] == ["renamed", "failed", "killed"]
+
+
+def test_a_packet_without_usable_image_fails_its_session_and_is_kept(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    (inbox / "pB").mkdir()
+    (inbox / "pB" / "IM0001").write_bytes(b"\0" * 128 + b"DICM\x02\x00\x00")  # cut short
+    args = [str(inbox), str(out), "participant", "--mapping", str(mapping)]
+    code, text = run(*args, "--archive", "delete")
+    assert code == 3, text
+    assert "sub-01_ses-1: FAILED: 1 fatal problem: packet pB holds no usable DICOM image" in text
+    assert (inbox / "pA").is_dir() and (inbox / "pB" / "IM0001").is_file()  # none deleted
+    assert images(out / "sub-01" / "ses-1" / "anat") == ["sub-01_ses-1_T1w.nii.gz"]
+    record = read_status_record(DatasetLayout(out), "01", "1")
+    assert record is not None and not record.converted and record.last_error

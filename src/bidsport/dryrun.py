@@ -78,7 +78,8 @@ def _preview_session(
     if (
         layout is not None
         and opts.overwrite == "skip"
-        and session_done(layout, sub, ses, packets, by_name=not opts.anonymize)
+        and not opts.anonymize  # the record names packets by pseudonyms of a key
+        and session_done(layout, sub, ses, packets)
     ):
         return SessionPreview(assignments, (), (), skipped=True)
     tmp = Path(tempfile.mkdtemp(prefix="bidsport-dryrun-", dir=opts.work_dir))

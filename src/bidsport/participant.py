@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -181,13 +181,21 @@ def _filtered_out(cls: Classification, opts: RunOptions) -> str | None:
 
 @dataclass(frozen=True)
 class EarlierName:
-    """How an earlier run named a series it converted (its row of the series table)."""
+    """What an earlier run wrote for a series (its row of the series table)."""
 
     datatype: str
     suffix: str
     entities: Mapping[str, str]  #: without "run", in the order they were set
     run: str  #: "" when the name has no run entity
     outputs: tuple[str, ...]  #: its images, relative to the session folder
+    #: the row as it was read (carried into the new table when this run does not see the
+    #: series); None for a series only the journal of a killed run names
+    row: Mapping[str, str] | None = None
+
+    @property
+    def named(self) -> bool:
+        """Whether the row says the whole name (a table of another version may not)."""
+        return bool(self.row is not None and self.datatype and self.suffix)
 
     @property
     def group_key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -200,13 +208,19 @@ def _cell(row: Mapping[str, str], column: str) -> str:
     return "" if value == "n/a" else value
 
 
-def earlier_names(series_table: Path) -> dict[str, EarlierName]:
-    """The names an earlier run gave the series it converted, by public series id (kept
-    so that nothing gets renamed, and to find its outputs this run does not write)."""
-    if not series_table.is_file():
-        return {}
-    names = {}
-    for row in fileops.read_tsv(series_table):
+#: the series table's columns an earlier name is read from
+_NAME_COLUMNS = ("series_id", "datatype", "suffix", "entities", "run", "outputs")
+
+
+def earlier_names(series_table: Path, journal: Path | None = None) -> dict[str, EarlierName]:
+    """What earlier runs wrote, by public series id: the series table's rows with outputs
+    (for the names, kept so nothing gets renamed, and to find the images this run does not
+    write again), and the ``journal`` of a run killed before it wrote its table (outputs
+    only: see :func:`_journal_outputs`)."""
+    names: dict[str, EarlierName] = {}
+    rows = fileops.read_tsv(series_table) if series_table.is_file() else []
+    whole = not rows or all(column in rows[0] for column in _NAME_COLUMNS)
+    for row in rows:
         outputs = tuple(o for o in _cell(row, "outputs").split(";") if o)
         if not outputs or not row.get("series_id"):
             continue
@@ -216,8 +230,23 @@ def earlier_names(series_table: Path) -> dict[str, EarlierName]:
             if key and value:
                 entities[key] = value
         names[row["series_id"]] = EarlierName(
-            _cell(row, "datatype"), _cell(row, "suffix"), entities, _cell(row, "run"), outputs
+            _cell(row, "datatype") if whole else "",
+            _cell(row, "suffix") if whole else "",
+            entities,
+            _cell(row, "run"),
+            outputs,
+            row,
         )
+    if journal is not None and journal.is_file():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            series_id, _, rel = line.partition("\t")
+            if not (series_id and rel):
+                continue
+            known = names.get(series_id)
+            if known is None:
+                names[series_id] = EarlierName("", "", {}, "", (rel,))
+            elif rel not in known.outputs:
+                names[series_id] = dataclasses.replace(known, outputs=(*known.outputs, rel))
     return names
 
 
@@ -226,7 +255,7 @@ def keep_earlier_name(p: PlannedSeries, earlier: EarlierName | None) -> PlannedS
     a new packet renames nothing it converted before), with the reason in its evidence.
     """
     cls = p.cls
-    if earlier is None or p.skip is not None:
+    if earlier is None or not earlier.named or p.skip is not None:
         return p
     if (cls.datatype, cls.suffix, dict(cls.entities)) == (
         earlier.datatype,
@@ -258,34 +287,66 @@ def kept_runs(
 ) -> dict[str, str]:
     """The run labels of an earlier run to keep: those of series named as they were."""
     return {
-        c.series_id: earlier[c.series_id].run
+        c.series_id: name.run
         for c in candidates
-        if c.series_id in earlier and earlier[c.series_id].group_key == c.group_key
+        if (name := earlier.get(c.series_id)) is not None
+        and name.named
+        and name.group_key == c.group_key
     }
 
 
+_IMAGE_ENDINGS = (".nii.gz", ".nii")
 _COMPANIONS = (".json", ".bval", ".bvec")
 
 
-def remove_outputs(session_dir: Path, root: Path, relpaths: Iterable[str]) -> list[str]:
-    """Remove these images of a session (files, or folders of DICOM copies) with their
-    sidecars (``.json``, ``.bval``, ``.bvec``); the ones removed, relative."""
-    removed = []
+def _stem(name: str) -> str | None:
+    return next((name[: -len(x)] for x in _IMAGE_ENDINGS if name.endswith(x)), None)
+
+
+def remove_outputs(
+    session_dir: Path, prefix: str, relpaths: Iterable[str], written: Collection[str]
+) -> tuple[list[str], list[str]]:
+    """Remove these images of a session with their sidecars (``.json``, ``.bval``,
+    ``.bvec``); (removed, not removed with the reason), both relative.
+
+    Only what bidsport writes is removed: a NIfTI image, or a folder of DICOM copies,
+    named ``<prefix>_...`` (``sub-01_ses-1``), below ``session_dir``; a link is removed,
+    never followed. Nothing this run wrote (``written``, relative paths) is removed, nor
+    a sidecar of an image it wrote (the same name, another format), nor a folder holding
+    something it wrote.
+    """
+    removed, kept = [], []
+    written_stems = {_stem(w) or w for w in written}
     for rel in relpaths:
         path = PurePosixPath(rel)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            continue
         image = session_dir / path
-        stem = next(
-            (image.name[: -len(x)] for x in (".nii.gz", ".nii") if image.name.endswith(x)), None
-        )
-        targets = [image] + ([image.with_name(stem + x) for x in _COMPANIONS] if stem else [])
+        stem = _stem(path.name)
+        if (
+            path.is_absolute()
+            or ".." in path.parts
+            or not path.name.startswith(f"{prefix}_")
+            or (stem is None and (not image.is_dir() or image.is_symlink()))
+        ):
+            kept.append(f"{rel}: not an image bidsport writes")
+            continue
+        if rel in written or any(w.startswith(f"{rel}/") for w in written):
+            continue
+        targets = [image]
+        if stem is not None and str(path.with_name(stem)) not in written_stems:
+            targets += [image.with_name(stem + x) for x in _COMPANIONS]
         found = [t for t in targets if t.is_symlink() or t.exists()]
-        for target in found:
-            fileops.remove_tree(target, root)
+        try:
+            for target in found:
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+                else:
+                    shutil.rmtree(target)
+        except OSError as exc:
+            kept.append(f"{rel}: {exc.strerror or exc}")
+            continue
         if found:
             removed.append(rel)
-    return removed
+    return removed, kept
 
 
 @contextlib.contextmanager
@@ -460,46 +521,75 @@ def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Proble
 
 
 def session_done(
-    layout: DatasetLayout,
-    subject: str,
-    session: str | None,
-    packets: Sequence[str],
-    *,
-    by_name: bool = True,
+    layout: DatasetLayout, subject: str, session: str | None, packets: Sequence[str]
 ) -> StatusRow | None:
-    """The session's record when it was converted without error from these packets (a
-    packet that arrived since, e.g. the rest of a split series, means it is not done).
-
-    With ``by_name=False`` (--anonymize: recorded packet names are scrubbed of the
-    patient's identifiers) only the number of packets is compared.
-    """
+    """The session's record when it was converted without error from these packets (as
+    the record names them: :func:`recorded_names`) and its images are all on disk; None
+    when it must be converted (again): a packet arrived since (e.g. the rest of a split
+    series), or images were deleted."""
     record = read_status_record(layout, subject, session)
     if not (record and record.converted and not record.last_error):
         return None
-    recorded = (record.packet or "").split(";")
-    if by_name:
-        return record if set(packets) <= set(recorded) else None
-    return record if len(packets) <= len(recorded) else None
+    if not set(packets) <= set((record.packet or "").split(";")):
+        return None
+    return record if _outputs_present(layout, subject, session) else None
+
+
+def recorded_names(packets: Sequence[str], anon: privacy.Anonymization | None) -> list[str]:
+    """How the status record names these packets: as they are, or with --anonymize by
+    their pseudonyms (:func:`bidsport.privacy.packet_scrubber`)."""
+    if anon is None:
+        return list(packets)
+    from bidsport.anonymize.keys import packet_pseudonym
+
+    return [packet_pseudonym(anon.key, name) for name in packets]
+
+
+def _outputs_present(layout: DatasetLayout, subject: str, session: str | None) -> bool:
+    """Whether every image the session's series table lists is on disk (a table gone
+    too: no)."""
+    table = layout.series_table(subject, session)
+    try:
+        rows = fileops.read_tsv(table)
+    except OSError:
+        return False
+    session_dir = layout.session_dir(subject, session)
+    return all(
+        os.path.lexists(session_dir / rel)
+        for row in rows
+        for rel in _cell(row, "outputs").split(";")
+        if rel
+    )
 
 
 #: the last error of a session whose run has begun and not yet recorded its outcome
 UNFINISHED = "unfinished: a run began to redo this session at {when} and recorded no outcome"
 
 
-def _record_unfinished(layout: DatasetLayout, subject: str, session: str | None) -> None:
-    """Before a session is redone, mark its record (if any) not converted.
+def _record_unfinished(
+    layout: DatasetLayout, subject: str, session: str | None, packets: str | None
+) -> None:
+    """Before a session is (re)done, record it as not converted, and unfinished.
 
-    The outputs are about to be replaced (or removed, with ``--overwrite clean``): a run
-    killed from here on must not leave a record that says the session is done, which later
-    runs would trust and skip. A session without a record is left without one (with
-    ``--anonymize`` its label may still be refused: it is written nowhere until accepted);
-    the packet names are the recorded ones (scrubbed with ``--anonymize``). The run's end
-    replaces this record with its outcome.
+    The outputs are about to be written, replaced or removed (``--overwrite clean``): a
+    run killed from here on must not leave a record that says the session is done, which
+    later runs would trust and skip, nor no record, which the group level would show as
+    in progress for ever. A session without a record gets one naming ``packets``; with
+    ``packets`` None (``--anonymize``: its label may still be refused, and is written
+    nowhere until accepted) it is left without. An existing record keeps its packet
+    names. The run's end replaces this record with its outcome.
     """
     old = read_status_record(layout, subject, session)
-    if old is None:
-        return
     now = now_iso()
+    if old is None:
+        if packets is not None:
+            record_session(
+                layout,
+                StatusRow(
+                    subject, session, packets, False, False, False, UNFINISHED.format(when=now), now
+                ),
+            )
+        return
     record_session(
         layout,
         dataclasses.replace(
@@ -520,6 +610,7 @@ def _clean_session(layout: DatasetLayout, subject: str, session: str | None) -> 
         layout.series_table(subject, session),
         layout.files_table(subject, session),
         layout.index_cache(subject, session),
+        layout.tables_dir(subject, session) / OUTPUTS_JOURNAL,
     ):
         table.unlink(missing_ok=True)
 
@@ -617,6 +708,10 @@ def process_session(
     label = sub_ses_prefix(sub, ses)
     state = _SessionState()
     packets = [a.packet.name for a in assignments]
+    if anon is not None:  # packet names may be the patient's: never written as they are
+        from bidsport import privacy
+
+        state.scrub = privacy.packet_scrubber(anon, packets)
 
     def record(error: str | None) -> None:
         record_session(
@@ -636,7 +731,7 @@ def process_session(
     try:
         with fileops.file_lock(layout.lock_file(sub, ses), blocking=False, what=label):
             done = (
-                session_done(layout, sub, ses, packets, by_name=anon is None)
+                session_done(layout, sub, ses, recorded_names(packets, anon))
                 if opts.overwrite == "skip"
                 else None
             )
@@ -652,7 +747,7 @@ def process_session(
             ):
                 fileops.remove_stale_temps(folder)
             remove_stale_temps(layout, sub, ses)  # of the status record
-            _record_unfinished(layout, sub, ses)
+            _record_unfinished(layout, sub, ses, ";".join(packets) if anon is None else None)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
             _run_session(
@@ -775,7 +870,8 @@ def _anonymize_session(
         raise AnonymizationError(f"sub-{sub}: {reason}", "use --mapping to give it a study code")
     privacy.remember_identifiers(anon, sub, identifiers)
     state.deidentify = privacy.deidentifier(anon, sub, identifiers)
-    state.scrub = state.deidentify.text
+    hide_packets, scrub = state.scrub, state.deidentify.text
+    state.scrub = lambda text: scrub(hide_packets(text))
     pairs = [(d.source, dicom_dir / d.flat_name) for d in used if d.flat_name]
     reasons = privacy.anonymize_files(anon, pairs, sub, identifiers, n_procs=opts.n_procs)
     excluded = {src: why for (src, _), why in zip(pairs, reasons, strict=True) if why}
@@ -886,6 +982,8 @@ def _prepare_session(
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
     state.classified = True
     state.rules.update(p.cls.rule for p in planned if p.cls.rule)
+    if planned and len(assignments) > 1:
+        _check_each_packet_used(assignments, raw_root, decisions, state)
     if not planned:
         raise DicomReadError(
             state.scrub(
@@ -899,6 +997,35 @@ def _prepare_session(
             "complete is converted by the next run",
         )
     return _Prepared(raw_root, dicom_dir, decisions, planned, flat)
+
+
+def _check_each_packet_used(
+    assignments: Sequence[Assignment],
+    raw_root: Path,
+    decisions: Sequence[FileDecision],
+    state: _SessionState,
+) -> None:
+    """A packet of a session with no usable DICOM image (a truncated transfer, a folder of
+    notes) makes the session fail, so that it is looked at and never archived; the other
+    packets are converted."""
+    used = {
+        str(d.source).removeprefix(f"{raw_root}{os.sep}").split(os.sep, 1)[0]
+        for d in decisions
+        if d.flat_name
+    }
+    for assignment in assignments:
+        if assignment.packet.name not in used:
+            state.stages["imported"] = False
+            state.problems.append(
+                Problem(
+                    assignment.packet.name,
+                    f"packet {assignment.packet.name} holds no usable DICOM image (each "
+                    "file's reason is in files.tsv): the session's other packets are "
+                    "converted, and none is archived",
+                    "import",
+                    fatal=True,
+                )
+            )
 
 
 def no_images_message(packets: Sequence[str], reasons: Sequence[str]) -> str:
@@ -955,12 +1082,14 @@ def _convert_session(
     def sid(p: PlannedSeries) -> str:
         return state.scrub(p.series.series_id)
 
-    earlier = earlier_names(layout.series_table(sub, ses))
-    if opts.overwrite == "skip":  # redone for a new packet: what was converted keeps its name
+    journal = layout.tables_dir(sub, ses) / OUTPUTS_JOURNAL
+    earlier = earlier_names(layout.series_table(sub, ses), journal)
+    skip = opts.overwrite == "skip"
+    if skip:  # redone for a new packet: what was converted keeps its name and run label
         planned = [keep_earlier_name(p, earlier.get(sid(p))) for p in planned]
     to_convert = [p for p in planned if p.skip is None]
     candidates = [run_candidate(p, sid(p)) for p in to_convert]
-    runs = assign_runs(candidates, kept_runs(candidates, earlier))
+    runs = assign_runs(candidates, kept_runs(candidates, earlier) if skip else {})
 
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
@@ -1037,6 +1166,7 @@ def _convert_session(
                         continue
                     done[sid(p)] = [(p, img) for img in imgs], probs
                     outputs_by_series[sid(p)] = [img.relpath for img in imgs]
+                    _note_outputs(journal, sid(p), outputs_by_series[sid(p)])
     finally:  # what was done is reported even when an error stops the rest
         for p in to_convert:  # in the series' order, not the order they were done in
             images_of, notes = done.get(sid(p), ([], []))
@@ -1046,9 +1176,11 @@ def _convert_session(
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
     with state.timed("finalize"):
-        problems += _remove_earlier_outputs(
-            session_dir, layout.root, earlier, outputs_by_series, failures
+        seen = {sid(p) for p in planned}
+        carried, notes = _settle_earlier_outputs(
+            session_dir, label, earlier, seen, outputs_by_series, failures
         )
+        problems += notes
         links = link_fieldmaps(exported, sub, ses)
         problems += links.notes
         for sidecar_rel, targets in links.intended_for.items():
@@ -1058,57 +1190,102 @@ def _convert_session(
                 data["IntendedFor"] = sorted(targets)
                 fileops.write_json(path, data)
         complete_phasediff(exported, session_dir)
-        write_scans(layout.scans_file(sub, ses), [img for _, img in exported])
-        _write_series_table(
-            layout, sub, ses, planned, runs, outputs_by_series, failures, state.scrub
+        scans_file = layout.scans_file(sub, ses)
+        acquired = (
+            {r["filename"]: r.get("acq_time", "") for r in fileops.read_tsv(scans_file)}
+            if carried and scans_file.is_file()
+            else {}
         )
+        kept_images = [
+            ConvertedImage(series_id, rel, _cell(acquired, rel) or None)
+            for series_id, rels in carried.items()
+            for rel in rels
+        ]
+        write_scans(scans_file, [img for _, img in exported] + kept_images)
+        for series_id, rels in carried.items():  # a failed series: its earlier images
+            if series_id in failures:
+                outputs_by_series[series_id] = rels
+        _write_series_table(
+            layout,
+            sub,
+            ses,
+            planned,
+            runs,
+            outputs_by_series,
+            failures,
+            state.scrub,
+            [row for i, e in earlier.items() if i in carried and i not in seen and (row := e.row)],
+        )
+        journal.unlink(missing_ok=True)
     state.images += [img for _, img in exported]
     state.stages["converted"] = (
         state.stages["imported"] and not failures and bool(exported or not to_convert)
     )
 
 
-def _remove_earlier_outputs(
+#: the outputs of each series as it is exported, until the series table is written: a
+#: run killed meanwhile leaves it, and the next run removes what it names (if stale)
+OUTPUTS_JOURNAL = "outputs-pending.tsv"
+
+
+def _note_outputs(journal: Path, series_id: str, relpaths: Sequence[str]) -> None:
+    """Append a series' outputs to the session's journal (:data:`OUTPUTS_JOURNAL`)."""
+    if relpaths:
+        fileops.ensure_dir(journal.parent)
+        with open(journal, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{series_id}\t{rel}\n" for rel in relpaths))
+
+
+def _settle_earlier_outputs(
     session_dir: Path,
-    root: Path,
+    prefix: str,
     earlier: Mapping[str, EarlierName],
+    seen: Collection[str],
     written: Mapping[str, list[str]],
     failures: Mapping[str, str],
-) -> list[Problem]:
-    """Remove the images an earlier run wrote that this run did not write again (a series
-    named anew, or no longer converted), so no stale image stays beside the new ones; a
-    note for each. When a series failed, nothing is removed (the session is redone later).
+) -> tuple[dict[str, list[str]], list[Problem]]:
+    """Remove the images earlier runs wrote that this run did not write again (a series
+    named anew, or no longer converted), so no stale image stays beside the new ones.
+
+    Kept ("carried": they stay listed in the tables) are the images of a series this run
+    did not see (its packet is gone from the inbox, as ``--archive delete`` leaves it) and
+    of a series that failed this run. Returns the carried images by series, and a note for
+    each image removed or kept.
     """
     now = {rel for rels in written.values() for rel in rels}
-    stale = {
-        series_id: [rel for rel in name.outputs if rel not in now]
-        for series_id, name in earlier.items()
-    }
-    if failures:
-        return [
+    carried: dict[str, list[str]] = {}
+    notes: list[Problem] = []
+    for series_id, name in earlier.items():
+        old = [rel for rel in name.outputs if rel not in now]
+        if not old:
+            continue
+        if series_id in failures or (series_id not in seen and name.row is not None):
+            present = [rel for rel in old if os.path.lexists(session_dir / rel)]
+            if present:
+                carried[series_id] = present
+            if series_id in failures:
+                notes += [
+                    Problem(series_id, f"{rel}, written by an earlier run, is kept", "convert")
+                    for rel in present
+                ]
+            continue
+        removed, kept = remove_outputs(session_dir, prefix, old, now)
+        new = written.get(series_id)
+        now_named = f"now written as {', '.join(new)}" if new else "not converted by this run"
+        notes += [
             Problem(
                 series_id,
-                f"{rel}, written by an earlier run, is kept until the session "
-                "converts without failure",
+                f"removed {rel} (with its sidecars), written by an earlier run: the series "
+                f"is {now_named}",
                 "convert",
             )
-            for series_id, rels in stale.items()
-            for rel in rels
+            for rel in removed
         ]
-    notes = []
-    for series_id, rels in stale.items():
-        for rel in remove_outputs(session_dir, root, rels):
-            new = written.get(series_id)
-            now_named = f"now written as {', '.join(new)}" if new else "not converted by this run"
-            notes.append(
-                Problem(
-                    series_id,
-                    f"removed {rel} (with its sidecars), written by an earlier "
-                    f"run: the series is {now_named}",
-                    "convert",
-                )
-            )
-    return notes
+        notes += [
+            Problem(series_id, f"not removed, written by an earlier run: {why}", "convert")
+            for why in kept
+        ]
+    return carried, notes
 
 
 def _write_files_table(
@@ -1151,11 +1328,14 @@ def _write_series_table(
     outputs: dict[str, list[str]],
     failures: dict[str, str],
     scrub: Callable[[str], str] = str,
+    carried: Sequence[Mapping[str, str]] = (),
 ) -> None:
     """Every series of the session: its BIDS name(s), or why it was not converted.
 
     Series are keyed by their public id (``scrub`` of the series id); free text goes
-    through ``scrub`` too (with --anonymize it removes the source identifiers).
+    through ``scrub`` too (with --anonymize it removes the source identifiers). The
+    ``carried`` rows (of an earlier table: series this run did not see, whose images
+    stay) are written as they were.
     """
 
     from bidsport.export import acq_datetime
@@ -1190,6 +1370,7 @@ def _write_series_table(
                 "evidence": text(" | ".join(c.evidence)),
             }
         )
+    rows += [dict(row) for row in carried]
     fileops.write_tsv(layout.series_table(sub, ses), rows, SERIES_COLUMNS)
 
 
@@ -1304,7 +1485,10 @@ def run_participant_level(
             for s in sessions
             if opts.overwrite != "skip"
             or session_done(
-                layout, s[0].subject, s[0].session, [a.packet.name for a in s], by_name=anon is None
+                layout,
+                s[0].subject,
+                s[0].session,
+                recorded_names([a.packet.name for a in s], anon),
             )
             is None
         ]

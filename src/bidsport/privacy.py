@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from bidsport.anonymize import (
     AnonymizePolicy,
     Anonymizer,
     default_policy,
+    keys,
     load_or_create_key,
     load_policy,
 )
@@ -109,6 +110,24 @@ def stored_identifiers(store_dir: Path) -> Identifiers:
 # --------------------------------------------------------------------------- outputs
 
 _UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){3,}\b")
+
+
+def packet_scrubber(anon: Anonymization, packets: Sequence[str]) -> Callable[[str], str]:
+    """A function that replaces the names of these packets in a text by their pseudonyms
+    (:func:`bidsport.anonymize.keys.packet_pseudonym`): a packet with no readable DICOM
+    file gives no identifier to scrub its name with, and its name may be the patient's.
+    Each pseudonym is logged, to the log file outside OUTPUT_DIR (if any)."""
+    pseudonyms = {name: keys.packet_pseudonym(anon.key, name) for name in packets if name}
+    for name, pseudonym in pseudonyms.items():
+        log.info("packet %s is named %s in OUTPUT_DIR", name, pseudonym)
+    longest_first = sorted(pseudonyms, key=len, reverse=True)
+
+    def hide(text: str) -> str:
+        for name in longest_first:
+            text = text.replace(name, pseudonyms[name])
+        return text
+
+    return hide
 
 
 def deidentifier(anon: Anonymization, subject: str, identifiers: Identifiers) -> Deidentify:

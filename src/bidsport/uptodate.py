@@ -7,7 +7,8 @@ folder. It holds:
 - what the run read before it started, each as a ``stat`` signature: the inbox's entries,
   every file named on the command line (``--rules``, ``--mapping``, ``--manifest``...),
   bidsport's own code; and the user's ids, which decide what is readable;
-- what a re-run reads of the output: each session's status record, as a signature, and
+- what a re-run reads of the output: each session's status record and folders (the
+  session's and its datatype folders: an image deleted there is seen), as signatures, and
   the sessions' rows of the status table, as text (other runs, e.g. the other tasks of a
   SLURM array, write their own rows to the same table: a change there is not a change
   for this run, see :func:`table_holds`); and the scratch folder that a killed run would
@@ -447,8 +448,8 @@ def _write_outcome(stamp: Stamp, argv: list[str], started: float) -> Replay:
             __name__,
             f"nothing new since the run that ended {stamp['finished']}: the inbox's "
             f"{len(stamp['inputs']['entries'])} entries, the files named on the command "
-            f"line and the {len(stamp['outputs'])} session records are as it left them, "
-            f"and the status table holds their rows ({stamp['path']})",
+            f"line, and the sessions' records and folders ({len(stamp['outputs'])}) are as it "
+            f"left them, and the status table holds their rows ({stamp['path']})",
         ),
     ]
     lines += [_log_line(started, __name__, message) for message in stamp["log"]]

@@ -134,6 +134,13 @@ def patient_pseudonym(key: bytes, subject: str) -> str:
     return base64.b32encode(mac).decode("ascii")[:12]
 
 
+def packet_pseudonym(key: bytes, packet: str) -> str:
+    """How a packet is named in OUTPUT_DIR with --anonymize (packet names often hold the
+    patient's name or record number): ``packet-`` and 8 hex digits, the same in every run.
+    """
+    return "packet-" + _mac(key, "packet", packet).hex()[:8]
+
+
 def value_pseudonym(key: bytes, keyword: str, value: str) -> str:
     """A pseudonym of a site/scanner value, the same in every subject (12 characters)."""
     mac = _mac(key, "value", keyword, value.strip().upper())

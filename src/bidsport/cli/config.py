@@ -34,6 +34,12 @@ def _check_filters(args: argparse.Namespace) -> None:
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     _check_filters(args)
+    if args.anonymize and args.archive in ("copy", "move"):
+        raise UsageError(
+            f"--archive {args.archive} would put the packets, identifiable as they are, into "
+            "OUTPUT_DIR/sourcedata/packets, which --anonymize keeps free of them",
+            "use --archive leave (or delete, once the originals are kept elsewhere)",
+        )
     return RunOptions(
         participant_labels=tuple(dict.fromkeys(args.participant_label or ())),
         session_labels=tuple(dict.fromkeys(args.session_label or ())),

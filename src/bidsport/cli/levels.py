@@ -189,6 +189,13 @@ def write_shortcut(
     where = (shortcut["output_dir"], shortcut["cwd"], shortcut["argv"])
     sessions = [(r.subject, r.session) for r in run.results]
     outputs = [str(layout.status_row_file(sub, ses)) for sub, ses in sessions]
+    # the sessions' folders and their datatype folders: an image deleted or added there
+    # changes one of them (the full path converts a session whose images are gone again)
+    for sub, ses in sessions:
+        folder = layout.session_dir(sub, ses)
+        outputs.append(str(folder))
+        with contextlib.suppress(OSError):
+            outputs += sorted(str(p) for p in folder.iterdir() if p.is_dir())
     seen = uptodate.observe_outputs(outputs)
     table = uptodate.table_rows(str(layout.status_file), [(s, ses or "") for s, ses in sessions])
     if (

@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         choices=("skip", "clean", "overwrite"),
         default="skip",
-        help="skip: leave finished sessions alone; clean: remove a session's outputs first; "
-        "overwrite: replace files in place (default: %(default)s)",
+        help="skip: leave finished sessions alone (one that got a new packet is converted "
+        "again, keeping its names); clean: remove the session's folder and tables first; "
+        "overwrite: convert again, naming every series anew (default: %(default)s)",
     )
     conv.add_argument(
         "--compression-level",
