@@ -751,3 +751,29 @@ def test_a_packet_with_files_not_imported_stays_in_the_inbox(
     assert f"not {verb} (--archive {policy}): files of it were not imported" in text.err
     assert sorted(p.relative_to(inbox) for p in inbox.rglob("*")) == before
     assert not (out / "sourcedata" / "packets").exists()
+
+
+def test_an_output_dir_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    """As a folder docker made for a mount, owned by root, is to the container's user:
+    exit 2 and a hint, not an internal error with a traceback."""
+    cmd = [sys.executable, "-c", "import sys; from bidsport.cli.run import main; sys.exit(main())"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        cmd = [setpriv, "--inh-caps=-all", "--bounding-set=-all", *cmd]
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_series(SMALL_T1, inbox / "A_V1" / "S2", Subject(patient_id="IDA"), Study("a"))
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        for where in (out, out / "deeper"):
+            done = subprocess.run(
+                [*cmd, str(inbox), str(where), "participant"], capture_output=True, text=True
+            )
+            assert done.returncode == 2, done.stderr
+            assert f"cannot write to OUTPUT_DIR {where}" in done.stderr
+            assert "Traceback" not in done.stderr
+    finally:
+        out.chmod(0o755)
+    assert list(out.iterdir()) == []

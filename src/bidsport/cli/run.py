@@ -107,6 +107,23 @@ def _check_outside_inbox(dicom_dir: Path, output_dir: Path, work_dir: Path | Non
             )
 
 
+def _check_writable(output_dir: Path) -> None:
+    """Refuse an OUTPUT_DIR that cannot be written (or made), before anything is written."""
+    from bidsport.errors import UsageError
+
+    folder = output_dir
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent  # the nearest folder that exists: OUTPUT_DIR is made there
+    if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+        return
+    raise UsageError(
+        f"cannot write to OUTPUT_DIR {output_dir}"
+        + (f" ({folder} is not writable)" if folder != output_dir else " (not writable)"),
+        "make it yours, or writable for you (a folder docker created for a mount belongs to "
+        "root: create it before the container runs)",
+    )
+
+
 def _check_has_sessions(layout: DatasetLayout) -> None:
     """Refuse a group level over an OUTPUT_DIR without any session (no ``sub-*`` folder,
     no status record), before anything is written: the participant level comes first."""
@@ -163,6 +180,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         rows = regenerate_status(layout, list(opts.manifest))
         print(f"{layout.status_file}: rebuilt from what is on disk ({len(rows)} rows)")
         return 0
+
+    if not opts.dry_run:
+        _check_writable(output_dir)
 
     # logs and the run report name packets and files: with --anonymize, and for the PHI
     # audit (which reads the inbox's packets), they go to the work dir (when one is
