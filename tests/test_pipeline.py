@@ -146,6 +146,9 @@ def test_dry_run_writes_nothing(example, tmp_path, capsys):
     assert "P02_V1.tar.gz -> sub-P02 ses-V1" in text
     assert "anat/sub-P02_ses-V1_T1w" in text
     assert "Thumbs.db" in text
+    # a folder packet's gzipped files and nested archives are expanded, as the run does
+    assert "-> anat/sub-P01_ses-V1_T2w" in text and "-> anat/sub-P01_ses-V1_FLAIR" in text
+    assert "fmap/sub-P01_ses-V1_magnitude1" in text
 
 
 def test_siemens_xa_mfsplit_run_becomes_one_bold(tmp_path):

@@ -1,7 +1,8 @@
 """``--dry-run``: the plan of a participant-level run, with nothing written to OUTPUT_DIR.
 
-Folder packets are read where they are; archive packets are extracted into a temporary
-folder (the work dir when one is given) that is removed afterwards.
+Packets are imported as the run imports them (folders hard-linked or copied, archives
+and gzipped files expanded) into a temporary folder (in the work dir when one is given)
+that is removed afterwards.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ class Preview:
 
 
 def _packet_root(assignment: Assignment, tmp: Path, opts: RunOptions) -> Path:
-    """Where the packet's files are read: a folder packet in place, an archive extracted."""
-    if assignment.packet.kind == "folder":
-        return assignment.packet.path
+    """Where the packet's files are read: imported as the run imports them (a folder
+    packet hard-linked, or copied, with the archives and gzipped files in it expanded; an
+    archive extracted), into the temporary folder."""
     root = tmp / assignment.packet.name
     import_packet(assignment.packet, root, opts.limits)
     return root
@@ -118,7 +119,9 @@ def _preview_session(
                 entities = dict(p.cls.entities)
                 if runs.get(p.series.series_id):
                     entities["run"] = runs[p.series.series_id]
-                base = bids_basename(sub, ses, entities, p.cls.suffix)
+                # a field measurement's magnitude images are written as magnitude1 (and 2)
+                suffix = "magnitude1" if p.cls.suffix == "magnitude" else p.cls.suffix
+                base = bids_basename(sub, ses, entities, suffix)
                 names[p.series.series_id] = (
                     f"{p.cls.datatype}/{base}" if opts.layout == "bids" else base
                 )
