@@ -364,3 +364,12 @@ def test_a_packet_without_usable_image_fails_its_session_and_is_kept(tmp_path: P
     assert images(out / "sub-01" / "ses-1" / "anat") == ["sub-01_ses-1_T1w.nii.gz"]
     record = read_status_record(DatasetLayout(out), "01", "1")
     assert record is not None and not record.converted and record.last_error
+
+
+def test_anonymize_on_a_dataset_made_without_it_is_refused(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    series(inbox / "P", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    assert run(str(inbox), str(out), "participant")[0] == 0
+    anon = ["--anonymize", "--anonymize-key", str(tmp_path / "study.key")]
+    code, text = run(str(inbox), str(out), "participant", *anon)
+    assert code == 2 and "holds the identifiable imports of runs without --anonymize" in text

@@ -107,6 +107,21 @@ def _check_outside_inbox(dicom_dir: Path, output_dir: Path, work_dir: Path | Non
             )
 
 
+def _check_no_identifiable_imports(layout: DatasetLayout) -> None:
+    """Refuse --anonymize on a dataset that runs without it filled: their identifiable
+    imports (``sourcedata/raw``) and outputs are in it, and would stay beside the
+    anonymized ones."""
+    from bidsport.errors import UsageError
+
+    raw = layout.sourcedata_dir / "raw"
+    if raw.is_dir() and any(raw.iterdir()):
+        raise UsageError(
+            f"OUTPUT_DIR {layout.root} holds the identifiable imports of runs without "
+            f"--anonymize ({raw}): an anonymized dataset cannot be made in it",
+            "give --anonymize runs a new OUTPUT_DIR",
+        )
+
+
 def _check_writable(output_dir: Path) -> None:
     """Refuse an OUTPUT_DIR that cannot be written (or made), before anything is written."""
     from bidsport.errors import UsageError
@@ -183,6 +198,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     if not opts.dry_run:
         _check_writable(output_dir)
+    if opts.anonymize and args.analysis_level == "participant":
+        _check_no_identifiable_imports(layout)
 
     # logs and the run report name packets and files: with --anonymize, and for the PHI
     # audit (which reads the inbox's packets), they go to the work dir (when one is
