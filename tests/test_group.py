@@ -16,6 +16,7 @@ import pytest
 from bidsport.errors import ExitCode, LockedError
 from bidsport.group import (
     DEFAULT_BIDS_VERSION,
+    VALIDATION_FILE_NAME,
     GroupResult,
     SessionsInProgress,
     SummaryRow,
@@ -25,9 +26,11 @@ from bidsport.group import (
     name_locked_sessions,
     run_group,
     summarize,
+    validation_from_record,
 )
 from bidsport.layout import DatasetLayout
 from bidsport.runner import run_command
+from bidsport.status import INTERRUPTED as STATUS_INTERRUPTED
 from bidsport.status import StatusRow, read_status, record_session
 from bidsport.synthetic import Subject, typical_session, write_series
 from bidsport.validator import Issue, ValidationResult, find_validator, validator_bids_version
@@ -226,6 +229,45 @@ def test_broken_dataset_reports_the_error(tmp_path: Path, dataset: DatasetLayout
     text = format_summary(result)
     assert "error: NOT_INCLUDED /sub-01/anat/sub-01_T1wx.nii.gz" in text
 
+    # every finding is kept in derivatives/bidsport/validation.json, and shown in the report
+    layout = DatasetLayout(root)
+    saved_file = layout.derivatives_dir / VALIDATION_FILE_NAME
+    assert saved_file in result.written
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    assert saved["validator"]["version"] == result.validation.version
+    assert saved["validator"]["command"][0] == "bids-validator-deno"
+    assert saved["validator"]["command"][-1] == "."
+    assert str(root) not in saved_file.read_text(encoding="utf-8")  # no path of this machine
+    assert saved["counts"] == {
+        "errors": len(result.validation.errors), "warnings": len(result.validation.warnings)
+    }  # fmt: skip
+    issues = saved["issues"]
+    assert len(issues) == len(result.validation.errors) + len(result.validation.warnings)
+    assert set(issues[0]) == {"severity", "code", "sub_code", "location", "line", "message",
+                              "rule"}  # fmt: skip
+    assert {
+        "severity": "error", "code": "NOT_INCLUDED", "location": "/sub-01/anat/sub-01_T1wx.nii.gz"
+    }.items() <= issues[0].items()  # fmt: skip
+    assert issues[0]["message"]
+    back = validation_from_record(saved, saved_file)  # the same findings, sorted
+    assert (back.version, back.schema_version) == (
+        result.validation.version, result.validation.schema_version
+    )  # fmt: skip
+    assert sorted(map(repr, back.errors)) == sorted(map(repr, result.validation.errors))
+    assert sorted(map(repr, back.warnings)) == sorted(map(repr, result.validation.warnings))
+    page = layout.report_file.read_text(encoding="utf-8")
+    assert '<h2 id="validation">BIDS validation</h2>' in page
+    assert '<a href="validation.json">validation.json</a>' in page
+    assert "<code>NOT_INCLUDED</code>" in page and "/sub-01/anat/sub-01_T1wx.nii.gz" in page
+
+    # the same findings again: neither file is rewritten; without validation, the report
+    # shows the findings saved (those of the last validation)
+    again = _group(layout)
+    assert saved_file not in again.written and layout.report_file not in again.written
+    skipped = _group(layout, validate=False)
+    assert skipped.written == ()
+    assert layout.report_file.read_text(encoding="utf-8") == page
+
 
 def test_group_without_report(tmp_path: Path, dataset: DatasetLayout) -> None:
     root = tmp_path / "noreport"
@@ -336,6 +378,37 @@ def test_group_refuses_while_participant_jobs_convert(
     assert layout.report_file.is_file()
 
 
+def test_sessions_of_killed_jobs_are_reported_interrupted(
+    tmp_path: Path, dataset: DatasetLayout
+) -> None:
+    """sub-03's first run was killed after organizing (no record, no lock held); sub-01's
+    images were deleted after its record said converted: neither is "in progress"."""
+    root = tmp_path / "killed"
+    shutil.copytree(dataset.root, root, symlinks=True)
+    layout = DatasetLayout(root)
+    write_series(T1W, layout.dicom_dir("03", None), Subject(patient_id="PID03"))
+    (layout.lock_file("03", None)).parent.mkdir(parents=True, exist_ok=True)
+    layout.lock_file("03", None).touch()  # left by the killed job, free
+    shutil.rmtree(layout.session_dir("01", None) / "anat")
+    result = _group(layout, EXPECTED, validate=False)
+    rows = {r.participant_id: r for r in result.status}
+    assert (rows["03"].organized, rows["03"].converted, rows["03"].last_error) == (
+        True, False, None
+    )  # fmt: skip
+    assert result.totals == SummaryRow("all", 3, 2, 2, 0, 2)
+    assert SummaryRow("03", 1, 1, 1, 0, 1) in result.summary
+    page = layout.report_file.read_text(encoding="utf-8")
+    assert "in progress" not in page and "not organized" not in page
+    assert page.count('class="state">interrupted<') == 2
+    assert page.count('class="state">expected<') == 1  # sub-02, from the manifest
+    assert "3 sessions: 0 converted, 2 failed (2 interrupted), 1 expected" in page
+    section = page[page.index('<section id="sub-03">') :].split("</section>")[0]
+    assert STATUS_INTERRUPTED in section
+    assert "no series table: the last run of this session ended before writing one" in section
+    section = page[page.index('<section id="sub-01">') :].split("</section>")[0]
+    assert "images missing: the session&#x27;s record says converted" in section
+
+
 def test_the_command_line_exits_with_the_refusal(tmp_path: Path, dataset: DatasetLayout) -> None:
     root = tmp_path / "cli"
     shutil.copytree(dataset.root, root, symlinks=True)
@@ -410,7 +483,12 @@ def test_summarize_and_format() -> None:
         status=tuple(rows),
         summary=summary,
         totals=totals,
-        validation=ValidationResult(ran=True, warnings=issues, version="3.0.2"),
+        validation=ValidationResult(
+            ran=True,
+            errors=(Issue("NOT_INCLUDED", "error", "/x"),),
+            warnings=issues,
+            version="3.0.2",
+        ),
         written=(),
     )
     lines = format_summary(result).splitlines()
@@ -419,7 +497,7 @@ def test_summarize_and_format() -> None:
     ]  # fmt: skip
     assert lines[1].split() == ["sub-01", "2", "2", "1", "1", "1"]
     assert lines[4].split() == ["total", "3", "2", "1", "1", "1"]
-    assert "BIDS validator 3.0.2: 0 errors, 3 warnings" in lines
+    assert "BIDS validator 3.0.2: 1 error, 3 warnings" in lines
     assert "  warning: SIDECAR_KEY_RECOMMENDED[Coil] /sub-00/anat/x.nii.gz (+2 more)" in lines
     skipped = GroupResult((), (), (), SummaryRow("all", 0, 0, 0, 0, 0), None, ())
     assert format_summary(skipped).splitlines()[-1] == "BIDS validation: skipped"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from bidsport import htmlreport, thumbnails
 from bidsport.cli.run import main
 from bidsport.fileops import read_tsv
 from bidsport.htmlreport import (
+    SHOWN_LOCATIONS,
     ImagePreview,
     SeriesEntry,
     SessionReport,
@@ -34,9 +36,10 @@ from bidsport.htmlreport import (
 from bidsport.layout import DatasetLayout
 from bidsport.png import size as png_size
 from bidsport.runner import run_command
-from bidsport.status import StatusRow, read_status
+from bidsport.status import INTERRUPTED, StatusRow, read_status
 from bidsport.synthetic import Study, Subject, typical_session, write_series
 from bidsport.thumbnails import encode_png, montage, resample, to_ras
+from bidsport.validator import Issue, ValidationResult
 
 PIL_Image = pytest.importorskip("PIL.Image", reason="pillow (a dependency of highdicom) decodes")
 
@@ -270,6 +273,69 @@ def test_html_escapes_everything_and_refers_to_nothing_outside() -> None:
     assert 'http-equiv="Content-Security-Policy"' in page
 
 
+def _section(page: str, anchor: str) -> str:
+    return page[page.index(f'<section id="{anchor}">') :].split("</section>")[0]
+
+
+def test_exclusions_failures_interruptions_and_validation() -> None:
+    """An expected exclusion is grey, a failed conversion red; a session imported but
+    neither converted nor failed is interrupted; the validator's findings per code."""
+    failure = "dcm2niix failed on series 6 (3 files, exit 1): no output"
+    series = (
+        SeriesEntry(series_row(_series("localizer", "", excluded="localizer"))),
+        SeriesEntry(series_row(_series("bold", "", excluded=failure))),
+        SeriesEntry(series_row(_series("t2", "", excluded="datatype anat in --exclude-datatype"))),
+    )
+    done = StatusRow("01", "1", "P", True, True, False, "1 series failed: " + failure, UPDATED)
+    killed = StatusRow("02", None, "Q", True, False, False, None, UPDATED)
+    resumed = StatusRow("03", None, "R", True, True, False, "unfinished: a run began", UPDATED)
+    issues = tuple(
+        Issue("SIDECAR_KEY_RECOMMENDED", "warning", f"/sub-{i:02d}/anat/x.json", "Coil", "m")
+        for i in range(SHOWN_LOCATIONS + 5)
+    )
+    validation = ValidationResult(
+        ran=True,
+        errors=(Issue("NOT_INCLUDED", "error", "/sub-01/x<y>.nii", message="not <allowed>"),),
+        warnings=issues,
+        version="3.0.2",
+    )
+    page = build_html(
+        "t",
+        [
+            SessionReport(done, series),
+            SessionReport(killed, note="n", problem=INTERRUPTED),
+            SessionReport(resumed),
+        ],
+        validation=validation,
+        validation_link="validation.json",
+    )
+    rows = _section(page, "sub-01_ses-1")
+    assert '<span class="skipped">not converted: localizer</span>' in rows
+    assert '<span class="skipped">not converted: datatype anat in --exclude-datatype</span>' in rows
+    assert f'<span class="error">conversion failed: {failure}</span>' in rows
+    assert rows.count('<tr class="failed') == 1 and rows.count('<tr class="excluded') == 2
+    assert "3 series, 0 converted, 1 failed" in rows
+    assert ".badge.partial{" in page and ".badge.expected{" in page and ".skipped{" in page
+    assert "in progress" not in page
+    assert page.count('class="state">interrupted<') == 2  # sub-02 and sub-03
+    assert "3 sessions: 0 converted, 3 failed (2 interrupted), 0 expected" in page
+    assert f'<td class="error">{html.escape(INTERRUPTED, quote=True)}</td>' in page
+    assert html.escape(INTERRUPTED, quote=True) in _section(page, "sub-02")
+
+    section = page[page.index('<h2 id="validation">') : page.index('<h2 id="sessions">')]
+    assert "bids-validator-deno 3.0.2: 1 error, 25 warnings" in section
+    assert '<a href="validation.json">validation.json</a>' in section
+    assert "/sub-01/x&lt;y&gt;.nii" in section and "not &lt;allowed&gt;" in section
+    assert f"/sub-{SHOWN_LOCATIONS - 1:02d}/anat/x.json (Coil)" in section
+    assert f"/sub-{SHOWN_LOCATIONS:02d}/anat/x.json" not in section
+    assert "+5 more" in section
+    assert "<td>m</td>" in section  # one message for every location of the code
+    varied = dataclasses.replace(validation, warnings=(*issues, Issue("SIDECAR_KEY_RECOMMENDED",
+                                 "warning", "/y.json", "EchoTime", "other")))  # fmt: skip
+    assert "differs per location" in build_html("t", [], validation=varied)
+    assert "not validated yet" in build_html("t", [])
+
+
 def test_series_rows_and_thumbnail_paths() -> None:
     row = series_row(_series("t2", "", excluded="derived: dti_map"))
     assert row.outputs == () and row.excluded == "derived: dti_map" and row.review
@@ -375,7 +441,8 @@ def test_report_on_a_dataset(
     assert {p.relative_to(layout.derivatives_dir).parts[2] for p in third.removed} == {"ses-2"}
     assert not (layout.derivatives_dir / "thumbnails/sub-S01/ses-2").exists()
     page = layout.report_file.read_text(encoding="utf-8")
-    assert "no preview:" in page and "no series table yet" in page
+    assert "no preview:" in page
+    assert "no series table: the last run of this session ended before writing one" in page
     assert any("no thumbnail for" in r.getMessage() for r in caplog.records)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,15 @@ from bidsport.errors import LabelError, LockedError, OutputError
 from bidsport.layout import DatasetLayout
 from bidsport.records import SessionResult
 from bidsport.status import (
+    IMAGES_MISSING,
+    INTERRUPTED,
     KEEP_BACKUPS,
     STATUS_COLUMNS,
     StatusRow,
     add_expected,
     backup_status,
     build_status,
+    outcome_missing,
     read_records,
     read_status,
     read_status_file,
@@ -27,6 +31,7 @@ from bidsport.status import (
     regenerate_status,
     row_from_result,
     status_lock_file,
+    unrecorded_outcome,
 )
 
 N_WORKERS = 8
@@ -340,3 +345,51 @@ def test_backups_are_pruned(tmp_path: Path) -> None:
     assert len(names) == KEEP_BACKUPS
     assert names == sorted(p.name for p in made[-KEEP_BACKUPS:] if p)
     assert keep.read_text(encoding="utf-8") == "mine"
+
+
+def test_regenerate_drops_removed_sessions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session whose record and folders are all gone leaves the table (the backup keeps
+    it); manifest rows, sessions with a record or a folder stay."""
+    layout = DatasetLayout(tmp_path)
+    for sub in ("01", "02", "03"):
+        _make_evidence(layout, sub, "1", 3)
+        record_session(layout, _row(sub, "1", converted=True))
+    add_expected(layout, [("09", None)])  # a manifest of an earlier run
+    tables = layout.tables_dir("03", "1")  # 03: only its tables are left
+    tables.mkdir(parents=True)
+    (tables / "series.tsv").write_text("series_id\n", encoding="utf-8")
+    for sub in ("02", "03"):
+        for top in (layout.root, layout.sourcedata_dir / "raw", layout.sourcedata_dir / "dicom"):
+            shutil.rmtree(top / f"sub-{sub}")
+        layout.status_row_file(sub, "1").unlink()
+    with caplog.at_level(logging.WARNING, logger="bidsport.status"):
+        rows = regenerate_status(layout, [("08", "1")])
+    assert [(r.participant_id, r.session_id) for r in rows] == [
+        ("01", "1"), ("03", "1"), ("08", "1"), ("09", None)
+    ]  # fmt: skip
+    assert read_status(layout) == rows
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "sub-02 ses-1" in dropped[0], dropped
+    newest = sorted(layout.status_backup_dir.glob("status-*.tsv"))[-1]
+    assert ("02", "1") in {(r.participant_id, r.session_id) for r in read_status_file(newest)}
+    # the manifest row stays without the manifest, and nothing changes again
+    before = layout.status_file.read_bytes()
+    assert regenerate_status(layout) == rows
+    assert layout.status_file.read_bytes() == before
+
+
+def test_unrecorded_outcome() -> None:
+    killed = _row("01", "1")  # imported, organized, not converted, no error
+    assert outcome_missing(killed)
+    assert unrecorded_outcome(killed, None) == INTERRUPTED
+    assert unrecorded_outcome(killed, killed) == INTERRUPTED
+    assert unrecorded_outcome(killed, _row("01", "1", converted=True)) == IMAGES_MISSING
+    for row in (
+        _row("01", "1", converted=True),
+        _row("01", "1", last_error="dcm2niix failed"),
+        _row("01", "1", packet=None, imported=False, organized=False),  # expected
+    ):
+        assert not outcome_missing(row)
+        assert unrecorded_outcome(row, None) is None

@@ -18,12 +18,19 @@ with its process). It writes, through :mod:`bidsport.fileops` (atomic):
 * ``participants.json``: describes ``participant_id``; other descriptions are kept.
 * ``README``: a short generated text, only when no README file exists.
 * ``sourcedata/status.tsv``: rebuilt from the per-session records and the disk.
+* ``derivatives/bidsport/validation.json``: every finding of the BIDS validator (code,
+  severity, location, message...), its version and command (:func:`validation_record`);
 * ``derivatives/bidsport/report.html`` and its thumbnails (:mod:`bidsport.htmlreport`):
-  status, series tables and a picture of every converted image, for curators.
+  status, the validator's findings (from ``validation.json``: those of the last
+  validation), series tables and a picture of every converted image, for curators.
 
 No ``.bidsignore`` is written: everything else bidsport writes lies in ``sourcedata/``
 and ``derivatives/``, which the validator ignores. It does not even read them
-(``--prune``), so it validates the dataset while the report is written.
+(``--prune``), so it validates the dataset while the report's thumbnails are made.
+
+No participant-level job runs while the group level does, so a session imported but
+neither converted nor failed was interrupted (its job was killed): the summary counts
+it as failed and the report says so (:func:`bidsport.status.unrecorded_outcome`).
 
 A file whose content would not change is not rewritten, so a second run changes
 nothing (not even the status backups).
@@ -43,11 +50,19 @@ from pathlib import Path
 from typing import Any
 
 from bidsport import fileops, uptodate
-from bidsport.errors import LockedError, OutputError, UsageError
-from bidsport.htmlreport import write_report
+from bidsport.errors import ExternalToolError, LockedError, OutputError, UsageError
+from bidsport.htmlreport import prepare_report, write_page
 from bidsport.layout import DatasetLayout, sub_ses_prefix
-from bidsport.status import StatusRow, build_status, read_records, read_status, regenerate_status
+from bidsport.status import (
+    StatusRow,
+    build_status,
+    outcome_missing,
+    read_records,
+    read_status,
+    regenerate_status,
+)
 from bidsport.validator import (
+    VALIDATOR_SCRIPT,
     Issue,
     ValidationResult,
     find_validator,
@@ -64,6 +79,10 @@ README_NAMES = ("README", "README.md", "README.rst", "README.txt")
 PARTICIPANT_ID_DESCRIPTION = {"Description": "Unique participant label (sub-<label>)."}
 #: How many distinct issue codes :func:`format_summary` lists per severity.
 SHOWN_CODES = 5
+#: The validator's findings, in ``layout.derivatives_dir``.
+VALIDATION_FILE_NAME = "validation.json"
+#: Issue fields kept in the validation file, in order.
+ISSUE_FIELDS = ("severity", "code", "sub_code", "location", "line", "message", "rule")
 #: How many in-progress sessions the refusal to start names (the rest: "and N more").
 SHOWN_SESSIONS = 10
 IN_PROGRESS_HINT = (
@@ -82,7 +101,7 @@ class SummaryRow:
     imported: int
     organized: int
     converted: int
-    failed: int  #: sessions whose last run ended with an error
+    failed: int  #: sessions whose last run ended with an error, or was interrupted
 
 
 @dataclass(frozen=True)
@@ -165,7 +184,11 @@ def in_progress_error(
 
 
 def summarize(rows: Sequence[StatusRow]) -> tuple[tuple[SummaryRow, ...], SummaryRow]:
-    """Per-participant stage counts of the status ``rows``, and their totals."""
+    """Per-participant stage counts of the status ``rows``, and their totals.
+
+    ``failed`` counts the rows with an error and those whose run recorded no outcome
+    (:func:`bidsport.status.outcome_missing`: killed, as no job runs at the group level).
+    """
     by_subject: dict[str, list[StatusRow]] = {}
     for row in rows:
         by_subject.setdefault(row.participant_id, []).append(row)
@@ -177,7 +200,7 @@ def summarize(rows: Sequence[StatusRow]) -> tuple[tuple[SummaryRow, ...], Summar
             imported=sum(r.imported for r in group),
             organized=sum(r.organized for r in group),
             converted=sum(r.converted for r in group),
-            failed=sum(r.last_error is not None for r in group),
+            failed=sum(r.last_error is not None or outcome_missing(r) for r in group),
         )
 
     summary = tuple(count(label, by_subject[label]) for label in sorted(by_subject))
@@ -250,6 +273,74 @@ def derivative_description(
         [_bidsport_generator(bidsport_version)], _generators(description)
     )
     return description
+
+
+def _issue_order(issue: Issue) -> tuple[int, str, str, str, int, str]:
+    return (
+        0 if issue.severity == "error" else 1,
+        issue.code,
+        issue.location or "",
+        issue.sub_code or "",
+        issue.line if issue.line is not None else -1,
+        issue.message or "",
+    )
+
+
+def validation_record(result: ValidationResult, dataset_dir: Path) -> dict[str, Any]:
+    """The content of ``validation.json``: the validator's version and command, the
+    counts, and every issue (sorted: errors first, then by code and location, so that
+    the same findings give the same file).
+
+    The command is the one to run from the dataset's folder: the validator by its name,
+    the dataset as ``.`` (no path of this machine is kept).
+    """
+    command = [Path(arg).name if i == 0 else arg for i, arg in enumerate(result.command)]
+    command = ["." if arg == str(dataset_dir) else arg for arg in command]
+    issues = sorted((*result.errors, *result.warnings), key=_issue_order)
+    return {
+        "validator": {
+            "name": VALIDATOR_SCRIPT,
+            "version": result.version,
+            "schema_version": result.schema_version,
+            "command": command,
+        },
+        "counts": {"errors": len(result.errors), "warnings": len(result.warnings)},
+        "issues": [{name: getattr(issue, name) for name in ISSUE_FIELDS} for issue in issues],
+    }
+
+
+def validation_from_record(data: Any, path: Path) -> ValidationResult:
+    """The :class:`ValidationResult` a ``validation.json`` (:func:`validation_record`)
+    holds; raises :class:`OutputError` naming ``path`` when it is not such a file."""
+    try:
+        validator = data["validator"]
+        issues = [
+            Issue(
+                code=str(item["code"]),
+                severity=str(item["severity"]),
+                location=item.get("location"),
+                sub_code=item.get("sub_code"),
+                message=item.get("message"),
+                rule=item.get("rule"),
+                line=item.get("line"),
+            )
+            for item in data["issues"]
+        ]
+        command = tuple(str(arg) for arg in validator.get("command") or ())
+        version, schema = validator.get("version"), validator.get("schema_version")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise OutputError(
+            f"{path} is not a validation file of bidsport ({exc!r})",
+            "delete it: the next group level that validates writes it again",
+        ) from exc
+    return ValidationResult(
+        ran=True,
+        command=command,
+        errors=tuple(i for i in issues if i.severity == "error"),
+        warnings=tuple(i for i in issues if i.severity != "error"),
+        version=str(version) if version else None,
+        schema_version=str(schema) if schema else None,
+    )
 
 
 def readme_text(name: str) -> str:
@@ -420,8 +511,11 @@ def run_group(
     The validator keeps its caches in ``work_dir`` (kept for the next run), else in a
     scratch folder under OUTPUT_DIR removed afterwards: nothing is written elsewhere.
 
-    With ``report``, also write the HTML report (:func:`bidsport.htmlreport.write_report`;
-    its thumbnails are made in up to ``n_procs`` processes).
+    The validator's findings are saved in ``derivatives/bidsport/validation.json``
+    (:func:`validation_record`; rewritten only when they change; kept as they are when
+    the dataset is not validated). With ``report``, also write the HTML report
+    (:mod:`bidsport.htmlreport`; its thumbnails are made in up to ``n_procs`` processes
+    while the validator runs), with the findings of the last validation.
 
     Idempotent: a second run with the same arguments changes no file. Raises
     :class:`UsageError` when the dataset folder does not exist, :class:`LockedError`
@@ -470,26 +564,46 @@ def run_group(
         written.append(layout.status_file)
     summary, totals = summarize(status)
 
-    # the validator reads the dataset while the report is written: the report and its
-    # thumbnails are in derivatives/, which the validator (--prune) does not read
-    # (a validator that cannot be started is said by result(): the report is written first)
+    validation_file = layout.derivatives_dir / VALIDATION_FILE_NAME
+
+    def write_report_page(findings: ValidationResult | None) -> Path | None:
+        """The page, with ``findings``; else those of the last validation (saved)."""
+        if prepared is None:
+            return None
+        if findings is None or not findings.ran:
+            findings = _saved_validation(validation_file)
+        outcome = write_page(
+            layout,
+            prepared,
+            title=str(description.get("Name") or name),
+            generator=f"bidsport {bidsport_version}",
+            validation=findings,
+            validation_file=validation_file if findings is not None else None,
+        )
+        written.extend(outcome.written)
+        return outcome.report_file
+
+    # the validator reads the dataset while the report's thumbnails are made: they are in
+    # derivatives/, which the validator (--prune) does not read; the page shows the
+    # findings, so it is written once the validator is done (one that cannot be started
+    # is said by result(): the page is written first, with the last findings saved)
     with contextlib.ExitStack() as stack:
         pending = None
         if validate:
             deno_dir = stack.enter_context(_validator_cache(layout, work_dir))
             pending = stack.enter_context(start_validator(root, command=command, deno_dir=deno_dir))
-        report_file = None
-        if report:
-            outcome = write_report(
-                layout,
-                status,
-                title=str(description.get("Name") or name),
-                generator=f"bidsport {bidsport_version}",
-                n_procs=n_procs,
-            )
-            written += outcome.written
-            report_file = outcome.report_file
-        validation = pending.result() if pending is not None else None
+        prepared = prepare_report(layout, status, n_procs) if report else None
+        try:
+            validation = pending.result() if pending is not None else None
+        except ExternalToolError:
+            write_report_page(None)
+            raise
+    shown = None
+    if validation is not None and validation.ran:
+        record = validation_record(validation, root)
+        _write_json_if_changed(validation_file, record, written)
+        shown = validation_from_record(record, validation_file)
+    report_file = write_report_page(shown)
     for path in written:
         log.info("wrote %s", path)
     return GroupResult(
@@ -503,7 +617,27 @@ def run_group(
     )
 
 
+def _saved_validation(path: Path) -> ValidationResult | None:
+    """The findings ``path`` (``validation.json``) holds; None when there is none or it
+    cannot be read (logged)."""
+    try:
+        data = _read_json(path)
+        return validation_from_record(data, path) if data is not None else None
+    except OutputError as exc:
+        log.warning("ignoring %s: %s", path, exc.message)
+        return None
+
+
 # --------------------------------------------------------------------------- report
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1.
+
+    >>> _count(1, "error"), _count(0, "warning")
+    ('1 error', '0 warnings')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -550,8 +684,9 @@ def format_summary(result: GroupResult) -> str:
         lines.append("BIDS validation: not run (bids-validator-deno is not installed)")
     else:
         lines.append(
-            f"BIDS validator {validation.version or '?'}: {len(validation.errors)} errors, "
-            f"{len(validation.warnings)} warnings"
+            f"BIDS validator {validation.version or '?'}: "
+            f"{_count(len(validation.errors), 'error')}, "
+            f"{_count(len(validation.warnings), 'warning')}"
         )
         lines += _issue_lines("error", validation.errors)
         lines += _issue_lines("warning", validation.warnings)

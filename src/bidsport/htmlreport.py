@@ -32,7 +32,14 @@ from pathlib import Path, PurePosixPath
 
 from bidsport import fileops, png
 from bidsport.layout import DatasetLayout, sub_ses_dir, sub_ses_prefix
-from bidsport.status import StatusRow
+from bidsport.status import (
+    UNFINISHED_PREFIX,
+    StatusRow,
+    outcome_missing,
+    read_records,
+    unrecorded_outcome,
+)
+from bidsport.validator import Issue, ValidationResult
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,12 @@ THUMBNAIL_SOFTWARE = "bidsport thumbnail 1"
 _SOFTWARE_TEXT = png.software_text(THUMBNAIL_SOFTWARE)
 #: Content-Security-Policy of the page: no script, nothing from the network.
 CSP = "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'"
+#: How a series' ``excluded`` text begins when its conversion failed (the messages of
+#: :class:`bidsport.errors.ConversionError` in :mod:`bidsport.convert`); any other text
+#: is an expected exclusion (classification, the user's filters, excluded files).
+FAILURE_PREFIXES = ("dcm2niix ", "cannot gzip ")
+#: How many locations the validation section lists per issue code (then "+N more").
+SHOWN_LOCATIONS = 20
 
 
 # --------------------------------------------------------------------------- records
@@ -108,6 +121,8 @@ class SessionReport:
     status: StatusRow
     series: tuple[SeriesEntry, ...] = ()
     note: str | None = None  #: e.g. why there is no series table
+    #: why a session with no error is not converted (:func:`bidsport.status.unrecorded_outcome`)
+    problem: str | None = None
 
     @property
     def anchor(self) -> str:
@@ -120,6 +135,15 @@ class ReportOutcome:
 
     report_file: Path
     written: tuple[Path, ...]  #: files created or changed (report, thumbnails)
+    removed: tuple[Path, ...]  #: thumbnails of images that no longer exist
+
+
+@dataclass(frozen=True)
+class PreparedReport:
+    """What :func:`prepare_report` read and made: all the page needs but the validation."""
+
+    sessions: tuple[SessionReport, ...]
+    written: tuple[Path, ...]  #: thumbnails created or changed
     removed: tuple[Path, ...]  #: thumbnails of images that no longer exist
 
 
@@ -156,6 +180,18 @@ def series_row(row: Mapping[str, str]) -> SeriesRow:
     )
 
 
+def conversion_failed(excluded: str | None) -> bool:
+    """Whether a series' ``excluded`` text says that its conversion failed (not that the
+    series was left out on purpose).
+
+    >>> conversion_failed("dcm2niix failed on series 6 (3 files, exit 1): no output")
+    True
+    >>> conversion_failed("localizer"), conversion_failed(None)
+    (False, False)
+    """
+    return bool(excluded) and str(excluded).startswith(FAILURE_PREFIXES)
+
+
 def thumbnail_relpath(subject: str, session: str | None, output: str) -> str | None:
     """Where the thumbnail of a session's ``output`` lives, relative to the report's folder.
 
@@ -188,9 +224,10 @@ th{background:#f0f0f0}
 td.na{color:#999}
 tr.ok td.state{background:#dff0d8}tr.failed td.state{background:#f2dede}
 tr.partial td.state{background:#fcf8e3}tr.expected td.state{background:#eee}
-tr.excluded td{color:#777}tr.review td{background:#fcf8e3}
+tr.excluded td{color:#777}tr.review td{background:#fcf8e3}tr.failed td{background:#f2dede}
 .badge{font-size:.75em;padding:1px 6px;border-radius:8px;background:#ddd;margin-left:.5em}
 .badge.ok{background:#dff0d8}.badge.failed{background:#f2dede}
+.badge.partial{background:#fcf8e3}.badge.expected{background:#eee;color:#555}
 .badge.review{background:#fcf8e3}
 figure{display:inline-block;margin:0 4px 4px 0}
 figure img{display:block;background:#000;image-rendering:auto}
@@ -198,7 +235,7 @@ figcaption{font-size:.75em;color:#555;max-width:400px;overflow-wrap:anywhere}
 td{overflow-wrap:anywhere}td:last-child{min-width:390px}
 table.series td:first-child,.badge{white-space:nowrap;overflow-wrap:normal}
 details summary{cursor:pointer;color:#555}
-.error{color:#a94442}.note{color:#777;font-style:italic}
+.error{color:#a94442}.note{color:#777;font-style:italic}.skipped{color:#777}
 code{font-size:.9em}
 """
 
@@ -228,13 +265,23 @@ def _yes(flag: bool) -> str:
 
 
 def _state(row: StatusRow) -> tuple[str, str]:
-    """(CSS class, word) of a status row."""
+    """(CSS class, word) of a status row.
+
+    The report is written while no participant-level job runs (the group level makes
+    sure of it), so a session imported but neither converted nor failed was interrupted
+    (:func:`bidsport.status.outcome_missing`): it counts as failed, as does a session
+    whose record says a run began it and recorded no outcome.
+
+    >>> _state(StatusRow("01", None, "P", True, True, False, None, "t"))
+    ('failed', 'interrupted')
+    """
     if row.last_error:
-        return "failed", "failed"
+        interrupted = row.last_error.startswith(UNFINISHED_PREFIX)
+        return "failed", "interrupted" if interrupted else "failed"
     if row.converted:
         return "ok", "converted"
-    if row.imported or row.organized:
-        return "partial", "in progress"
+    if outcome_missing(row):
+        return "failed", "interrupted"
     return "expected", "expected"
 
 
@@ -257,7 +304,7 @@ def _status_table(sessions: Sequence[SessionReport]) -> list[str]:
             + _td(_yes(row.organized))
             + _td(_yes(row.converted))
             + _td(word, "state")
-            + _td(row.last_error, "error")
+            + _td(row.last_error or s.problem, "error")
             + _td(row.updated)
             + "</tr>"
         )
@@ -297,7 +344,8 @@ def _series_table(entries: Sequence[SeriesEntry]) -> list[str]:
     ]
     for entry in entries:
         row = entry.row
-        cls = "excluded" if row.excluded or not row.outputs else "converted"
+        failed = conversion_failed(row.excluded)
+        cls = "failed" if failed else "excluded" if row.excluded or not row.outputs else "converted"
         if row.review:
             cls += " review"
         description = _e(row.series_description or "n/a")
@@ -309,8 +357,10 @@ def _series_table(entries: Sequence[SeriesEntry]) -> list[str]:
         if row.rule:
             description += f'<br><span class="note">rule: {_e(row.rule)}</span>'
         counts = f"{row.n_files or '?'} / {row.n_volumes or '?'}"
-        if row.excluded:
-            outcome = f'<span class="error">not converted: {_e(row.excluded)}</span>'
+        if failed:
+            outcome = f'<span class="error">conversion failed: {_e(row.excluded)}</span>'
+        elif row.excluded:
+            outcome = f'<span class="skipped">not converted: {_e(row.excluded)}</span>'
         elif row.outputs:
             outcome = "<br>".join(f"<code>{_e(o)}</code>" for o in row.outputs)
         else:
@@ -346,27 +396,94 @@ def _session_section(s: SessionReport) -> list[str]:
         out.append(f"<p>packet: <code>{_e(row.packet)}</code></p>")
     if row.last_error:
         out.append(f'<p class="error">last error: {_e(row.last_error)}</p>')
+    elif s.problem:
+        out.append(f'<p class="error">{_e(s.problem)}</p>')
     if s.note:
         out.append(f'<p class="note">{_e(s.note)}</p>')
     if s.series:
         converted = sum(1 for e in s.series if e.row.outputs and not e.row.excluded)
-        out.append(f"<p>{len(s.series)} series, {converted} converted</p>")
+        failed = sum(1 for e in s.series if conversion_failed(e.row.excluded))
+        failures = f", {failed} failed" if failed else ""
+        out.append(f"<p>{len(s.series)} series, {converted} converted{failures}</p>")
         out += _series_table(s.series)
     out.append("</section>")
     return out
 
 
+def _where(issue: Issue) -> str:
+    """Where an issue is, for the validation section: its location and sub-code."""
+    where = issue.location or "the dataset"
+    if issue.line is not None:
+        where += f", line {issue.line}"
+    return f"{where} ({issue.sub_code})" if issue.sub_code else where
+
+
+def _validation_section(
+    validation: ValidationResult | None, link: str | None, shown: int = SHOWN_LOCATIONS
+) -> list[str]:
+    """The findings of the validator: per severity, one row per code (how many, its
+    message, up to ``shown`` locations and "+N more"), and where the full list is."""
+    out = ['<h2 id="validation">BIDS validation</h2>']
+    if validation is None or not validation.ran:
+        out.append('<p class="note">not validated yet (bids-validator-deno was not run)</p>')
+        return out
+    version = f" {validation.version}" if validation.version else ""
+    schema = f" (schema {validation.schema_version})" if validation.schema_version else ""
+    full = f' The full list: <a href="{_e(link)}">{_e(link)}</a>.' if link else ""
+    out.append(
+        f"<p>The last validation, by bids-validator-deno{_e(version)}{_e(schema)}: "
+        f"{_count(len(validation.errors), 'error')}, "
+        f"{_count(len(validation.warnings), 'warning')}.{full}</p>"
+    )
+    for kind, issues in (("error", validation.errors), ("warning", validation.warnings)):
+        if not issues:
+            continue
+        by_code: dict[str, list[Issue]] = {}
+        for issue in issues:
+            by_code.setdefault(issue.code, []).append(issue)
+        out += [
+            f'<table class="validation {kind}">',
+            f"<tr><th>{kind}</th><th>count</th><th>message</th><th>where</th></tr>",
+        ]
+        for code, group in by_code.items():
+            places = [_e(_where(i)) for i in group[:shown]]
+            if len(group) > shown:
+                places.append(f"+{len(group) - shown} more")
+            cls = ' class="error"' if kind == "error" else ""
+            messages = sorted({i.message for i in group if i.message})
+            message = _td(messages[0] if messages else None)
+            if len(messages) > 1:  # e.g. one per missing key: the full list has them
+                message = '<td class="na">differs per location</td>'
+            out.append(
+                f"<tr><td{cls}><code>{_e(code)}</code></td>"
+                + _td(len(group))
+                + message
+                + f"<td>{'<br>'.join(places)}</td></tr>"
+            )
+        out.append("</table>")
+    return out
+
+
 def build_html(
-    title: str, sessions: Sequence[SessionReport], *, generator: str = "bidsport"
+    title: str,
+    sessions: Sequence[SessionReport],
+    *,
+    generator: str = "bidsport",
+    validation: ValidationResult | None = None,
+    validation_link: str | None = None,
 ) -> str:
-    """The report page (pure): a status table, then one section per session.
+    """The report page (pure): a status table, the validator's findings (``validation``;
+    ``validation_link``: where the full list is, relative to the page), then one section
+    per session.
 
     Every text is escaped; the page holds no script and refers only to the thumbnails
-    (relative paths) and to anchors of its own.
+    and the validation file (relative paths) and to anchors of its own.
     """
     n_subjects = len({s.status.participant_id for s in sessions})
-    states = [_state(s.status)[0] for s in sessions]
+    words = [_state(s.status)[1] for s in sessions]
     n_review = sum(1 for s in sessions for e in s.series if e.row.review)
+    n_failed = words.count("failed") + words.count("interrupted")
+    interrupted = f" ({words.count('interrupted')} interrupted)" if "interrupted" in words else ""
     lines = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -381,12 +498,12 @@ def build_html(
         "<body>",
         f"<h1>{_e(title)}</h1>",
         f"<p>{_count(n_subjects, 'participant')}, {_count(len(sessions), 'session')}: "
-        f"{states.count('ok')} "
-        f"converted, {states.count('failed')} failed, {states.count('partial')} in progress, "
-        f"{states.count('expected')} expected; {n_review} series flagged for review. "
+        f"{words.count('converted')} converted, {n_failed} failed{interrupted}, "
+        f"{words.count('expected')} expected; {n_review} series flagged for review. "
         f"Report by {_e(generator)}.</p>",
         '<h2 id="status">Status</h2>',
         *_status_table(sessions),
+        *_validation_section(validation, validation_link),
         '<h2 id="sessions">Sessions</h2>',
     ]
     if not sessions:
@@ -486,7 +603,9 @@ def _series_rows(layout: DatasetLayout, row: StatusRow) -> list[SeriesRow] | str
     """The rows of a session's series table, or why there are none."""
     table = layout.series_table(row.participant_id, row.session_id)
     if not table.is_file():
-        return "no series table yet (not organized)"
+        if row.imported or row.organized or row.converted or row.last_error:
+            return "no series table: the last run of this session ended before writing one"
+        return "no series table yet: no data imported"
     try:
         return [series_row(r) for r in fileops.read_tsv(table)]
     except (OSError, UnicodeDecodeError) as exc:
@@ -501,8 +620,11 @@ def collect_sessions(
     to ``n_procs`` worker processes).
 
     Returns the sessions (in status order), the thumbnails written, and every thumbnail
-    the report refers to.
+    the report refers to. A session neither converted nor failed is given the reason
+    (:func:`bidsport.status.unrecorded_outcome`, from its record): call this only while
+    no participant-level job runs.
     """
+    records = {r.key: r for r in read_records(layout)}
     tables = [(row, _series_rows(layout, row)) for row in status]
     wanted: list[tuple[Path, Path, str]] = []  # (image, PNG, relative path) of each output
     for row, rows in tables:
@@ -517,8 +639,9 @@ def collect_sessions(
     thumbs = iter(_thumbnails(wanted, n_procs, written))
     sessions = []
     for row, rows in tables:
+        problem = unrecorded_outcome(row, records.get(row.key))
         if isinstance(rows, str):
-            sessions.append(SessionReport(row, note=rows))
+            sessions.append(SessionReport(row, note=rows, problem=problem))
             continue
         entries = []
         for series in rows:
@@ -529,7 +652,7 @@ def collect_sessions(
                 else:
                     previews.append(ImagePreview(output, *next(thumbs)))
             entries.append(SeriesEntry(series, tuple(previews)))
-        sessions.append(SessionReport(row, tuple(entries)))
+        sessions.append(SessionReport(row, tuple(entries), problem=problem))
     return sessions, written, {png_path for _, png_path, _ in wanted}
 
 
@@ -550,24 +673,41 @@ def _prune_thumbnails(folder: Path, used: set[Path]) -> list[Path]:
     return removed
 
 
-def write_report(
-    layout: DatasetLayout,
-    status: Sequence[StatusRow],
-    *,
-    title: str,
-    generator: str = "bidsport",
-    n_procs: int = 1,
-) -> ReportOutcome:
-    """Write ``layout.report_file`` and its thumbnails (through :mod:`bidsport.fileops`).
+def prepare_report(
+    layout: DatasetLayout, status: Sequence[StatusRow], n_procs: int = 1
+) -> PreparedReport:
+    """Read the series tables, make the missing or stale thumbnails (in up to ``n_procs``
+    worker processes) and remove those of images that are gone: all but the page.
 
-    Files whose content would not change are not rewritten; thumbnails of images that
-    are gone are removed. A thumbnail that cannot be made is logged and shown as a note.
-    Missing or stale thumbnails are made in up to ``n_procs`` worker processes.
+    A thumbnail that cannot be made is logged and shown as a note.
     """
     sessions, written, used = collect_sessions(layout, sorted(status, key=lambda r: r.key), n_procs)
     removed = _prune_thumbnails(layout.derivatives_dir / THUMBNAIL_DIR, used)
-    text = build_html(title, sessions, generator=generator)
+    for path in removed:
+        log.info("removed the thumbnail of a vanished image: %s", path)
+    return PreparedReport(tuple(sessions), tuple(written), tuple(removed))
+
+
+def write_page(
+    layout: DatasetLayout,
+    prepared: PreparedReport,
+    *,
+    title: str,
+    generator: str = "bidsport",
+    validation: ValidationResult | None = None,
+    validation_file: Path | None = None,
+) -> ReportOutcome:
+    """Write ``layout.report_file`` from ``prepared`` (:func:`prepare_report`), unless it
+    holds that page already; ``validation``: the findings shown, ``validation_file``:
+    where their full list is (linked from the page)."""
     report_file = layout.report_file
+    link = None
+    if validation_file is not None:
+        link = Path(os.path.relpath(validation_file, report_file.parent)).as_posix()
+    text = build_html(
+        title, prepared.sessions, generator=generator, validation=validation, validation_link=link
+    )
+    written = list(prepared.written)
     try:
         unchanged = report_file.read_text(encoding="utf-8") == text
     except (OSError, UnicodeDecodeError):
@@ -575,6 +715,32 @@ def write_report(
     if not unchanged:
         fileops.write_text(report_file, text)
         written.append(report_file)
-    for path in removed:
-        log.info("removed the thumbnail of a vanished image: %s", path)
-    return ReportOutcome(report_file, tuple(written), tuple(removed))
+    return ReportOutcome(report_file, tuple(written), prepared.removed)
+
+
+def write_report(
+    layout: DatasetLayout,
+    status: Sequence[StatusRow],
+    *,
+    title: str,
+    generator: str = "bidsport",
+    n_procs: int = 1,
+    validation: ValidationResult | None = None,
+    validation_file: Path | None = None,
+) -> ReportOutcome:
+    """Write ``layout.report_file`` and its thumbnails (through :mod:`bidsport.fileops`):
+    :func:`prepare_report`, then :func:`write_page`.
+
+    Files whose content would not change are not rewritten; thumbnails of images that
+    are gone are removed. Call it only while no participant-level job runs (a session
+    imported but not converted is shown as interrupted).
+    """
+    prepared = prepare_report(layout, status, n_procs)
+    return write_page(
+        layout,
+        prepared,
+        title=title,
+        generator=generator,
+        validation=validation,
+        validation_file=validation_file,
+    )

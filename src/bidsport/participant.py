@@ -563,7 +563,7 @@ def _outputs_present(layout: DatasetLayout, subject: str, session: str | None) -
 
 
 #: the last error of a session whose run has begun and not yet recorded its outcome
-UNFINISHED = "unfinished: a run began to redo this session at {when} and recorded no outcome"
+UNFINISHED = "unfinished: a run began this session at {when} and recorded no outcome"
 
 
 def _record_unfinished(

@@ -39,7 +39,7 @@ from typing import Any
 
 from bidsport import fileops
 from bidsport.errors import LabelError, LockedError, OutputError
-from bidsport.layout import DatasetLayout
+from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.records import SessionResult
 from bidsport.uptodate import iso_utc
 
@@ -139,6 +139,42 @@ class StatusRow:
 def expected_row(subject: str, session: str | None, updated: str | None = None) -> StatusRow:
     """The row of a session that is expected (manifest) but has no data yet."""
     return StatusRow(subject, session, None, False, False, False, None, updated or now_iso())
+
+
+#: Why a session that no participant-level job works on is neither converted nor failed
+#: (:func:`unrecorded_outcome`): the run that began it was killed.
+INTERRUPTED = (
+    "interrupted: a run stopped before it recorded an outcome; run the participant level again"
+)
+#: :func:`unrecorded_outcome` when the session's record says converted but the BIDS
+#: folder holds no image (deleted since).
+IMAGES_MISSING = (
+    "images missing: the session's record says converted, but its BIDS folder holds no "
+    "image; run the participant level again, which converts it again"
+)
+#: How the record of a session begins whose run has begun and not yet recorded an outcome.
+UNFINISHED_PREFIX = "unfinished:"
+
+
+def outcome_missing(row: StatusRow) -> bool:
+    """True when ``row`` says that its session was imported (or organized), is not
+    converted and ended with no error: its run has not recorded an outcome.
+
+    While no participant-level job holds the session's lock (the group level makes sure
+    of it) that run is over: it was killed. Such a row counts as failed.
+    """
+    return (row.imported or row.organized) and not row.converted and not row.last_error
+
+
+def unrecorded_outcome(row: StatusRow, record: StatusRow | None) -> str | None:
+    """Why the session of ``row`` (no job working on it) is neither converted nor failed,
+    given its ``record``: :data:`INTERRUPTED` or :data:`IMAGES_MISSING`; None when the
+    row says converted, failed or only expected (:func:`outcome_missing`)."""
+    if not outcome_missing(row):
+        return None
+    if record is not None and record.converted and not record.last_error:
+        return IMAGES_MISSING
+    return INTERRUPTED
 
 
 def row_from_result(
@@ -592,8 +628,11 @@ def build_status(
     """The status rows derived from ``records`` and from what is on disk (no writes).
 
     Rows: one for every session that has a record, a folder in ``sourcedata/raw``,
-    ``sourcedata/dicom`` or the BIDS tree, a row in ``previous`` (the current table) or a
-    pair in ``manifest_pairs``. Columns:
+    ``sourcedata/dicom``, ``sourcedata/bidsport`` (its tables) or the BIDS tree, or a pair
+    in ``manifest_pairs``. A row of ``previous`` (the current table) is kept when it says
+    nothing but "expected" (no packet, stage or error: how a manifest given to an earlier
+    run appears); any other row of ``previous`` is dropped when its session has none of
+    those (a removed session: :func:`dropped_rows` names them). Columns:
 
     * ``imported``: ``layout.raw_dir`` or ``layout.dicom_dir`` holds at least one file.
     * ``organized``: ``layout.dicom_dir`` holds at least one file (broken links do not
@@ -611,10 +650,11 @@ def build_status(
     by_record = {r.key: r for r in records}
     by_previous = {r.key: r for r in previous}
     pairs: set[tuple[str, str | None]] = {(r.participant_id, r.session_id) for r in records}
-    pairs |= {(r.participant_id, r.session_id) for r in previous}
+    pairs |= {(r.participant_id, r.session_id) for r in previous if _says_expected(r)}
     pairs |= set(manifest_pairs)
     pairs |= _sessions_under(_tree_root(layout.raw_dir))
     pairs |= _sessions_under(_tree_root(layout.dicom_dir))
+    pairs |= _sessions_under(_tree_root(layout.tables_dir))
     pairs |= _sessions_under(layout.root)
     rows = []
     for subject, session in pairs:
@@ -641,6 +681,17 @@ def build_status(
             row = old
         rows.append(row)
     return sorted(rows, key=lambda r: r.key)
+
+
+def _says_expected(row: StatusRow) -> bool:
+    """True when ``row`` says only that its session is expected (:func:`expected_row`)."""
+    return not (row.packet or row.imported or row.organized or row.converted or row.last_error)
+
+
+def dropped_rows(previous: Sequence[StatusRow], rows: Sequence[StatusRow]) -> list[StatusRow]:
+    """The rows of ``previous`` whose session ``rows`` (:func:`build_status`) no longer list."""
+    kept = {r.key for r in rows}
+    return [r for r in previous if r.key not in kept]
 
 
 def regenerate_status(
@@ -680,4 +731,12 @@ def _regenerate(
     rows = build_status(layout, read_records(layout), previous or (), manifest_pairs)
     if _replace_table(layout, previous, rows):
         log.info("rebuilt %s (%d rows)", layout.status_file, len(rows))
+    for row in dropped_rows(previous or (), rows):
+        log.warning(
+            "%s: dropped %s (no status record, no folder in the dataset, not in the "
+            "manifest given); the previous table is kept in %s",
+            layout.status_file,
+            sub_ses_prefix(row.participant_id, row.session_id).replace("_", " "),
+            layout.status_backup_dir,
+        )
     return rows

@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--regenerate",
         action="store_true",
-        help="rebuild sourcedata/status.tsv from what is on disk",
+        help="rebuild sourcedata/status.tsv from the session records and what is on disk "
+        "(rows of sessions with neither are dropped; manifest rows stay)",
     )
     run.add_argument(
         "--skip-validation",
