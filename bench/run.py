@@ -1664,8 +1664,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=2,
-        help="run a tool up to this many more times when the CPU probe moved by more than "
-        f"{PROBE_SPREAD_WARN:.0%} during each of its runs (default: 2)",
+        help="run a tool up to this many more times while one of its measures had no "
+        "steady run (both CPU probes within "
+        f"{PROBE_SPREAD_WARN:.0%}% of the fastest probe seen; default: %(default)s)",
     )
     parser.add_argument("--scan-repeat", type=int, default=3)
     parser.add_argument(

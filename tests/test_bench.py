@@ -418,3 +418,9 @@ def test_each_measure_of_a_run_is_judged_on_its_own_probes():
     assert kept["bidsport"].wall == 2.0 and kept["bidsport group"].wall == 0.5
     assert kept["bidsport"].extra["unsteady_runs"] == 1 and kept["bidsport"].extra["steady"]
     assert kept["bidsport group"].extra["unsteady_runs"] == 1
+
+
+def test_the_documented_command_prints_its_help() -> None:
+    """``python bench/run.py --help`` (a % in a help text broke it)."""
+    text = run.build_parser().format_help()
+    assert "--retries" in text and "--real" in text
