@@ -216,7 +216,7 @@ def earlier_names(series_table: Path, journal: Path | None = None) -> dict[str, 
     """What earlier runs wrote, by public series id: the series table's rows with outputs
     (for the names, kept so nothing gets renamed, and to find the images this run does not
     write again), and the ``journal`` of a run killed before it wrote its table (outputs
-    only: see :func:`_journal_outputs`)."""
+    only: see :data:`OUTPUTS_JOURNAL`)."""
     names: dict[str, EarlierName] = {}
     rows = fileops.read_tsv(series_table) if series_table.is_file() else []
     whole = not rows or all(column in rows[0] for column in _NAME_COLUMNS)
