@@ -675,18 +675,25 @@ def test_clashing_packet_names_fail_and_special_files_are_not_archived(tmp_path:
     assert rows["sub-F"]["converted"] == "true" and rows["sub-F"]["last_error"] == "n/a"
 
 
-def test_an_unreadable_series_folder_fails_its_session_and_is_not_deleted(
-    tmp_path: Path,
-) -> None:
-    """A series folder of mode 000 (run where permissions hold: as root, without the
-    capabilities that override them): the session fails naming the folder, and
-    --archive delete deletes the other packet only (it used to half-delete this one)."""
+def bidsport_where_permissions_hold() -> list[str]:
+    """The command that runs bidsport where file permissions hold: as root, without the
+    capabilities that override them (the test is skipped without setpriv)."""
     cmd = [sys.executable, "-c", "import sys; from bidsport.cli.run import main; sys.exit(main())"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: permissions cannot be tested")
         cmd = [setpriv, "--inh-caps=-all", "--bounding-set=-all", *cmd]
+    return cmd
+
+
+def test_an_unreadable_series_folder_fails_its_session_and_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    """A series folder of mode 000 (run where permissions hold: as root, without the
+    capabilities that override them): the session fails naming the folder, and
+    --archive delete deletes the other packet only (it used to half-delete this one)."""
+    cmd = bidsport_where_permissions_hold()
     inbox, out = tmp_path / "inbox", tmp_path / "bids"
     write_series(SMALL_T1, inbox / "A_V1" / "S2", Subject(patient_id="IDA"), Study("a"))
     write_series(SMALL_T1, inbox / "A_V1" / "S3", Subject(patient_id="IDA"), Study("a"))
@@ -756,12 +763,7 @@ def test_a_packet_with_files_not_imported_stays_in_the_inbox(
 def test_an_output_dir_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
     """As a folder docker made for a mount, owned by root, is to the container's user:
     exit 2 and a hint, not an internal error with a traceback."""
-    cmd = [sys.executable, "-c", "import sys; from bidsport.cli.run import main; sys.exit(main())"]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: permissions cannot be tested")
-        cmd = [setpriv, "--inh-caps=-all", "--bounding-set=-all", *cmd]
+    cmd = bidsport_where_permissions_hold()
     inbox, out = tmp_path / "inbox", tmp_path / "bids"
     write_series(SMALL_T1, inbox / "A_V1" / "S2", Subject(patient_id="IDA"), Study("a"))
     out.mkdir()
