@@ -581,3 +581,20 @@ def test_the_group_level_before_any_participant_run_is_refused(tmp_path, capsys)
     args = [str(tmp_path / "inbox"), str(out), "group", "--skip-validation"]
     assert main([*args, "--manifest", str(manifest)]) == 0  # the sessions expected: a table
     assert "sub-01\tses-1\t" in (out / "sourcedata" / "status.tsv").read_text(encoding="utf-8")
+
+
+def test_the_group_level_says_when_sessions_failed(tmp_path, capsys):
+    from bidsport.synthetic import SeriesSpec, write_series
+
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    write_series(SeriesSpec("t1_mprage", 2), inbox / "GOOD" / "t1")
+    (inbox / "EMPTY").mkdir()
+    (inbox / "EMPTY" / "notes.txt").write_text("nothing\n", encoding="utf-8")
+    assert main([str(inbox), str(out), "participant", "-q"]) == 3
+    group = [str(inbox), str(out), "group", "--skip-validation", "-q"]
+    capsys.readouterr()
+    assert main([*group[:-1], "--participant-label", "GOOD"]) == 3  # one session failed
+    assert "the group level covers the whole dataset" in capsys.readouterr().err
+    write_series(SeriesSpec("t1_mprage", 2), inbox / "EMPTY" / "t1")  # sent again, whole
+    assert main([str(inbox), str(out), "participant", "-q"]) == 0
+    assert main(group) == 0

@@ -245,9 +245,19 @@ def write_shortcut(
 def run_group_level(
     dicom_dir: Path, layout: DatasetLayout, opts: RunOptions, args: argparse.Namespace
 ) -> int:
-    """Write the dataset-level files, refresh the status, validate, report."""
+    """Write the dataset-level files, refresh the status, validate, report.
+
+    Exit code 6 when the validator found errors, else 3 when sessions of the dataset
+    failed or were interrupted (the curation is not complete), else 0.
+    """
     from bidsport.convert import dcm2niix_version
     from bidsport.group import format_summary, run_group
+
+    if opts.participant_labels or opts.session_labels:
+        log.warning(
+            "--participant-label and --session-label select packets at the participant "
+            "level: the group level covers the whole dataset"
+        )
 
     result = run_group(
         layout,
@@ -265,6 +275,8 @@ def run_group_level(
     code = ExitCode.SUCCESS
     if result.validation is not None and result.validation.ran and result.validation.errors:
         code = ExitCode.INVALID
+    elif result.totals.failed:
+        code = ExitCode.PARTIAL
     return int(code)
 
 

@@ -31,6 +31,7 @@ exit codes:
   1  internal error (a bug: please report it with the log)
   2  bad usage (options, configuration files, missing folders)
   3  partial success: some packets, sessions or series failed, the rest were done
+     (group level: sessions of the dataset failed or were interrupted)
   4  nothing could be done
   5  the PHI audit found identifiers in the output (--audit-phi)
   6  the BIDS validator reported errors (group level)
