@@ -393,3 +393,25 @@ def test_unrecorded_outcome() -> None:
     ):
         assert not outcome_missing(row)
         assert unrecorded_outcome(row, None) is None
+
+
+def test_images_are_found_in_every_output_layout(tmp_path: Path) -> None:
+    """--layout flat writes images into the session folder itself, --output-format dcm
+    folders of DICOM copies: both are converted sessions (they were counted as not
+    converted, then as interrupted)."""
+    from bidsport.status import _has_image
+
+    for layout, name in (
+        ("anat", "sub-01_T1w.nii.gz"),
+        (".", "sub-01_T1w.nii"),
+        ("anat/sub-01_T1w", "0002_000001_ab.dcm"),
+    ):
+        session = tmp_path / layout.replace("/", "_").strip(".") / "sub-01"
+        (session / layout).mkdir(parents=True, exist_ok=True)
+        assert not _has_image(session)
+        (session / layout / name).write_bytes(b"x")
+        assert _has_image(session), layout
+    with_sessions = tmp_path / "multi" / "sub-01"
+    (with_sessions / "ses-2" / "anat").mkdir(parents=True)
+    (with_sessions / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz").write_bytes(b"x")
+    assert not _has_image(with_sessions)  # another session's image

@@ -557,15 +557,12 @@ def _has_file(folder: Path, *, suffixes: tuple[str, ...] = (), skip_sessions: bo
 
 
 def _has_image(session_dir: Path) -> bool:
-    """True when a datatype folder of the session holds a NIfTI image."""
+    """True when the session's folder holds an image: a NIfTI file or a DICOM copy
+    (``--output-format dcm``), in a datatype folder or, with ``--layout flat``, in the
+    session's folder itself (not in the ``ses-*`` folders of other sessions)."""
     if not session_dir.is_dir():
         return False
-    return any(
-        sub.is_dir()
-        and not sub.name.startswith(("ses-", "."))
-        and _has_file(sub, suffixes=_IMAGE_SUFFIXES)
-        for sub in session_dir.iterdir()
-    )
+    return _has_file(session_dir, suffixes=(*_IMAGE_SUFFIXES, ".dcm"), skip_sessions=True)
 
 
 def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
