@@ -772,3 +772,16 @@ def test_archive_failures_are_output_errors_and_remove_nothing(
     assert snapshot(pkt.path) == before
     assert not (tmp_path / "m").exists() or os.listdir(tmp_path / "m") == []
     assert os.listdir(tmp_path / "c") == []  # the failed copy left nothing
+
+
+def test_archiving_the_same_delivery_again_reuses_its_copy(
+    tmp_path: Path, packets: dict[str, Packet]
+) -> None:
+    pkt = packets["folder"]
+    archive_dir = tmp_path / "archive"
+    apply_archive_policy(pkt, "copy", archive_dir)
+    write_series(SeriesSpec("t2_tse", 7), archive_dir / pkt.path.name / "other")  # not ours
+    for _ in range(3):  # each redo of the session archives the packet again
+        apply_archive_policy(pkt, "copy", archive_dir)
+    assert sorted(p.name for p in archive_dir.iterdir()) == [pkt.path.name, f"{pkt.path.name}.2"]
+    assert contents(archive_dir / f"{pkt.path.name}.2") == contents(pkt.path)

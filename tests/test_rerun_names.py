@@ -373,3 +373,68 @@ def test_anonymize_on_a_dataset_made_without_it_is_refused(tmp_path: Path) -> No
     anon = ["--anonymize", "--anonymize-key", str(tmp_path / "study.key")]
     code, text = run(str(inbox), str(out), "participant", *anon)
     assert code == 2 and "holds the identifiable imports of runs without --anonymize" in text
+
+
+def test_a_new_series_never_takes_the_name_of_one_the_run_cannot_see(tmp_path: Path) -> None:
+    """--anonymize --archive delete: the first packet's T1w is kept (its packet is gone);
+    a repeat of that T1w in a new packet is numbered beside it, never written over it."""
+    import hashlib
+
+    inbox, out, key = tmp_path / "inbox", tmp_path / "bids", tmp_path / "study.key"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    anon = ["--mapping", str(mapping), "--anonymize", "--anonymize-key", str(key)]
+    args = [str(inbox), str(out), "participant", *anon, "--archive", "delete"]
+    assert run(*args)[0] == 0
+    anat = out / "sub-01" / "ses-1" / "anat"
+    first = hashlib.md5((anat / "sub-01_ses-1_T1w.nii.gz").read_bytes()).hexdigest()
+    series(inbox / "pB", "t1_mprage_sag", 7, "093000", **MPRAGE)
+    code, text = run(*args)
+    assert code == 0, text
+    assert images(anat) == ["sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_run-2_T1w.nii.gz"]
+    assert hashlib.md5((anat / "sub-01_ses-1_T1w.nii.gz").read_bytes()).hexdigest() == first
+    rows = read_tsv(DatasetLayout(out).series_table("01", "1"))
+    assert sorted(r["outputs"] for r in rows) == [f"anat/{n}" for n in images(anat)]
+
+
+def test_a_lone_unusable_packet_joining_a_converted_session_fails_it(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
+    args = [str(inbox), str(out), "participant", "--mapping", str(mapping), "--archive", "delete"]
+    assert run(*args)[0] == 0 and not (inbox / "pA").exists()
+    (inbox / "pB").mkdir()
+    (inbox / "pB" / "IM0001").write_bytes(b"\0" * 128 + b"DICM\x02\x00\x00")
+    code, text = run(*args)
+    assert code == 3 and "packet pB holds no usable DICOM image" in text
+    assert (inbox / "pB" / "IM0001").is_file()
+
+
+def test_the_dry_run_numbers_runs_anew_with_overwrite_as_the_run_does(tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
+    series(inbox / "pA", "t1_mprage_sag", 3, "091000", **MPRAGE)
+    args = [str(inbox), str(out), "participant", "--mapping", str(mapping)]
+    assert run(*args)[0] == 0
+    series(inbox / "pB", "t1_mprage_sag", 2, "090100", **MPRAGE)  # acquired earlier
+    code, plan = run(*args, "--overwrite", "overwrite", "--dry-run")
+    assert code == 0
+    assert "-> anat/sub-01_ses-1_run-1_T1w" in plan and "-> anat/sub-01_ses-1_run-2_T1w" in plan
+    assert run(*args, "--overwrite", "overwrite")[0] == 0
+    rows = {r["series_number"]: r for r in read_tsv(DatasetLayout(out).series_table("01", "1"))}
+    assert rows["2"]["run"] == "1" and rows["3"]["run"] == "2"
+
+
+def test_packet_names_are_replaced_whole_and_once(tmp_path: Path) -> None:
+    from bidsport import privacy
+    from bidsport.anonymize import default_policy
+
+    anon = privacy.Anonymization(b"k" * 32, default_policy(False), tmp_path)
+    hide = privacy.packet_scrubber(anon, ["4711", "14", "20"])
+    a, b = hide("4711"), hide("14")
+    assert a.startswith("packet-") and b.startswith("packet-") and a != b
+    assert hide("4711;14") == f"{a};{b}"
+    assert hide("raw/20/IM1 and 1.2.498.20345") == f"raw/{hide('20')}/IM1 and 1.2.498.20345"

@@ -187,6 +187,14 @@ def _dead_scratch_folder(inbox: Path, out: Path) -> None:
     (DatasetLayout(out).work_dir / f"{os.uname().nodename}-999999999-x").mkdir(parents=True)
 
 
+def _series_table_removed(inbox: Path, out: Path) -> None:
+    DatasetLayout(out).series_table("S01", None).unlink()
+
+
+def _image_removed(inbox: Path, out: Path) -> None:
+    next((out / "sub-S02" / "anat").glob("*.nii.gz")).unlink()
+
+
 def _own_row_edited(inbox: Path, out: Path) -> None:
     # as --regenerate may leave it: the table says S01 is not converted, its record says it is
     table = DatasetLayout(out).status_file
@@ -211,6 +219,8 @@ def _own_row_removed(inbox: Path, out: Path) -> None:
         (_record_removed, {"sub-S01": "1 images", "sub-S02": "already done (skipped)"}),
         (_entry_touched, {"sub-S01": "already done (skipped)"}),
         (_dead_scratch_folder, {"sub-S01": "already done (skipped)"}),
+        (_series_table_removed, {"sub-S01": "1 images", "sub-S02": "already done (skipped)"}),
+        (_image_removed, {"sub-S01": "already done (skipped)", "sub-S02": "1 images"}),
         (_own_row_edited, {"sub-S01": "already done (skipped)"}),
         (_own_row_removed, {"sub-S02": "already done (skipped)"}),
     ],

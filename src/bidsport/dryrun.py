@@ -109,10 +109,11 @@ def _preview_session(
             if layout is not None and opts.overwrite != "clean" and not opts.anonymize
             else {}
         )
-        if opts.overwrite == "skip":
+        skip = opts.overwrite == "skip"
+        if skip:
             planned = [keep_earlier_name(p, earlier.get(p.series.series_id)) for p in planned]
         candidates = [run_candidate(p) for p in planned if p.skip is None]
-        runs = assign_runs(candidates, kept_runs(candidates, earlier))
+        runs = assign_runs(candidates, kept_runs(candidates, earlier) if skip else {})
         names: dict[str, str] = {}
         for p in planned:
             if p.skip is None and p.cls.datatype and p.cls.suffix:

@@ -890,11 +890,20 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
-def _free_name(target: Path) -> Path:
-    """``target`` with the first free ``.2``, ``.3``... suffix."""
-    n = 2
-    while os.path.lexists(candidate := target.with_name(f"{target.name}.{n}")):
+def _archive_target(target: Path, src: Path) -> Path:
+    """Where ``src`` is archived: ``target``, or ``target.2``, ``target.3``...: the one
+    that holds the same delivery already (it is replaced), else the first free one.
+    Another delivery under that name, archived before, is kept (after ``move`` it is the
+    only copy of it)."""
+    listing = None
+    candidate, n = target, 1
+    while os.path.lexists(candidate):
+        if listing is None:
+            listing = _listing(src)
+        if _listing(candidate) == listing:
+            return candidate
         n += 1
+        candidate = target.with_name(f"{target.name}.{n}")
     return candidate
 
 
@@ -997,10 +1006,7 @@ def apply_archive_policy(packet: Packet, policy: str, archive_dir: Path) -> str 
                 f"refusing to {policy} packet {packet.name} to {target}: that is the packet itself",
                 "choose an archive folder other than the DICOM folder",
             )
-        if os.path.lexists(target) and _listing(target) != _listing(src):
-            # another delivery under the same name was archived before: keep it (after
-            # "move" it is the only copy), the new one goes beside it
-            target = _free_name(target)
+        target = _archive_target(target, src)
         if policy == "move" and (reason := _unremovable(src)):
             raise OutputError(
                 f"cannot move {src}: {reason}; nothing was copied nor removed",

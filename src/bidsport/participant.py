@@ -982,7 +982,7 @@ def _prepare_session(
     _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
     state.classified = True
     state.rules.update(p.cls.rule for p in planned if p.cls.rule)
-    if planned and len(assignments) > 1:
+    if planned:  # (raw_root may hold earlier packets' series too)
         _check_each_packet_used(assignments, raw_root, decisions, state)
     if not planned:
         raise DicomReadError(
@@ -1008,13 +1008,9 @@ def _check_each_packet_used(
     """A packet of a session with no usable DICOM image (a truncated transfer, a folder of
     notes) makes the session fail, so that it is looked at and never archived; the other
     packets are converted."""
-    used = {
-        str(d.source).removeprefix(f"{raw_root}{os.sep}").split(os.sep, 1)[0]
-        for d in decisions
-        if d.flat_name
-    }
     for assignment in assignments:
-        if assignment.packet.name not in used:
+        prefix = f"{raw_root / assignment.packet.name}{os.sep}"
+        if not any(d.flat_name and str(d.source).startswith(prefix) for d in decisions):
             state.stages["imported"] = False
             state.problems.append(
                 Problem(
@@ -1067,7 +1063,7 @@ def _convert_session(
     4D, so that nibabel is not imported by this process."""
     from bidsport.convert import convert_series
     from bidsport.export import complete_phasediff, export_series, link_fieldmaps, write_scans
-    from bidsport.naming import assign_runs
+    from bidsport.naming import RunCandidate, assign_runs
     from bidsport.organize import lay_out
 
     sub, ses = assignments[0].subject, assignments[0].session
@@ -1089,7 +1085,15 @@ def _convert_session(
         planned = [keep_earlier_name(p, earlier.get(sid(p))) for p in planned]
     to_convert = [p for p in planned if p.skip is None]
     candidates = [run_candidate(p, sid(p)) for p in to_convert]
-    runs = assign_runs(candidates, kept_runs(candidates, earlier) if skip else {})
+    # the series of earlier runs this run does not see (their packets left the inbox) keep
+    # their images: their names are taken, so they take part in the numbering as they are
+    seen = {sid(p) for p in planned}
+    unseen = {i: e for i, e in earlier.items() if i not in seen and e.named}
+    reserved = [
+        RunCandidate(i, e.datatype, e.suffix, e.entities, ("", "", 0)) for i, e in unseen.items()
+    ]
+    kept = kept_runs(candidates, earlier) if skip else {}
+    runs = assign_runs([*candidates, *reserved], kept | {i: e.run for i, e in unseen.items()})
 
     # ---- convert, slowest (most files) first
     say(f"{label}: converting {len(to_convert)} series")
@@ -1176,7 +1180,6 @@ def _convert_session(
     # ---- fieldmaps, scans.tsv, tables
     session_dir = layout.session_dir(sub, ses)
     with state.timed("finalize"):
-        seen = {sid(p) for p in planned}
         carried, notes = _settle_earlier_outputs(
             session_dir, label, earlier, seen, outputs_by_series, failures
         )

@@ -120,12 +120,15 @@ def packet_scrubber(anon: Anonymization, packets: Sequence[str]) -> Callable[[st
     pseudonyms = {name: keys.packet_pseudonym(anon.key, name) for name in packets if name}
     for name, pseudonym in pseudonyms.items():
         log.info("packet %s is named %s in OUTPUT_DIR", name, pseudonym)
-    longest_first = sorted(pseudonyms, key=len, reverse=True)
+    if not pseudonyms:
+        return str
+    # whole names only (not "20" inside a UID), longest first, in one pass (a pseudonym
+    # is never replaced again)
+    names = "|".join(re.escape(n) for n in sorted(pseudonyms, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{names})(?![A-Za-z0-9])")
 
     def hide(text: str) -> str:
-        for name in longest_first:
-            text = text.replace(name, pseudonyms[name])
-        return text
+        return pattern.sub(lambda m: pseudonyms[m.group()], text)
 
     return hide
 

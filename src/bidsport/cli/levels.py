@@ -193,7 +193,7 @@ def write_shortcut(
     # changes one of them (the full path converts a session whose images are gone again)
     for sub, ses in sessions:
         folder = layout.session_dir(sub, ses)
-        outputs.append(str(folder))
+        outputs += [str(layout.series_table(sub, ses)), str(folder)]
         with contextlib.suppress(OSError):
             outputs += sorted(str(p) for p in folder.iterdir() if p.is_dir())
     seen = uptodate.observe_outputs(outputs)
