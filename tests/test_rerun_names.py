@@ -225,10 +225,9 @@ def test_another_output_format_keeps_the_sidecars_it_wrote(tmp_path: Path) -> No
     assert (out / "sub-P" / "anat" / "sub-P_T1w.json").is_file()
 
 
-def test_the_images_of_packets_gone_from_the_inbox_are_kept(tmp_path: Path) -> None:
-    """--anonymize --archive delete: the first packet is gone when a second one arrives
-    for the session. The new one is converted (not taken for done), and the first one's
-    images, which this run cannot see, stay on disk and in the tables."""
+def converted_then_deleted(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Packet pA (a T1w of sub-01 ses-1) converted with --anonymize --archive delete, so
+    gone from the inbox; (inbox, OUTPUT_DIR, the command) for packet pB of that session."""
     inbox, out, key = tmp_path / "inbox", tmp_path / "bids", tmp_path / "study.key"
     mapping = tmp_path / "map.csv"
     mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
@@ -236,6 +235,14 @@ def test_the_images_of_packets_gone_from_the_inbox_are_kept(tmp_path: Path) -> N
     anon = ["--mapping", str(mapping), "--anonymize", "--anonymize-key", str(key)]
     args = [str(inbox), str(out), "participant", *anon, "--archive", "delete"]
     assert run(*args)[0] == 0 and not (inbox / "pA").exists()
+    return inbox, out, args
+
+
+def test_the_images_of_packets_gone_from_the_inbox_are_kept(tmp_path: Path) -> None:
+    """--anonymize --archive delete: the first packet is gone when a second one arrives
+    for the session. The new one is converted (not taken for done), and the first one's
+    images, which this run cannot see, stay on disk and in the tables."""
+    inbox, out, args = converted_then_deleted(tmp_path)
     anat = out / "sub-01" / "ses-1" / "anat"
     assert images(anat) == ["sub-01_ses-1_T1w.nii.gz"]
 
@@ -380,13 +387,7 @@ def test_a_new_series_never_takes_the_name_of_one_the_run_cannot_see(tmp_path: P
     a repeat of that T1w in a new packet is numbered beside it, never written over it."""
     import hashlib
 
-    inbox, out, key = tmp_path / "inbox", tmp_path / "bids", tmp_path / "study.key"
-    mapping = tmp_path / "map.csv"
-    mapping.write_text("packet,subject,session\npA,01,1\npB,01,1\n", encoding="utf-8")
-    series(inbox / "pA", "t1_mprage_sag", 2, "090100", **MPRAGE)
-    anon = ["--mapping", str(mapping), "--anonymize", "--anonymize-key", str(key)]
-    args = [str(inbox), str(out), "participant", *anon, "--archive", "delete"]
-    assert run(*args)[0] == 0
+    inbox, out, args = converted_then_deleted(tmp_path)
     anat = out / "sub-01" / "ses-1" / "anat"
     first = hashlib.md5((anat / "sub-01_ses-1_T1w.nii.gz").read_bytes()).hexdigest()
     series(inbox / "pB", "t1_mprage_sag", 7, "093000", **MPRAGE)
