@@ -122,3 +122,26 @@ def test_files_written_atomically_get_the_mode_of_new_files(tmp_path):
     assert stat.S_IMODE((tmp_path / "b.tsv").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "copy.dcm").stat().st_mode) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.tsv", "copy.dcm", "src.dcm"]
+
+
+def test_remove_tree_removes_a_link_itself_never_what_it_points_to(tmp_path: Path) -> None:
+    from bidsport.errors import OutputError
+    from bidsport.fileops import remove_tree
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "data.nii").write_text("keep", encoding="utf-8")
+    link = root / "sub" / "image.nii"
+    link.symlink_to(outside / "data.nii")
+    folder_link = root / "sub" / "folder"
+    folder_link.symlink_to(outside)
+    remove_tree(link, root)
+    remove_tree(folder_link, root)
+    assert not os.path.lexists(link) and not os.path.lexists(folder_link)
+    assert (outside / "data.nii").read_text(encoding="utf-8") == "keep"
+    with pytest.raises(OutputError, match="not inside"):
+        remove_tree(outside / "data.nii", root)
+    with pytest.raises(OutputError, match="not inside"):
+        remove_tree(root, root)
+    assert (outside / "data.nii").exists() and root.is_dir()

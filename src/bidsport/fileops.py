@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,12 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return []
     header = lines[0].split("\t")
     return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
+
+
+def tsv_cell(row: Mapping[str, str], column: str) -> str | None:
+    """A cell of a row that :func:`read_tsv` read: None when missing, empty or ``n/a``."""
+    value = row.get(column)
+    return None if value is None or value in ("", "n/a") else value
 
 
 def move_into_place(src: Path, dst: Path) -> None:
@@ -285,10 +291,17 @@ def is_within(path: Path, root: Path) -> bool:
 
 
 def remove_tree(path: Path, root: Path) -> None:
-    """Remove ``path`` (a folder or file) — only if it lies inside ``root``."""
-    if not is_within(path, root) or Path(os.path.realpath(path)) == Path(os.path.realpath(root)):
+    """Remove ``path`` (a folder or file) — only if it lies inside ``root``.
+
+    A symbolic link is removed itself, never followed: it lies inside ``root`` when its
+    folder does, wherever it points.
+    """
+    link = path.is_symlink()
+    where = path.parent if link else path
+    real = Path(os.path.realpath(path))
+    if not is_within(where, root) or (not link and real == Path(os.path.realpath(root))):
         raise OutputError(f"refusing to remove {path}: it is not inside {root}")
-    if path.is_symlink() or path.is_file():
+    if link or path.is_file():
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)

@@ -150,32 +150,27 @@ class PreparedReport:
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(row: Mapping[str, str], column: str) -> str | None:
-    value = row.get(column)
-    return None if value is None or value in ("", "n/a") else value
-
-
 def series_row(row: Mapping[str, str]) -> SeriesRow:
     """A :class:`SeriesRow` from a ``series.tsv`` row (as :func:`fileops.read_tsv` reads it)."""
-    outputs = _cell(row, "outputs")
-    evidence = _cell(row, "evidence")
+    outputs = fileops.tsv_cell(row, "outputs")
+    evidence = fileops.tsv_cell(row, "evidence")
     return SeriesRow(
-        series_id=_cell(row, "series_id"),
-        series_number=_cell(row, "series_number"),
-        series_description=_cell(row, "series_description"),
-        protocol_name=_cell(row, "protocol_name"),
-        n_files=_cell(row, "n_files"),
-        n_volumes=_cell(row, "n_volumes"),
-        acq_time=_cell(row, "acq_time"),
-        datatype=_cell(row, "datatype"),
-        suffix=_cell(row, "suffix"),
-        entities=_cell(row, "entities"),
-        run=_cell(row, "run"),
-        provenance=_cell(row, "provenance"),
+        series_id=fileops.tsv_cell(row, "series_id"),
+        series_number=fileops.tsv_cell(row, "series_number"),
+        series_description=fileops.tsv_cell(row, "series_description"),
+        protocol_name=fileops.tsv_cell(row, "protocol_name"),
+        n_files=fileops.tsv_cell(row, "n_files"),
+        n_volumes=fileops.tsv_cell(row, "n_volumes"),
+        acq_time=fileops.tsv_cell(row, "acq_time"),
+        datatype=fileops.tsv_cell(row, "datatype"),
+        suffix=fileops.tsv_cell(row, "suffix"),
+        entities=fileops.tsv_cell(row, "entities"),
+        run=fileops.tsv_cell(row, "run"),
+        provenance=fileops.tsv_cell(row, "provenance"),
         outputs=tuple(o for o in (outputs or "").split(";") if o),
-        excluded=_cell(row, "excluded"),
-        review=(_cell(row, "review") or "").lower() == "true",
-        rule=_cell(row, "rule"),
+        excluded=fileops.tsv_cell(row, "excluded"),
+        review=(fileops.tsv_cell(row, "review") or "").lower() == "true",
+        rule=fileops.tsv_cell(row, "rule"),
         evidence=tuple(e.strip() for e in (evidence or "").split(" | ") if e.strip()),
     )
 

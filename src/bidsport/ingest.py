@@ -944,10 +944,8 @@ def _remove_input(path: Path, policy: str) -> None:
             "the DICOM folder must be writable for --archive move or delete",
         )
     try:
-        if path.is_symlink():
-            path.unlink()  # the inbox entry is the link; what it points to stays
-        else:
-            fileops.remove_tree(path, path.parent)
+        # an inbox entry that is a link is removed itself; what it points to stays
+        fileops.remove_tree(path, path.parent)
     except OSError as exc:
         partly = " (it is now partly removed)" if os.path.lexists(path) else ""
         raise OutputError(

@@ -204,8 +204,7 @@ class EarlierName:
 
 
 def _cell(row: Mapping[str, str], column: str) -> str:
-    value = row.get(column, "")
-    return "" if value == "n/a" else value
+    return fileops.tsv_cell(row, column) or ""
 
 
 #: the series table's columns an earlier name is read from
@@ -337,12 +336,12 @@ def remove_outputs(
         found = [t for t in targets if t.is_symlink() or t.exists()]
         try:
             for target in found:
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-                else:
-                    shutil.rmtree(target)
+                fileops.remove_tree(target, session_dir)
         except OSError as exc:
             kept.append(f"{rel}: {exc.strerror or exc}")
+            continue
+        except OutputError as exc:
+            kept.append(f"{rel}: {exc.message}")
             continue
         if found:
             removed.append(rel)
@@ -550,15 +549,12 @@ def _outputs_present(layout: DatasetLayout, subject: str, session: str | None) -
     too: no)."""
     table = layout.series_table(subject, session)
     try:
-        rows = fileops.read_tsv(table)
+        written = earlier_names(table).values() if table.is_file() else None
     except OSError:
         return False
     session_dir = layout.session_dir(subject, session)
-    return all(
-        os.path.lexists(session_dir / rel)
-        for row in rows
-        for rel in _cell(row, "outputs").split(";")
-        if rel
+    return written is not None and all(
+        os.path.lexists(session_dir / rel) for name in written for rel in name.outputs
     )
 
 
