@@ -585,7 +585,8 @@ def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
         for entry in sub_dir.iterdir():
             if entry.name.startswith(".") or entry.name.endswith("_sessions.tsv"):
                 continue
-            if entry.is_dir() and entry.name.startswith("ses-"):
+            # the name first: a session-less folder may hold thousands of files (no stat)
+            if entry.name.startswith("ses-") and entry.is_dir():
                 session = entry.name.removeprefix("ses-")
                 if _LABEL.fullmatch(session):
                     pairs.add((subject, session))
