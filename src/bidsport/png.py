@@ -10,8 +10,9 @@ import struct
 import zlib
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: zlib level of the image data: level 9 takes ~5x longer than 6 for ~1% smaller thumbnails.
-COMPRESSION_LEVEL = 6
+#: zlib level of the image data: level 6 took ~4x longer than 1 for ~8% smaller thumbnails
+#: (2.1 against 0.5 ms for a 128 x 390 one), level 9 ~5x longer than 6 for ~1% more.
+COMPRESSION_LEVEL = 1
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

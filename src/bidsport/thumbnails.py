@@ -27,6 +27,8 @@ PANEL_GAP = 2
 GAP_VALUE = 255
 #: Percentiles of the intensities mapped to black and white.
 WINDOW_PERCENTILES = (0.5, 99.5)
+#: The PNG filter type of every scanline.
+PAETH = 4
 #: What reading a broken NIfTI file raises.
 UNREADABLE = (
     nib.filebasedimages.ImageFileError,
@@ -44,8 +46,9 @@ UNREADABLE = (
 def _filter_rows(pixels: np.ndarray) -> np.ndarray:
     """The PNG scanlines of 8-bit grayscale ``pixels``: filter type byte + filtered row.
 
-    Each row gets the filter (None, Sub, Up, Average, Paeth) whose output has the smallest
-    sum of absolute signed bytes, the heuristic of the PNG specification (section 12.8).
+    Every row gets the Paeth filter (type 4). On the thumbnails of real and synthetic
+    images, choosing each row's filter by the PNG specification's heuristic (section 12.8)
+    gave the same sizes to within 0.1%, for 3x the time.
     """
     x = pixels.astype(np.int16)
     a = np.zeros_like(x)  # left
@@ -57,12 +60,9 @@ def _filter_rows(pixels: np.ndarray) -> np.ndarray:
     p = a + b - c
     pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
     paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-    filtered = (np.stack([x, x - a, x - b, x - (a + b) // 2, x - paeth]) % 256).astype(np.uint8)
-    cost = np.abs(filtered.view(np.int8).astype(np.int32)).sum(axis=2)
-    choice = np.argmin(cost, axis=0)
     rows = np.empty((x.shape[0], x.shape[1] + 1), np.uint8)
-    rows[:, 0] = choice
-    rows[:, 1:] = filtered[choice, np.arange(x.shape[0])]
+    rows[:, 0] = PAETH
+    rows[:, 1:] = (x - paeth) % 256
     return rows
 
 
