@@ -1,7 +1,8 @@
 """End-to-end benchmark: bidsport against bare dcm2niix, HeuDiConv and Dcm2Bids.
 
 For each case (a synthetic inbox of about N files, or a real inbox), every tool converts
-the same files, one after the other, from a warm page cache, each in its own process:
+the same files, one tool at a time (with ``--repeat``, in rounds: each tool once per
+round), from a warm page cache, each in its own process:
 
 * ``bidsport``: ``bidsport INBOX OUT participant`` (the console script, ``--n-procs``
   workers); stage wall times come from the run's JSON report; then the same command again
@@ -921,7 +922,7 @@ def best_of(runs: list[list[Measure]], floor: float = 0.0) -> list[Measure]:
     Measures that were not :func:`steady` are not left out: a host slowed by other work
     makes a tool slower, never faster, so the shortest time is the best estimate either
     way. ``extra`` says how many were not steady, and whether any was (see
-    :func:`repeat_runs`, which runs a tool again until one is).
+    :func:`interleaved_runs`, which runs a tool again until one is).
     """
     by_tool: dict[str, list[Measure]] = {}
     for run in runs:
@@ -940,24 +941,40 @@ def best_of(runs: list[list[Measure]], floor: float = 0.0) -> list[Measure]:
     return best
 
 
-def repeat_runs(
-    one_run: Callable[[int], list[Measure]], repeat: int, retries: int, floor: float
-) -> tuple[list[list[Measure]], float]:
-    """``repeat`` runs of a tool (``one_run(attempt)``: its measures), and up to
-    ``retries`` more while one of its measures (bidsport's participant level, group
-    level...) was :func:`steady` in none of them; the runs and the fastest probe seen
-    (the new floor)."""
-    runs: list[list[Measure]] = []
+def interleaved_runs(
+    one_runs: dict[str, Callable[[int], list[Measure]]], repeat: int, retries: int, floor: float
+) -> tuple[dict[str, list[list[Measure]]], float]:
+    """Runs of several tools (``one_runs[tool](attempt)``: its measures): ``repeat`` rounds
+    in which each tool runs once, the order rotated by one tool each round, then per tool
+    up to ``retries`` more runs while one of its measures (bidsport's participant level,
+    group level...) was :func:`steady` in none of its runs; the runs by tool and the
+    fastest probe seen (the new floor).
 
-    def settled() -> bool:
-        tools = {m.tool for run in runs for m in run}
-        return all(any(steady(m, floor) for run in runs for m in run if m.tool == t) for t in tools)
+    Rounds rather than all runs of one tool, then all of the next: a host that slows down
+    or speeds up during a case (other jobs on a shared machine) then does so across every
+    tool's runs, not during one tool's, and the ratios between tools stay fair.
+    """
+    names = list(one_runs)
+    runs: dict[str, list[list[Measure]]] = {tool: [] for tool in names}
 
-    while len(runs) < repeat or (len(runs) < repeat + retries and not settled()):
-        if len(runs) >= repeat:
-            print("   the CPU probe moved during every run so far: one more", flush=True)
-        runs.append(one_run(len(runs)))
-        floor = fastest_probe(runs[-1], floor)
+    def run(tool: str) -> None:
+        nonlocal floor
+        runs[tool].append(one_runs[tool](len(runs[tool])))
+        floor = fastest_probe(runs[tool][-1], floor)
+
+    def settled(tool: str) -> bool:
+        measures = [m for r in runs[tool] for m in r]
+        kinds = {m.tool for m in measures}
+        return all(any(steady(m, floor) for m in measures if m.tool == k) for k in kinds)
+
+    for round_ in range(repeat):
+        shift = round_ % len(names) if names else 0
+        for tool in names[shift:] + names[:shift]:
+            run(tool)
+    for tool in names:
+        while len(runs[tool]) < repeat + retries and not settled(tool):
+            print(f"   the CPU probe moved during every run of {tool} so far: one more", flush=True)
+            run(tool)
     return runs, floor
 
 
@@ -1082,19 +1099,18 @@ def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]
         f"{len(case.sessions)} sessions ({case.describe})",
         flush=True,
     )
-    measures: list[Measure] = []
+    not_run: dict[str, Measure] = {}
+    one_runs: dict[str, Callable[[int], list[Measure]]] = {}
     for tool in tools:
         if tool in ("heudiconv", "dcm2bids"):
             if not _console(tool):
-                measures.append(Measure(tool, note="not installed (pip install bidsport[bench])"))
+                not_run[tool] = Measure(tool, note="not installed (pip install bidsport[bench])")
                 continue
             if case.n_files > args.competitor_max_files:
-                measures.append(
-                    Measure(
-                        tool,
-                        note=f"skipped: more than --competitor-max-files "
-                        f"{args.competitor_max_files} files",
-                    )
+                not_run[tool] = Measure(
+                    tool,
+                    note=f"skipped: more than --competitor-max-files "
+                    f"{args.competitor_max_files} files",
                 )
                 continue
 
@@ -1108,8 +1124,14 @@ def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]
                 return [run_heudiconv(case, work, logs, args.timeout)]
             return [run_dcm2bids(case, work, logs, args.timeout)]
 
-        runs, args.probe_floor = repeat_runs(one_run, args.repeat, args.retries, args.probe_floor)
-        done = best_of(runs, args.probe_floor)
+        one_runs[tool] = one_run
+    runs, args.probe_floor = interleaved_runs(one_runs, args.repeat, args.retries, args.probe_floor)
+    measures: list[Measure] = []
+    for tool in tools:
+        if tool in not_run:
+            measures.append(not_run[tool])
+            continue
+        done = best_of(runs[tool], args.probe_floor)
         if args.validate and tool in VALIDATED:  # the last run's output: all runs write the same
             for m in done:
                 if m.tool == VALIDATED[tool]:
@@ -1122,9 +1144,9 @@ def run_case(case: Case, work: Path, args: argparse.Namespace) -> dict[str, Any]
                 flush=True,
             )
         measures += done
-        if not args.keep:
-            for out in work.glob("out-*"):
-                discard(out)
+    if not args.keep:
+        for out in work.glob("out-*"):
+            discard(out)
     result["measures"] = [dataclasses.asdict(m) for m in measures]
     if args.scan:
         result["scan"] = scan_benchmark([case.inbox], logs, args)
@@ -1652,7 +1674,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=1,
-        help="run each tool this many times, report the fastest (default: 1)",
+        help="run each tool this many times, in rounds (each tool once per round, the "
+        "order rotated), report the fastest (default: 1)",
     )
     parser.add_argument(
         "--no-scan",

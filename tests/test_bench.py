@@ -361,6 +361,12 @@ def test_a_runner_stopped_by_sigterm_stops_the_tool(tmp_path: Path) -> None:
     assert not _running(child)
 
 
+def _runs_of_one(one_run, repeat: int, retries: int, floor: float):
+    """:func:`interleaved_runs` of a single tool: its runs and the new floor."""
+    runs, floor = run.interleaved_runs({"tool": one_run}, repeat, retries, floor)
+    return runs["tool"], floor
+
+
 def test_a_run_during_which_the_host_slowed_is_redone():
     """A run whose CPU probes are more than 15% slower than the fastest probe seen is
     unsteady: up to --retries more runs are made while none is steady. The kept figure is
@@ -373,11 +379,11 @@ def test_a_run_during_which_the_host_slowed_is_redone():
         return [run.Measure("dcm2bids", wall=next(walls), probe=next(probes), calls=1)]
 
     # the first run sets the floor (40 ms): it is steady against itself, so no retry
-    runs, floor = run.repeat_runs(one_run, repeat=1, retries=2, floor=0.0)
+    runs, floor = _runs_of_one(one_run, repeat=1, retries=2, floor=0.0)
     assert len(runs) == 1 and floor == 40.0
     # the machine's first probe (30 ms) is the floor: the next run moves (44 ms), the third
     # is steady, and no more is made
-    runs, floor = run.repeat_runs(one_run, repeat=1, retries=2, floor=30.0)
+    runs, floor = _runs_of_one(one_run, repeat=1, retries=2, floor=30.0)
     assert [r[0].wall for r in runs] == [4.0, 6.0] and floor == 30.0
     (kept,) = run.best_of(runs, floor)
     assert kept.wall == 4.0
@@ -386,7 +392,7 @@ def test_a_run_during_which_the_host_slowed_is_redone():
     assert "walls 4.0/6.0 (1 with the probe 15%+ above the fastest)" in note
     # no steady run at all: the retries stop, the fastest run is kept and the notes say it
     slow = iter([(50.0, 50.0), (45.0, 50.0), (50.0, 48.0)])
-    runs, floor = run.repeat_runs(
+    runs, floor = _runs_of_one(
         lambda _a: [run.Measure("x", wall=1.0, probe=next(slow), calls=1)],
         repeat=1,
         retries=2,
@@ -397,6 +403,37 @@ def test_a_run_during_which_the_host_slowed_is_redone():
     assert kept.extra["unsteady_runs"] == 3 and kept.extra["steady"] is False
     note = run.case_table({"files": 10, "measures": [dataclasses.asdict(kept)]})[-1]
     assert "(probe 15%+ above the fastest in every run)" in note
+
+
+def test_tools_run_in_rounds_with_the_order_rotated_then_each_is_retried_alone():
+    """With --repeat, each round runs every tool once, the order rotated by one tool per
+    round (a host that drifts during a case slows every tool alike); retries follow the
+    rounds, for the tools that were steady in none of their runs."""
+    order: list[tuple[str, int]] = []
+    probes = {
+        "a": iter([(26.0, 26.0)] * 3),
+        "b": iter([(40.0, 40.0)] * 3 + [(26.0, 26.0)]),
+        "c": iter([(26.0, 27.0)] * 3),
+    }
+
+    def one_run_of(tool: str):
+        def one_run(attempt: int) -> list:
+            order.append((tool, attempt))
+            return [run.Measure(tool, wall=1.0, probe=next(probes[tool]), calls=1)]
+
+        return one_run
+
+    runs, floor = run.interleaved_runs(
+        {"a": one_run_of("a"), "b": one_run_of("b"), "c": one_run_of("c")},
+        repeat=3, retries=2, floor=26.0,
+    )  # fmt: skip
+    assert order[:9] == [
+        ("a", 0), ("b", 0), ("c", 0),
+        ("b", 1), ("c", 1), ("a", 1),
+        ("c", 2), ("a", 2), ("b", 2),
+    ]  # fmt: skip
+    assert order[9:] == [("b", 3)]  # b was unsteady in its 3 rounds: one retry, then steady
+    assert [len(runs[t]) for t in "abc"] == [3, 4, 3] and floor == 26.0
 
 
 def test_each_measure_of_a_run_is_judged_on_its_own_probes():
@@ -412,7 +449,7 @@ def test_each_measure_of_a_run_is_judged_on_its_own_probes():
     def one_run(attempt: int) -> list:
         return [run.Measure(t, wall=w, probe=p, calls=1) for t, w, p in next(plan)]
 
-    runs, floor = run.repeat_runs(one_run, repeat=1, retries=2, floor=26.0)
+    runs, floor = _runs_of_one(one_run, repeat=1, retries=2, floor=26.0)
     assert len(runs) == 2  # the group level was unsteady in the first: one more run
     kept = {m.tool: m for m in run.best_of(runs, floor)}
     assert kept["bidsport"].wall == 2.0 and kept["bidsport group"].wall == 0.5
