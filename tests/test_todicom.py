@@ -711,6 +711,35 @@ def test_missing_reference_and_existing_output(tmp_path: Path) -> None:
         export_nifti(continuous, tmp_path / "seg", ExportOptions(reference=src, kind="seg"))
 
 
+def test_exports_of_one_reference_get_their_own_series_numbers(tmp_path: Path) -> None:
+    """Two images of one reference, exported by two calls into one folder, get two
+    SeriesNumbers (a viewer lists the study's series by number); a re-export with
+    --overwrite keeps its series' number."""
+    src = tmp_path / "src"
+    write_series(src)
+    first = first_conversion(tmp_path, src)
+    reference_number = int(header(next(src.rglob("*.dcm"))).SeriesNumber)
+    second = tmp_path / "second.nii.gz"
+    shutil.copy(first, second)
+    out = tmp_path / "out"
+    numbers = []
+    for nifti in (first, second):
+        result = export_nifti(nifti, out, ExportOptions(reference=src))
+        numbers.append(int(header(result.files[0]).SeriesNumber))
+        assert result.series_number == numbers[-1]
+    assert numbers == [reference_number + 1000, reference_number + 1001]
+    again = export_nifti(first, out, ExportOptions(reference=src, overwrite=True))
+    assert again.series_number == reference_number + 1000
+    # another study's series in the folder do not count
+    other = tmp_path / "other"
+    write_series(other, study=Study(key="study2"))
+    other_nifti = tmp_path / "other.nii.gz"
+    shutil.copy(first_conversion(tmp_path / "o", other), other_nifti)
+    assert export_nifti(other_nifti, out, ExportOptions(reference=other)).series_number == (
+        int(header(next(other.rglob("*.dcm"))).SeriesNumber) + 1000
+    )
+
+
 # --------------------------------------------------------------------------- real data
 
 

@@ -120,8 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--series-number",
         type=_series_number,
         metavar="N",
-        help="SeriesNumber of the first new series, the next ones count up "
-        "(default: 1000 + the reference's)",
+        help="SeriesNumber of the first new series, the next ones count up (default: "
+        "1000 + the reference's, counted up past the numbers of the study's other series "
+        "in OUT_DIR; a series replaced with --overwrite keeps its number)",
     )
     parser.add_argument(
         "--no-disclaimer",

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from bidsport import __version__, fileops
@@ -219,6 +222,61 @@ def _output_folder(out_dir: Path, nifti: NiftiInput, overwrite: bool) -> Path:
     return folder
 
 
+def series_numbers_in(out_dir: Path, study_uid: str) -> dict[Path, int]:
+    """The SeriesNumber of each folder of ``out_dir`` that holds a series of the study
+    ``study_uid`` (read from the folder's first ``.dcm`` file; unreadable ones are skipped)."""
+    numbers: dict[Path, int] = {}
+    if not out_dir.is_dir():
+        return numbers
+    for folder in sorted(p for p in out_dir.iterdir() if p.is_dir()):
+        first = min(folder.glob("*.dcm"), default=None)
+        if first is None:
+            continue
+        try:
+            ds = pydicom.dcmread(
+                first, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesNumber"]
+            )
+            if str(ds.get("StudyInstanceUID", "")) == study_uid and ds.get("SeriesNumber"):
+                numbers[folder] = int(ds.SeriesNumber)
+        except (InvalidDicomError, OSError, ValueError, TypeError, EOFError) as exc:
+            log.debug("%s: no series number read: %s", first, exc)
+    return numbers
+
+
+def choose_series_number(
+    explicit: int | None,
+    reference_number: object,
+    index: int,
+    folder: Path,
+    taken: Mapping[Path, int],
+) -> int:
+    """The SeriesNumber of a new series (pure).
+
+    ``explicit`` (``--series-number``) + ``index`` when given. Otherwise the number of the
+    series ``folder`` held when it is being replaced (a re-export keeps its number), else
+    1000 + the reference's + ``index``, counted up past the numbers ``taken`` by the other
+    series of the study in the output folder (:func:`series_numbers_in`): two exports of
+    one reference, in two calls, get two numbers.
+
+    >>> choose_series_number(None, "2", 0, Path("b"), {Path("a"): 1002})
+    1003
+    >>> choose_series_number(None, "2", 0, Path("a"), {Path("a"): 1002})
+    1002
+    >>> choose_series_number(77, "2", 1, Path("b"), {Path("a"): 78})
+    78
+    """
+    if explicit is not None:
+        return explicit + index
+    if folder in taken:
+        return taken[folder]
+    text = str(reference_number or "").strip()
+    number = (int(text) if text.lstrip("-").isdigit() else 0) + 1000 + index
+    used = set(taken.values())
+    while number in used:
+        number += 1
+    return number
+
+
 def prepare(
     nifti_file: Path, options: ExportOptions
 ) -> tuple[NiftiInput, ReferenceSeries, tuple[str, ...]]:
@@ -251,16 +309,15 @@ def export_nifti(
         else None
     )
     kind, reason = choose_kind(options.kind, nifti, labels, bool(table))
+    taken = series_numbers_in(out_dir, ref.study_uid)  # before a folder is replaced
     folder = _output_folder(out_dir, nifti, options.overwrite)
 
     order = voxel_order_for(nifti, ref.geometry)
     stack = stack_geometry(nifti.affine, nifti.spatial_shape, order)
     on_grid = grid_matches(nifti, ref.geometry)
-    ref_number = ref.header.get("SeriesNumber")
-    base_number = options.series_number
-    if base_number is None:
-        base_number = (int(ref_number) if str(ref_number or "").strip() else 0) + 1000
-    series_number = base_number + index
+    series_number = choose_series_number(
+        options.series_number, ref.header.get("SeriesNumber"), index, folder, taken
+    )
     description = _description(nifti, options, options.disclaimer)
     derivation = f"{nifti.name} converted from NIfTI by bidsport {__version__} (todicom)"
     comments = (
