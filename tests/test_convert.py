@@ -10,13 +10,16 @@ import pytest
 
 from bidsport import convert
 from bidsport.convert import (
+    BatchItem,
     build_dcm2niix_args,
     collect_outputs,
+    convert_batch,
     convert_series,
     dcm2niix_binary,
     dcm2niix_version,
 )
 from bidsport.errors import ConversionError
+from bidsport.header import read_header
 from bidsport.synthetic import SeriesSpec, typical_session, write_series
 
 
@@ -202,3 +205,56 @@ def test_may_be_3d_reads_the_dimensions_from_the_header(tmp_path, ext, kind):
     junk = tmp_path / f"junk{ext}"
     junk.write_bytes(b"neither NIfTI nor gzip")
     assert may_be_3d(junk)  # left to nibabel to judge (and to report)
+
+
+def _image_and_sides(output) -> tuple:
+    """What a test compares of one output: postfix, voxels and header, side files."""
+    img = nib.load(output.image)
+    return (
+        output.postfix,
+        img.header.binaryblock,
+        img.get_fdata().tobytes(),
+        *(p.read_bytes() if p else None for p in (output.sidecar, output.bval, output.bvec)),
+    )
+
+
+def test_a_batch_converts_each_series_as_a_call_of_its_own_would(tmp_path):
+    """Small series converted in one dcm2niix call give, series by series, the images,
+    sidecars, bval and bvec that one call per series gives (two echoes of a fieldmap
+    included: several images of one series keep their postfixes)."""
+    specs = {s.series_number: s for s in typical_session()}
+    items = []
+    for number in (2, 6, 7, 8):  # T1w, 4D BOLD, DWI (bval/bvec), phase fieldmap (2 echoes)
+        files = write_series(specs[number], tmp_path / "dicom" / str(number))
+        uid = read_header(files[0]).series_uid
+        items.append(BatchItem(f"s{number}", uid, tuple(files)))
+    batch = convert_batch(items, tmp_path / "batch")
+    assert set(batch) == {item.series_id for item in items}
+    for item in items:
+        alone = convert_series(item.series_id, item.files, tmp_path / "alone" / item.series_id)
+        together = batch[item.series_id]
+        assert together is not None and together.series_id == item.series_id
+        assert [_image_and_sides(o) for o in together.outputs] == [
+            _image_and_sides(o) for o in alone.outputs
+        ]
+    assert batch["s7"].outputs[0].bval is not None
+
+
+def test_a_batch_says_which_series_it_wrote_nothing_for(tmp_path):
+    """A series whose files dcm2niix skips, or whose UID names no image of the call, maps
+    to None (the caller converts it alone); UIDs that are not distinct, or not plain, are
+    refused."""
+    spec = next(s for s in typical_session() if s.series_number == 2)
+    files = tuple(write_series(spec, tmp_path / "dicom"))
+    uid = read_header(files[0]).series_uid
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a DICOM file")
+    batch = convert_batch(
+        [BatchItem("t1", uid, files), BatchItem("other", "1.2.3.999", (junk,))],
+        tmp_path / "batch",
+    )
+    assert batch["other"] is None and batch["t1"] is not None
+    for bad in ([BatchItem("a", uid, files), BatchItem("b", uid, files)],
+                [BatchItem("a", "1.2.x", files)]):  # fmt: skip
+        with pytest.raises(ValueError, match="distinct"):
+            convert_batch(bad, tmp_path / "bad")

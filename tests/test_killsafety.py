@@ -260,7 +260,7 @@ def test_a_killed_run_is_finished_by_the_next(
 def test_a_run_killed_twice_is_finished_too(baseline: Baseline, tmp_path: Path) -> None:
     out = tmp_path / "bids"
     args = command(baseline.inbox, out)
-    for target, nth in (("bidsport.convert:run_command", 3), ("bidsport.export:may_be_3d", 1)):
+    for target, nth in (("bidsport.convert:run_command", 1), ("bidsport.export:may_be_3d", 1)):
         child = run_child(baseline.wrapper, args, target, nth)
         output, _ = child.communicate(timeout=120)
         assert child.returncode == -signal.SIGKILL, output

@@ -319,6 +319,66 @@ def test_sessions_in_flight_at_once_give_the_same_dataset(example, tmp_path):
     assert any(value.startswith("-> ") for value in made["2"].values())
 
 
+def test_small_series_converted_together_give_the_same_dataset(example, tmp_path, monkeypatch):
+    """Small series share dcm2niix calls (a call costs ~10 ms before it reads a file): the
+    dataset is the one made with a call per series, with fewer calls."""
+    from bidsport import convert
+
+    calls: list[int] = []
+    run = convert.run_command
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "run_command", counted)
+    inbox = example[0]
+    made, n_calls = {}, {}
+    default = convert.BATCH_MAX_FILES
+    for limit in (default, 0):
+        monkeypatch.setattr(convert, "BATCH_MAX_FILES", limit)
+        calls.clear()
+        out = tmp_path / f"limit{limit}"
+        args = [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT, "--n-procs", "2"]
+        assert main(args) == 0
+        made[limit], n_calls[limit] = _content(out), len(calls)
+    assert made[default] == made[0]
+    assert n_calls[default] <= 2 * len(SESSIONS) < n_calls[0]
+
+
+def _planned(number: int, n_files: int, uid: str | None = None, merged: bool = False):
+    from bidsport.records import Classification, FileHeader, PlannedSeries, Series
+
+    uid = uid if uid is not None else f"1.2.3.{number}"
+    header = FileHeader(Path(f"/in/{number}.dcm"), 1, 0, series_number=number, series_uid=uid)
+    files = tuple(Path(f"/in/{number}/{i}.dcm") for i in range(n_files))
+    series = Series(
+        f"{uid}-{number}", header, files, n_volumes=1, merged_from=("x", "y") if merged else ()
+    )
+    return PlannedSeries(series, Classification("anat", "T1w", {}), None)
+
+
+def test_conversion_groups_batch_the_small_series_over_the_cores():
+    from bidsport.participant import conversion_groups
+
+    big = _planned(1, 500)
+    small = [_planned(n, n_files) for n, n_files in ((2, 40), (3, 30), (4, 20), (5, 10), (6, 5))]
+    split = [_planned(7, 8, uid="1.2.3.77"), _planned(8, 8, uid="1.2.3.77")]  # one UID, split
+    stacked = _planned(9, 4, merged=True)
+    odd_uid = _planned(10, 4, uid="1.2.abc")
+    order = [big, *small, *split, stacked, odd_uid]
+    groups = conversion_groups(order, n_procs=2)
+    numbers = [[p.series.header.series_number for p in g] for g in groups]
+    # largest task first; the small series in two batches of 55 and 50 files
+    assert numbers == [[1], [2, 5, 6], [3, 4], [7], [8], [9], [10]]
+    alone = conversion_groups(order, n_procs=0)  # --output-format dcm: no dcm2niix call
+    assert alone == [[p] for p in sorted(order, key=lambda p: -p.series.n_files)]
+    numbers = [[p.series.header.series_number for p in g]
+               for g in conversion_groups(order, n_procs=2, max_files=35)]  # fmt: skip
+    assert numbers[:4] == [[1], [2], [3, 6], [4, 5]]  # 40 files: alone
+    assert [len(g) for g in conversion_groups(small[:1], n_procs=4)] == [1]
+
+
 TOPUP_RULES = """
 [[rules]]
 name = "topup-AP"

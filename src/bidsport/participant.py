@@ -1057,7 +1057,7 @@ def _convert_session(
 
     ``helper`` (the run's helper process, see :class:`RunShared`) rewrites 3D images as
     4D, so that nibabel is not imported by this process."""
-    from bidsport.convert import convert_series
+    from bidsport.convert import BatchItem, convert_batch, convert_series
     from bidsport.export import complete_phasediff, export_series, link_fieldmaps, write_scans
     from bidsport.naming import RunCandidate, assign_runs
     from bidsport.organize import lay_out
@@ -1099,17 +1099,19 @@ def _convert_session(
     outputs_by_series: dict[str, list[str]] = {}
     failures: dict[str, str] = {}
 
-    def convert_one(p: PlannedSeries) -> SeriesConversion | None:
-        if opts.output_format == "dcm":
-            return None
+    def files_of(p: PlannedSeries) -> list[Path]:
         # dcm2niix reads the imported files (with --anonymize the originals in the work dir:
         # the private tags it needs are gone from the anonymized copies; its outputs are
         # de-identified afterwards), or the flat folder's repaired copies of files that
         # had no preamble
-        files = [flat[f] if f in repaired else f for f in p.series.files]
+        return [flat[f] if f in repaired else f for f in p.series.files]
+
+    def convert_one(p: PlannedSeries) -> SeriesConversion | None:
+        if opts.output_format == "dcm":
+            return None
         return convert_series(
             p.series.series_id,
-            files,
+            files_of(p),
             work / f"series-{p.series.series_id}",
             compress=opts.output_format == "nii.gz",
             level=opts.compression_level,
@@ -1127,11 +1129,48 @@ def _convert_session(
     repaired = (
         set() if anon else {d.source for d in decisions if d.flat_name and not d.has_preamble}
     )
+
+    def convert_group(
+        group: Sequence[PlannedSeries],
+    ) -> list[tuple[PlannedSeries, SeriesConversion | ConversionError | None]]:
+        """Convert one series, or a batch of small ones in one dcm2niix call (a series
+        the batch wrote nothing for is converted alone: its own error, if any)."""
+        found: dict[str, SeriesConversion | None] = {}
+        if len(group) > 1:
+            items = [
+                BatchItem(p.series.series_id, p.series.header.series_uid or "", tuple(files_of(p)))
+                for p in group
+            ]
+            try:
+                found = convert_batch(
+                    items,
+                    work / f"batch-{group[0].series.series_id}",
+                    compress=opts.output_format == "nii.gz",
+                    level=opts.compression_level,
+                )
+            except (BidsportError, OSError) as exc:  # each series alone, for its own outcome
+                log.info("%s: converting %d series one by one: %s", label, len(group), exc)
+        done_here: list[tuple[PlannedSeries, SeriesConversion | ConversionError | None]] = []
+        for p in group:
+            conversion = found.get(p.series.series_id)
+            if conversion is None:
+                try:
+                    conversion = convert_one(p)
+                except ConversionError as exc:
+                    done_here.append((p, exc))
+                    continue
+            done_here.append((p, conversion))
+        return done_here
+
     order = sorted(to_convert, key=lambda p: -p.series.n_files)
     waiting = [p for p in order if repaired.intersection(p.series.files)]
+    groups = conversion_groups(
+        [p for p in order if p not in waiting],
+        opts.n_procs if opts.output_format != "dcm" else 0,
+    )
     try:
         with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
-            futures = {pool.submit(convert_one, p): p for p in order if p not in waiting}
+            futures = {pool.submit(convert_group, g): g for g in groups}
             if anon is None:
                 try:
                     with state.timed("organize"):
@@ -1141,12 +1180,13 @@ def _convert_session(
                         future.cancel()
                     raise
             state.stages["organized"] = True
-            futures.update({pool.submit(convert_one, p): p for p in waiting})
+            futures.update({pool.submit(convert_group, [p]): [p] for p in waiting})
             with state.timed("convert"):
-                for future in as_completed(futures):
-                    p = futures[future]
+                converted = (pair for future in as_completed(futures) for pair in future.result())
+                for p, conversion in converted:
                     try:
-                        conversion = future.result()
+                        if isinstance(conversion, ConversionError):
+                            raise conversion
                         imgs, probs = export_series(
                             p,
                             runs.get(sid(p), ""),
@@ -1225,6 +1265,44 @@ def _convert_session(
 #: the outputs of each series as it is exported, until the series table is written: a
 #: run killed meanwhile leaves it, and the next run removes what it names (if stale)
 OUTPUTS_JOURNAL = "outputs-pending.tsv"
+
+
+def conversion_groups(
+    order: Sequence[PlannedSeries], n_procs: int, max_files: int | None = None
+) -> list[list[PlannedSeries]]:
+    """The series of ``order`` (largest first) as the conversion tasks: one series each,
+    except the small ones (at most ``max_files`` files, default
+    :data:`bidsport.convert.BATCH_MAX_FILES`), which share dcm2niix calls (pure).
+
+    A small series joins a batch when its SeriesInstanceUID is plain
+    (:func:`~bidsport.convert.batchable_uid`), no other series of ``order`` has it (a series
+    split by bidsport, or stacked from several) and it is not stacked from several series.
+    The small series are spread over ``n_procs`` batches (fewer when there are fewer
+    series), largest first into the smallest batch, so that the cores stay busy; a batch
+    of one is a task of its own. ``n_procs`` 0: no batches.
+    """
+    from bidsport.convert import BATCH_MAX_FILES, batchable_uid
+
+    limit = BATCH_MAX_FILES if max_files is None else max_files
+    uid_count: dict[str | None, int] = {}
+    for p in order:
+        uid_count[p.series.header.series_uid] = uid_count.get(p.series.header.series_uid, 0) + 1
+    small = [
+        p
+        for p in order
+        if n_procs > 0
+        and p.series.n_files <= limit
+        and not p.series.merged_from
+        and batchable_uid(p.series.header.series_uid)
+        and uid_count[p.series.header.series_uid] == 1
+    ]
+    batched = {id(p) for p in small}
+    groups: list[list[PlannedSeries]] = [[p] for p in order if id(p) not in batched]
+    batches: list[list[PlannedSeries]] = [[] for _ in range(min(n_procs, len(small)))]
+    for p in small:  # largest first, into the batch with the fewest files
+        min(batches, key=lambda b: sum(q.series.n_files for q in b)).append(p)
+    groups += [b for b in batches if b]
+    return sorted(groups, key=lambda g: -sum(p.series.n_files for p in g))
 
 
 def _note_outputs(journal: Path, series_id: str, relpaths: Sequence[str]) -> None:
