@@ -1033,7 +1033,21 @@ def synthetic_case(n_files: int, work: Path, args: argparse.Namespace) -> Case:
             "generate_seconds": round(info.seconds, 2),
             "series": info.n_series,
             "requested_files": n_files,
+            "protocol": args.protocol,
+            "layout": args.layout,
         },
+    )
+
+
+def on_the_scale(case: dict[str, Any]) -> bool:
+    """Whether a case is a point of the scaling table, fit and plot: a synthetic inbox of
+    the standard protocol in series folders (the other protocols and layouts cost
+    differently per file; cases written before the protocol was recorded are standard)."""
+    extra = case.get("extra") or {}
+    return (
+        case["kind"] == "synthetic"
+        and extra.get("protocol", "standard") == "standard"
+        and extra.get("layout", "series") == "series"
     )
 
 
@@ -1408,9 +1422,9 @@ def write_results(results: dict[str, Any], md_file: Path, png_file: Path | None)
     )
     out += ["", "## Targets", ""]
     out += target_lines(cases)
-    synthetic = [c for c in cases if c["kind"] == "synthetic"]
+    synthetic = [c for c in cases if on_the_scale(c)]
     if synthetic:
-        out += ["", "## Scaling (synthetic inboxes)", ""]
+        out += ["", "## Scaling (synthetic inboxes, standard protocol)", ""]
         out += scaling_lines(synthetic)
         if png_file is not None and png_file.is_file():
             rel = os.path.relpath(png_file, md_file.parent)
@@ -1560,7 +1574,7 @@ def target_lines(cases: list[dict[str, Any]]) -> list[str]:
     points = [
         (float(c["files"]), float(m["wall"]))
         for c in cases
-        if c["kind"] == "synthetic" and (m := _find(c, "bidsport")) is not None
+        if on_the_scale(c) and (m := _find(c, "bidsport")) is not None
     ]
     fit = linear_fit(points)
     if fit:
@@ -1578,7 +1592,7 @@ def plot(results: dict[str, Any], png_file: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    cases = [c for c in results["cases"].values() if c["kind"] == "synthetic"]
+    cases = [c for c in results["cases"].values() if on_the_scale(c)]
     if not cases:
         return False
     fig, ax = plt.subplots(figsize=(7, 5))

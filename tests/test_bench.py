@@ -126,6 +126,17 @@ def test_linear_fit_and_best_of():
     assert best is fast and best.extra["walls"] == [3.0, 2.0]
 
 
+def test_only_standard_synthetic_cases_are_points_of_the_scale():
+    """The 300-session case of tiny series costs differently per file: it has its own
+    table, not a point of the time-per-file fit."""
+    standard = {"kind": "synthetic", "extra": {"protocol": "standard", "layout": "series"}}
+    assert run.on_the_scale(standard)
+    assert run.on_the_scale({"kind": "synthetic", "extra": {}})  # written before the keys
+    assert not run.on_the_scale({"kind": "synthetic", "extra": {"protocol": "tiny"}})
+    assert not run.on_the_scale({"kind": "synthetic", "extra": {"layout": "flat"}})
+    assert not run.on_the_scale({"kind": "real", "extra": {}})
+
+
 def test_a_case_whose_host_slowed_down_says_so():
     """The CPU probe, timed before and after each tool: a case during which the host's
     speed varied by more than 15% gets a warning under its table."""
