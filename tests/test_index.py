@@ -108,6 +108,41 @@ def test_parallel_scan_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert parallel == serial
 
 
+def test_the_runs_pool_reads_a_small_session_in_its_workers(tmp_path: Path) -> None:
+    """The run's worker processes, running already, read a session of a few dozen files
+    (in chunks spread over them); before, fewer than 256 files were read in the main
+    process, holding the GIL that the conversion threads wait for."""
+    from concurrent.futures import Executor
+
+    from bidsport.runner import process_pool
+
+    for spec in typical_session()[:2]:  # localizer, T1w
+        write_series(spec, tmp_path / spec.description)
+    write_series(SeriesSpec("bold", 5, n_slices=4, n_volumes=6), tmp_path / "bold")
+    chunks: list[int] = []  # the number of files of each chunk submitted
+
+    class Counted(Executor):
+        """The run's pool, counting the chunks it is given."""
+
+        def __init__(self, pool: Executor) -> None:
+            self.pool = pool
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            chunks.append(len(args[0]))
+            return self.pool.submit(fn, *args, **kwargs)
+
+    serial = list(scan_session(tmp_path, n_procs=1))
+    assert 16 <= len(serial) < 2 * index._CHUNK
+    with process_pool(2) as pool:
+        parallel = list(scan_session(tmp_path, n_procs=2, pool=Counted(pool)))
+    assert parallel == serial
+    assert len(chunks) == 4 and sum(chunks) == len(serial)  # a quarter each
+    with process_pool(2) as pool:  # fewer than 16 files: read here
+        chunks.clear()
+        few = list(scan_session(tmp_path / "localizer", n_procs=2, pool=Counted(pool)))
+    assert len(few) < 16 and chunks == []
+
+
 # --------------------------------------------------------------------------- cache
 
 

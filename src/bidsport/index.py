@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 STAGE = "organize"
 CACHE_FORMAT = 2  #: 2: a header is a JSON array of its values (1: an object, ~2x slower)
 _CHUNK = 128  # files per task sent to a worker process
+#: fewest files read in the run's shared worker processes (fewer are read here)
+_MIN_SHARED = 16
 _KEY_FIELDS = ("path", "size", "mtime_ns")
 _HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(FileHeader) if f.name not in _KEY_FIELDS)
 #: FileHeader fields holding tuples (stored as JSON arrays)
@@ -162,13 +164,18 @@ def _read_all(
     """Read ``paths`` in order, in ``n_procs`` worker processes when that is worth it
     (``pool``'s, else a pool of its own).
 
-    At most a few chunks are in flight, so results stream with bounded memory.
+    A pool of its own is started for ``2 * _CHUNK`` files or more; ``pool``'s workers,
+    running already, take any list of :data:`_MIN_SHARED` files or more, in smaller chunks
+    when there are few (a session of 100 files read in this process held its GIL, which
+    the conversion threads and the other session in flight wait for). At most a few chunks
+    are in flight, so results stream with bounded memory.
     """
-    if n_procs <= 1 or len(paths) < 2 * _CHUNK:
+    if n_procs <= 1 or len(paths) < (_MIN_SHARED if pool is not None else 2 * _CHUNK):
         for p in paths:
             yield _read_one(p)
         return
-    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    size = min(_CHUNK, max(_MIN_SHARED // 2, -(-len(paths) // (2 * n_procs))))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     if pool is not None:
         yield from _read_chunks(pool, chunks, n_procs)
         return
