@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -255,6 +256,33 @@ def test_a_batch_says_which_series_it_wrote_nothing_for(tmp_path):
     )
     assert batch["other"] is None and batch["t1"] is not None
     for bad in ([BatchItem("a", uid, files), BatchItem("b", uid, files)],
+                [BatchItem("a", CRC_TWINS[0], files), BatchItem("b", CRC_TWINS[1], files)],
                 [BatchItem("a", "1.2.x", files)]):  # fmt: skip
         with pytest.raises(ValueError, match="distinct"):
             convert_batch(bad, tmp_path / "bad")
+
+
+#: two SeriesInstanceUIDs with one CRC-32: dcm2niix stacks such series into one image
+CRC_TWINS = (
+    "1.2.826.0.1.3680043.8.498.0000000000000000000000000000000000000",
+    "1.2.826.0.1.3680043.8.498.3575557143100000000000000000000000000",
+)
+
+
+def test_crc_twins_are_twins():
+    assert convert.uid_key(CRC_TWINS[0]) == convert.uid_key(CRC_TWINS[1])
+
+
+def test_a_batch_whose_images_are_named_after_no_series_takes_nothing(tmp_path):
+    """dcm2niix names Siemens XA single-frame images after their SeriesTime, not their UID
+    (``-f %j``): an image named after no series of the batch makes every series of it
+    None (each is converted alone), rather than one series' image filed under another."""
+    specs = {s.series_number: s for s in typical_session()}
+    items = []
+    for number in (2, 3):
+        extra = {**specs[number].extra, "SoftwareVersions": "syngo MR XA30"}
+        files = write_series(
+            dataclasses.replace(specs[number], extra=extra), tmp_path / str(number)
+        )
+        items.append(BatchItem(f"s{number}", read_header(files[0]).series_uid, tuple(files)))
+    assert convert_batch(items, tmp_path / "batch") == {"s2": None, "s3": None}

@@ -346,11 +346,25 @@ def test_small_series_converted_together_give_the_same_dataset(example, tmp_path
     assert n_calls[default] <= 2 * len(SESSIONS) < n_calls[0]
 
 
-def _planned(number: int, n_files: int, uid: str | None = None, merged: bool = False):
+def _planned(
+    number: int,
+    n_files: int,
+    uid: str | None = None,
+    merged: bool = False,
+    software_versions: str | None = None,
+):
     from bidsport.records import Classification, FileHeader, PlannedSeries, Series
 
     uid = uid if uid is not None else f"1.2.3.{number}"
-    header = FileHeader(Path(f"/in/{number}.dcm"), 1, 0, series_number=number, series_uid=uid)
+    header = FileHeader(
+        Path(f"/in/{number}.dcm"),
+        1,
+        0,
+        series_number=number,
+        series_uid=uid,
+        manufacturer="SIEMENS",
+        software_versions=software_versions or "syngo MR E11",
+    )
     files = tuple(Path(f"/in/{number}/{i}.dcm") for i in range(n_files))
     series = Series(
         f"{uid}-{number}", header, files, n_volumes=1, merged_from=("x", "y") if merged else ()
@@ -359,18 +373,24 @@ def _planned(number: int, n_files: int, uid: str | None = None, merged: bool = F
 
 
 def test_conversion_groups_batch_the_small_series_over_the_cores():
+    """Batched: small series with a plain UID of their own (and a CRC-32 of their own:
+    dcm2niix tells series apart by it), not stacked, named after their UID by dcm2niix (not
+    Siemens XA single-frame files); spread over the cores, largest first."""
     from bidsport.participant import conversion_groups
+    from test_convert import CRC_TWINS
 
     big = _planned(1, 500)
     small = [_planned(n, n_files) for n, n_files in ((2, 40), (3, 30), (4, 20), (5, 10), (6, 5))]
     split = [_planned(7, 8, uid="1.2.3.77"), _planned(8, 8, uid="1.2.3.77")]  # one UID, split
     stacked = _planned(9, 4, merged=True)
     odd_uid = _planned(10, 4, uid="1.2.abc")
-    order = [big, *small, *split, stacked, odd_uid]
+    crc_twins = [_planned(11, 3, uid=CRC_TWINS[0]), _planned(12, 3, uid=CRC_TWINS[1])]
+    xa = _planned(13, 2, software_versions="syngo MR XA30")
+    order = [big, *small, *split, stacked, odd_uid, *crc_twins, xa]
     groups = conversion_groups(order, n_procs=2)
     numbers = [[p.series.header.series_number for p in g] for g in groups]
     # largest task first; the small series in two batches of 55 and 50 files
-    assert numbers == [[1], [2, 5, 6], [3, 4], [7], [8], [9], [10]]
+    assert numbers == [[1], [2, 5, 6], [3, 4], [7], [8], [9], [10], [11], [12], [13]]
     alone = conversion_groups(order, n_procs=0)  # --output-format dcm: no dcm2niix call
     assert alone == [[p] for p in sorted(order, key=lambda p: -p.series.n_files)]
     numbers = [[p.series.header.series_number for p in g]

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,8 +403,16 @@ def _gzip_left(
 
 #: Series of at most this many files may be converted together (:func:`convert_batch`).
 BATCH_MAX_FILES = 64
-#: A SeriesInstanceUID dcm2niix writes into a file name as it is (``-f %j``).
+#: A SeriesInstanceUID dcm2niix writes into a file name as it is (``-f %j``); it cuts
+#: names at 65 characters, and a DICOM UID has at most 64.
 _PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_MAX_UID = 64
+
+
+def uid_key(uid: str) -> int:
+    """What dcm2niix tells series apart by: the CRC-32 of the SeriesInstanceUID, not the
+    UID itself (two UIDs with one CRC are stacked into one image when read together)."""
+    return zlib.crc32(uid.encode("ascii", "replace"))
 
 
 @dataclass(frozen=True)
@@ -416,12 +425,29 @@ class BatchItem:
 
 
 def batchable_uid(uid: str | None) -> bool:
-    """Whether dcm2niix names an image after ``uid`` unchanged (digits and dots only).
+    """Whether dcm2niix names an image after ``uid`` unchanged (digits and dots only, at
+    most 64 characters).
 
     >>> batchable_uid("1.2.840.10008.5"), batchable_uid("1.2 .3"), batchable_uid(None)
     (True, False, False)
+    >>> batchable_uid("1." + "2" * 63)
+    False
     """
-    return bool(uid) and _PLAIN_UID.fullmatch(uid or "") is not None
+    return bool(uid) and len(uid or "") <= _MAX_UID and _PLAIN_UID.fullmatch(uid or "") is not None
+
+
+def _owner(name: str, uids: Sequence[str]) -> str | None:
+    """The UID of ``uids`` that an image named ``name`` was written for: one that is the
+    whole name, or followed by a character no UID continues with (dcm2niix's postfixes
+    start with ``_`` or a letter).
+
+    >>> _owner("1.2.3_e2", ["1.2.3", "1.2.34"]), _owner("1.2.34", ["1.2.3"])
+    ('1.2.3', None)
+    """
+    for uid in uids:
+        if name.startswith(uid) and (len(name) == len(uid) or name[len(uid)] not in "0123456789."):
+            return uid
+    return None
 
 
 def convert_batch(
@@ -433,16 +459,19 @@ def convert_batch(
 
     The files of every series are linked into one folder and dcm2niix names each image
     after its SeriesInstanceUID (``-f %j``). The UIDs must be distinct, made of digits and
-    dots (:func:`batchable_uid`), and each series must be all the files of its UID that
-    the call sees: dcm2niix groups files by series, so each image is one of these series'.
-    An image goes to the series whose UID is the longest that starts its name; what
-    follows the UID is the postfix, as in :func:`convert_series`. dcm2niix's warnings go
-    to the series whose "Convert ... as" line follows them (those printed while it reads
-    the files, to the first series it converts).
+    dots (:func:`batchable_uid`) with distinct CRC-32s (:func:`uid_key`), and each series
+    must be all the files of its UID that the call sees: dcm2niix groups files by series,
+    so each image is one of these series'. An image goes to the series whose UID its name
+    is, or starts with followed by a postfix (``_e2``, ``a``...), which it keeps as in
+    :func:`convert_series`; an image named after no series makes the whole call count as
+    failed. dcm2niix's warnings go to the series whose "Convert ... as" line follows them
+    (those printed while it reads the files, to the first series it converts).
     """
     uids = {item.series_uid: item for item in items}
-    if len(uids) != len(items) or not all(batchable_uid(uid) for uid in uids):
-        raise ValueError("convert_batch needs distinct SeriesInstanceUIDs of digits and dots")
+    if len({uid_key(uid) for uid in uids}) != len(items) or not all(map(batchable_uid, uids)):
+        raise ValueError(
+            "convert_batch needs distinct SeriesInstanceUIDs (and CRC-32s) of digits and dots"
+        )
     binary = dcm2niix_binary()
     out_dir = ensure_dir(work_dir / "out")
     in_dir = ensure_dir(work_dir / "in")
@@ -458,26 +487,28 @@ def convert_batch(
             len(items),
         )
         return {item.series_id: None for item in items}
-    by_uid = sorted(uids, key=len, reverse=True)  # the longest UID first: "1.2.34" before "1.2.3"
-
-    def owner(stem: str) -> str | None:
-        return next((uid for uid in by_uid if stem.startswith(uid)), None)
-
     warnings: dict[str, list[str]] = {uid: [] for uid in uids}
     pending: list[str] = []
     for line in (result.stdout + result.stderr).splitlines():
         if line.lower().startswith(("warning", "error")):
             pending.append(line.strip())
         elif line.startswith("Convert ") and " as " in line:
-            uid = owner(Path(line.split(" as ", 1)[1].split(" (")[0]).name)
+            uid = _owner(Path(line.split(" as ", 1)[1].split(" (")[0]).name, list(uids))
             if uid is not None:
                 warnings[uid] += pending
                 pending = []
     outputs: dict[str, list[Dcm2niixOutput]] = {uid: [] for uid in uids}
     for output in collect_outputs(out_dir, ""):
-        uid = owner(output.postfix)  # the whole name: collected with an empty prefix
-        if uid is not None:
-            outputs[uid].append(dataclasses.replace(output, postfix=output.postfix[len(uid) :]))
+        uid = _owner(output.postfix, list(uids))  # the whole name: collected without prefix
+        if uid is None:  # named otherwise (a scanner's naming quirk): nothing is taken
+            log.info(
+                "dcm2niix named an image %r, after no series of a batch of %d: "
+                "each is converted alone",
+                output.postfix,
+                len(items),
+            )
+            return {item.series_id: None for item in items}
+        outputs[uid].append(dataclasses.replace(output, postfix=output.postfix[len(uid) :]))
     share = result.seconds / len(items)
     converted: dict[str, SeriesConversion | None] = {}
     for uid, item in uids.items():

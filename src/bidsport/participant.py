@@ -1275,18 +1275,21 @@ def conversion_groups(
     :data:`bidsport.convert.BATCH_MAX_FILES`), which share dcm2niix calls (pure).
 
     A small series joins a batch when its SeriesInstanceUID is plain
-    (:func:`~bidsport.convert.batchable_uid`), no other series of ``order`` has it (a series
-    split by bidsport, or stacked from several) and it is not stacked from several series.
+    (:func:`~bidsport.convert.batchable_uid`), no other series of ``order`` has it or its
+    CRC-32 (a series split by bidsport; dcm2niix tells series apart by the CRC), it is not
+    stacked from several series, and dcm2niix names its images after its UID (not so for
+    Siemens XA single-frame files, named after their SeriesTime: :func:`named_by_uid`).
     The small series are spread over ``n_procs`` batches (fewer when there are fewer
     series), largest first into the smallest batch, so that the cores stay busy; a batch
     of one is a task of its own. ``n_procs`` 0: no batches.
     """
-    from bidsport.convert import BATCH_MAX_FILES, batchable_uid
+    from bidsport.convert import BATCH_MAX_FILES, batchable_uid, uid_key
 
     limit = BATCH_MAX_FILES if max_files is None else max_files
-    uid_count: dict[str | None, int] = {}
+    crc_count: dict[int, int] = {}
     for p in order:
-        uid_count[p.series.header.series_uid] = uid_count.get(p.series.header.series_uid, 0) + 1
+        key = uid_key(p.series.header.series_uid or "")
+        crc_count[key] = crc_count.get(key, 0) + 1
     small = [
         p
         for p in order
@@ -1294,7 +1297,8 @@ def conversion_groups(
         and p.series.n_files <= limit
         and not p.series.merged_from
         and batchable_uid(p.series.header.series_uid)
-        and uid_count[p.series.header.series_uid] == 1
+        and crc_count[uid_key(p.series.header.series_uid or "")] == 1
+        and named_by_uid(p.series.header)
     ]
     batched = {id(p) for p in small}
     groups: list[list[PlannedSeries]] = [[p] for p in order if id(p) not in batched]
@@ -1303,6 +1307,18 @@ def conversion_groups(
         min(batches, key=lambda b: sum(q.series.n_files for q in b)).append(p)
     groups += [b for b in batches if b]
     return sorted(groups, key=lambda g: -sum(p.series.n_files for p in g))
+
+
+def named_by_uid(h: FileHeader) -> bool:
+    """Whether dcm2niix's ``-f %j`` names this series' images after its SeriesInstanceUID:
+    not for Siemens XA single-frame files (seen with XA30: named after the SeriesTime).
+
+    >>> named_by_uid(FileHeader(Path("x"), 0, 0, manufacturer="SIEMENS",
+    ...                         software_versions="syngo MR XA30"))
+    False
+    """
+    siemens_xa = "SIEMENS" in (h.manufacturer or "").upper() and "XA" in (h.software_versions or "")
+    return not (siemens_xa and (h.number_of_frames or 1) <= 1)
 
 
 def _note_outputs(journal: Path, series_id: str, relpaths: Sequence[str]) -> None:
