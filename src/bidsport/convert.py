@@ -30,6 +30,7 @@ from typing import Any
 
 from bidsport.errors import ConversionError, ExternalToolError
 from bidsport.fileops import ensure_dir
+from bidsport.records import FileHeader
 from bidsport.runner import run_command
 
 log = logging.getLogger(__name__)
@@ -434,6 +435,18 @@ def batchable_uid(uid: str | None) -> bool:
     False
     """
     return bool(uid) and len(uid or "") <= _MAX_UID and _PLAIN_UID.fullmatch(uid or "") is not None
+
+
+def named_by_uid(h: FileHeader) -> bool:
+    """Whether dcm2niix's ``-f %j`` names this series' images after its SeriesInstanceUID:
+    not for Siemens XA single-frame files (seen with XA30: named after the SeriesTime).
+
+    >>> named_by_uid(FileHeader(Path("x"), 0, 0, manufacturer="SIEMENS",
+    ...                         software_versions="syngo MR XA30"))
+    False
+    """
+    siemens_xa = "SIEMENS" in (h.manufacturer or "").upper() and "XA" in (h.software_versions or "")
+    return not (siemens_xa and (h.number_of_frames or 1) <= 1)
 
 
 def _owner(name: str, uids: Sequence[str]) -> str | None:

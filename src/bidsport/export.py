@@ -23,7 +23,7 @@ from typing import Any
 
 from bidsport import fileops
 from bidsport.convert import SeriesConversion, load_sidecar
-from bidsport.layout import DatasetLayout
+from bidsport.layout import NIFTI_ENDINGS, DatasetLayout
 from bidsport.naming import bids_basename, map_outputs
 from bidsport.options import RunOptions
 from bidsport.phi import Identifiers, ScrubbedSidecar, scrub_sidecar_changes
@@ -634,7 +634,7 @@ def _is_fieldmap(cls: Classification) -> bool:
 
 
 def _is_nifti(img: ConvertedImage) -> bool:
-    return img.relpath.endswith((".nii", ".nii.gz"))
+    return img.relpath.endswith(NIFTI_ENDINGS)
 
 
 def _unlinked_note(

@@ -51,7 +51,7 @@ from typing import Any
 
 from bidsport import fileops, uptodate
 from bidsport.errors import ExternalToolError, LockedError, OutputError, UsageError
-from bidsport.htmlreport import prepare_report, write_page
+from bidsport.htmlreport import counted, prepare_report, write_page
 from bidsport.layout import DatasetLayout, sub_ses_prefix
 from bidsport.status import (
     StatusRow,
@@ -631,15 +631,6 @@ def _saved_validation(path: Path) -> ValidationResult | None:
 # --------------------------------------------------------------------------- report
 
 
-def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1.
-
-    >>> _count(1, "error"), _count(0, "warning")
-    ('1 error', '0 warnings')
-    """
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     cells = [list(map(str, header)), *[list(map(str, r)) for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -685,8 +676,8 @@ def format_summary(result: GroupResult) -> str:
     else:
         lines.append(
             f"BIDS validator {validation.version or '?'}: "
-            f"{_count(len(validation.errors), 'error')}, "
-            f"{_count(len(validation.warnings), 'warning')}"
+            f"{counted(len(validation.errors), 'error')}, "
+            f"{counted(len(validation.warnings), 'warning')}"
         )
         lines += _issue_lines("error", validation.errors)
         lines += _issue_lines("warning", validation.warnings)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bidsport import fileops, png
-from bidsport.layout import DatasetLayout, sub_ses_dir, sub_ses_prefix
+from bidsport.layout import DatasetLayout, nifti_stem, sub_ses_dir, sub_ses_prefix
 from bidsport.status import (
     UNFINISHED_PREFIX,
     StatusRow,
@@ -43,8 +43,6 @@ from bidsport.validator import Issue, ValidationResult
 
 log = logging.getLogger(__name__)
 
-#: Image file names that get a thumbnail.
-IMAGE_SUFFIXES = (".nii.gz", ".nii")
 #: Folder of the thumbnails, relative to the report's folder.
 THUMBNAIL_DIR = "thumbnails"
 #: Written into every thumbnail; a thumbnail without it is made again even when it is
@@ -200,10 +198,10 @@ def thumbnail_relpath(subject: str, session: str | None, output: str) -> str | N
     path = PurePosixPath(output)
     if path.is_absolute() or ".." in path.parts or "\\" in output:
         return None
-    suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), None)
-    if suffix is None or path.name == suffix:
+    stem = nifti_stem(path.name)
+    if stem is None:
         return None
-    png = path.with_name(path.name[: -len(suffix)] + ".png")
+    png = path.with_name(stem + ".png")
     return str(PurePosixPath(THUMBNAIL_DIR, sub_ses_dir(subject, session).as_posix(), png))
 
 
@@ -235,11 +233,11 @@ code{font-size:.9em}
 """
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
     """``n`` and ``noun``, plural unless ``n`` is 1.
 
-    >>> _count(1, "session"), _count(2, "session")
-    ('1 session', '2 sessions')
+    >>> counted(1, "session"), counted(2, "session"), counted(0, "warning")
+    ('1 session', '2 sessions', '0 warnings')
     """
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -427,8 +425,8 @@ def _validation_section(
     full = f' The full list: <a href="{_e(link)}">{_e(link)}</a>.' if link else ""
     out.append(
         f"<p>The last validation, by bids-validator-deno{_e(version)}{_e(schema)}: "
-        f"{_count(len(validation.errors), 'error')}, "
-        f"{_count(len(validation.warnings), 'warning')}.{full}</p>"
+        f"{counted(len(validation.errors), 'error')}, "
+        f"{counted(len(validation.warnings), 'warning')}.{full}</p>"
     )
     for kind, issues in (("error", validation.errors), ("warning", validation.warnings)):
         if not issues:
@@ -492,7 +490,7 @@ def build_html(
         "</head>",
         "<body>",
         f"<h1>{_e(title)}</h1>",
-        f"<p>{_count(n_subjects, 'participant')}, {_count(len(sessions), 'session')}: "
+        f"<p>{counted(n_subjects, 'participant')}, {counted(len(sessions), 'session')}: "
         f"{words.count('converted')} converted, {n_failed} failed{interrupted}, "
         f"{words.count('expected')} expected; {n_review} series flagged for review. "
         f"Report by {_e(generator)}.</p>",

@@ -25,6 +25,19 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The endings of the NIfTI images bidsport writes, longest first.
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def nifti_stem(name: str) -> str | None:
+    """``name`` without its NIfTI ending; None when it is no NIfTI image name.
+
+    >>> nifti_stem("sub-01_T1w.nii.gz"), nifti_stem("sub-01_T1w.json"), nifti_stem(".nii")
+    ('sub-01_T1w', None, None)
+    """
+    stem = next((name[: -len(x)] for x in NIFTI_ENDINGS if name.endswith(x)), None)
+    return stem or None
+
 
 def sub_ses_dir(subject: str, session: str | None) -> Path:
     """``sub-<s>[/ses-<t>]`` as a relative path."""

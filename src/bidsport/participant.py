@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from bidsport.ingest import (
     group_by_session,
     import_packet,
 )
-from bidsport.layout import DatasetLayout, sub_ses_prefix
+from bidsport.layout import DatasetLayout, nifti_stem, sub_ses_prefix
 from bidsport.options import RunOptions
 from bidsport.records import (
     Assignment,
@@ -294,12 +295,7 @@ def kept_runs(
     }
 
 
-_IMAGE_ENDINGS = (".nii.gz", ".nii")
 _COMPANIONS = (".json", ".bval", ".bvec")
-
-
-def _stem(name: str) -> str | None:
-    return next((name[: -len(x)] for x in _IMAGE_ENDINGS if name.endswith(x)), None)
 
 
 def remove_outputs(
@@ -315,11 +311,11 @@ def remove_outputs(
     something it wrote.
     """
     removed, kept = [], []
-    written_stems = {_stem(w) or w for w in written}
+    written_stems = {nifti_stem(w) or w for w in written}
     for rel in relpaths:
         path = PurePosixPath(rel)
         image = session_dir / path
-        stem = _stem(path.name)
+        stem = nifti_stem(path.name)
         if (
             path.is_absolute()
             or ".." in path.parts
@@ -1278,18 +1274,16 @@ def conversion_groups(
     (:func:`~bidsport.convert.batchable_uid`), no other series of ``order`` has it or its
     CRC-32 (a series split by bidsport; dcm2niix tells series apart by the CRC), it is not
     stacked from several series, and dcm2niix names its images after its UID (not so for
-    Siemens XA single-frame files, named after their SeriesTime: :func:`named_by_uid`).
+    Siemens XA single-frame files, named after their SeriesTime:
+    :func:`~bidsport.convert.named_by_uid`).
     The small series are spread over ``n_procs`` batches (fewer when there are fewer
     series), largest first into the smallest batch, so that the cores stay busy; a batch
     of one is a task of its own. ``n_procs`` 0: no batches.
     """
-    from bidsport.convert import BATCH_MAX_FILES, batchable_uid, uid_key
+    from bidsport.convert import BATCH_MAX_FILES, batchable_uid, named_by_uid, uid_key
 
     limit = BATCH_MAX_FILES if max_files is None else max_files
-    crc_count: dict[int, int] = {}
-    for p in order:
-        key = uid_key(p.series.header.series_uid or "")
-        crc_count[key] = crc_count.get(key, 0) + 1
+    crc_count = Counter(uid_key(p.series.header.series_uid or "") for p in order)
     small = [
         p
         for p in order
@@ -1307,18 +1301,6 @@ def conversion_groups(
         min(batches, key=lambda b: sum(q.series.n_files for q in b)).append(p)
     groups += [b for b in batches if b]
     return sorted(groups, key=lambda g: -sum(p.series.n_files for p in g))
-
-
-def named_by_uid(h: FileHeader) -> bool:
-    """Whether dcm2niix's ``-f %j`` names this series' images after its SeriesInstanceUID:
-    not for Siemens XA single-frame files (seen with XA30: named after the SeriesTime).
-
-    >>> named_by_uid(FileHeader(Path("x"), 0, 0, manufacturer="SIEMENS",
-    ...                         software_versions="syngo MR XA30"))
-    False
-    """
-    siemens_xa = "SIEMENS" in (h.manufacturer or "").upper() and "XA" in (h.software_versions or "")
-    return not (siemens_xa and (h.number_of_frames or 1) <= 1)
 
 
 def _note_outputs(journal: Path, series_id: str, relpaths: Sequence[str]) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 from bidsport import fileops
 from bidsport.errors import LabelError, LockedError, OutputError
-from bidsport.layout import DatasetLayout, sub_ses_prefix
+from bidsport.layout import NIFTI_ENDINGS, DatasetLayout, sub_ses_prefix
 from bidsport.records import SessionResult
 from bidsport.uptodate import iso_utc
 
@@ -65,7 +65,6 @@ MAX_ERROR_CHARS = 500
 
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 _BACKUP_NAME = re.compile(r"status-\d{8}T\d{6}\.\d{6}Z\.tsv")
-_IMAGE_SUFFIXES = (".nii", ".nii.gz")
 
 
 # --------------------------------------------------------------------------- records
@@ -562,7 +561,7 @@ def _has_image(session_dir: Path) -> bool:
     session's folder itself (not in the ``ses-*`` folders of other sessions)."""
     if not session_dir.is_dir():
         return False
-    return _has_file(session_dir, suffixes=(*_IMAGE_SUFFIXES, ".dcm"), skip_sessions=True)
+    return _has_file(session_dir, suffixes=(*NIFTI_ENDINGS, ".dcm"), skip_sessions=True)
 
 
 def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
