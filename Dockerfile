@@ -72,7 +72,7 @@ RUN /opt/bidsport/bin/pip install --no-cache-dir --disable-pip-version-check \
 # parser by argparse-manpage).
 FROM deps AS wheel
 WORKDIR /src
-COPY pyproject.toml README.md setup.py ./
+COPY pyproject.toml README.md LICENSE setup.py ./
 COPY src ./src
 ARG WHEELHOUSE
 ARG SOURCE_DATE_EPOCH
