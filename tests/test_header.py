@@ -197,6 +197,26 @@ def test_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
             assert getattr(h, name) == getattr(reference, name), name
 
 
+def test_a_deflated_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deflated data set is inflated in memory: one that would inflate past
+    MAX_INFLATED (zeros compress ~1000:1) is refused, naming the file and the reason,
+    before it is inflated; one below the limit is read."""
+    from bidsport import header
+
+    ds = _one(SeriesSpec("t1", 2, n_slices=1, rows=512, columns=512))
+    ds.PixelData = bytes(len(ds.PixelData))
+    path = _save(ds, tmp_path / "zeros.dcm", DeflatedExplicitVRLittleEndian)
+    assert path.stat().st_size < 64 * 1024 < 512 * 512 * 2  # highly compressed
+    assert read_header(path).has_pixel_data
+    monkeypatch.setattr(header, "MAX_INFLATED", 256 * 1024)
+    with pytest.raises(DicomReadError) as caught:
+        read_header(path)
+    assert str(caught.value) == (
+        f"{path}: deflated data set inflates to more than 0.25 MiB: not read "
+        "(a decompression bomb?)"
+    )
+
+
 def test_no_preamble(tmp_path: Path) -> None:
     """A file meta without the 128-byte preamble, and a bare data set, are both read."""
     ds = _one()

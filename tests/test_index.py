@@ -143,6 +143,51 @@ def test_the_runs_pool_reads_a_small_session_in_its_workers(tmp_path: Path) -> N
     assert len(few) < 16 and chunks == []
 
 
+def test_a_dead_worker_leaves_the_rest_of_the_scan_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scan worker killed mid-session (the OOM killer, an admin) breaks the run's pool:
+    the chunks not read yet are read in this process, in order, with one warning; the
+    next session, given the broken pool, is read here at once."""
+    import threading
+    from concurrent.futures import Executor
+
+    from bidsport import runner
+    from bidsport.runner import process_pool
+
+    monkeypatch.setattr(runner, "_gone_warned", threading.Event())
+    monkeypatch.setattr(index, "_CHUNK", 8)
+    for spec in typical_session()[:2]:  # localizer, T1w
+        write_series(spec, tmp_path / spec.description)
+    write_series(SeriesSpec("bold", 5, n_slices=4, n_volumes=6), tmp_path / "bold")
+    submitted: list[int] = []
+
+    class Dying(Executor):
+        """The run's pool, whose worker dies as the second chunk is submitted."""
+
+        def __init__(self, pool: Executor) -> None:
+            self.pool = pool
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            submitted.append(len(args[0]))
+            if len(submitted) == 2:
+                self.pool.submit(os._exit, 1)
+            return self.pool.submit(fn, *args, **kwargs)
+
+    serial = list(scan_session(tmp_path, n_procs=1))
+    assert len(serial) > 4 * 8
+    with process_pool(2) as pool, caplog.at_level("WARNING", logger="bidsport.runner"):
+        dying = Dying(pool)
+        assert list(scan_session(tmp_path, n_procs=2, pool=dying)) == serial
+        n_submitted = len(submitted)
+        assert list(scan_session(tmp_path, n_procs=2, pool=dying)) == serial  # broken already
+    assert n_submitted >= 2  # the worker died
+    assert len(submitted) == n_submitted + 1  # the next session: refused at once
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "stopped unexpectedly" in warnings[0], warnings
+    assert "reading the headers of" in warnings[0]
+
+
 # --------------------------------------------------------------------------- cache
 
 

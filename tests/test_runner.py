@@ -127,3 +127,32 @@ def test_pool_workers_end_when_their_owner_is_killed(tmp_path: Path) -> None:
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_a_task_of_a_dead_worker_runs_here(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """:func:`in_worker`: the worker's result while its process lives; once the pool is
+    broken (its worker killed), the task runs in this process, with one warning for the
+    run; the task's own exceptions are raised; with no pool the task runs at once."""
+    from bidsport import runner
+    from bidsport.runner import in_worker, process_pool
+
+    monkeypatch.setattr(runner, "_gone_warned", threading.Event())
+    here = os.getpid()
+    with process_pool(1) as pool, caplog.at_level("DEBUG", logger="bidsport.runner"):
+        assert in_worker(pool, os.getpid)() != here
+        with pytest.raises(ValueError):
+            in_worker(pool, int, "not a number")()
+        pool.submit(os._exit, 1)  # the worker dies before it gets the next task
+        pending = in_worker(pool, time.sleep, 0.01)
+        assert pending() is None  # slept here, once the worker was gone
+        assert in_worker(pool, os.getpid)() == here  # refused by the broken pool
+        with pytest.raises(ValueError):
+            in_worker(pool, int, "not a number")()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "(sleep)" in warnings[0], warnings
+    assert sum("getpid runs in the main process" in r.getMessage() for r in caplog.records) == 1
+    calls: list[int] = []
+    later = in_worker(None, calls.append, 1)
+    assert calls == [1] and later() is None  # no pool: run at once, here

@@ -36,6 +36,7 @@ from bidsport.records import (
     Problem,
     Series,
 )
+from bidsport.runner import in_worker
 
 log = logging.getLogger(__name__)
 
@@ -347,11 +348,7 @@ def export_series(
         if (
             mapped.suffix in FOUR_D_SUFFIXES
             and may_be_3d(output.image)
-            and (
-                executor.submit(make_4d, output.image).result()
-                if executor
-                else make_4d(output.image)
-            )
+            and in_worker(executor, make_4d, output.image)()
         ):
             problems.append(
                 Problem(

@@ -7,7 +7,8 @@ bytes of the file, keeps the raw bytes of the ~50 elements listed in :data:`_VR`
 skips every other value by its length (large skipped values are never read from disk).
 
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian,
-  deflated, and every encapsulated (compressed) syntax. Files without the 128-byte
+  deflated (inflated in memory: one inflating to more than :data:`MAX_INFLATED` bytes is
+  refused), and every encapsulated (compressed) syntax. Files without the 128-byte
   preamble (starting with ``DICM``, with the file meta information, or with the data
   set) are read when the data look like DICOM; their ``has_preamble`` is False (dcm2niix
   skips them: organize puts the preamble back).
@@ -58,6 +59,9 @@ _FIRST_READ = 65536  # bytes read first; more only when the header goes on
 _CHUNK = 65536
 _MAX_VALUE = 1 << 20  # longest value kept (bytes); longer ones are skipped
 _MAX_DEPTH = 12  # nesting of sequences
+#: A deflated data set is inflated in memory (pixel data included) before it is walked;
+#: one that inflates to more is refused (a decompression bomb would exhaust the memory).
+MAX_INFLATED = 1 << 30
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -1137,8 +1141,11 @@ def _guess_syntax(head: bytes) -> _Syntax | None:
     return None
 
 
-def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
-    """Parse the group 0002 file meta information (explicit VR little endian)."""
+def _read_meta(
+    src: _Source, pos: int, keep: tuple[int, ...] = (0x0002, 0x0010)
+) -> tuple[dict[int, _Raw], int]:
+    """Parse the group 0002 file meta information (explicit VR little endian), keeping the
+    elements numbered ``keep`` (default: MediaStorageSOPClassUID, TransferSyntaxUID)."""
     meta: dict[int, _Raw] = {}
     # the usual case first: well-formed elements in the bytes read already
     data, base = src.data, src.base
@@ -1157,7 +1164,7 @@ def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
             break
         if length == 0xFFFFFFFF or start + length > len(data):
             break
-        if elem in (0x0002, 0x0010):
+        if elem in keep:
             meta[group << 16 | elem] = (vr, data[start : start + length])
         pos = base + start + length
     # the others, with every check (where each error is reported)
@@ -1170,7 +1177,7 @@ def _read_meta(src: _Source, pos: int) -> tuple[dict[int, _Raw], int]:
             raise _Malformed(f"malformed file meta information at byte {pos}")
         if vpos + length > src.size:
             raise _Truncated(f"file meta information cut at byte {src.size}")
-        if tag in (0x00020002, 0x00020010):
+        if tag & 0xFFFF in keep:
             meta[tag] = (vr, src.read_at(vpos, length))
         pos = vpos + length
     return meta, pos
@@ -1193,49 +1200,27 @@ def read_header(path: Path) -> FileHeader:
         raise DicomReadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
+@dataclass
+class _DataSet:
+    """Where the data set of a file starts, and how it is encoded."""
+
+    src: _Source
+    pos: int
+    syntax: _Syntax
+    meta: dict[int, _Raw]
+    ts: str | None
+    forced: bool  # no file meta information: the syntax was guessed
+
+
 def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHeader:
-    src: _Source = _FileSource(fh, st.st_size, first)
-    forced = False
+    forced = False  # (until the data set is found)
     try:
-        if first[128:132] == b"DICM":
-            meta, pos = _read_meta(src, 132)
-        elif first[:2] == b"\x02\x00" and first[4:6] in _ALL_VRS:  # meta, no preamble
-            meta, pos = _read_meta(src, 0)
-        elif first[:4] == b"DICM" and first[4:6] == b"\x02\x00":  # DICM, no preamble
-            meta, pos = _read_meta(src, 4)
-        else:
-            meta, pos = {}, 0
-        ts = _text(meta.get(0x00020010), 0x00020010, None)
-        sop_class = _text(meta.get(0x00020002), 0x00020002, None)
-        if sop_class == DICOMDIR_SOP_CLASS:
-            raise DicomReadError(f"{path}: DICOMDIR (a media index, not an image)")
-        if (meta or first[128:132] == b"DICM") and pos + 8 > src.size:
-            raise _Truncated("no data set after the file meta information")
-        head = src.read_at(pos, min(8, src.size - pos)) if pos < src.size else b""
-        if ts == DEFLATED_LE:
-            fh.seek(pos)
-            try:
-                inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read())
-            except zlib.error as exc:
-                raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
-            src, pos = _MemorySource(inflated), 0
-            syntax = _Syntax(True, True)
-        elif ts is None:
-            guessed = _guess_syntax(head)
-            if guessed is None:
-                if meta or first[128:132] == b"DICM":
-                    raise _Truncated("no data set after the file meta information")
-                raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
-            forced = not meta
-            syntax = guessed
-        else:
-            syntax = _syntax_of(ts)
-            if len(head) >= 6:  # trust the data over the meta (mislabelled exports exist)
-                looks_explicit = head[4:6] in _ALL_VRS
-                if looks_explicit != syntax.explicit and syntax.little:
-                    syntax = _Syntax(True, looks_explicit)
+        found = _data_set(path, fh, st, first)
+        ts, meta, syntax, forced = found.ts, found.meta, found.syntax, found.forced
         encapsulated = ts is not None and ts not in _NATIVE_SYNTAXES
-        parsed = _parse_dataset(src, pos, syntax, encapsulated=encapsulated, forced=forced)
+        parsed = _parse_dataset(
+            found.src, found.pos, syntax, encapsulated=encapsulated, forced=forced
+        )
     except _Truncated as exc:
         raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
     except _Malformed as exc:
@@ -1253,6 +1238,62 @@ def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHea
         return _build(path, st, meta, parsed, syntax, ts, first[128:132] == b"DICM")
     except (struct.error, ValueError, UnicodeError, LookupError) as exc:
         raise DicomReadError(f"{path}: malformed DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _data_set(
+    path: Path,
+    fh: BinaryIO,
+    st: os.stat_result,
+    first: bytes,
+    keep_meta: tuple[int, ...] = (0x0002, 0x0010),
+) -> _DataSet:
+    """The file meta information (the elements numbered ``keep_meta``) and where the data
+    set starts. Raises DicomReadError, and the parser's errors (``forced`` is False then)."""
+    src: _Source = _FileSource(fh, st.st_size, first)
+    forced = False
+    if first[128:132] == b"DICM":
+        meta, pos = _read_meta(src, 132, keep_meta)
+    elif first[:2] == b"\x02\x00" and first[4:6] in _ALL_VRS:  # meta, no preamble
+        meta, pos = _read_meta(src, 0, keep_meta)
+    elif first[:4] == b"DICM" and first[4:6] == b"\x02\x00":  # DICM, no preamble
+        meta, pos = _read_meta(src, 4, keep_meta)
+    else:
+        meta, pos = {}, 0
+    ts = _text(meta.get(0x00020010), 0x00020010, None)
+    sop_class = _text(meta.get(0x00020002), 0x00020002, None)
+    if sop_class == DICOMDIR_SOP_CLASS:
+        raise DicomReadError(f"{path}: DICOMDIR (a media index, not an image)")
+    if (meta or first[128:132] == b"DICM") and pos + 8 > src.size:
+        raise _Truncated("no data set after the file meta information")
+    head = src.read_at(pos, min(8, src.size - pos)) if pos < src.size else b""
+    if ts == DEFLATED_LE:
+        fh.seek(pos)
+        try:
+            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read(), MAX_INFLATED + 1)
+        except zlib.error as exc:
+            raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
+        if len(inflated) > MAX_INFLATED:
+            raise DicomReadError(
+                f"{path}: deflated data set inflates to more than "
+                f"{MAX_INFLATED / 2**20:g} MiB: not read (a decompression bomb?)"
+            )
+        src, pos = _MemorySource(inflated), 0
+        syntax = _Syntax(True, True)
+    elif ts is None:
+        guessed = _guess_syntax(head)
+        if guessed is None:
+            if meta or first[128:132] == b"DICM":
+                raise _Truncated("no data set after the file meta information")
+            raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
+        forced = not meta
+        syntax = guessed
+    else:
+        syntax = _syntax_of(ts)
+        if len(head) >= 6:  # trust the data over the meta (mislabelled exports exist)
+            looks_explicit = head[4:6] in _ALL_VRS
+            if looks_explicit != syntax.explicit and syntax.little:
+                syntax = _Syntax(True, looks_explicit)
+    return _DataSet(src, pos, syntax, meta, ts, forced)
 
 
 def _looks_like_dicom(values: dict[int, _Raw]) -> bool:

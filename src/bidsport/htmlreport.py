@@ -559,12 +559,18 @@ def _make_pngs(images: Sequence[Path], n_procs: int) -> list[bytes | str]:
     """:func:`_make_png` of every image, in up to ``n_procs`` worker processes."""
     if n_procs <= 1 or len(images) < _PARALLEL_FROM:
         return [_make_png(image) for image in images]
+    from concurrent.futures import BrokenExecutor
+
     from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
-    from bidsport.runner import process_pool
+    from bidsport.runner import process_pool, worker_gone
 
     workers = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
-    with process_pool(workers) as pool:
-        return list(pool.map(_make_png, images, chunksize=4))
+    try:
+        with process_pool(workers) as pool:
+            return list(pool.map(_make_png, images, chunksize=4))
+    except BrokenExecutor:
+        worker_gone(f"making {len(images)} thumbnails")
+        return [_make_png(image) for image in images]
 
 
 def _thumbnails(

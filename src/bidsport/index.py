@@ -17,7 +17,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -27,7 +27,7 @@ from bidsport import fileops
 from bidsport.errors import DicomReadError, UsageError
 from bidsport.header import READER_VERSION, read_header
 from bidsport.records import FileHeader, Problem, Series
-from bidsport.runner import process_pool
+from bidsport.runner import process_pool, worker_gone
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +186,26 @@ def _read_all(
 def _read_chunks(
     pool: Executor, chunks: list[list[str]], n_procs: int
 ) -> Generator[_Read, None, None]:
+    """The reads of ``chunks``, in order, by ``pool``'s workers (at most ``3 * n_procs``
+    chunks in flight); once a worker process has died (the pool is broken), the chunks
+    not read yet are read in this process."""
     pending: deque[Future[list[_Read]]] = deque()
-    next_chunk = 0
+    next_chunk = done = 0
     try:
-        while pending or next_chunk < len(chunks):
-            while next_chunk < len(chunks) and len(pending) < 3 * n_procs:
-                pending.append(pool.submit(_read_chunk, chunks[next_chunk]))
-                next_chunk += 1
-            yield from pending.popleft().result()
+        while done < len(chunks):
+            try:
+                while next_chunk < len(chunks) and len(pending) < 3 * n_procs:
+                    pending.append(pool.submit(_read_chunk, chunks[next_chunk]))
+                    next_chunk += 1
+                reads = pending.popleft().result()
+            except BrokenExecutor:
+                n_left = sum(len(chunk) for chunk in chunks[done:])
+                worker_gone(f"reading the headers of {n_left} files")
+                for chunk in chunks[done:]:
+                    yield from _read_chunk(chunk)
+                return
+            done += 1
+            yield from reads
     finally:
         for future in pending:
             future.cancel()

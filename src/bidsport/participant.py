@@ -64,7 +64,7 @@ from bidsport.status import (
 )
 
 if TYPE_CHECKING:  # the stage modules (and pydicom, dicognito) load when a session has work
-    from concurrent.futures import Executor, Future, ProcessPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor
 
     from bidsport import privacy
     from bidsport.convert import SeriesConversion
@@ -621,8 +621,9 @@ class _SessionState:
     #: source identifiers (and original UIDs) from any text written
     deidentify: Deidentify | None = None
     identifiers: Identifiers | None = None  #: the source identifiers (scrubbed from sidecars)
-    #: the same, still being read in a worker process (see :func:`_read_identifiers`)
-    pending_identifiers: Future[Identifiers] | None = None
+    #: the same, still being read in a worker process (see :func:`_read_identifiers`):
+    #: a function that waits for them
+    pending_identifiers: Callable[[], Identifiers] | None = None
     scrub: Callable[[str], str] = field(default=str)
     classified: bool = False  #: the session's series were classified
     rules: set[str] = field(default_factory=set)  #: the user rules that decided a series
@@ -630,7 +631,7 @@ class _SessionState:
     def source_identifiers(self) -> Identifiers | None:
         """:attr:`identifiers`, once the worker reading them is done."""
         if self.pending_identifiers is not None:
-            self.identifiers = self.pending_identifiers.result()
+            self.identifiers = self.pending_identifiers()
             self.pending_identifiers = None
         return self.identifiers
 
@@ -956,10 +957,12 @@ def _prepare_session(
         del headers  # only each series' own header is needed from here on (memory)
         # even without --anonymize, sidecars are scrubbed of the patient's identifiers
         firsts = _first_of_each_series(decisions)
-        if shared is not None:  # read by a worker while this session goes on
-            state.pending_identifiers = shared.helper.submit(_read_identifiers, firsts)
-        else:
-            state.identifiers = _read_identifiers(firsts)
+        from bidsport.runner import in_worker
+
+        # read by the helper process while this session goes on
+        state.pending_identifiers = in_worker(
+            shared.helper if shared is not None else None, _read_identifiers, firsts
+        )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
     else:
         say(f"{label}: anonymizing")

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from bidsport.phi import (
     merge_identifiers,
     save_identifiers,
 )
-from bidsport.runner import process_pool
+from bidsport.runner import process_pool, worker_gone
 from bidsport.sourceids import read_identifiers
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,18 @@ def anonymize_files(
     if n_procs <= 1 or len(chunks) <= 1:
         _init_worker(anon.key, anon.policy)
         return [r for c in chunks for r in _anonymize_chunk(c, subject, identifiers)]
-    with process_pool(n_procs, initializer=_init_worker, initargs=(anon.key, anon.policy)) as pool:
-        results = pool.map(
-            _anonymize_chunk, chunks, [subject] * len(chunks), [identifiers] * len(chunks)
-        )
-        return [r for part in results for r in part]
+    try:
+        with process_pool(
+            n_procs, initializer=_init_worker, initargs=(anon.key, anon.policy)
+        ) as pool:
+            results = pool.map(
+                _anonymize_chunk, chunks, [subject] * len(chunks), [identifiers] * len(chunks)
+            )
+            return [r for part in results for r in part]
+    except BrokenExecutor:  # a worker died: every copy is written again, here
+        worker_gone(f"de-identifying {len(pairs)} files")
+        _init_worker(anon.key, anon.policy)
+        return [r for c in chunks for r in _anonymize_chunk(c, subject, identifiers)]
 
 
 def inbox_identifiers(dicom_dir: Path, opts: RunOptions) -> Identifiers:

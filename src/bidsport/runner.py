@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bidsport.errors import ExternalToolError
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,53 @@ def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
+
+
+def in_worker(executor: Executor | None, fn: Callable[..., _T], *args: Any) -> Callable[[], _T]:
+    """Start ``fn(*args)`` in ``executor``'s worker process (with no executor: run it now,
+    in this process) and return a function that waits for its result.
+
+    A worker process that died (killed, or out of memory) leaves its pool broken for the
+    rest of the run: ``fn`` then runs in this process, so the run goes on (a warning says
+    so once). An exception raised by ``fn`` itself is raised by the returned function.
+    """
+    from concurrent.futures import BrokenExecutor
+
+    if executor is None:
+        value = fn(*args)
+        return lambda: value
+    try:
+        future = executor.submit(fn, *args)
+    except BrokenExecutor:
+        future = None
+
+    def result() -> _T:
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenExecutor:
+                pass
+        worker_gone(getattr(fn, "__name__", "a task"))
+        return fn(*args)
+
+    return result
+
+
+_gone_warned = threading.Event()
+
+
+def worker_gone(what: str) -> None:
+    """Log that a worker process of the run is gone and ``what`` runs in this process
+    instead: a warning the first time, debug lines afterwards."""
+    if _gone_warned.is_set():
+        log.debug("worker process gone: %s runs in the main process", what)
+        return
+    _gone_warned.set()
+    log.warning(
+        "a worker process of this run stopped unexpectedly (killed, or out of memory?): "
+        "its work (%s) goes on in the main process, more slowly",
+        what,
+    )
 
 
 def process_pool_context() -> Any:
