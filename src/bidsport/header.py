@@ -40,7 +40,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias, TypeVar
@@ -1304,3 +1304,150 @@ def _looks_like_dicom(values: dict[int, _Raw]) -> bool:
         return bool(uid) and all(c in b"0123456789." for c in uid)
     known = sum(1 for tag in values if tag >> 16 == 0x0008)
     return known >= 3
+
+
+# --------------------------------------------------------------------------- text, anywhere
+
+
+def read_texts(
+    path: Path, deep: Mapping[int, bytes], top: Mapping[int, bytes] | None = None
+) -> dict[int, list[str]]:
+    """The values of the elements ``deep`` wherever they are in the header of ``path``:
+    the file meta information, the data set, and the items of its standard (not private)
+    sequences, at any depth; and of the elements ``top`` in the data set itself.
+
+    ``deep`` and ``top`` map each tag to its dictionary VR (used when the file does not
+    give one). Each value is decoded with the character set of the data set or item that
+    holds it (an item without one inherits its parent's), split at backslashes and
+    stripped of padding; empty values are left out. The walk stops at the pixel data.
+
+    Raises :class:`DicomReadError` for a file that cannot be read or walked.
+    """
+    wanted = {**(top or {}), **deep}
+    found: dict[int, list[str]] = {}
+    forced = False
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size == 0:
+                raise DicomReadError(f"{path}: empty file (0 bytes)")
+            data_set = _data_set(path, fh, st, fh.read(_FIRST_READ), (0x0002, 0x0010, 0x0016))
+            forced = data_set.forced
+            for tag, raw in data_set.meta.items():
+                if tag in deep:
+                    _keep_texts(found, tag, raw, deep[tag], None)
+            walk = _TextWalk(data_set.src, deep, top or {}, wanted, found)
+            walk.item(data_set.pos, data_set.src.size, data_set.syntax, None, 0)
+    except OSError as exc:
+        raise DicomReadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except _Truncated as exc:
+        raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
+    except _Malformed as exc:
+        reason = "not a DICOM file" if forced else "malformed DICOM file"
+        raise DicomReadError(f"{path}: {reason} ({exc})") from exc
+    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError, LookupError) as exc:
+        reason = "not a DICOM file" if forced else "malformed DICOM file"
+        raise DicomReadError(f"{path}: {reason} ({type(exc).__name__}: {exc})") from exc
+    return found
+
+
+def _keep_texts(
+    found: dict[int, list[str]],
+    tag: int,
+    raw: _Raw,
+    vr: bytes,
+    encodings: Sequence[str] | None,
+) -> None:
+    if raw[0] is None or raw[0] == b"UN":
+        raw = (vr, raw[1])
+    found.setdefault(tag, []).extend(p for p in _strings(raw, tag, encodings) if p)
+
+
+#: the leading bytes of a sequence item (how a sequence is told in implicit VR or UN)
+_ITEM_START = {True: struct.pack("<HH", 0xFFFE, 0xE000), False: struct.pack(">HH", 0xFFFE, 0xE000)}
+
+
+@dataclass
+class _TextWalk:
+    """:func:`read_texts`' walk of a data set and of its sequences' items."""
+
+    src: _Source
+    deep: Mapping[int, bytes]
+    top: Mapping[int, bytes]
+    wanted: Mapping[int, bytes]
+    found: dict[int, list[str]]
+
+    def item(
+        self,
+        pos: int,
+        end: int | None,
+        syntax: _Syntax,
+        encodings: Sequence[str] | None,
+        depth: int,
+    ) -> int:
+        """Walk the elements from ``pos`` to ``end`` (None: to an item delimiter); the
+        position after them. ``encodings``: the parent's character set."""
+        src = self.src
+        kept: list[tuple[int, _Raw]] = []
+        while end is None or pos < end:
+            tag, vr, length, vpos = _element_header(src, pos, syntax)
+            group = tag >> 16
+            if tag == _ITEM_END and end is None:
+                pos = vpos
+                break
+            if depth == 0 and group >= 0x7FE0:  # the pixel data, and what follows it
+                break
+            inner = _Syntax(syntax.little, False) if vr == b"UN" else syntax
+            if length == 0xFFFFFFFF:
+                if group % 2 or vr not in (None, b"SQ", b"UN"):  # private, or not a sequence
+                    pos = _skip_undefined(src, vpos, inner, depth + 1)
+                else:
+                    pos = self.sequence(vpos, None, inner, encodings, depth + 1)
+                continue
+            pos = vpos + length
+            if pos > src.size:
+                raise _Truncated("an element runs past the end of the file")
+            if group % 2:  # private: neither read nor walked
+                continue
+            if tag == 0x00080005 or (tag in self.wanted and (depth == 0 or tag in self.deep)):
+                if length <= _MAX_VALUE:
+                    kept.append((tag, (vr, src.read_at(vpos, length))))
+            elif length >= 8 and (
+                vr == b"SQ"
+                or (vr in (None, b"UN") and src.read_at(vpos, 4) == _ITEM_START[syntax.little])
+            ):
+                try:
+                    self.sequence(vpos, pos, inner, encodings, depth + 1)
+                except _Malformed:
+                    if vr == b"SQ":
+                        raise
+                    # not a sequence after all (implicit VR values are only guessed at)
+        for tag, raw in kept:
+            if tag == 0x00080005:
+                encodings = _encodings(_decoded(_strings, raw, tag, None))
+        for tag, raw in kept:
+            if tag != 0x00080005 or tag in self.wanted:
+                _keep_texts(self.found, tag, raw, self.wanted[tag], encodings)
+        return pos
+
+    def sequence(
+        self,
+        pos: int,
+        end: int | None,
+        syntax: _Syntax,
+        encodings: Sequence[str] | None,
+        depth: int,
+    ) -> int:
+        """Walk the items of a sequence from ``pos`` to ``end`` (None: to its delimiter)."""
+        if depth > _MAX_DEPTH:
+            raise _Malformed("sequences nested too deep")
+        items = _Syntax(syntax.little, False)
+        while end is None or pos < end:
+            tag, _vr, length, vpos = _element_header(self.src, pos, items)
+            if tag == _SEQ_END:
+                return vpos
+            if tag != _ITEM:
+                raise _Malformed(f"expected a sequence item at byte {pos}, found tag {tag:08X}")
+            item_end = None if length == 0xFFFFFFFF else vpos + length
+            pos = self.item(vpos, item_end, syntax, encodings, depth)
+        return pos

@@ -1,9 +1,8 @@
 """Importing a library without optional dependencies it would load for nothing.
 
 Used by :mod:`bidsport.niftiio` (nibabel without pydicom) and :mod:`bidsport.dicomio`
-(pydicom without requests; in the helper process, without its pixel-data dependencies
-too): each library treats the others as optional and works without them, and leaving
-them out saves ~0.07-0.15 s per import in processes that start often.
+(pydicom without requests): each library treats the others as optional and works without
+them, and leaving them out saves ~0.07-0.15 s per import in processes that start often.
 """
 
 from __future__ import annotations
@@ -11,13 +10,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-
-#: What pydicom imports when installed and needs only to decode pixel data (numpy,
-#: Pillow) or to show the progress of its test-file downloads (tqdm); requests, for
-#: those downloads, is left out by :mod:`bidsport.dicomio` everywhere. Hidden only in
-#: the participant run's helper process, which reads headers and never decodes pixels
-#: (the import takes ~0.13 s instead of ~0.22 s).
-PYDICOM_UNUSED_FOR_HEADERS = ("numpy", "PIL", "tqdm")
 
 
 @contextlib.contextmanager

@@ -820,22 +820,9 @@ def _first_of_each_series(decisions: Sequence[FileDecision]) -> list[Path]:
     return list(first.values())
 
 
-def _import_sourceids() -> None:
-    """Worker task: import :mod:`bidsport.sourceids` (and pydicom) ahead of its first use.
-
-    Run by the helper process only (see :class:`RunShared`): it reads headers and never
-    decodes pixel data, so pydicom is imported without its pixel-data modules (they stay
-    importable: nibabel imports numpy afterwards)."""
-    from bidsport.importing import PYDICOM_UNUSED_FOR_HEADERS, without
-
-    with without(*PYDICOM_UNUSED_FOR_HEADERS, importing="pydicom"):
-        import bidsport.sourceids  # noqa: F401
-
-
 def _read_identifiers(paths: list[Path]) -> Identifiers:
-    """Worker task: :func:`bidsport.sourceids.read_identifiers` (pydicom is imported by the
-    worker that runs it, not by the main process)."""
-    from bidsport.sourceids import read_identifiers
+    """Worker task: :func:`bidsport.fileids.read_identifiers`."""
+    from bidsport.fileids import read_identifiers
 
     return read_identifiers(paths)
 
@@ -1491,17 +1478,15 @@ class RunShared:
     """What the sessions of one run share (with ``--n-procs`` 2 or more).
 
     ``scan_pool``: the header-scan worker processes; ``helper``: one more process, which
-    reads the identifiers of each series (pydicom) and rewrites single-volume images as
-    4D (nibabel), so that the main process never imports either and they are imported
-    once per run. Both are started by the thread that makes this object, before any
-    session thread exists (so they can be forked safely).
+    reads the identifiers of each series while the session goes on, and rewrites
+    single-volume images as 4D (nibabel, so that the main process never imports it, and
+    imports it once per run). Both are started by the thread that makes this object,
+    before any session thread exists (so they can be forked safely).
     ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
     classified while the other converts, so sessions go through the run as a pipeline.
-    With ``identifiers``, the helper imports pydicom at once, while the first session is
-    imported and scanned (it is needed once that session is classified).
     """
 
-    def __init__(self, n_procs: int, *, identifiers: bool = True) -> None:
+    def __init__(self, n_procs: int) -> None:
         from bidsport.index import scan_pool
         from bidsport.runner import process_pool
 
@@ -1510,8 +1495,6 @@ class RunShared:
         self.helper: ProcessPoolExecutor = process_pool(1)
         for pool in (self.scan_pool, self.helper):  # the workers start now, from this thread
             pool.submit(int).result()
-        if identifiers:
-            self.helper.submit(_import_sourceids)
 
     def close(self) -> None:
         self.scan_pool.shutdown(cancel_futures=True)
@@ -1574,7 +1557,7 @@ def run_participant_level(
         if not to_do or opts.n_procs < 2:
             results = [run_one(session) for session in sessions]
         else:
-            shared = RunShared(opts.n_procs, identifiers=anon is None)
+            shared = RunShared(opts.n_procs)
             try:
                 if at_once == 1:
                     results = [run_one(session, shared) for session in sessions]

@@ -1,7 +1,7 @@
 """Identifiers of the source data, and keeping them out of what bidsport writes.
 
 :class:`Identifiers` holds the identifying values read from the original DICOM headers
-(before any de-identification, by :mod:`bidsport.sourceids`): patient names, IDs, birth
+(before any de-identification, by :mod:`bidsport.fileids`): patient names, IDs, birth
 dates, accession numbers, institution, station and device identifiers, addresses, staff
 names. The audit (:mod:`bidsport.audit`) searches the output for them; :func:`scrub_text`
 removes them from free text; :func:`scrub_sidecar` removes identifying keys from BIDS
@@ -95,6 +95,8 @@ SOURCE_KEYWORDS: dict[str, tuple[str, ...]] = {
     "address": ("PatientAddress", "InstitutionAddress", "PatientTelephoneNumbers"),
 }
 KINDS = tuple(SOURCE_KEYWORDS)
+#: the fields naming the scanner's maker and model (see :func:`identifiers_found`)
+VENDOR_KEYWORDS = ("Manufacturer", "ManufacturerModelName")
 #: kind of identifier → field of :class:`Identifiers`
 FIELDS = {
     "name": "names",
@@ -176,6 +178,48 @@ class Identifiers:
 def clean_value(value: object) -> str:
     """A DICOM value as text, without padding (spaces, NULs)."""
     return str(value).strip().strip("\x00").strip()
+
+
+#: placeholders left by earlier de-identification ("***", "ANONYMOUS"...): no PHI
+_PLACEHOLDERS = frozenset(
+    {
+        "",
+        "anonymous",
+        "anonymized",
+        "anon",
+        "unknown",
+        "none",
+        "n/a",
+        "na",
+        "removed",
+        "deidentified",
+        "de-identified",
+        "xxx",
+        "x",
+    }
+)
+
+
+def identifiers_found(found: Mapping[str, Iterable[str]], vendor: Iterable[str]) -> Identifiers:
+    """The identifiers among the values ``found`` in one header (by kind), given the
+    values of its Manufacturer and ManufacturerModelName (``vendor``).
+
+    Left out: a site or station "named" after the vendor or model (it identifies nothing,
+    and would make every Manufacturer field a hit), and placeholders of an earlier
+    de-identification ("***", "ANONYMOUS", ...).
+    """
+    makers = {v.casefold() for v in vendor}
+    values = {kind: set(found.get(kind, ())) for kind in KINDS}
+    for kind in ("institution", "station", "address"):
+        values[kind] = {v for v in values[kind] if v.casefold() not in makers}
+    return Identifiers(
+        **{
+            FIELDS[kind]: frozenset(
+                v for v in kept if v.strip("*?-_ .").casefold() not in _PLACEHOLDERS
+            )
+            for kind, kept in values.items()
+        }
+    )
 
 
 def merge_identifiers(items: Iterable[Identifiers]) -> Identifiers:

@@ -32,6 +32,7 @@ from bidsport.anonymize import (
 )
 from bidsport.errors import BidsportError, UsageError
 from bidsport.export import Deidentify
+from bidsport.fileids import read_identifiers
 from bidsport.options import RunOptions
 from bidsport.phi import (
     Identifiers,
@@ -41,7 +42,6 @@ from bidsport.phi import (
     save_identifiers,
 )
 from bidsport.runner import process_pool, worker_gone
-from bidsport.sourceids import read_identifiers
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,15 @@
-"""The identifiers in the original DICOM headers (pydicom), for :mod:`bidsport.phi`.
+"""The identifiers in DICOM data sets read by pydicom, for :mod:`bidsport.phi`.
 
-Kept apart from :mod:`bidsport.phi` (the matching and scrubbing, pure) so that a run
-without ``--anonymize`` does not import pydicom (~0.3 s) in its main process: it reads the
-identifiers of each series with :func:`read_identifiers` in a worker process.
+:func:`identifiers_from_dataset` serves the anonymizer, which holds each data set in
+memory; files are read by :mod:`bidsport.fileids` (no pydicom), which comes here for a
+header its walk refuses (:func:`identifiers_of_file`). Kept apart from :mod:`bidsport.phi`
+(the matching and scrubbing, pure) so that importing that does not import pydicom.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from bidsport.dicomio import pydicom  # first: pydicom without requests
@@ -20,12 +21,12 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 from bidsport.phi import (
-    FIELDS,
     KINDS,
     SOURCE_KEYWORDS,
+    VENDOR_KEYWORDS,
     Identifiers,
     clean_value,
-    merge_identifiers,
+    identifiers_found,
 )
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,15 @@ _TAG_KIND: tuple[tuple[BaseTag, str], ...] = tuple(
 SOURCE_TAGS: frozenset[BaseTag] = frozenset(tag for tag, _ in _TAG_KIND)
 
 
-def read_identifiers(paths: Iterable[Path]) -> Identifiers:
-    """The identifiers in the headers of ``paths`` (nested sequences included)."""
-    found = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # any unreadable file is already excluded elsewhere
-            log.debug("no identifiers read from %s: %s", path, exc)
-            continue
-        found.append(identifiers_from_dataset(ds))
-    return merge_identifiers(found)
+def identifiers_of_file(path: Path) -> Identifiers | None:
+    """The identifiers in the header of ``path`` (nested sequences included); None for a
+    file pydicom cannot read."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # any unreadable file is already excluded elsewhere
+        log.debug("no identifiers read from %s: %s", path, exc)
+        return None
+    return identifiers_from_dataset(ds)
 
 
 def _multi(value: object) -> Iterator[str]:
@@ -79,38 +78,8 @@ def identifiers_from_dataset(ds: Dataset, *, deep: bool = True) -> Identifiers:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "SourceApplicationEntityTitle" in meta:
         found["station"].update(_multi(meta.SourceApplicationEntityTitle))
-    # a site or station "named" after the vendor or model identifies nothing, and would
-    # make every Manufacturer field a hit
-    vendor = {
-        v.casefold()
-        for key in ("Manufacturer", "ManufacturerModelName")
-        for v in _multi(ds.get(key) or "")
-    }
-    for kind in ("institution", "station", "address"):
-        found[kind] = {v for v in found[kind] if v.casefold() not in vendor}
-    # placeholders left by earlier de-identification ("***", "ANONYMOUS"...) are no PHI
-    for kind in KINDS:
-        found[kind] = {v for v in found[kind] if v.strip("*?-_ .").casefold() not in _PLACEHOLDERS}
-    return Identifiers(**{FIELDS[kind]: frozenset(values) for kind, values in found.items()})
-
-
-_PLACEHOLDERS = frozenset(
-    {
-        "",
-        "anonymous",
-        "anonymized",
-        "anon",
-        "unknown",
-        "none",
-        "n/a",
-        "na",
-        "removed",
-        "deidentified",
-        "de-identified",
-        "xxx",
-        "x",
-    }
-)
+    vendor = [v for key in VENDOR_KEYWORDS for v in _multi(ds.get(key) or "")]
+    return identifiers_found(found, vendor)
 
 
 def _raw_vr(dataset: Dataset, tag: BaseTag) -> str:
