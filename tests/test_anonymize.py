@@ -667,3 +667,35 @@ def test_new_uid_is_not_a_function_of_the_batch() -> None:
     Anonymizer(KEY, default_policy()).anonymize_dataset(a, "01")
     Anonymizer(KEY, default_policy()).anonymize_dataset(b, "02")  # another subject
     assert a.SOPInstanceUID == b.SOPInstanceUID != uid
+
+
+def test_a_dead_worker_fails_the_session_it_de_identifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A de-identification worker killed (out of memory?) fails its session with a clear
+    message: its files are not de-identified again in the main process, where the file
+    that exhausted the memory could take the whole run down."""
+    import contextlib
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bidsport import privacy
+    from bidsport.anonymize import default_policy
+    from bidsport.errors import BidsportError
+    from bidsport.phi import Identifiers
+
+    class Broken:
+        def map(self, *args: object, **kwargs: object) -> object:
+            raise BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(privacy, "process_pool", lambda *a, **k: contextlib.nullcontext(Broken()))
+    monkeypatch.setattr(
+        privacy, "_anonymize_chunk", lambda *a: pytest.fail("de-identified in the main process")
+    )
+    anon = privacy.Anonymization(b"k" * 32, default_policy(False), tmp_path)
+    pairs = [(tmp_path / f"in{i}.dcm", tmp_path / f"out{i}.dcm") for i in range(3)]
+    with pytest.raises(BidsportError) as caught:
+        privacy.anonymize_files(anon, pairs, "sub-01", Identifiers(), n_procs=2, chunk=1)
+    assert caught.value.message == (
+        "a worker process stopped unexpectedly (killed, or out of memory?) while "
+        "de-identifying the 3 files of sub-01: not converted"
+    )

@@ -110,6 +110,36 @@ def _as_un(path: Path, ds: Dataset, keyword: str) -> None:
     assert pydicom.dcmread(path)[keyword].VR == "SQ"  # pydicom reads it as the sequence
 
 
+def _nested_text(ds: Dataset, name: str, institution: str, own_charset: str | None) -> None:
+    """Non-ASCII text in a nested item (decoded with the data set's character set, or
+    the item's own)."""
+    item = _item(PatientID="ZZNONASCII", PatientName=name, InstitutionName=institution)
+    if own_charset:
+        item.SpecificCharacterSet = own_charset
+    ds.ReferencedPatientSequence = [item]
+
+
+def _un_undefined(path: Path, keyword: str, *, explicit_items: bool) -> None:
+    """Re-label a sequence of undefined length of the explicit VR little endian file
+    ``path`` as UN (its items re-encoded in implicit VR unless ``explicit_items``)."""
+    tag = struct.pack("<HH", *divmod(tag_for_keyword(keyword), 0x10000))
+    data = path.read_bytes()
+    start = data.index(tag + b"SQ\0\0\xff\xff\xff\xff")
+    end = data.index(struct.pack("<HHL", 0xFFFE, 0xE0DD, 0), start) + 8
+    if explicit_items:
+        value = data[start + 12 : end]
+    else:
+        probe = Dataset()
+        probe.add(pydicom.dcmread(path)[keyword])
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, True
+        write_dataset(fp, probe)
+        value = fp.getvalue()[8:]
+    un = tag + b"UN\0\0\xff\xff\xff\xff" + value
+    path.write_bytes(data[:start] + un + data[end:])
+    assert pydicom.dcmread(path)[keyword].VR == "SQ"  # pydicom reads it as the sequence
+
+
 VARIANTS = [
     "explicit",
     "implicit",
@@ -121,7 +151,14 @@ VARIANTS = [
     "utf-8",
     "iso-2022-jp",
     "un-sequence",
+    "un-undefined",
+    "un-explicit-items",
     "no-preamble",
+    "nested-utf-8",
+    "nested-cyrillic",
+    "nested-own-charset",
+    "nested-iso-2022-jp",
+    "address-with-backslash",
 ]
 
 
@@ -134,9 +171,31 @@ def _variant(tmp_path: Path, variant: str) -> Path:
     if variant == "iso-2022-jp":
         name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
         return _save(_dataset(name, ["", "ISO 2022 IR 87"]), path)
+    if variant == "nested-utf-8":
+        ds = _dataset("Zzleak^Janet", "ISO_IR 192")
+        _nested_text(ds, "Müller^Zoë", "Zürich Klinik", None)
+        return _save(ds, path)
+    if variant == "nested-cyrillic":
+        ds = _dataset("Zzleak^Janet", "ISO_IR 144")
+        _nested_text(ds, "Иванов^Иван", "Клиника", None)
+        return _save(ds, path)
+    if variant == "nested-own-charset":
+        ds = _dataset("Zzleak^Janet")
+        _nested_text(ds, "Müller^Zoë", "Zürich Klinik", "ISO_IR 100")
+        return _save(ds, path)
+    if variant == "nested-iso-2022-jp":
+        ds = _dataset("Zzleak^Janet", ["", "ISO 2022 IR 87"])
+        _nested_text(ds, "Yamada^Tarou=山田^太郎=やまだ^たろう", "Zz Clinic", None)
+        return _save(ds, path)
     ds = _dataset()
+    if variant == "address-with-backslash":
+        ds.InstitutionAddress = "1 Zz Road\\Suite 9"  # ST: one value, backslash and all
     if variant.endswith("-defined") or variant == "un-sequence":
         _defined_lengths(ds)
+    if variant in ("un-undefined", "un-explicit-items"):
+        ds["OtherPatientIDsSequence"].is_undefined_length = True
+        for item in ds.OtherPatientIDsSequence:
+            item.is_undefined_length_sequence_item = True
     syntax = {
         "implicit": ImplicitVRLittleEndian,
         "implicit-defined": ImplicitVRLittleEndian,
@@ -146,6 +205,10 @@ def _variant(tmp_path: Path, variant: str) -> Path:
     _save(ds, path, syntax)
     if variant == "un-sequence":
         _as_un(path, ds, "OtherPatientIDsSequence")
+    if variant in ("un-undefined", "un-explicit-items"):
+        _un_undefined(
+            path, "OtherPatientIDsSequence", explicit_items=variant == "un-explicit-items"
+        )
     if variant == "no-preamble":
         data = path.read_bytes()
         path.write_bytes(data[128:])  # "DICM" and the file meta, no preamble
@@ -172,6 +235,17 @@ def test_identifiers_are_pydicoms(tmp_path: Path, variant: str) -> None:
         "iso-2022-jp": "Yamada^Tarou=山田^太郎=やまだ^たろう",
     }.get(variant, "Zzleak^Janet")
     assert expected_name in found.names
+    nested = {
+        "nested-utf-8": ("Müller^Zoë", "Zürich Klinik"),
+        "nested-cyrillic": ("Иванов^Иван", "Клиника"),
+        "nested-own-charset": ("Müller^Zoë", "Zürich Klinik"),
+        "nested-iso-2022-jp": ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Zz Clinic"),
+    }.get(variant)
+    if nested:
+        assert nested[0] in found.names and nested[1] in found.institutions
+        assert "ZZNONASCII" in found.ids
+    if variant == "address-with-backslash":
+        assert "1 Zz Road\\Suite 9" in found.addresses
 
 
 def test_a_header_the_walk_refuses_is_read_by_pydicom(tmp_path: Path) -> None:
@@ -189,6 +263,42 @@ def test_a_header_the_walk_refuses_is_read_by_pydicom(tmp_path: Path) -> None:
     junk.write_bytes(b"not a DICOM file at all" * 10)
     assert identifiers_in_file(junk) is None
     assert read_identifiers([junk, path]) == identifiers_in_file(path)
+
+
+def test_a_broken_implicit_sequence_is_left_to_pydicom(tmp_path: Path) -> None:
+    """An implicit VR value taken for a sequence (it starts with an item) that cannot be
+    walked refuses the file: pydicom reads it, nothing is dropped silently. (A value
+    whose very first item tag is damaged is not taken for a sequence: left as is.)"""
+    path = _variant(tmp_path, "implicit-defined")
+    data = bytearray(path.read_bytes())
+    second = data.rindex(b"\xfe\xff\x00\xe0", 0, data.index(b"ZZREQ456"))
+    data[second : second + 4] = b"\x08\x00\x50\x00"  # the second item's tag mangled
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(DicomReadError, match="malformed DICOM file"):
+        read_texts(broken, fileids._DEEP)
+    found = identifiers_in_file(broken)
+    assert found is not None and {"ZZNESTEDID", "ZZDEEPID"} <= found.ids
+    assert found == identifiers_of_file(broken)
+
+
+def test_a_deflated_bomb_is_not_handed_to_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The walker refuses a deflated data set inflating past MAX_INFLATED; pydicom, which
+    would inflate it whole, is not asked (a warning names the file)."""
+    from bidsport import header
+
+    ds = _dataset()
+    ds.PixelData = bytes(len(ds.PixelData))
+    path = _save(ds, tmp_path / "bomb.dcm", DeflatedExplicitVRLittleEndian)
+    monkeypatch.setattr(header, "MAX_INFLATED", 1024)
+    monkeypatch.setattr(
+        "bidsport.sourceids.identifiers_of_file", lambda p: pytest.fail("pydicom asked")
+    )
+    with caplog.at_level("WARNING", logger="bidsport.fileids"):
+        assert identifiers_in_file(path) is None
+    assert any("bomb.dcm: deflated data set inflates" in r.getMessage() for r in caplog.records)
 
 
 def test_every_real_file(shared_data: Path) -> None:

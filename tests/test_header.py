@@ -198,9 +198,9 @@ def test_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
 
 
 def test_a_deflated_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deflated data set is inflated in memory: one that would inflate past
-    MAX_INFLATED (zeros compress ~1000:1) is refused, naming the file and the reason,
-    before it is inflated; one below the limit is read."""
+    """A deflated data set is inflated in memory: one that inflates past MAX_INFLATED
+    (zeros compress ~1000:1) is refused once MAX_INFLATED + 1 bytes are out, naming the
+    file and the reason; one below the limit is read."""
     from bidsport import header
 
     ds = _one(SeriesSpec("t1", 2, n_slices=1, rows=512, columns=512))

@@ -147,45 +147,47 @@ def test_a_dead_worker_leaves_the_rest_of_the_scan_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A scan worker killed mid-session (the OOM killer, an admin) breaks the run's pool:
-    the chunks not read yet are read in this process, in order, with one warning; the
-    next session, given the broken pool, is read here at once."""
-    import threading
-    from concurrent.futures import Executor
+    the chunks its workers had read are kept, the others are read in this process, in
+    order, with one warning naming where; a later session, the pool refusing its tasks,
+    is read here at once."""
+    from concurrent.futures import Executor, Future
+    from concurrent.futures.process import BrokenProcessPool
 
     from bidsport import runner
-    from bidsport.runner import process_pool
 
-    monkeypatch.setattr(runner, "_gone_warned", threading.Event())
+    monkeypatch.setattr(runner, "_gone_pools", set())
     monkeypatch.setattr(index, "_CHUNK", 8)
     for spec in typical_session()[:2]:  # localizer, T1w
         write_series(spec, tmp_path / spec.description)
     write_series(SeriesSpec("bold", 5, n_slices=4, n_volumes=6), tmp_path / "bold")
-    submitted: list[int] = []
+    submitted: list[list[str]] = []
 
     class Dying(Executor):
-        """The run's pool, whose worker dies as the second chunk is submitted."""
-
-        def __init__(self, pool: Executor) -> None:
-            self.pool = pool
+        """A pool whose worker died while it read the second chunk: the tasks given
+        before were read, the later ones refused (as a broken pool does)."""
 
         def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-            submitted.append(len(args[0]))
+            if len(submitted) >= 5:
+                raise BrokenProcessPool("a worker died")
+            submitted.append(args[0])
+            future: Future[list[object]] = Future()
             if len(submitted) == 2:
-                self.pool.submit(os._exit, 1)
-            return self.pool.submit(fn, *args, **kwargs)
+                future.set_exception(BrokenProcessPool("a worker died"))
+            else:
+                future.set_result(fn(*args, **kwargs))
+            return future
 
     serial = list(scan_session(tmp_path, n_procs=1))
-    assert len(serial) > 4 * 8
-    with process_pool(2) as pool, caplog.at_level("WARNING", logger="bidsport.runner"):
-        dying = Dying(pool)
+    assert len(serial) == 33  # 5 chunks of 8 or 9
+    with caplog.at_level("WARNING", logger="bidsport.runner"):
+        dying = Dying()
         assert list(scan_session(tmp_path, n_procs=2, pool=dying)) == serial
-        n_submitted = len(submitted)
-        assert list(scan_session(tmp_path, n_procs=2, pool=dying)) == serial  # broken already
-    assert n_submitted >= 2  # the worker died
-    assert len(submitted) == n_submitted + 1  # the next session: refused at once
+        assert len(submitted) == 5
+        assert list(scan_session(tmp_path, n_procs=2, pool=dying)) == serial  # refused
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "stopped unexpectedly" in warnings[0], warnings
-    assert "reading the headers of" in warnings[0]
+    second = submitted[1]
+    assert f"reading the headers of {len(second)} files, from {second[0]}" in warnings[0]
 
 
 # --------------------------------------------------------------------------- cache

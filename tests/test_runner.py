@@ -134,11 +134,11 @@ def test_a_task_of_a_dead_worker_runs_here(
 ) -> None:
     """:func:`in_worker`: the worker's result while its process lives; once the pool is
     broken (its worker killed), the task runs in this process, with one warning for the
-    run; the task's own exceptions are raised; with no pool the task runs at once."""
+    pool; the task's own exceptions are raised; with no pool the task runs at once."""
     from bidsport import runner
     from bidsport.runner import in_worker, process_pool
 
-    monkeypatch.setattr(runner, "_gone_warned", threading.Event())
+    monkeypatch.setattr(runner, "_gone_pools", set())
     here = os.getpid()
     with process_pool(1) as pool, caplog.at_level("DEBUG", logger="bidsport.runner"):
         assert in_worker(pool, os.getpid)() != here

@@ -5,8 +5,9 @@ environments have it), pydicom imports it (~70 ms of the ~0.28 s its import take
 to download its own test files, and falls back on urllib without it. This module imports
 pydicom with requests hidden, unless either is loaded already; requests itself stays
 importable.
-Modules that run in every participant-level run (the helper process reading each
-series' identifiers: :mod:`bidsport.sourceids`) import pydicom through this module first.
+:mod:`bidsport.sourceids` (pydicom's reading of identifiers, which a participant-level
+run without ``--anonymize`` falls back on for a header bidsport's walker refuses) imports
+pydicom through this module first.
 """
 
 from __future__ import annotations

@@ -65,6 +65,15 @@ class DicomReadError(BidsportError):
     """A file could not be read as DICOM."""
 
 
+class NotDicomError(DicomReadError):
+    """A file is empty, or holds no DICOM data at all (no other reader should try it)."""
+
+
+class DicomTooLargeError(DicomReadError):
+    """A file was not read because reading it would take too much memory (a deflated
+    data set inflating past the limit): no other reader should try it either."""
+
+
 class ConversionError(BidsportError):
     """dcm2niix (or another converter) failed on a series."""
 

@@ -1,11 +1,17 @@
-"""The identifiers in the headers of DICOM files, read without pydicom.
+"""The identifiers in the headers of DICOM files, read by bidsport's header walker.
 
 :func:`read_identifiers` walks each header with :func:`bidsport.header.read_texts`: the
 file meta information, the data set and its standard sequences at any depth (as
 :func:`bidsport.sourceids.identifiers_from_dataset` visits a pydicom data set), for the
-elements of :data:`bidsport.phi.SOURCE_KEYWORDS`. A run without ``--anonymize`` reads
-the identifiers of each series this way (for scrubbing sidecars) and never imports
-pydicom (~0.2 s per process). A header the walk refuses is read by pydicom.
+elements of :data:`bidsport.phi.SOURCE_KEYWORDS`. Every reading of identifiers from files
+goes through here: the sidecar scrubbing of every run, the subject-label check and the
+matcher of ``--anonymize``, the PHI audit. A run without ``--anonymize`` thus imports
+pydicom only to decode text in a character set other than ASCII, Latin-1 and UTF-8.
+
+A header the walk refuses is read by pydicom (``force``: files without the preamble
+too), except one refused for its size (a deflated data set inflating past
+:data:`bidsport.header.MAX_INFLATED`), which nothing reads, and a file that holds no DICOM
+at all; a DICOM file neither reads is named in a warning.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from bidsport.errors import DicomReadError
+from bidsport.errors import DicomReadError, DicomTooLargeError, NotDicomError
 from bidsport.header import read_texts
 from bidsport.phi import (
     KINDS,
@@ -82,18 +88,25 @@ def identifiers_in_file(path: Path) -> Identifiers | None:
     (by the walk, nor by pydicom)."""
     try:
         texts = read_texts(path, _DEEP, _VENDOR)
+    except NotDicomError as exc:
+        log.debug("no identifiers: %s", exc)
+        return None
+    except DicomTooLargeError as exc:
+        log.warning("identifiers not read: %s", exc)
+        return None
     except DicomReadError as exc:
-        log.debug("identifiers of %s read by pydicom: %s", path, exc)
         from bidsport.sourceids import identifiers_of_file
 
-        return identifiers_of_file(path)
-    found: dict[str, set[str]] = {kind: set() for kind in KINDS}
+        log.debug("identifiers of %s read by pydicom: %s", path, exc)
+        found = identifiers_of_file(path)
+        if found is None:
+            log.warning("identifiers not read: %s", exc)
+        return found
+    found_texts: dict[str, set[str]] = {kind: set() for kind in KINDS}
     for tag, kind in _KIND_OF.items():
-        found[kind].update(text for value in texts.get(tag, ()) if (text := clean_value(value)))
-    vendor = [
-        text for tag in _VENDOR for value in texts.get(tag, ()) if (text := clean_value(value))
-    ]
-    return identifiers_found(found, vendor)
+        found_texts[kind].update(t for value in texts.get(tag, ()) if (t := clean_value(value)))
+    vendor = [t for tag in _VENDOR for value in texts.get(tag, ()) if (t := clean_value(value))]
+    return identifiers_found(found_texts, vendor)
 
 
 def read_identifiers(paths: Iterable[Path]) -> Identifiers:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias, TypeVar
 
-from bidsport.errors import DicomReadError
+from bidsport.errors import DicomReadError, DicomTooLargeError, NotDicomError
 from bidsport.records import FileHeader
 
 log = logging.getLogger(__name__)
@@ -1273,7 +1273,7 @@ def _data_set(
         except zlib.error as exc:
             raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
         if len(inflated) > MAX_INFLATED:
-            raise DicomReadError(
+            raise DicomTooLargeError(
                 f"{path}: deflated data set inflates to more than "
                 f"{MAX_INFLATED / 2**20:g} MiB: not read (a decompression bomb?)"
             )
@@ -1284,7 +1284,7 @@ def _data_set(
         if guessed is None:
             if meta or first[128:132] == b"DICM":
                 raise _Truncated("no data set after the file meta information")
-            raise DicomReadError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
+            raise NotDicomError(f"{path}: not a DICOM file (no DICM prefix, no DICOM data)")
         forced = not meta
         syntax = guessed
     else:
@@ -1330,25 +1330,32 @@ def read_texts(
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             if st.st_size == 0:
-                raise DicomReadError(f"{path}: empty file (0 bytes)")
+                raise NotDicomError(f"{path}: empty file (0 bytes)")
             data_set = _data_set(path, fh, st, fh.read(_FIRST_READ), (0x0002, 0x0010, 0x0016))
             forced = data_set.forced
             for tag, raw in data_set.meta.items():
                 if tag in deep:
                     _keep_texts(found, tag, raw, deep[tag], None)
-            walk = _TextWalk(data_set.src, deep, top or {}, wanted, found)
+            walk = _TextWalk(data_set.src, deep, wanted, found)
             walk.item(data_set.pos, data_set.src.size, data_set.syntax, None, 0)
     except OSError as exc:
         raise DicomReadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except _Truncated as exc:
         raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
     except _Malformed as exc:
-        reason = "not a DICOM file" if forced else "malformed DICOM file"
-        raise DicomReadError(f"{path}: {reason} ({exc})") from exc
+        if forced:  # no file meta, and the data do not walk: no DICOM
+            raise NotDicomError(f"{path}: not a DICOM file ({exc})") from exc
+        raise DicomReadError(f"{path}: malformed DICOM file ({exc})") from exc
     except (struct.error, IndexError, ValueError, OverflowError, UnicodeError, LookupError) as exc:
-        reason = "not a DICOM file" if forced else "malformed DICOM file"
-        raise DicomReadError(f"{path}: {reason} ({type(exc).__name__}: {exc})") from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        if forced:
+            raise NotDicomError(f"{path}: not a DICOM file ({reason})") from exc
+        raise DicomReadError(f"{path}: malformed DICOM file ({reason})") from exc
     return found
+
+
+#: text VRs of one value each, a backslash included (the others are split at backslashes)
+_SINGLE_TEXT_VRS = frozenset({b"ST", b"LT", b"UT"})
 
 
 def _keep_texts(
@@ -1360,11 +1367,28 @@ def _keep_texts(
 ) -> None:
     if raw[0] is None or raw[0] == b"UN":
         raw = (vr, raw[1])
-    found.setdefault(tag, []).extend(p for p in _strings(raw, tag, encodings) if p)
+    if raw[0] in _SINGLE_TEXT_VRS:
+        text = _text(raw, tag, encodings)
+        values: Sequence[str] = (text,) if text else ()
+    else:
+        values = _strings(raw, tag, encodings)
+    found.setdefault(tag, []).extend(v for v in values if v)
 
 
 #: the leading bytes of a sequence item (how a sequence is told in implicit VR or UN)
 _ITEM_START = {True: struct.pack("<HH", 0xFFFE, 0xE000), False: struct.pack(">HH", 0xFFFE, 0xE000)}
+
+
+def _un_syntax(src: _Source, pos: int, end: int | None, little: bool) -> _Syntax:
+    """The encoding of the items of a sequence stored as UN from ``pos``: implicit VR
+    little endian as the standard says, or explicit VR when the first element of the
+    first item carries a VR (some exports), as pydicom tells them apart."""
+    head_end = pos + 14 if end is None else min(end, pos + 14)
+    if head_end - pos >= 14 and head_end <= src.size:
+        head = src.read_at(pos, 14)
+        if head[:4] == _ITEM_START[True] and head[12:14] in _ALL_VRS:
+            return _Syntax(True, True)
+    return _Syntax(True, False)
 
 
 @dataclass
@@ -1372,9 +1396,8 @@ class _TextWalk:
     """:func:`read_texts`' walk of a data set and of its sequences' items."""
 
     src: _Source
-    deep: Mapping[int, bytes]
-    top: Mapping[int, bytes]
-    wanted: Mapping[int, bytes]
+    deep: Mapping[int, bytes]  #: read at any depth
+    wanted: Mapping[int, bytes]  #: read at the top level (``deep`` and the ``top`` ones)
     found: dict[int, list[str]]
 
     def item(
@@ -1388,7 +1411,6 @@ class _TextWalk:
         """Walk the elements from ``pos`` to ``end`` (None: to an item delimiter); the
         position after them. ``encodings``: the parent's character set."""
         src = self.src
-        kept: list[tuple[int, _Raw]] = []
         while end is None or pos < end:
             tag, vr, length, vpos = _element_header(src, pos, syntax)
             group = tag >> 16
@@ -1397,8 +1419,8 @@ class _TextWalk:
                 break
             if depth == 0 and group >= 0x7FE0:  # the pixel data, and what follows it
                 break
-            inner = _Syntax(syntax.little, False) if vr == b"UN" else syntax
             if length == 0xFFFFFFFF:
+                inner = _un_syntax(src, vpos, None, syntax.little) if vr == b"UN" else syntax
                 if group % 2 or vr not in (None, b"SQ", b"UN"):  # private, or not a sequence
                     pos = _skip_undefined(src, vpos, inner, depth + 1)
                 else:
@@ -1409,25 +1431,22 @@ class _TextWalk:
                 raise _Truncated("an element runs past the end of the file")
             if group % 2:  # private: neither read nor walked
                 continue
-            if tag == 0x00080005 or (tag in self.wanted and (depth == 0 or tag in self.deep)):
+            if tag == 0x00080005:  # it precedes every sequence: they use it
+                raw = (vr, src.read_at(vpos, length))
+                encodings = _encodings(_decoded(_strings, raw, tag, None))
+            elif tag in self.wanted and (depth == 0 or tag in self.deep):
                 if length <= _MAX_VALUE:
-                    kept.append((tag, (vr, src.read_at(vpos, length))))
+                    raw = (vr, src.read_at(vpos, length))
+                    _keep_texts(self.found, tag, raw, self.wanted[tag], encodings)
             elif length >= 8 and (
                 vr == b"SQ"
                 or (vr in (None, b"UN") and src.read_at(vpos, 4) == _ITEM_START[syntax.little])
             ):
-                try:
-                    self.sequence(vpos, pos, inner, encodings, depth + 1)
-                except _Malformed:
-                    if vr == b"SQ":
-                        raise
-                    # not a sequence after all (implicit VR values are only guessed at)
-        for tag, raw in kept:
-            if tag == 0x00080005:
-                encodings = _encodings(_decoded(_strings, raw, tag, None))
-        for tag, raw in kept:
-            if tag != 0x00080005 or tag in self.wanted:
-                _keep_texts(self.found, tag, raw, self.wanted[tag], encodings)
+                # (a value of an implicit VR or UN element that starts with an item is taken
+                # for a sequence; one that then cannot be walked refuses the whole file,
+                # which is left to pydicom)
+                inner = _un_syntax(src, vpos, pos, syntax.little) if vr == b"UN" else syntax
+                self.sequence(vpos, pos, inner, encodings, depth + 1)
         return pos
 
     def sequence(

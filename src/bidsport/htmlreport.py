@@ -569,7 +569,7 @@ def _make_pngs(images: Sequence[Path], n_procs: int) -> list[bytes | str]:
         with process_pool(workers) as pool:
             return list(pool.map(_make_png, images, chunksize=4))
     except BrokenExecutor:
-        worker_gone(f"making {len(images)} thumbnails")
+        worker_gone(f"making {len(images)} thumbnails", pool)
         return [_make_png(image) for image in images]
 
 

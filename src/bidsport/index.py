@@ -188,7 +188,7 @@ def _read_chunks(
 ) -> Generator[_Read, None, None]:
     """The reads of ``chunks``, in order, by ``pool``'s workers (at most ``3 * n_procs``
     chunks in flight); once a worker process has died (the pool is broken), the chunks
-    not read yet are read in this process."""
+    not read yet are read in this process (those its workers had read are kept)."""
     pending: deque[Future[list[_Read]]] = deque()
     next_chunk = done = 0
     try:
@@ -197,15 +197,22 @@ def _read_chunks(
                 while next_chunk < len(chunks) and len(pending) < 3 * n_procs:
                     pending.append(pool.submit(_read_chunk, chunks[next_chunk]))
                     next_chunk += 1
-                reads = pending.popleft().result()
+                reads = pending[0].result()
             except BrokenExecutor:
-                n_left = sum(len(chunk) for chunk in chunks[done:])
-                worker_gone(f"reading the headers of {n_left} files")
-                for chunk in chunks[done:]:
-                    yield from _read_chunk(chunk)
-                return
+                break
+            pending.popleft()
             done += 1
             yield from reads
+        else:
+            return
+        read = [f.result() if f.done() and f.exception() is None else None for f in pending]
+        left = [chunk for chunk, r in zip(chunks[done:], read, strict=False) if r is None]
+        left += chunks[done + len(read) :]
+        n_left = sum(len(chunk) for chunk in left)
+        worker_gone(f"reading the headers of {n_left} files, from {left[0][0]}", pool)
+        for i, chunk in enumerate(chunks[done:]):
+            kept = read[i] if i < len(read) else None
+            yield from kept if kept is not None else _read_chunk(chunk)
     finally:
         for future in pending:
             future.cancel()

@@ -41,7 +41,7 @@ from bidsport.phi import (
     merge_identifiers,
     save_identifiers,
 )
-from bidsport.runner import process_pool, worker_gone
+from bidsport.runner import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,12 @@ def anonymize_files(
                 _anonymize_chunk, chunks, [subject] * len(chunks), [identifiers] * len(chunks)
             )
             return [r for part in results for r in part]
-    except BrokenExecutor:  # a worker died: every copy is written again, here
-        worker_gone(f"de-identifying {len(pairs)} files")
-        _init_worker(anon.key, anon.policy)
-        return [r for c in chunks for r in _anonymize_chunk(c, subject, identifiers)]
+    except BrokenExecutor as exc:  # not redone here: a file may have exhausted the memory
+        raise BidsportError(
+            f"a worker process stopped unexpectedly (killed, or out of memory?) while "
+            f"de-identifying the {len(pairs)} files of {subject}: not converted",
+            hint="run the session again (with fewer --n-procs if memory is short)",
+        ) from exc
 
 
 def inbox_identifiers(dicom_dir: Path, opts: RunOptions) -> Identifiers:

@@ -193,7 +193,8 @@ def in_worker(executor: Executor | None, fn: Callable[..., _T], *args: Any) -> C
 
     A worker process that died (killed, or out of memory) leaves its pool broken for the
     rest of the run: ``fn`` then runs in this process, so the run goes on (a warning says
-    so once). An exception raised by ``fn`` itself is raised by the returned function.
+    so, once per pool). An exception raised by ``fn`` itself is raised by the returned
+    function.
     """
     from concurrent.futures import BrokenExecutor
 
@@ -211,22 +212,25 @@ def in_worker(executor: Executor | None, fn: Callable[..., _T], *args: Any) -> C
                 return future.result()
             except BrokenExecutor:
                 pass
-        worker_gone(getattr(fn, "__name__", "a task"))
+        worker_gone(getattr(fn, "__name__", "a task"), executor)
         return fn(*args)
 
     return result
 
 
-_gone_warned = threading.Event()
+_gone_lock = threading.Lock()
+_gone_pools: set[int] = set()  # id() of the pools whose loss was warned about
 
 
-def worker_gone(what: str) -> None:
-    """Log that a worker process of the run is gone and ``what`` runs in this process
-    instead: a warning the first time, debug lines afterwards."""
-    if _gone_warned.is_set():
+def worker_gone(what: str, pool: object = None) -> None:
+    """Log that a worker process of ``pool`` is gone and ``what`` runs in this process
+    instead: a warning the first time for a pool, debug lines afterwards."""
+    with _gone_lock:
+        first = id(pool) not in _gone_pools
+        _gone_pools.add(id(pool))
+    if not first:
         log.debug("worker process gone: %s runs in the main process", what)
         return
-    _gone_warned.set()
     log.warning(
         "a worker process of this run stopped unexpectedly (killed, or out of memory?): "
         "its work (%s) goes on in the main process, more slowly",

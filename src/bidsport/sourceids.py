@@ -40,9 +40,9 @@ SOURCE_TAGS: frozenset[BaseTag] = frozenset(tag for tag, _ in _TAG_KIND)
 
 def identifiers_of_file(path: Path) -> Identifiers | None:
     """The identifiers in the header of ``path`` (nested sequences included); None for a
-    file pydicom cannot read."""
+    file pydicom cannot read (``force``: a file without the preamble is read too)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception as exc:  # any unreadable file is already excluded elsewhere
         log.debug("no identifiers read from %s: %s", path, exc)
         return None
