@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import types
+import weakref
 from pathlib import Path
 
 import nibabel as nib
@@ -155,7 +156,7 @@ def test_a_dead_worker_leaves_the_rest_of_the_scan_to_this_process(
 
     from bidsport import runner
 
-    monkeypatch.setattr(runner, "_gone_pools", set())
+    monkeypatch.setattr(runner, "_gone_pools", weakref.WeakSet())
     monkeypatch.setattr(index, "_CHUNK", 8)
     for spec in typical_session()[:2]:  # localizer, T1w
         write_series(spec, tmp_path / spec.description)

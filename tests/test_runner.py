@@ -7,6 +7,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def test_a_task_of_a_dead_worker_runs_here(
     from bidsport import runner
     from bidsport.runner import in_worker, process_pool
 
-    monkeypatch.setattr(runner, "_gone_pools", set())
+    monkeypatch.setattr(runner, "_gone_pools", weakref.WeakSet())
     here = os.getpid()
     with process_pool(1) as pool, caplog.at_level("DEBUG", logger="bidsport.runner"):
         assert in_worker(pool, os.getpid)() != here

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,15 +220,15 @@ def in_worker(executor: Executor | None, fn: Callable[..., _T], *args: Any) -> C
 
 
 _gone_lock = threading.Lock()
-_gone_pools: set[int] = set()  # id() of the pools whose loss was warned about
+_gone_pools: weakref.WeakSet[object] = weakref.WeakSet()  # the pools warned about
 
 
-def worker_gone(what: str, pool: object = None) -> None:
+def worker_gone(what: str, pool: object) -> None:
     """Log that a worker process of ``pool`` is gone and ``what`` runs in this process
     instead: a warning the first time for a pool, debug lines afterwards."""
     with _gone_lock:
-        first = id(pool) not in _gone_pools
-        _gone_pools.add(id(pool))
+        first = pool not in _gone_pools
+        _gone_pools.add(pool)
     if not first:
         log.debug("worker process gone: %s runs in the main process", what)
         return
