@@ -1221,14 +1221,8 @@ def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHea
         parsed = _parse_dataset(
             found.src, found.pos, syntax, encapsulated=encapsulated, forced=forced
         )
-    except _Truncated as exc:
-        raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
-    except _Malformed as exc:
-        reason = "not a DICOM file" if forced else "malformed DICOM file"
-        raise DicomReadError(f"{path}: {reason} ({exc})") from exc
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
-        reason = "not a DICOM file" if forced else "malformed DICOM file"
-        raise DicomReadError(f"{path}: {reason} ({type(exc).__name__}: {exc})") from exc
+    except (_Malformed, struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+        raise _read_error(path, exc, forced) from exc
     values = parsed.values
     if 0x00041220 in values:
         raise DicomReadError(f"{path}: DICOMDIR (a media index, not an image)")
@@ -1238,6 +1232,17 @@ def _read(path: Path, fh: BinaryIO, st: os.stat_result, first: bytes) -> FileHea
         return _build(path, st, meta, parsed, syntax, ts, first[128:132] == b"DICM")
     except (struct.error, ValueError, UnicodeError, LookupError) as exc:
         raise DicomReadError(f"{path}: malformed DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_error(path: Path, exc: Exception, forced: bool) -> DicomReadError:
+    """The error for the parser's ``exc`` (or a decoding error) on ``path``; ``forced``:
+    the file has no file meta information (a data set that does not walk is no DICOM)."""
+    detail = str(exc) if isinstance(exc, _Malformed) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _Truncated):
+        return DicomReadError(f"{path}: truncated DICOM file ({detail})")
+    if forced:
+        return NotDicomError(f"{path}: not a DICOM file ({detail})")
+    return DicomReadError(f"{path}: malformed DICOM file ({detail})")
 
 
 def _data_set(
@@ -1340,17 +1345,16 @@ def read_texts(
             walk.item(data_set.pos, data_set.src.size, data_set.syntax, None, 0)
     except OSError as exc:
         raise DicomReadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except _Truncated as exc:
-        raise DicomReadError(f"{path}: truncated DICOM file ({exc})") from exc
-    except _Malformed as exc:
-        if forced:  # no file meta, and the data do not walk: no DICOM
-            raise NotDicomError(f"{path}: not a DICOM file ({exc})") from exc
-        raise DicomReadError(f"{path}: malformed DICOM file ({exc})") from exc
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError, LookupError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        if forced:
-            raise NotDicomError(f"{path}: not a DICOM file ({reason})") from exc
-        raise DicomReadError(f"{path}: malformed DICOM file ({reason})") from exc
+    except (
+        _Malformed,
+        struct.error,
+        IndexError,
+        ValueError,
+        OverflowError,
+        UnicodeError,
+        LookupError,
+    ) as exc:
+        raise _read_error(path, exc, forced) from exc
     return found
 
 
@@ -1379,12 +1383,12 @@ def _keep_texts(
 _ITEM_START = {True: struct.pack("<HH", 0xFFFE, 0xE000), False: struct.pack(">HH", 0xFFFE, 0xE000)}
 
 
-def _un_syntax(src: _Source, pos: int, end: int | None, little: bool) -> _Syntax:
-    """The encoding of the items of a sequence stored as UN from ``pos``: implicit VR
-    little endian as the standard says, or explicit VR when the first element of the
-    first item carries a VR (some exports), as pydicom tells them apart."""
-    head_end = pos + 14 if end is None else min(end, pos + 14)
-    if head_end - pos >= 14 and head_end <= src.size:
+def _un_syntax(src: _Source, pos: int, end: int | None) -> _Syntax:
+    """The encoding of the items of a sequence stored as UN from ``pos`` to ``end`` (None:
+    its delimiter): implicit VR little endian as the standard says, or explicit VR when
+    the first element of the first item carries a VR (some exports), as pydicom tells
+    them apart."""
+    if (end is None or end - pos >= 14) and pos + 14 <= src.size:
         head = src.read_at(pos, 14)
         if head[:4] == _ITEM_START[True] and head[12:14] in _ALL_VRS:
             return _Syntax(True, True)
@@ -1420,7 +1424,7 @@ class _TextWalk:
             if depth == 0 and group >= 0x7FE0:  # the pixel data, and what follows it
                 break
             if length == 0xFFFFFFFF:
-                inner = _un_syntax(src, vpos, None, syntax.little) if vr == b"UN" else syntax
+                inner = _un_syntax(src, vpos, None) if vr == b"UN" else syntax
                 if group % 2 or vr not in (None, b"SQ", b"UN"):  # private, or not a sequence
                     pos = _skip_undefined(src, vpos, inner, depth + 1)
                 else:
@@ -1445,7 +1449,7 @@ class _TextWalk:
                 # (a value of an implicit VR or UN element that starts with an item is taken
                 # for a sequence; one that then cannot be walked refuses the whole file,
                 # which is left to pydicom)
-                inner = _un_syntax(src, vpos, pos, syntax.little) if vr == b"UN" else syntax
+                inner = _un_syntax(src, vpos, pos) if vr == b"UN" else syntax
                 self.sequence(vpos, pos, inner, encodings, depth + 1)
         return pos
 
