@@ -30,6 +30,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
+from bidsport import header
 from bidsport.errors import DicomReadError
 from bidsport.header import read_header
 from bidsport.records import FileHeader
@@ -759,3 +760,164 @@ def test_study_independent_reading(tmp_path: Path) -> None:
     study = Study(manufacturer="Philips Medical Systems")
     ds = series_datasets(SeriesSpec("x", 1, n_slices=1), study=study)[0]
     assert read_header(_save(ds, tmp_path / "p.dcm")).manufacturer == "Philips Medical Systems"
+
+
+# --------------------------------------------------------------------------- layout memory
+
+
+class _CountingStruct:
+    """A struct.Struct whose unpack_from calls are counted (the elements walked)."""
+
+    def __init__(self, inner: struct.Struct, counter: list[int]) -> None:
+        self.inner, self.counter = inner, counter
+
+    def unpack_from(self, *args: Any) -> tuple[Any, ...]:
+        self.counter[0] += 1
+        return self.inner.unpack_from(*args)
+
+
+def _walked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the element headers the walk unpacks (explicit VR files)."""
+    counter = [0]
+    counting = {
+        little: _CountingStruct(s, counter) for little, s in header._S_EXPLICIT_CODE.items()
+    }
+    monkeypatch.setattr(header, "_S_EXPLICIT_CODE", counting)
+    return counter
+
+
+def _alone(path: Path) -> FileHeader | str:
+    """read_header with no layout remembered (or the error's message)."""
+    header._LAYOUTS.clear()
+    try:
+        return read_header(path)
+    except DicomReadError as exc:
+        return str(exc)
+
+
+def _in_order(paths: list[Path]) -> dict[Path, FileHeader | str]:
+    header._LAYOUTS.clear()
+    found: dict[Path, FileHeader | str] = {}
+    for path in paths:
+        try:
+            found[path] = read_header(path)
+        except DicomReadError as exc:
+            found[path] = str(exc)
+    return found
+
+
+def test_the_files_of_a_series_are_walked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second file of a series jumps over the chunks it shares with the first, and
+    reads the same record as when it is read alone."""
+    first, second = write_series(SeriesSpec("t1", 3, n_slices=2), tmp_path)
+    header._LAYOUTS.clear()
+    walked = _walked(monkeypatch)
+    read_header(first)
+    alone = walked[0]
+    walked[0] = 0
+    h = read_header(second)
+    assert walked[0] < alone / 2, (walked[0], alone)
+    _assert_matches(h, pydicom.dcmread(second))
+    assert h == _alone(second)
+
+
+@pytest.mark.parametrize("change", ["same length", "longer", "inserted", "removed", "private"])
+def test_a_remembered_chunk_is_jumped_only_when_its_bytes_are_the_same(
+    tmp_path: Path, change: str
+) -> None:
+    """A file that differs from the one read before it, in a value the walk keeps or in
+    one it skips, reads as it does alone."""
+    ds = _one()
+    before = _save(ds, tmp_path / "before.dcm")
+    ds = _one()
+    if change == "same length":
+        ds.SeriesDescription = "X" * len(str(ds.SeriesDescription))
+    elif change == "longer":
+        ds.StudyDescription = "a much longer study description than before"  # (not kept)
+    elif change == "inserted":
+        ds.ProtocolName = "added"
+        ds.StationName = "added too"
+    elif change == "removed":
+        del ds.SequenceName
+    else:
+        ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", 1000)
+    after = _save(ds, tmp_path / "after.dcm")
+    header._LAYOUTS.clear()
+    read_header(before)
+    assert header._LAYOUTS
+    h = read_header(after)
+    assert h == _alone(after)
+    _assert_matches(h, pydicom.dcmread(after))
+    if change == "private":
+        assert h.b_value == 1000.0
+
+
+def test_reading_order_does_not_change_a_record(tmp_path: Path) -> None:
+    paths = []
+    for spec in typical_session():
+        paths += write_series(spec, tmp_path / spec.description)
+    alone = {path: _alone(path) for path in paths}
+    assert _in_order(paths) == alone
+    assert _in_order(paths[::-1]) == alone
+    random.Random(5).shuffle(paths)
+    assert _in_order(paths) == alone
+
+
+def test_real_files_read_alike_in_any_order(shared_data: Path) -> None:
+    paths = _real_files(shared_data)
+    alone = {path: _alone(path) for path in paths}
+    assert _in_order(paths) == alone
+    random.Random(7).shuffle(paths)
+    assert _in_order(paths) == alone
+
+
+def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+@pytest.mark.parametrize("where", ["at the start", "after a sequence"])
+def test_a_file_without_meta_is_never_jumped_over(tmp_path: Path, where: str) -> None:
+    """A data set without file meta information is walked element by element (its order
+    checked), even after a file with the same data set bytes was read."""
+    sequence = b""
+    if where == "after a sequence":  # (0008,0006) LanguageCodeSequence, undefined length
+        sequence = struct.pack("<HH2sHL", 0x0008, 0x0006, b"SQ", 0, 0xFFFFFFFF)
+        sequence += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    data_set = sequence + b"".join(
+        [
+            _explicit(0x00080060, b"CS", b"MR"),
+            _explicit(0x00080016, b"UI", MRImageStorage.encode() + b"\0"),  # out of order
+            *(_explicit(0x00090010 + i, b"LO", b"ACME %d " % i) for i in range(12)),
+            _explicit(0x0020000E, b"UI", b"1.2.3.4\0"),
+        ]
+    )
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5")
+    # (encapsulated: walked to its end, with the limit of a file without meta)
+    ds.file_meta.TransferSyntaxUID = UID(JPEGBaseline8Bit)
+    with_meta = tmp_path / "with_meta.dcm"
+    ds.save_as(with_meta, enforce_file_format=True)
+    with_meta.write_bytes(with_meta.read_bytes() + data_set)
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(data_set)
+    header._LAYOUTS.clear()
+    assert read_header(with_meta).series_uid == "1.2.3.4"  # (the order is not checked)
+    assert header._LAYOUTS
+    with pytest.raises(DicomReadError, match=r"not a DICOM file .*out of order"):
+        read_header(bare)
+
+
+def test_the_layout_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(header, "_LAYOUTS", {})
+    chunks = header._layout(True, True, 1)
+    for i in range(header._LAYOUT_MAX):
+        chunks[i] = (b"", -1, ())
+    assert header._layout(True, True, 1) is not chunks  # full: emptied
+    assert not header._layout(True, True, 1)
+    for limit in range(header._LAYOUTS_MAX + 1):
+        header._layout(True, True, 100 + limit)
+    assert len(header._LAYOUTS) <= header._LAYOUTS_MAX

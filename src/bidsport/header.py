@@ -19,6 +19,11 @@ skips every other value by its length (large skipped values are never read from 
   wanted can follow: past group 0028, only the GE and Philips private blocks below
   are, and only if their creator's name occurs in the bytes before the pixel data.
   A file cut anywhere before the end of its pixel data is rejected as truncated.
+* The files of a series repeat most of their header bytes: the walk remembers the
+  elements it walked in chunks of a few, and jumps over a chunk that a later file
+  repeats byte for byte after the same element, taking its values as they were read
+  (about half the elements of a vendor's file are then not walked one by one). A record
+  never depends on the files read before it.
 * Enhanced (multi-frame) files: values missing at the top level are taken from the
   first item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence
   (EffectiveEchoTime for EchoTime, FrameType for a missing ImageType, ...);
@@ -523,6 +528,48 @@ def _walk_limit(values: dict[int, _Raw], tag: int, creators: tuple[_LatePrivate,
     return limit
 
 
+#: The layout memory of :func:`_parse_dataset`: for each walking state (byte order,
+#: explicit VR, walk limit), the chunks of elements seen after an element (its tag, or
+#: _START) in the files walked before: tag -> (the chunk's bytes, the tag of its last
+#: element or -1 when it ends before a special element, the wanted elements in it).
+#: Per process; a layout is emptied when full.
+_Chunk: TypeAlias = "tuple[bytes, int, tuple[tuple[int, _Raw], ...]]"
+_START = 1 << 32  # (no tag: the chunk at the start of the data set)
+_LAYOUTS: dict[tuple[bool, bool, int], dict[int, _Chunk]] = {}
+_LAYOUT_MAX = 1024  # chunks per layout
+_LAYOUTS_MAX = 16  # layouts (all are emptied when there are more)
+#: Elements per chunk: a value that differs from file to file (an instance number, a
+#: slice position, a time) makes only its chunk walked.
+_CHUNK_ELEMENTS = 8
+_CHUNK_MAX_BYTES = 2048  # longer chunks are not kept (memory: at most ~32 MB in all)
+
+
+def _layout(little: bool, explicit: bool, limit: int) -> dict[int, _Chunk]:
+    """The chunks known for a walking state (see :data:`_LAYOUTS`)."""
+    key = (little, explicit, limit)
+    chunks = _LAYOUTS.get(key)
+    if chunks is None or len(chunks) >= _LAYOUT_MAX:
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        chunks = _LAYOUTS[key] = {}
+    return chunks
+
+
+def _jump(
+    chunks: dict[int, _Chunk], data: bytes, off: int, key: int, values: dict[int, _Raw]
+) -> tuple[int, int]:
+    """Jump over the chunks known to follow the element ``key`` when ``data`` repeats
+    them at ``off``, taking their wanted values; (where the walk goes on, the tag of the
+    last element jumped over, else ``key``; -1: unknown)."""
+    known = chunks.get(key)
+    while known is not None and data.startswith(known[0], off):
+        off += len(known[0])
+        values.update(known[2])
+        key = known[1]
+        known = chunks.get(key)
+    return off, key
+
+
 def _parse_dataset(
     src: _Source, pos: int, syntax: _Syntax, *, encapsulated: bool, forced: bool
 ) -> _Parsed:
@@ -538,6 +585,14 @@ def _parse_dataset(
     if the file ends with the pixel data the header implies. Otherwise (or when that
     check fails), ``limit`` is the end of the last group read, after which the same check
     is made once.
+
+    The files of a series repeat most of their header bytes, so the elements walked on
+    that path are remembered in chunks of :data:`_CHUNK_ELEMENTS` elements
+    (:data:`_LAYOUTS`): a chunk found with the same bytes after the same element in a
+    later file is jumped over in one comparison, its wanted values taken as they were
+    read. Such a jump is exact: from an element boundary, the same bytes walked in the
+    same state (byte order, VR encoding, limit) are the same elements with the same
+    values. The elements of a forced file are never jumped over.
     """
     values: dict[int, _Raw] = {}
     parsed = _Parsed(values)
@@ -561,6 +616,17 @@ def _parse_dataset(
     limit = _STANDARD_END if early else _LAST_CLASSIC_GROUP << 16 | 0xFFFF
     creators = None
     pixel_start = -1
+    chunks = _layout(little, explicit, limit)
+    per_chunk = _CHUNK_ELEMENTS
+    # the chunk being walked: the tag of the element before it, where it starts in
+    # ``data`` (-1: not remembered), its elements so far, the wanted ones among them
+    chunk_key = _START
+    chunk_start = -1
+    counted = 0
+    found: list[tuple[int, _Raw]] = []
+    if not forced:  # the chunks known at the start of the data set
+        off, chunk_key = _jump(chunks, data, off, chunk_key, values)
+        chunk_start = off if chunk_key >= 0 else -1
     while True:
         if off > last:  # refill the window (or stop at the end of the file)
             pos = base + off
@@ -571,6 +637,7 @@ def _parse_dataset(
             data, base = src.window(pos, 12)
             last = len(data) - 12
             off = pos - base
+            chunk_start = -1  # (a chunk is remembered from one window only)
             if off > last + 4:
                 raise _Truncated(f"element header at byte {pos} cut short")
         if explicit:  # the VR is read as a number (code), a VR name only when needed
@@ -596,6 +663,9 @@ def _parse_dataset(
         tag = group << 16 | elem
         if length == 0xFFFFFFFF or not low <= tag <= limit:
             # the slow path: undefined lengths, pixel data, past the limit, directories
+            if 0 <= chunk_start < off and off - chunk_start <= _CHUNK_MAX_BYTES:
+                chunks[chunk_key] = (data[chunk_start:off], -1, tuple(found))
+            chunk_start = -1
             pos = base + off
             if forced:  # (every element of a forced file comes here: its order is checked)
                 if tag < last_tag:
@@ -635,6 +705,7 @@ def _parse_dataset(
                     if creators is not None and pos <= pixel_start:
                         parsed.has_pixel_data = True
                         return parsed
+                chunks = _layout(little, explicit, limit)
                 continue  # this element again, with the new limit
             if group > _LAST_CLASSIC_GROUP and not tail_checked:
                 tail_checked = True
@@ -659,21 +730,36 @@ def _parse_dataset(
                 data, base = src.window(pos, 12)
                 last = len(data) - 12
                 off = pos - base
-            continue
-        if tag in wanted and length <= _MAX_VALUE:
-            start = off + head
-            stop = start + length
-            vr = vr_name.get(code)
-            if stop <= last + 12:
-                values[tag] = (vr, data[start:stop])
-            else:
-                pos = base + start
-                values[tag] = (vr, src.read_at(pos, length))
-                data, base = src.window(pos + length, 12)
-                last = len(data) - 12
-                off = pos + length - base
+            if forced:
                 continue
-        off += head + length
+        else:
+            if tag in wanted and length <= _MAX_VALUE:
+                start = off + head
+                stop = start + length
+                if stop <= last + 12:
+                    raw = values[tag] = (vr_name.get(code), data[start:stop])
+                    found.append((tag, raw))
+                    off = stop
+                else:  # (the window moves: this chunk is not remembered)
+                    pos = base + start
+                    values[tag] = (vr_name.get(code), src.read_at(pos, length))
+                    data, base = src.window(pos + length, 12)
+                    last = len(data) - 12
+                    off = pos + length - base
+                    chunk_start = -1
+            else:
+                off += head + length
+            counted += 1
+            if counted < per_chunk:
+                continue
+            # (the last value may run past the window: then the chunk is not whole in it)
+            if 0 <= chunk_start < off <= len(data) and off - chunk_start <= _CHUNK_MAX_BYTES:
+                chunks[chunk_key] = (data[chunk_start:off], tag, tuple(found))
+        # a chunk starts after this element: jump over the ones known to follow it here
+        off, chunk_key = _jump(chunks, data, off, tag, values)
+        chunk_start = off if chunk_key >= 0 else -1
+        counted = 0
+        found = []
 
 
 def _read_functional_groups(
