@@ -786,9 +786,15 @@ def _walked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counter
 
 
-def _alone(path: Path) -> FileHeader | str:
-    """read_header with no layout remembered (or the error's message)."""
+def _forget() -> None:
+    """Empty what read_header remembers from the files it read before."""
     header._LAYOUTS.clear()
+    header._SERIES.clear()
+
+
+def _alone(path: Path) -> FileHeader | str:
+    """read_header with nothing remembered (or the error's message)."""
+    _forget()
     try:
         return read_header(path)
     except DicomReadError as exc:
@@ -796,7 +802,7 @@ def _alone(path: Path) -> FileHeader | str:
 
 
 def _in_order(paths: list[Path]) -> dict[Path, FileHeader | str]:
-    header._LAYOUTS.clear()
+    _forget()
     found: dict[Path, FileHeader | str] = {}
     for path in paths:
         try:
@@ -812,7 +818,7 @@ def test_the_files_of_a_series_are_walked_once(
     """The second file of a series jumps over the chunks it shares with the first, and
     reads the same record as when it is read alone."""
     first, second = write_series(SeriesSpec("t1", 3, n_slices=2), tmp_path)
-    header._LAYOUTS.clear()
+    _forget()
     walked = _walked(monkeypatch)
     read_header(first)
     alone = walked[0]
@@ -844,7 +850,7 @@ def test_a_remembered_chunk_is_jumped_only_when_its_bytes_are_the_same(
     else:
         ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", 1000)
     after = _save(ds, tmp_path / "after.dcm")
-    header._LAYOUTS.clear()
+    _forget()
     read_header(before)
     assert header._LAYOUTS
     h = read_header(after)
@@ -871,6 +877,23 @@ def test_real_files_read_alike_in_any_order(shared_data: Path) -> None:
     assert _in_order(paths) == alone
     random.Random(7).shuffle(paths)
     assert _in_order(paths) == alone
+
+
+def test_the_fields_of_a_series_come_from_each_file(tmp_path: Path) -> None:
+    """The fields the files of a series share are kept once per process, keyed by every
+    value they come from: the file meta's SOP class too, when the data set has none."""
+    ds = _one()
+    del ds.SOPClassUID
+    _forget()
+    first = read_header(_save(ds, tmp_path / "mr.dcm"))
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4.1")  # enhanced MR
+    second = read_header(_save(ds, tmp_path / "emr.dcm"))
+    assert (first.sop_class_uid, second.sop_class_uid) == (
+        MRImageStorage,
+        ds.file_meta[0x00020002].value,
+    )
+    assert first.series_uid == second.series_uid
+    assert second.series_uid is read_header(tmp_path / "mr.dcm").series_uid  # (kept once)
 
 
 def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:

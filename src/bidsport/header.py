@@ -957,9 +957,10 @@ _CREATOR_TAGS = frozenset(group << 16 | block for group in _PRIVATE for block in
 
 
 def _private_blocks(values: dict[int, _Raw]) -> dict[tuple[int, str], int]:
-    """(group, private creator) -> block number, for the private groups read."""
+    """(group, private creator) -> block number, for the private groups read (a creator
+    named twice in a group: its highest block)."""
     blocks = {}
-    for tag in [tag for tag in values if tag in _CREATOR_TAGS]:
+    for tag in sorted(_CREATOR_TAGS.intersection(values)):
         blocks[(tag >> 16, values[tag][1].decode("latin-1").strip(" \x00"))] = tag & 0xFF
     return blocks
 
@@ -1020,6 +1021,134 @@ def _numbers_or_empty(raw: _Raw | None, tag: int, little: bool) -> tuple[float, 
         return ()
 
 
+class _Fields:
+    """The decoded values of one file's elements (shared, see :func:`_decoded`), with
+    the functional groups of an enhanced file as the fallback of its missing ones."""
+
+    __slots__ = ("encodings", "enhanced", "first", "little", "shared", "syntax", "values")
+
+    def __init__(self, parsed: _Parsed, syntax: _Syntax, encodings: tuple[str, ...] | None) -> None:
+        self.values = parsed.values
+        self.syntax = syntax
+        self.little = syntax.little
+        self.encodings = encodings
+        self.first, self.shared = parsed.first_frame, parsed.shared
+        self.enhanced = self.first is not None or self.shared is not None
+
+    def text(self, tag: int) -> str | None:
+        raw = self.values.get(tag)
+        return None if raw is None else _decoded(_text, raw, tag, self.encodings)
+
+    def upper(self, tag: int) -> tuple[str, ...]:
+        raw = self.values.get(tag)
+        return () if raw is None else _decoded(_upper_strings, raw, tag, self.encodings)
+
+    def number(self, tag: int) -> float | None:
+        raw = self.values.get(tag)
+        if raw is not None:
+            found = _decoded(_float, raw, tag, self.little)
+            if found is not None or not self.enhanced:
+                return found
+        if self.enhanced and tag in _FG_MACRO:
+            raw = _fg_value(self.first, self.shared, tag, self.syntax)
+            return _share(_float(raw, tag, self.little))
+        return None
+
+    def integer(self, tag: int) -> int | None:
+        raw = self.values.get(tag)
+        return None if raw is None else _decoded(_int, raw, tag, self.little)
+
+    def numbers(self, tag: int) -> tuple[float, ...]:
+        raw = self.values.get(tag)
+        if raw is not None:
+            return _decoded(_numbers_or_empty, raw, tag, self.little)
+        if self.enhanced and tag in _FG_MACRO:
+            raw = _fg_value(self.first, self.shared, tag, self.syntax)
+            return _share(_numbers_or_empty(raw, tag, self.little))
+        return ()
+
+    def fg_text(self, tag: int) -> str | None:
+        if not self.enhanced:
+            return None
+        raw = _fg_value(self.first, self.shared, tag, self.syntax)
+        return _share(_text(raw, tag, self.encodings))
+
+
+#: The elements the fields of :func:`_series_fields` come from in a classic file (with
+#: the transfer syntax, the byte order and the file meta's SOP class): the files of a
+#: series repeat them, and equal values give equal fields, built once per process.
+_SERIES_TAGS = (
+    0x00080005, 0x00080016, 0x00080020, 0x00080021, 0x00080022, 0x00080031, 0x00080060,
+    0x00080070, 0x0008103E, 0x00081090, 0x00180020, 0x00180021, 0x00180022, 0x00180023,
+    0x00180024, 0x00180080, 0x00180081, 0x00180082, 0x00180087, 0x00181020, 0x00181030,
+    0x00181312, 0x00181314, 0x00189005, 0x0020000D, 0x0020000E, 0x00200011, 0x00200037,
+    0x00200052, 0x00280008, 0x00280010, 0x00280011, 0x00280301,
+)  # fmt: skip
+_SERIES: dict[tuple[object, ...], dict[str, Any]] = {}
+_SERIES_MAX = 1024  # (emptied when full)
+
+
+def _series_fields(f: _Fields, meta: dict[int, _Raw], ts: str | None) -> dict[str, Any]:
+    """The fields of a record that the files of a series share (see :data:`_SERIES_TAGS`
+    for those of a classic file)."""
+    text, number = f.text, f.number
+    scanning = f.upper(0x00180020)
+    if not scanning and f.enhanced:  # enhanced MR describes the sequence in other words
+        scanning = _ENHANCED_SCANNING.get(text(0x00189008) or "", ())
+        if text(0x00189018) == "YES":
+            scanning = ("EP", *scanning)
+        if (text(0x00189009) or f.fg_text(0x00189009)) == "YES":
+            scanning = (*scanning, "IR")
+        scanning = _share(scanning)
+    echo_time = number(0x00180081)
+    if echo_time is None and f.enhanced:
+        echo_time = number(0x00189082)
+    inversion_time = number(0x00180082)
+    if inversion_time is None and f.enhanced:
+        inversion_time = number(0x00189079)
+    sop_class = text(0x00080016)
+    if sop_class is None:
+        raw = meta.get(0x00020002)
+        sop_class = None if raw is None else _decoded(_text, raw, 0x00020002, None)
+    phase_dir = text(0x00181312) or f.fg_text(0x00181312)
+    if phase_dir == "COLUMN":  # enhanced files spell it out
+        phase_dir = "COL"
+    return {
+        "sop_class_uid": sop_class,
+        "study_uid": text(0x0020000D),
+        "series_uid": text(0x0020000E),
+        "frame_of_reference_uid": text(0x00200052),
+        "modality": text(0x00080060),
+        "manufacturer": text(0x00080070),
+        "model": text(0x00081090),
+        "software_versions": text(0x00181020),
+        "series_number": f.integer(0x00200011),
+        "series_description": text(0x0008103E),
+        "protocol_name": text(0x00181030),
+        "sequence_name": text(0x00180024) or text(0x00189005),
+        "scanning_sequence": scanning,
+        "sequence_variant": f.upper(0x00180021),
+        "scan_options": f.upper(0x00180022),
+        "mr_acquisition_type": text(0x00180023),
+        "repetition_time": number(0x00180080),
+        "echo_time": echo_time,
+        "inversion_time": inversion_time,
+        "flip_angle": number(0x00181314),
+        "magnetic_field_strength": number(0x00180087),
+        "in_plane_phase_encoding": phase_dir,
+        "image_orientation": f.numbers(0x00200037),
+        "rows": f.integer(0x00280010),
+        "columns": f.integer(0x00280011),
+        "number_of_frames": f.integer(_NUMBER_OF_FRAMES),
+        "study_date": text(0x00080020),
+        "series_date": text(0x00080021),
+        "acquisition_date": text(0x00080022),
+        "series_time": text(0x00080031),
+        "burned_in_annotation": text(0x00280301),
+        "transfer_syntax_uid": _share(ts),
+    }
+
+
 def _build(
     path: Path,
     st: os.stat_result,
@@ -1029,140 +1158,62 @@ def _build(
     ts: str | None,
     has_preamble: bool,
 ) -> FileHeader:
-    """The header record. Values decoded from one element come from :func:`_decoded`
-    (already shared); the few others go through :func:`_share`."""
+    """The header record: the fields a series shares (built once per process for the
+    equal values of classic files), then this file's own."""
     values = parsed.values
     little = syntax.little
-    first, shared = parsed.first_frame, parsed.shared
-    enhanced = first is not None or shared is not None
     if len(_DECODED) >= _DECODED_MAX:
         _DECODED.clear()
     if len(_SHARED) >= _SHARED_MAX:
         _SHARED.clear()
-    blocks = _private_blocks(values)
     raw = values.get(0x00080005)
     encodings = None if raw is None else _encodings(_decoded(_strings, raw, 0x00080005, None))
-
-    def text(tag: int) -> str | None:
-        raw = values.get(tag)
-        return None if raw is None else _decoded(_text, raw, tag, encodings)
-
-    def upper(tag: int) -> tuple[str, ...]:
-        raw = values.get(tag)
-        return () if raw is None else _decoded(_upper_strings, raw, tag, encodings)
-
-    def number(tag: int) -> float | None:
-        raw = values.get(tag)
-        if raw is not None:
-            found = _decoded(_float, raw, tag, little)
-            if found is not None or not enhanced:
-                return found
-        if enhanced and tag in _FG_MACRO:
-            return _share(_float(_fg_value(first, shared, tag, syntax), tag, little))
-        return None
-
-    def integer(tag: int) -> int | None:
-        raw = values.get(tag)
-        return None if raw is None else _decoded(_int, raw, tag, little)
-
-    def numbers(tag: int) -> tuple[float, ...]:
-        raw = values.get(tag)
-        if raw is not None:
-            return _decoded(_numbers_or_empty, raw, tag, little)
-        if enhanced and tag in _FG_MACRO:
-            return _share(_numbers_or_empty(_fg_value(first, shared, tag, syntax), tag, little))
-        return ()
-
-    def fg_text(tag: int) -> str | None:
-        if not enhanced:
-            return None
-        return _share(_text(_fg_value(first, shared, tag, syntax), tag, encodings))
-
-    scanning = upper(0x00180020)
-    if not scanning and enhanced:  # enhanced MR describes the sequence in other words
-        scanning = _ENHANCED_SCANNING.get(text(0x00189008) or "", ())
-        if text(0x00189018) == "YES":
-            scanning = ("EP", *scanning)
-        if (text(0x00189009) or fg_text(0x00189009)) == "YES":
-            scanning = (*scanning, "IR")
-        scanning = _share(scanning)
-    image_type = upper(0x00080008)
-    if not image_type and enhanced:
-        raw = _fg_value(first, shared, 0x00089007, syntax)
+    f = _Fields(parsed, syntax, encodings)
+    series: dict[str, Any] | None
+    if f.enhanced:
+        series = _series_fields(f, meta, ts)
+    else:
+        key = (ts, little, meta.get(0x00020002), *map(values.get, _SERIES_TAGS))
+        series = _SERIES.get(key)
+        if series is None:
+            if len(_SERIES) >= _SERIES_MAX:
+                _SERIES.clear()
+            series = _SERIES[key] = _series_fields(f, meta, ts)
+    text = f.text
+    blocks = _private_blocks(values)
+    image_type = f.upper(0x00080008)
+    if not image_type and f.enhanced:
+        raw = _fg_value(f.first, f.shared, 0x00089007, syntax)
         image_type = _share(() if raw is None else _upper_strings(raw, 0x00089007, None))
-    component = text(0x00089208) or fg_text(0x00089208)
+    component = text(0x00089208) or f.fg_text(0x00089208)
     if component is None:
         ge_type = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x2F)
         if ge_type is not None:
             component = _GE_COMPONENTS.get(_int(ge_type, 0x0043102F, little) or 0)
     if component:
         component = _share(component.upper())
-    echo_time = number(0x00180081)
-    if echo_time is None and enhanced:
-        echo_time = number(0x00189082)
-    inversion_time = number(0x00180082)
-    if inversion_time is None and enhanced:
-        inversion_time = number(0x00189079)
-    temporal = integer(0x00200100)
+    temporal = f.integer(0x00200100)
     if parsed.max_temporal_index is not None:
         temporal = parsed.max_temporal_index
-    sop_class = text(0x00080016)
-    if sop_class is None:
-        raw = meta.get(0x00020002)
-        sop_class = None if raw is None else _decoded(_text, raw, 0x00020002, None)
-    phase_dir = text(0x00181312) or fg_text(0x00181312)
-    if phase_dir == "COLUMN":  # enhanced files spell it out
-        phase_dir = "COL"
     return FileHeader(
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
-        sop_class_uid=sop_class,
         sop_instance_uid=text(0x00080018),
-        study_uid=text(0x0020000D),
-        series_uid=text(0x0020000E),
-        frame_of_reference_uid=text(0x00200052),
-        modality=text(0x00080060),
-        manufacturer=text(0x00080070),
-        model=text(0x00081090),
-        software_versions=text(0x00181020),
-        series_number=integer(0x00200011),
-        instance_number=integer(0x00200013),
-        acquisition_number=integer(0x00200012),
-        echo_number=integer(0x00180086),
+        instance_number=f.integer(0x00200013),
+        acquisition_number=f.integer(0x00200012),
+        echo_number=f.integer(0x00180086),
         temporal_position=temporal,
-        series_description=text(0x0008103E),
-        protocol_name=text(0x00181030),
-        sequence_name=text(0x00180024) or text(0x00189005),
         image_type=image_type,
-        scanning_sequence=scanning,
-        sequence_variant=upper(0x00180021),
-        scan_options=upper(0x00180022),
-        mr_acquisition_type=text(0x00180023),
-        repetition_time=number(0x00180080),
-        echo_time=echo_time,
-        inversion_time=inversion_time,
-        flip_angle=number(0x00181314),
-        b_value=_b_value(values, blocks, first, shared, syntax),
-        magnetic_field_strength=number(0x00180087),
-        in_plane_phase_encoding=phase_dir,
-        image_orientation=numbers(0x00200037),
-        image_position=numbers(0x00200032),
-        rows=integer(0x00280010),
-        columns=integer(0x00280011),
-        number_of_frames=integer(_NUMBER_OF_FRAMES),
-        study_date=text(0x00080020),
-        series_date=text(0x00080021),
-        acquisition_date=text(0x00080022),
+        b_value=_b_value(values, blocks, f.first, f.shared, syntax),
+        image_position=f.numbers(0x00200032),
         acquisition_time=text(0x00080032),
-        series_time=text(0x00080031),
         content_time=text(0x00080033),
-        acquisition_datetime=text(0x0008002A) or fg_text(0x00189074),
+        acquisition_datetime=text(0x0008002A) or f.fg_text(0x00189074),
         has_pixel_data=parsed.has_pixel_data,
-        burned_in_annotation=text(0x00280301),
-        transfer_syntax_uid=_share(ts),
         complex_image_component=component or None,
         has_preamble=has_preamble,
+        **series,
     )
 
 
