@@ -314,18 +314,19 @@ def test_values_beyond_the_first_read(tmp_path: Path) -> None:
     assert h.series_uid == ds.SeriesInstanceUID and h.rows == 16 and h.has_pixel_data
 
 
-def test_undefined_length_sequences_are_skipped(tmp_path: Path) -> None:
-    ds = _one()
+def _with_undefined_sequences(path: Path, items: int = 2, **changes: Any) -> Path:
+    """A file with ReferencedImageSequence (``items`` items, a nested sequence in each)
+    written with undefined lengths, as scanners do."""
+    ds = _one(**changes)
     item = Dataset()
     item.ReferencedSOPClassUID = MRImageStorage
     inner = Dataset()
     inner.CodeValue = "121311"
     item.PurposeOfReferenceCodeSequence = [inner]
-    ds.ReferencedImageSequence = [item, item]
-    path = tmp_path / "seq.dcm"
+    ds.ReferencedImageSequence = [item] * items
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
-    # pydicom writes defined lengths; rewrite them as undefined (as scanners do)
+    # pydicom writes defined lengths; rewrite them as undefined
     raw = pydicom.dcmread(path)
     for elem in raw.iterall():
         if elem.VR == "SQ":
@@ -334,6 +335,11 @@ def test_undefined_length_sequences_are_skipped(tmp_path: Path) -> None:
                 it.is_undefined_length_sequence_item = True
     raw.save_as(path)
     assert b"\xfe\xff\xdd\xe0" in path.read_bytes()  # a sequence delimiter is there
+    return path
+
+
+def test_undefined_length_sequences_are_skipped(tmp_path: Path) -> None:
+    path = _with_undefined_sequences(tmp_path / "seq.dcm")
     _assert_matches(read_header(path), pydicom.dcmread(path))
 
 
@@ -789,6 +795,7 @@ def _walked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def _forget() -> None:
     """Empty what read_header remembers from the files it read before."""
     header._LAYOUTS.clear()
+    header._SEQUENCES.clear()
     header._SERIES.clear()
 
 
@@ -858,6 +865,35 @@ def test_a_remembered_chunk_is_jumped_only_when_its_bytes_are_the_same(
     _assert_matches(h, pydicom.dcmread(after))
     if change == "private":
         assert h.b_value == 1000.0
+
+
+@pytest.mark.parametrize("items", [1, 3])
+def test_a_remembered_sequence_is_jumped_only_when_its_bytes_are_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, items: int
+) -> None:
+    """A sequence of undefined length repeated by the next file is not walked again; one
+    with other items is, and the elements after it are read."""
+    before = _with_undefined_sequences(tmp_path / "before.dcm")
+    again = _with_undefined_sequences(tmp_path / "again.dcm", SeriesDescription="again")
+    after = _with_undefined_sequences(tmp_path / "after.dcm", items, SeriesDescription="after")
+    skip = header._skip_undefined
+    walked: list[int] = []  # the sequences walked (not those nested in them)
+
+    def counted(src: Any, pos: int, syntax: Any, depth: int) -> int:
+        walked.extend([1] if depth == 1 else [])
+        return skip(src, pos, syntax, depth)
+
+    monkeypatch.setattr(header, "_skip_undefined", counted)
+    _forget()
+    read_header(before)
+    assert walked == [1]
+    assert read_header(again).series_description == "again"
+    assert walked == [1]  # jumped over
+    h = read_header(after)
+    assert walked == [1, 1]
+    assert h.series_description == "after"
+    assert h == _alone(after)
+    _assert_matches(h, pydicom.dcmread(after))
 
 
 def test_reading_order_does_not_change_a_record(tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ skips every other value by its length (large skipped values are never read from 
   are, and only if their creator's name occurs in the bytes before the pixel data.
   A file cut anywhere before the end of its pixel data is rejected as truncated.
 * The files of a series repeat most of their header bytes: the walk remembers the
-  elements it walked in chunks of a few, and jumps over a chunk that a later file
-  repeats byte for byte after the same element, taking its values as they were read
-  (about half the elements of a vendor's file are then not walked one by one). A record
-  never depends on the files read before it.
+  elements it walked in chunks of a few, and the sequences of undefined length it
+  skipped, and jumps over a chunk or a sequence that a later file repeats byte for byte
+  at the same place, taking the chunk's values as they were read (about half the
+  elements of a vendor's file are then not walked one by one). A record never depends
+  on the files read before it.
 * Enhanced (multi-frame) files: values missing at the top level are taken from the
   first item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence
   (EffectiveEchoTime for EchoTime, FrameType for a missing ImageType, ...);
@@ -555,6 +556,33 @@ def _layout(little: bool, explicit: bool, limit: int) -> dict[int, _Chunk]:
     return chunks
 
 
+#: The values of the sequences of undefined length skipped in the files walked before,
+#: by (byte order, explicit VR of their items, tag): a value that a later file repeats
+#: byte for byte ends where it ended. Per process; emptied when full.
+_SEQUENCES: dict[tuple[bool, bool, int], bytes] = {}
+_SEQUENCES_MAX = 256
+_SEQUENCE_MAX_BYTES = 16384  # longer values are not kept
+
+
+def _skip_sequence(
+    src: _Source, data: bytes, base: int, pos: int, syntax: _Syntax, tag: int
+) -> int:
+    """:func:`_skip_undefined` for the top-level sequence ``tag`` whose items start at
+    ``pos`` (``data``: the bytes of the file from ``base`` on, read already), jumping
+    over a value seen before."""
+    key = (syntax.little, syntax.explicit, tag)
+    start = pos - base
+    seen = _SEQUENCES.get(key)
+    if seen is not None and start >= 0 and data.startswith(seen, start):
+        return pos + len(seen)
+    end = _skip_undefined(src, pos, syntax, 1)
+    if start >= 0 and end - base <= len(data) and end - pos <= _SEQUENCE_MAX_BYTES:
+        if len(_SEQUENCES) >= _SEQUENCES_MAX:
+            _SEQUENCES.clear()
+        _SEQUENCES[key] = data[start : end - base]
+    return end
+
+
 def _jump(
     chunks: dict[int, _Chunk], data: bytes, off: int, key: int, values: dict[int, _Raw]
 ) -> tuple[int, int]:
@@ -718,7 +746,7 @@ def _parse_dataset(
                 if tag in _WANTED_SEQUENCES:
                     pos = _read_functional_groups(src, tag, vpos, length, inner, parsed)
                 else:
-                    pos = _skip_undefined(src, vpos, inner, 1)
+                    pos = _skip_sequence(src, data, base, vpos, inner, tag)
             elif tag in _WANTED_SEQUENCES:
                 pos = _read_functional_groups(src, tag, vpos, length, syntax, parsed)
             else:
