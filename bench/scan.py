@@ -2,7 +2,8 @@
 
 For the files below the given folders (warm page cache: every file is read once first):
 
-* ``read_header``: :func:`bidsport.header.read_header` on every file, one process;
+* ``read_header``: :func:`bidsport.header.read_header` on every file, one process,
+  each pass starting with nothing remembered (:func:`bidsport.header.forget`);
   files/s per core = files / CPU seconds of that process; ``by_folder``: the same per
   folder just below a root (a packet of an inbox: one vendor's collection in the real
   data), from the fastest pass;
@@ -102,7 +103,7 @@ def bench_scan(
     warnings.simplefilter("ignore")  # pydicom's warnings about non-conformant values
 
     from bidsport.errors import DicomReadError
-    from bidsport.header import read_header
+    from bidsport.header import forget, read_header
     from bidsport.index import scan_session
 
     files = _files(roots)
@@ -119,6 +120,7 @@ def bench_scan(
     ]
 
     def headers() -> tuple[int, dict[str, Any]]:
+        forget()  # (each pass reads the files as a scan does: nothing remembered)
         by_folder: dict[str, dict[str, Any]] = {}
         for folder, paths in runs:
             ok = 0
@@ -151,6 +153,7 @@ def bench_scan(
         return ok
 
     def scan(root: Path, cache: Path | None) -> int:
+        forget()  # (the workers fork from this process)
         return sum(1 for _ in scan_session(root, n_procs=n_procs, cache_file=cache))
 
     result["read_header"] = _best(headers, repeat)

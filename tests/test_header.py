@@ -792,16 +792,9 @@ def _walked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counter
 
 
-def _forget() -> None:
-    """Empty what read_header remembers from the files it read before."""
-    header._LAYOUTS.clear()
-    header._SEQUENCES.clear()
-    header._SERIES.clear()
-
-
 def _alone(path: Path) -> FileHeader | str:
     """read_header with nothing remembered (or the error's message)."""
-    _forget()
+    header.forget()
     try:
         return read_header(path)
     except DicomReadError as exc:
@@ -809,7 +802,7 @@ def _alone(path: Path) -> FileHeader | str:
 
 
 def _in_order(paths: list[Path]) -> dict[Path, FileHeader | str]:
-    _forget()
+    header.forget()
     found: dict[Path, FileHeader | str] = {}
     for path in paths:
         try:
@@ -825,7 +818,7 @@ def test_the_files_of_a_series_are_walked_once(
     """The second file of a series jumps over the chunks it shares with the first, and
     reads the same record as when it is read alone."""
     first, second = write_series(SeriesSpec("t1", 3, n_slices=2), tmp_path)
-    _forget()
+    header.forget()
     walked = _walked(monkeypatch)
     read_header(first)
     alone = walked[0]
@@ -857,7 +850,7 @@ def test_a_remembered_chunk_is_jumped_only_when_its_bytes_are_the_same(
     else:
         ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", 1000)
     after = _save(ds, tmp_path / "after.dcm")
-    _forget()
+    header.forget()
     read_header(before)
     assert header._LAYOUTS
     h = read_header(after)
@@ -884,7 +877,7 @@ def test_a_remembered_sequence_is_jumped_only_when_its_bytes_are_the_same(
         return skip(src, pos, syntax, depth)
 
     monkeypatch.setattr(header, "_skip_undefined", counted)
-    _forget()
+    header.forget()
     read_header(before)
     assert walked == [1]
     assert read_header(again).series_description == "again"
@@ -920,7 +913,7 @@ def test_the_fields_of_a_series_come_from_each_file(tmp_path: Path) -> None:
     value they come from: the file meta's SOP class too, when the data set has none."""
     ds = _one()
     del ds.SOPClassUID
-    _forget()
+    header.forget()
     first = read_header(_save(ds, tmp_path / "mr.dcm"))
     ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4.1")  # enhanced MR
     second = read_header(_save(ds, tmp_path / "emr.dcm"))

@@ -1348,6 +1348,15 @@ def _read_meta(
     return meta, pos
 
 
+def forget() -> None:
+    """Empty what :func:`read_header` remembers of the files it read before (the layouts
+    and sequences of :func:`_parse_dataset`, the fields of a series): it reads the next
+    file as if it were the first. Records never depend on it; timings do."""
+    _LAYOUTS.clear()
+    _SEQUENCES.clear()
+    _SERIES.clear()
+
+
 def read_header(path: Path) -> FileHeader:
     """Read the header of one DICOM file.
 
