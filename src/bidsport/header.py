@@ -22,9 +22,9 @@ skips every other value by its length (large skipped values are never read from 
 * The files of a series repeat most of their header bytes: the walk remembers the
   elements it walked in chunks of a few, and the sequences of undefined length it
   skipped, and jumps over a chunk or a sequence that a later file repeats byte for byte
-  at the same place, taking the chunk's values as they were read (about half the
-  elements of a vendor's file are then not walked one by one). A record never depends
-  on the files read before it.
+  at the same place, taking the chunk's values as they were read (most elements of a
+  vendor's file are then not walked one by one). A record never depends on the files
+  read before it.
 * Enhanced (multi-frame) files: values missing at the top level are taken from the
   first item of PerFrameFunctionalGroupsSequence, then SharedFunctionalGroupsSequence
   (EffectiveEchoTime for EchoTime, FrameType for a missing ImageType, ...);
