@@ -925,6 +925,45 @@ def test_the_fields_of_a_series_come_from_each_file(tmp_path: Path) -> None:
     assert second.series_uid is read_header(tmp_path / "mr.dcm").series_uid  # (kept once)
 
 
+class _AskedValues(dict[int, Any]):
+    """A file's values that note the tags asked for in ``asked``."""
+
+    def __init__(self, values: dict[int, Any], asked: set[int]) -> None:
+        super().__init__(values)
+        self.asked = asked
+
+    def get(self, key: int, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_the_series_fields_of_a_classic_file_read_only_the_series_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_series_fields reads no element outside _SERIES_TAGS, the key of what is kept: a
+    field added there without its tag would be taken from another file of the series."""
+    series_fields = header._series_fields
+    asked: set[int] = set()
+
+    def noting(f: Any, meta: Any, ts: Any) -> Any:
+        values = f.values
+        f.values = _AskedValues(values, asked)
+        try:
+            return series_fields(f, meta, ts)
+        finally:
+            f.values = values
+
+    monkeypatch.setattr(header, "_series_fields", noting)
+    header.forget()
+    for spec in typical_session():
+        for path in write_series(spec, tmp_path / spec.description)[:1]:
+            read_header(path)
+    assert asked
+    assert asked <= set(header._SERIES_TAGS), sorted(
+        hex(t) for t in asked - set(header._SERIES_TAGS)
+    )
+
+
 def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
 
