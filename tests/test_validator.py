@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bidsport import validator as validator_module
 from bidsport.errors import ExternalToolError
 from bidsport.validator import (
     Issue,
@@ -127,6 +128,46 @@ def test_missing_validator_is_not_an_error(tmp_path: Path, monkeypatch: pytest.M
 def test_bids_version_of_the_installed_schema() -> None:
     version = validator_bids_version(_validator())
     assert version is not None and re.fullmatch(r"1\.\d+\.\d+", version)
+
+
+def test_bids_version_is_read_from_the_end_of_the_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "bids-validator.js"
+    schema = b'{ rules: {} }, bids_version: "1.10.0", schema_version: "1.0.0" };'
+    bundle.write_bytes(b"const bids_version = schema.bids_version;\n" + b"x" * 100_000 + schema)
+    assert validator_module._scan_bids_version(str(bundle)) == "1.10.0"
+    (tmp_path / "empty.js").write_bytes(b"")
+    (tmp_path / "none.js").write_bytes(b"var bids_version;" * 10)
+    for name in ("empty.js", "none.js", "missing.js"):
+        assert validator_module._scan_bids_version(str(tmp_path / name)) is None
+
+
+def test_bundle_of_this_environment_is_found_without_asking_python(tmp_path: Path) -> None:
+    """A validator script run by a Python of this environment: its package is looked up
+    in this process. Another environment's Python is asked (here a stand-in script that
+    answers as such a Python would)."""
+    here = validator_module._package_dir_here(sys.executable)
+    if _validator() is not None and here is not None:
+        asked = validator_module.run_command(
+            [
+                sys.executable,
+                "-c",
+                "import bids_validator_deno as m, os; print(os.path.dirname(m.__file__))",
+            ]
+        )
+        assert here == Path(asked.stdout.strip())
+    other = tmp_path / "other-env" / "bin"
+    package = tmp_path / "other-env" / "site" / "bids_validator_deno"
+    package.mkdir(parents=True)
+    (package / "bids-validator.js").write_bytes(b'x; bids_version: "1.9.0" }')
+    other.mkdir(parents=True)
+    python = other / "python3"
+    python.write_text(f"#!/bin/sh\necho {shlex.quote(str(package))}\n")
+    python.chmod(0o755)
+    script = other / "bids-validator-deno"
+    script.write_text(f"#!{python}\nimport sys\n")
+    script.chmod(0o755)
+    assert validator_module._package_dir_here(str(python)) is None
+    assert validator_bids_version([str(script)]) == "1.9.0"
 
 
 def test_real_run_valid_then_broken(tmp_path: Path) -> None:

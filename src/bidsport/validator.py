@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -38,6 +39,8 @@ from bidsport.runner import RunningCommand, run_command, start_command
 log = logging.getLogger(__name__)
 
 VALIDATOR_SCRIPT = "bids-validator-deno"
+#: The Python package of the validator (it holds the JavaScript bundle).
+VALIDATOR_PACKAGE = "bids_validator_deno"
 #: Exit code of the validator when it found errors (its JSON is still on stdout).
 EXIT_INVALID = 16
 #: Seconds the validator may take on a large dataset.
@@ -162,13 +165,16 @@ def _bundle_candidates(executable: Path) -> list[Path]:
     """Files that may hold the validator's schema: its JS bundle, or the executable."""
     candidates = []
     interpreter = _shebang_interpreter(executable)
-    if interpreter is not None:
+    package = _package_dir_here(interpreter) if interpreter is not None else None
+    if package is not None:
+        candidates.append(package / "bids-validator.js")
+    elif interpreter is not None:
         try:
             result = run_command(
                 [
                     interpreter,
                     "-c",
-                    "import bids_validator_deno as m, os; print(os.path.dirname(m.__file__))",
+                    f"import {VALIDATOR_PACKAGE} as m, os; print(os.path.dirname(m.__file__))",
                 ],
                 timeout=60,
             )
@@ -180,6 +186,24 @@ def _bundle_candidates(executable: Path) -> list[Path]:
     else:
         candidates.append(executable)
     return [c for c in candidates if c.is_file()]
+
+
+def _package_dir_here(interpreter: str) -> Path | None:
+    """The folder of the ``bids_validator_deno`` package as ``interpreter`` would find it,
+    when that is a Python of this environment (its folder is that of ``sys.executable``):
+    looked up in this process (no import: ~0.1 ms, against ~30 ms for asking another
+    Python). None when it is another environment's Python, or the package is not found
+    here (then that Python is asked)."""
+    import importlib.util
+
+    try:
+        if not os.path.samefile(os.path.dirname(interpreter), os.path.dirname(sys.executable)):
+            return None
+        spec = importlib.util.find_spec(VALIDATOR_PACKAGE)
+    except (OSError, ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    return Path(locations[0]) if locations else None
 
 
 def _shebang_interpreter(executable: Path) -> str | None:
@@ -201,18 +225,23 @@ def _shebang_interpreter(executable: Path) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _scan_bids_version(path: str) -> str | None:
+    """The BIDS version in the schema a validator bundle (or binary) holds, or None.
+
+    The schema is near the end of the ~13 MB bundle: the name is searched from the end
+    (``rfind`` in a memory map, memchr speed: only the pages after it are read, ~0.5 ms
+    instead of ~20 ms for reading the whole file, and ~230 ms for a regular expression
+    that cannot start from a literal) and the pattern matched there; the last match wins.
+    """
     try:
-        data = Path(path).read_bytes()  # ~15 MB for the JS bundle: read once, cached
-    except OSError:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.rfind(b"bids_version")
+            while at >= 0:
+                match = _BIDS_VERSION.match(data, max(at - 1, 0)) or _BIDS_VERSION.match(data, at)
+                if match:
+                    return match.group(1).decode("ascii", "replace")
+                at = data.rfind(b"bids_version", 0, at)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
         return None
-    # the name is searched as a literal (memchr speed: ~10 ms instead of ~230 ms for a
-    # regular expression that cannot start from a literal), the pattern matched there
-    at = data.find(b"bids_version")
-    while at >= 0:
-        match = _BIDS_VERSION.match(data, max(at - 1, 0)) or _BIDS_VERSION.match(data, at)
-        if match:
-            return match.group(1).decode("ascii", "replace")
-        at = data.find(b"bids_version", at + 1)
     return None
 
 
