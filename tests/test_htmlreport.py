@@ -35,6 +35,7 @@ from bidsport.htmlreport import (
 )
 from bidsport.layout import DatasetLayout
 from bidsport.png import size as png_size
+from bidsport.reportworkers import sessions_since_report, thumbnail_workers
 from bidsport.runner import run_command
 from bidsport.status import INTERRUPTED, StatusRow, read_status
 from bidsport.synthetic import Study, Subject, typical_session, write_series
@@ -490,6 +491,68 @@ def test_report_with_current_thumbnails_imports_no_image_library(
     again = run_command([sys.executable, "-c", probe], timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split() == ["0", "False", "False", "False"]
+
+
+def _image_libraries_loaded() -> tuple[bool, bool]:
+    return "numpy" in sys.modules, "nibabel" in sys.modules
+
+
+def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
+    tmp_path: Path, dataset: DatasetLayout
+) -> None:
+    layout = DatasetLayout(tmp_path / "bids")
+    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    assert sessions_since_report(layout) == 2  # no report yet: both sessions
+    with thumbnail_workers(layout, 1) as pool:
+        assert pool is None  # one process: nothing to overlap
+    with thumbnail_workers(layout, 2) as pool:
+        assert pool is not None
+        assert pool.submit(_image_libraries_loaded).result() == (True, True)
+    write_report(layout, read_status(layout), title="t")
+    assert sessions_since_report(layout) == 0
+    with thumbnail_workers(layout, 2) as pool:
+        assert pool is None
+    record = layout.status_row_file("S01", "2")
+    later = layout.report_file.stat().st_mtime_ns + 10**9
+    os.utime(record, ns=(later, later))  # a participant run recorded session 2 again
+    assert sessions_since_report(layout) == 1
+    assert sessions_since_report(DatasetLayout(tmp_path / "nothing")) == 0
+
+
+def test_thumbnails_are_made_by_the_workers_started_first(
+    tmp_path: Path, dataset: DatasetLayout
+) -> None:
+    """The report made with workers started before it (as the command line does) is the
+    same, and the process that writes it loads no image library."""
+    layout = DatasetLayout(tmp_path / "bids")
+    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bidsport.layout import DatasetLayout\n"
+        "from bidsport.reportworkers import thumbnail_workers\n"
+        f"layout = DatasetLayout(Path({str(layout.root)!r}))\n"
+        "with thumbnail_workers(layout, 2) as pool:\n"
+        "    from bidsport.htmlreport import prepare_report, write_page\n"
+        "    from bidsport.status import read_status\n"
+        "    prepared = prepare_report(layout, read_status(layout), 2, pool)\n"
+        "    outcome = write_page(layout, prepared, title='t')\n"
+        "print(pool is not None, len(outcome.written), 'numpy' in sys.modules)\n"
+    )
+    result = run_command([sys.executable, "-c", probe], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "7", "False"]
+    made = sorted(layout.derivatives_dir.rglob("*.png"))
+    page = layout.report_file.read_text(encoding="utf-8")
+
+    alone = DatasetLayout(tmp_path / "alone")
+    shutil.copytree(dataset.root, alone.root, symlinks=True)
+    write_report(alone, read_status(alone), title="t")
+    assert page == alone.report_file.read_text(encoding="utf-8")
+    assert [(p.relative_to(layout.root), p.read_bytes()) for p in made] == [
+        (p.relative_to(alone.root), p.read_bytes())
+        for p in sorted(alone.derivatives_dir.rglob("*.png"))
+    ]
 
 
 # --------------------------------------------------------------------------- Chromium

@@ -47,7 +47,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidsport import fileops, uptodate
 from bidsport.errors import ExternalToolError, LockedError, OutputError, UsageError
@@ -69,6 +69,9 @@ from bidsport.validator import (
     start_validator,
     validator_bids_version,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +508,7 @@ def run_group(
     report: bool = True,
     n_procs: int = 1,
     work_dir: Path | None = None,
+    thumbnail_pool: Executor | None = None,
 ) -> GroupResult:
     """Write the dataset-level files, rebuild the status table and validate the dataset.
 
@@ -515,7 +519,8 @@ def run_group(
     (:func:`validation_record`; rewritten only when they change; kept as they are when
     the dataset is not validated). With ``report``, also write the HTML report
     (:mod:`bidsport.htmlreport`; its thumbnails are made in up to ``n_procs`` processes
-    while the validator runs), with the findings of the last validation.
+    while the validator runs, in ``thumbnail_pool``'s when given: see
+    :mod:`bidsport.reportworkers`), with the findings of the last validation.
 
     Idempotent: a second run with the same arguments changes no file. Raises
     :class:`UsageError` when the dataset folder does not exist, :class:`LockedError`
@@ -592,7 +597,7 @@ def run_group(
         if validate:
             deno_dir = stack.enter_context(_validator_cache(layout, work_dir))
             pending = stack.enter_context(start_validator(root, command=command, deno_dir=deno_dir))
-        prepared = prepare_report(layout, status, n_procs) if report else None
+        prepared = prepare_report(layout, status, n_procs, thumbnail_pool) if report else None
         try:
             validation = pending.result() if pending is not None else None
         except ExternalToolError:

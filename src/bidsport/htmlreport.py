@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from bidsport import fileops, png
 from bidsport.layout import DatasetLayout, nifti_stem, sub_ses_dir, sub_ses_prefix
@@ -40,6 +41,9 @@ from bidsport.status import (
     unrecorded_outcome,
 )
 from bidsport.validator import Issue, ValidationResult
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -555,17 +559,25 @@ def _store_png(png_path: Path, data: bytes) -> bool:
 _PARALLEL_FROM = 8
 
 
-def _make_pngs(images: Sequence[Path], n_procs: int) -> list[bytes | str]:
-    """:func:`_make_png` of every image, in up to ``n_procs`` worker processes."""
-    if n_procs <= 1 or len(images) < _PARALLEL_FROM:
+def _make_pngs(
+    images: Sequence[Path], n_procs: int, pool: Executor | None = None
+) -> list[bytes | str]:
+    """:func:`_make_png` of every image, in ``pool``'s worker processes (running already,
+    see :mod:`bidsport.reportworkers`) or in up to ``n_procs`` of their own."""
+    if not images:
+        return []
+    if pool is None and (n_procs <= 1 or len(images) < _PARALLEL_FROM):
         return [_make_png(image) for image in images]
     from concurrent.futures import BrokenExecutor
 
-    from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
     from bidsport.runner import process_pool, worker_gone
 
-    workers = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
     try:
+        if pool is not None:
+            return list(pool.map(_make_png, images, chunksize=_chunk_size(len(images))))
+        from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
+
+        workers = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
         with process_pool(workers) as pool:
             return list(pool.map(_make_png, images, chunksize=4))
     except BrokenExecutor:
@@ -573,8 +585,16 @@ def _make_pngs(images: Sequence[Path], n_procs: int) -> list[bytes | str]:
         return [_make_png(image) for image in images]
 
 
+def _chunk_size(n_images: int) -> int:
+    """Thumbnails per task in a pool of any size: 4, or 1 for a few (spread evenly)."""
+    return 4 if n_images >= 4 * _PARALLEL_FROM else 1
+
+
 def _thumbnails(
-    wanted: Sequence[tuple[Path, Path, str]], n_procs: int, written: list[Path]
+    wanted: Sequence[tuple[Path, Path, str]],
+    n_procs: int,
+    written: list[Path],
+    pool: Executor | None = None,
 ) -> list[tuple[Thumbnail | None, str | None]]:
     """For each (image, PNG path, relative path): the thumbnail, made (or reused), or why
     there is none."""
@@ -585,7 +605,7 @@ def _thumbnails(
         if current is None:
             to_make.append(len(found))
         found.append((current, None) if isinstance(current, Thumbnail) else (None, current))
-    made = _make_pngs([wanted[i][0] for i in to_make], n_procs)
+    made = _make_pngs([wanted[i][0] for i in to_make], n_procs, pool)
     for i, data in zip(to_make, made, strict=True):
         image, png_path, relpath = wanted[i]
         if isinstance(data, str):
@@ -613,10 +633,13 @@ def _series_rows(layout: DatasetLayout, row: StatusRow) -> list[SeriesRow] | str
 
 
 def collect_sessions(
-    layout: DatasetLayout, status: Iterable[StatusRow], n_procs: int = 1
+    layout: DatasetLayout,
+    status: Iterable[StatusRow],
+    n_procs: int = 1,
+    pool: Executor | None = None,
 ) -> tuple[list[SessionReport], list[Path], set[Path]]:
-    """Read every session's series table and make the missing or stale thumbnails (in up
-    to ``n_procs`` worker processes).
+    """Read every session's series table and make the missing or stale thumbnails (in
+    ``pool``'s workers, else in up to ``n_procs`` worker processes).
 
     Returns the sessions (in status order), the thumbnails written, and every thumbnail
     the report refers to. A session neither converted nor failed is given the reason
@@ -635,7 +658,7 @@ def collect_sessions(
                     image = layout.session_dir(sub, ses) / output
                     wanted.append((image, layout.derivatives_dir / relpath, relpath))
     written: list[Path] = []
-    thumbs = iter(_thumbnails(wanted, n_procs, written))
+    thumbs = iter(_thumbnails(wanted, n_procs, written, pool))
     sessions = []
     for row, rows in tables:
         problem = unrecorded_outcome(row, records.get(row.key))
@@ -673,14 +696,20 @@ def _prune_thumbnails(folder: Path, used: set[Path]) -> list[Path]:
 
 
 def prepare_report(
-    layout: DatasetLayout, status: Sequence[StatusRow], n_procs: int = 1
+    layout: DatasetLayout,
+    status: Sequence[StatusRow],
+    n_procs: int = 1,
+    pool: Executor | None = None,
 ) -> PreparedReport:
-    """Read the series tables, make the missing or stale thumbnails (in up to ``n_procs``
-    worker processes) and remove those of images that are gone: all but the page.
+    """Read the series tables, make the missing or stale thumbnails (in ``pool``'s
+    workers, see :mod:`bidsport.reportworkers`, else in up to ``n_procs`` worker processes)
+    and remove those of images that are gone: all but the page.
 
     A thumbnail that cannot be made is logged and shown as a note.
     """
-    sessions, written, used = collect_sessions(layout, sorted(status, key=lambda r: r.key), n_procs)
+    sessions, written, used = collect_sessions(
+        layout, sorted(status, key=lambda r: r.key), n_procs, pool
+    )
     removed = _prune_thumbnails(layout.derivatives_dir / THUMBNAIL_DIR, used)
     for path in removed:
         log.info("removed the thumbnail of a vanished image: %s", path)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.ma  # np.percentile loads it at its first call (~20 ms): here, at import
 
 from bidsport import png
 from bidsport.niftiio import nib

@@ -21,6 +21,8 @@ from bidsport.status import now_iso  # uptodate.iso_utc: the quick re-run's time
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing the participant level loads pydicom
+    from concurrent.futures import Executor
+
     from bidsport.participant import ParticipantRun
 
 
@@ -243,9 +245,14 @@ def write_shortcut(
 
 
 def run_group_level(
-    dicom_dir: Path, layout: DatasetLayout, opts: RunOptions, args: argparse.Namespace
+    dicom_dir: Path,
+    layout: DatasetLayout,
+    opts: RunOptions,
+    args: argparse.Namespace,
+    thumbnail_pool: Executor | None = None,
 ) -> int:
-    """Write the dataset-level files, refresh the status, validate, report.
+    """Write the dataset-level files, refresh the status, validate, report (its thumbnails
+    in ``thumbnail_pool``'s workers when given, see :mod:`bidsport.reportworkers`).
 
     Exit code 6 when the validator found errors, else 3 when sessions of the dataset
     failed or were interrupted (the curation is not complete), else 0.
@@ -267,6 +274,7 @@ def run_group_level(
         validate=not args.skip_validation,
         n_procs=opts.n_procs,
         work_dir=opts.work_dir,
+        thumbnail_pool=thumbnail_pool,
     )
     if not args.quiet:
         print(format_summary(result))

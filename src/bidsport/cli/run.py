@@ -14,6 +14,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see bids
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence  # collections: ~2 ms of a ~20 ms quick re-run
+    from concurrent.futures import Executor
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
     from bidsport.layout import DatasetLayout
@@ -155,6 +157,24 @@ def _check_has_sessions(layout: DatasetLayout) -> None:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    with _thumbnail_workers(args) as thumbnail_pool:
+        return _run_level(args, argv, thumbnail_pool)
+
+
+def _thumbnail_workers(args: argparse.Namespace) -> AbstractContextManager[Executor | None]:
+    """For a group run: the report's thumbnail workers, started before the group level's
+    modules load (:mod:`bidsport.reportworkers`); else none."""
+    import contextlib
+
+    if args.analysis_level != "group" or args.regenerate or args.list_participants or args.dry_run:
+        return contextlib.nullcontext()
+    from bidsport.layout import DatasetLayout
+    from bidsport.reportworkers import thumbnail_workers
+
+    return thumbnail_workers(DatasetLayout(args.output_dir.absolute()), args.n_procs)
+
+
+def _run_level(args: argparse.Namespace, argv: list[str], thumbnail_pool: Executor | None) -> int:
     import json
     import logging
     from pathlib import Path
@@ -238,7 +258,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         )
     from bidsport.cli.levels import run_group_level
 
-    return run_group_level(args.dicom_dir, layout, opts, args)
+    return run_group_level(args.dicom_dir, layout, opts, args, thumbnail_pool)
 
 
 if __name__ == "__main__":  # pragma: no cover
