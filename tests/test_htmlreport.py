@@ -35,7 +35,7 @@ from bidsport.htmlreport import (
 )
 from bidsport.layout import DatasetLayout
 from bidsport.png import size as png_size
-from bidsport.reportworkers import sessions_since_report, thumbnail_workers
+from bidsport.reportworkers import images_to_preview, sessions_since_report, thumbnail_workers
 from bidsport.runner import run_command
 from bidsport.status import INTERRUPTED, StatusRow, read_status
 from bidsport.synthetic import Study, Subject, typical_session, write_series
@@ -502,21 +502,29 @@ def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
 ) -> None:
     layout = DatasetLayout(tmp_path / "bids")
     shutil.copytree(dataset.root, layout.root, symlinks=True)
-    assert sessions_since_report(layout) == 2  # no report yet: both sessions
+    # no report yet: both sessions, 5 + 1 images
+    assert [p.name for p in sessions_since_report(layout)] == [
+        "sub-S01_ses-1.json",
+        "sub-S01_ses-2.json",
+    ]
+    assert images_to_preview(layout, 100) == 6 and images_to_preview(layout, 4) == 4
     with thumbnail_workers(layout, 1) as pool:
         assert pool is None  # one process: nothing to overlap
     with thumbnail_workers(layout, 2) as pool:
         assert pool is not None
         assert pool.submit(_image_libraries_loaded).result() == (True, True)
     write_report(layout, read_status(layout), title="t")
-    assert sessions_since_report(layout) == 0
+    assert sessions_since_report(layout) == [] and images_to_preview(layout, 100) == 0
     with thumbnail_workers(layout, 2) as pool:
         assert pool is None
     record = layout.status_row_file("S01", "2")
     later = layout.report_file.stat().st_mtime_ns + 10**9
     os.utime(record, ns=(later, later))  # a participant run recorded session 2 again
-    assert sessions_since_report(layout) == 1
-    assert sessions_since_report(DatasetLayout(tmp_path / "nothing")) == 0
+    assert sessions_since_report(layout) == [record] and images_to_preview(layout, 100) == 1
+    record.write_text("{not json", encoding="utf-8")
+    os.utime(record, ns=(later, later))
+    assert images_to_preview(layout, 100) == 0
+    assert sessions_since_report(DatasetLayout(tmp_path / "nothing")) == []
 
 
 def test_thumbnails_are_made_by_the_workers_started_first(
