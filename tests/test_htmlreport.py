@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import html
 import io
 import json
@@ -19,11 +20,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsport import htmlreport, thumbnails
+from bidsport import htmlreport, reportworkers, thumbnails
 from bidsport.cli.run import main
 from bidsport.fileops import read_tsv
 from bidsport.htmlreport import (
     SHOWN_LOCATIONS,
+    THUMBNAIL_DIR,
     ImagePreview,
     SeriesEntry,
     SessionReport,
@@ -493,13 +495,10 @@ def test_report_with_current_thumbnails_imports_no_image_library(
     assert again.stdout.split() == ["0", "False", "False", "False"]
 
 
-def _image_libraries_loaded() -> tuple[bool, bool]:
-    return "numpy" in sys.modules, "nibabel" in sys.modules
-
-
 def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
-    tmp_path: Path, dataset: DatasetLayout
+    tmp_path: Path, dataset: DatasetLayout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(reportworkers, "usable_cpus", lambda: 2)  # whatever runs the tests
     layout = DatasetLayout(tmp_path / "bids")
     shutil.copytree(dataset.root, layout.root, symlinks=True)
     # no report yet: both sessions, 5 + 1 images
@@ -510,9 +509,24 @@ def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
     assert images_to_preview(layout, 100) == 6 and images_to_preview(layout, 4) == 4
     with thumbnail_workers(layout, 1) as pool:
         assert pool is None  # one process: nothing to overlap
+    with monkeypatch.context() as one_cpu:
+        one_cpu.setattr(reportworkers, "usable_cpus", lambda: 1)
+        with thumbnail_workers(layout, 2) as pool:
+            assert pool is None  # a batch job given one core: nothing to overlap either
     with thumbnail_workers(layout, 2) as pool:
-        assert pool is not None
-        assert pool.submit(_image_libraries_loaded).result() == (True, True)
+        assert pool is not None and pool.workers == 1  # 6 images
+    with monkeypatch.context() as four:
+        four.setattr(reportworkers, "IMAGES_PER_WORKER", 2)
+        with thumbnail_workers(layout, 4) as pool:
+            assert pool is not None and pool.workers == 2  # 4 images counted: 2 CPUs
+    lock = layout.lock_file("S01", "3")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a participant job converts a session
+        assert reportworkers.sessions_in_progress(layout)
+        with thumbnail_workers(layout, 2) as pool:
+            assert pool is None  # the group level will refuse to run
+    assert not reportworkers.sessions_in_progress(layout)
     write_report(layout, read_status(layout), title="t")
     assert sessions_since_report(layout) == [] and images_to_preview(layout, 100) == 0
     with thumbnail_workers(layout, 2) as pool:
@@ -527,25 +541,46 @@ def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
     assert sessions_since_report(DatasetLayout(tmp_path / "nothing")) == []
 
 
+def test_too_few_early_workers_give_way_to_enough(
+    tmp_path: Path, dataset: DatasetLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early workers are counted from a guess: when the thumbnails to make are worth
+    more workers (e.g. every thumbnail deleted), they are shut down and enough started."""
+    monkeypatch.setattr(htmlreport, "_PARALLEL_FROM", 2)  # 6 images: worth 2 workers
+    monkeypatch.setattr(reportworkers, "usable_cpus", lambda: 2)
+    layout = DatasetLayout(tmp_path / "bids")
+    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    with thumbnail_workers(layout, 2) as pool:
+        assert pool is not None and pool.workers == 1
+        prepared = htmlreport.prepare_report(layout, read_status(layout), 2, pool)
+        with pytest.raises(RuntimeError):  # shut down
+            pool.executor.submit(int)
+    assert len([p for p in prepared.written if p.suffix == ".png"]) == 6
+
+
 def test_thumbnails_are_made_by_the_workers_started_first(
     tmp_path: Path, dataset: DatasetLayout
 ) -> None:
     """The report made with workers started before it (as the command line does) is the
-    same, and the process that writes it loads no image library."""
+    same, and the process that writes it loads no image library: its workers do."""
     layout = DatasetLayout(tmp_path / "bids")
     shutil.copytree(dataset.root, layout.root, symlinks=True)
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
         "from bidsport.layout import DatasetLayout\n"
-        "from bidsport.reportworkers import thumbnail_workers\n"
+        "from bidsport import reportworkers\n"
+        "reportworkers.usable_cpus = lambda: 2  # whatever runs the tests\n"
+        "def loaded():\n"
+        "    return 'numpy' in sys.modules and 'nibabel' in sys.modules\n"
         f"layout = DatasetLayout(Path({str(layout.root)!r}))\n"
-        "with thumbnail_workers(layout, 2) as pool:\n"
+        "with reportworkers.thumbnail_workers(layout, 2) as pool:\n"
+        "    warm = pool.executor.submit(loaded).result()\n"
         "    from bidsport.htmlreport import prepare_report, write_page\n"
         "    from bidsport.status import read_status\n"
         "    prepared = prepare_report(layout, read_status(layout), 2, pool)\n"
         "    outcome = write_page(layout, prepared, title='t')\n"
-        "print(pool is not None, len(outcome.written), 'numpy' in sys.modules)\n"
+        "print(warm, len(outcome.written), 'numpy' in sys.modules)\n"
     )
     result = run_command([sys.executable, "-c", probe], timeout=120)
     assert result.returncode == 0, result.stderr
@@ -561,6 +596,26 @@ def test_thumbnails_are_made_by_the_workers_started_first(
         (p.relative_to(alone.root), p.read_bytes())
         for p in sorted(alone.derivatives_dir.rglob("*.png"))
     ]
+
+
+def test_group_command_makes_thumbnails_in_its_early_workers(
+    tmp_path: Path, dataset: DatasetLayout
+) -> None:
+    layout = DatasetLayout(tmp_path / "bids")
+    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    probe = (
+        "import sys\n"
+        "from bidsport import reportworkers\n"
+        "reportworkers.usable_cpus = lambda: 2  # whatever runs the tests\n"
+        "from bidsport.cli.run import main\n"
+        f"code = main([{str(tmp_path / 'inbox')!r}, {str(layout.root)!r}, 'group', '-q',\n"
+        "             '--skip-validation', '--n-procs', '2'])\n"
+        "print(code, 'numpy' in sys.modules)\n"
+    )
+    result = run_command([sys.executable, "-c", probe], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False"]
+    assert len(list((layout.derivatives_dir / THUMBNAIL_DIR).rglob("*.png"))) == 6
 
 
 # --------------------------------------------------------------------------- Chromium

@@ -141,12 +141,15 @@ def test_bids_version_is_read_from_the_end_of_the_bundle(tmp_path: Path) -> None
         assert validator_module._scan_bids_version(str(tmp_path / name)) is None
 
 
-def test_bundle_of_this_environment_is_found_without_asking_python(tmp_path: Path) -> None:
-    """A validator script run by a Python of this environment: its package is looked up
-    in this process. Another environment's Python is asked (here a stand-in script that
-    answers as such a Python would)."""
-    here = validator_module._package_dir_here(sys.executable)
-    if _validator() is not None and here is not None:
+def test_bundle_of_this_environment_is_found_without_asking_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validator script run by this process's Python: its package is looked up in this
+    process. Another Python (another environment's, or run with options) is asked (here a
+    stand-in script that answers as such a Python would)."""
+    here = validator_module._package_dir_here(sys.executable, False)
+    if (Path(sys.executable).parent / "bids-validator-deno").is_file():
+        assert here is not None  # installed beside us: found without a second Python
         asked = validator_module.run_command(
             [
                 sys.executable,
@@ -155,6 +158,12 @@ def test_bundle_of_this_environment_is_found_without_asking_python(tmp_path: Pat
             ]
         )
         assert here == Path(asked.stdout.strip())
+        expected = validator_bids_version(_validator())
+        validator_module._scan_bids_version.cache_clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(validator_module, "run_command", lambda *a, **k: pytest.fail("asked"))
+            assert validator_bids_version(_validator()) == expected
+    assert validator_module._package_dir_here(sys.executable, True) is None  # e.g. "-s"
     other = tmp_path / "other-env" / "bin"
     package = tmp_path / "other-env" / "site" / "bids_validator_deno"
     package.mkdir(parents=True)
@@ -166,7 +175,7 @@ def test_bundle_of_this_environment_is_found_without_asking_python(tmp_path: Pat
     script = other / "bids-validator-deno"
     script.write_text(f"#!{python}\nimport sys\n")
     script.chmod(0o755)
-    assert validator_module._package_dir_here(str(python)) is None
+    assert validator_module._package_dir_here(str(python), False) is None
     assert validator_bids_version([str(script)]) == "1.9.0"
 
 

@@ -71,7 +71,7 @@ from bidsport.validator import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
+    from bidsport.reportworkers import ThumbnailPool
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ def run_group(
     report: bool = True,
     n_procs: int = 1,
     work_dir: Path | None = None,
-    thumbnail_pool: Executor | None = None,
+    thumbnail_pool: ThumbnailPool | None = None,
 ) -> GroupResult:
     """Write the dataset-level files, rebuild the status table and validate the dataset.
 
@@ -520,7 +520,8 @@ def run_group(
     the dataset is not validated). With ``report``, also write the HTML report
     (:mod:`bidsport.htmlreport`; its thumbnails are made in up to ``n_procs`` processes
     while the validator runs, in ``thumbnail_pool``'s when given: see
-    :mod:`bidsport.reportworkers`), with the findings of the last validation.
+    :mod:`bidsport.reportworkers`; it is shut down once they are made), with the findings
+    of the last validation.
 
     Idempotent: a second run with the same arguments changes no file. Raises
     :class:`UsageError` when the dataset folder does not exist, :class:`LockedError`
@@ -598,6 +599,8 @@ def run_group(
             deno_dir = stack.enter_context(_validator_cache(layout, work_dir))
             pending = stack.enter_context(start_validator(root, command=command, deno_dir=deno_dir))
         prepared = prepare_report(layout, status, n_procs, thumbnail_pool) if report else None
+        if thumbnail_pool is not None:  # done: its workers end while the validator runs
+            thumbnail_pool.executor.shutdown(wait=False)
         try:
             validation = pending.result() if pending is not None else None
         except ExternalToolError:

@@ -43,7 +43,7 @@ from bidsport.status import (
 from bidsport.validator import Issue, ValidationResult
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
+    from bidsport.reportworkers import ThumbnailPool
 
 log = logging.getLogger(__name__)
 
@@ -560,28 +560,33 @@ _PARALLEL_FROM = 8
 
 
 def _make_pngs(
-    images: Sequence[Path], n_procs: int, pool: Executor | None = None
+    images: Sequence[Path], n_procs: int, pool: ThumbnailPool | None = None
 ) -> list[bytes | str]:
-    """:func:`_make_png` of every image, in ``pool``'s worker processes (running already,
-    see :mod:`bidsport.reportworkers`) or in up to ``n_procs`` of their own."""
+    """:func:`_make_png` of every image, in up to ``n_procs`` worker processes: ``pool``'s
+    (running already, see :mod:`bidsport.reportworkers`) when it has as many as these
+    images are worth, else workers started now."""
     if not images:
         return []
+    worth = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
+    if pool is not None and pool.workers < worth:
+        pool.executor.shutdown()  # too few (the images were guessed): forks come next
+        pool = None
     if pool is None and (n_procs <= 1 or len(images) < _PARALLEL_FROM):
         return [_make_png(image) for image in images]
     from concurrent.futures import BrokenExecutor
 
     from bidsport.runner import process_pool, worker_gone
 
+    executor = pool.executor if pool is not None else None
     try:
-        if pool is not None:
-            return list(pool.map(_make_png, images, chunksize=_chunk_size(len(images))))
+        if executor is not None:
+            return list(executor.map(_make_png, images, chunksize=_chunk_size(len(images))))
         from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
 
-        workers = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
-        with process_pool(workers) as pool:
-            return list(pool.map(_make_png, images, chunksize=4))
+        with process_pool(worth) as executor:
+            return list(executor.map(_make_png, images, chunksize=4))
     except BrokenExecutor:
-        worker_gone(f"making {len(images)} thumbnails", pool)
+        worker_gone(f"making {len(images)} thumbnails", executor)
         return [_make_png(image) for image in images]
 
 
@@ -594,7 +599,7 @@ def _thumbnails(
     wanted: Sequence[tuple[Path, Path, str]],
     n_procs: int,
     written: list[Path],
-    pool: Executor | None = None,
+    pool: ThumbnailPool | None = None,
 ) -> list[tuple[Thumbnail | None, str | None]]:
     """For each (image, PNG path, relative path): the thumbnail, made (or reused), or why
     there is none."""
@@ -636,7 +641,7 @@ def collect_sessions(
     layout: DatasetLayout,
     status: Iterable[StatusRow],
     n_procs: int = 1,
-    pool: Executor | None = None,
+    pool: ThumbnailPool | None = None,
 ) -> tuple[list[SessionReport], list[Path], set[Path]]:
     """Read every session's series table and make the missing or stale thumbnails (in
     ``pool``'s workers, else in up to ``n_procs`` worker processes).
@@ -699,7 +704,7 @@ def prepare_report(
     layout: DatasetLayout,
     status: Sequence[StatusRow],
     n_procs: int = 1,
-    pool: Executor | None = None,
+    pool: ThumbnailPool | None = None,
 ) -> PreparedReport:
     """Read the series tables, make the missing or stale thumbnails (in ``pool``'s
     workers, see :mod:`bidsport.reportworkers`, else in up to ``n_procs`` worker processes)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bidsport import uptodate
 from bidsport.layout import NIFTI_ENDINGS, sub_ses_dir
 
 if TYPE_CHECKING:
@@ -27,6 +29,14 @@ if TYPE_CHECKING:
 #: imports numpy and nibabel once more, on a core the main process also needs (on the 1k
 #: benchmark inbox, 5 images: one worker, 0.48 s; two, 0.54 s).
 IMAGES_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class ThumbnailPool:
+    """Worker processes started by :func:`thumbnail_workers`, and how many there are."""
+
+    executor: Executor
+    workers: int
 
 
 def sessions_since_report(layout: DatasetLayout) -> list[Path]:
@@ -54,7 +64,9 @@ def _count_images(folder: Path, limit: int, *, skip_sessions: bool) -> int:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if count >= limit or entry.name.startswith("."):
+                if count >= limit:
+                    break
+                if entry.name.startswith("."):
                     continue
                 if entry.name.endswith(NIFTI_ENDINGS):
                     count += 1
@@ -91,28 +103,47 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def sessions_in_progress(layout: DatasetLayout) -> bool:
+    """True when a participant-level job holds a session lock of the dataset (the group
+    level then refuses to run: no worker is worth starting). A lock that cannot be
+    tested counts as free, as for the group level's own check."""
+    try:
+        with os.scandir(layout.locks_dir) as entries:
+            locks = [entry.path for entry in entries if entry.name.endswith(".lock")]
+    except OSError:
+        return False
+    for lock in locks:
+        with contextlib.suppress(OSError):
+            if uptodate.lock_held(lock):
+                return True
+    return False
+
+
 def _warm_up() -> None:
     """Worker start: load what making a thumbnail needs, before the first task."""
     from bidsport import htmlreport, thumbnails  # noqa: F401
 
 
 @contextlib.contextmanager
-def thumbnail_workers(layout: DatasetLayout, n_procs: int) -> Iterator[Executor | None]:
+def thumbnail_workers(layout: DatasetLayout, n_procs: int) -> Iterator[ThumbnailPool | None]:
     """Worker processes for the report's thumbnails, started at once, or None.
 
     They are started only when thumbnails are likely to be made: the sessions whose
-    status records are newer than the report hold NIfTI images, and ``n_procs`` is 2 or
-    more, as is the number of processors this process may use. One worker per
-    :data:`IMAGES_PER_WORKER` such images, up to ``n_procs``. When no thumbnail is made
-    after all, leaving the block waits for the workers to finish their imports.
+    status records are newer than the report hold NIfTI images, ``n_procs`` is 2 or
+    more, as is the number of processors this process may use, and no participant-level
+    job holds a session lock. One worker per :data:`IMAGES_PER_WORKER` such images, up
+    to ``n_procs``. The workers end when the block is left (or earlier, see
+    :func:`bidsport.group.run_group`), once they are done with their imports (~0.3 s
+    after the start, at most).
     """
     most = min(n_procs, usable_cpus())
     images = images_to_preview(layout, most * IMAGES_PER_WORKER) if most > 1 else 0
-    if not images:
+    if not images or sessions_in_progress(layout):
         yield None
         return
     from bidsport.runner import process_pool
 
-    with process_pool(-(-images // IMAGES_PER_WORKER), initializer=_warm_up) as pool:
-        pool.submit(int)  # a pool forks its workers at its first task: now
-        yield pool
+    workers = -(-images // IMAGES_PER_WORKER)
+    with process_pool(workers, initializer=_warm_up) as executor:
+        executor.submit(int)  # a pool forks its workers at its first task: now
+        yield ThumbnailPool(executor, workers)

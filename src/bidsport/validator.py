@@ -164,8 +164,9 @@ def validator_bids_version(command: Sequence[str] | None = None) -> str | None:
 def _bundle_candidates(executable: Path) -> list[Path]:
     """Files that may hold the validator's schema: its JS bundle, or the executable."""
     candidates = []
-    interpreter = _shebang_interpreter(executable)
-    package = _package_dir_here(interpreter) if interpreter is not None else None
+    shebang = _shebang(executable)
+    interpreter = shebang[0] if shebang else None
+    package = _package_dir_here(shebang[0], len(shebang) > 1) if shebang else None
     if package is not None:
         candidates.append(package / "bids-validator.js")
     elif interpreter is not None:
@@ -188,16 +189,21 @@ def _bundle_candidates(executable: Path) -> list[Path]:
     return [c for c in candidates if c.is_file()]
 
 
-def _package_dir_here(interpreter: str) -> Path | None:
+def _package_dir_here(interpreter: str, options: bool) -> Path | None:
     """The folder of the ``bids_validator_deno`` package as ``interpreter`` would find it,
-    when that is a Python of this environment (its folder is that of ``sys.executable``):
-    looked up in this process (no import: ~0.1 ms, against ~30 ms for asking another
-    Python). None when it is another environment's Python, or the package is not found
-    here (then that Python is asked)."""
+    when that is this process's Python: the same program, in the same folder (a virtual
+    environment's ``bin``), run without ``options``. Looked up in this process (no import:
+    ~0.1 ms, against ~30 ms for asking another Python). None in any other case, or when
+    the package is not found here: then ``interpreter`` is asked."""
     import importlib.util
 
+    if options:
+        return None
     try:
-        if not os.path.samefile(os.path.dirname(interpreter), os.path.dirname(sys.executable)):
+        if not (
+            os.path.samefile(interpreter, sys.executable)
+            and os.path.samefile(os.path.dirname(interpreter), os.path.dirname(sys.executable))
+        ):
             return None
         spec = importlib.util.find_spec(VALIDATOR_PACKAGE)
     except (OSError, ImportError, ValueError):
@@ -206,8 +212,9 @@ def _package_dir_here(interpreter: str) -> Path | None:
     return Path(locations[0]) if locations else None
 
 
-def _shebang_interpreter(executable: Path) -> str | None:
-    """The interpreter of a ``#!`` script (a Python console script), else None."""
+def _shebang(executable: Path) -> list[str] | None:
+    """The interpreter of a ``#!`` script (a Python console script) and its options (after
+    ``env``, when the script names it), else None."""
     try:
         with open(executable, "rb") as fh:
             first = fh.readline(512)
@@ -216,11 +223,9 @@ def _shebang_interpreter(executable: Path) -> str | None:
     if not first.startswith(b"#!"):
         return None
     parts = first[2:].decode("utf-8", "replace").split()
-    if not parts:
-        return None
-    if Path(parts[0]).name == "env" and len(parts) > 1:
-        return parts[1]
-    return parts[0]
+    if parts and Path(parts[0]).name == "env" and len(parts) > 1:
+        parts = parts[1:]
+    return parts or None
 
 
 @functools.lru_cache(maxsize=8)
@@ -233,14 +238,19 @@ def _scan_bids_version(path: str) -> str | None:
     that cannot start from a literal) and the pattern matched there; the last match wins.
     """
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with open(path, "rb") as fh, contextlib.ExitStack() as stack:
+            data: bytes | mmap.mmap
+            try:
+                data = stack.enter_context(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):  # a file system without mmap; an empty file
+                data = fh.read()
             at = data.rfind(b"bids_version")
             while at >= 0:
                 match = _BIDS_VERSION.match(data, max(at - 1, 0)) or _BIDS_VERSION.match(data, at)
                 if match:
                     return match.group(1).decode("ascii", "replace")
                 at = data.rfind(b"bids_version", 0, at)
-    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+    except OSError:
         return None
     return None
 

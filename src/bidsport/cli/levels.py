@@ -21,9 +21,8 @@ from bidsport.status import now_iso  # uptodate.iso_utc: the quick re-run's time
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # importing the participant level loads pydicom
-    from concurrent.futures import Executor
-
     from bidsport.participant import ParticipantRun
+    from bidsport.reportworkers import ThumbnailPool
 
 
 @contextlib.contextmanager
@@ -249,7 +248,7 @@ def run_group_level(
     layout: DatasetLayout,
     opts: RunOptions,
     args: argparse.Namespace,
-    thumbnail_pool: Executor | None = None,
+    thumbnail_pool: ThumbnailPool | None = None,
 ) -> int:
     """Write the dataset-level files, refresh the status, validate, report (its thumbnails
     in ``thumbnail_pool``'s workers when given, see :mod:`bidsport.reportworkers`).

@@ -14,11 +14,11 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see bids
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence  # collections: ~2 ms of a ~20 ms quick re-run
-    from concurrent.futures import Executor
     from contextlib import AbstractContextManager
     from pathlib import Path
 
     from bidsport.layout import DatasetLayout
+    from bidsport.reportworkers import ThumbnailPool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return _run_level(args, argv, thumbnail_pool)
 
 
-def _thumbnail_workers(args: argparse.Namespace) -> AbstractContextManager[Executor | None]:
+def _thumbnail_workers(args: argparse.Namespace) -> AbstractContextManager[ThumbnailPool | None]:
     """For a group run: the report's thumbnail workers, started before the group level's
     modules load (:mod:`bidsport.reportworkers`); else none."""
     import contextlib
@@ -174,7 +174,9 @@ def _thumbnail_workers(args: argparse.Namespace) -> AbstractContextManager[Execu
     return thumbnail_workers(DatasetLayout(args.output_dir.absolute()), args.n_procs)
 
 
-def _run_level(args: argparse.Namespace, argv: list[str], thumbnail_pool: Executor | None) -> int:
+def _run_level(
+    args: argparse.Namespace, argv: list[str], thumbnail_pool: ThumbnailPool | None
+) -> int:
     import json
     import logging
     from pathlib import Path
