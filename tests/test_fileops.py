@@ -145,3 +145,32 @@ def test_remove_tree_removes_a_link_itself_never_what_it_points_to(tmp_path: Pat
     with pytest.raises(OutputError, match="not inside"):
         remove_tree(root, root)
     assert (outside / "data.nii").exists() and root.is_dir()
+
+
+def test_count_files_counts_what_the_status_and_report_look_for(tmp_path: Path) -> None:
+    """Regular files at any depth, links followed; hidden entries, other sessions'
+    folders (with ``skip_sessions``, at the top only) and broken links are not counted;
+    the walk stops at ``limit``."""
+    top = tmp_path / "sub-01"
+    (top / "anat").mkdir(parents=True)
+    (top / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"1")
+    (top / "anat" / "sub-01_T1w.json").write_text("{}")
+    (top / "dwi" / "deeper" / "ses-x").mkdir(parents=True)  # a ses-* folder below the top
+    (top / "dwi" / "deeper" / "ses-x" / "b.nii").write_bytes(b"2")
+    (top / "ses-V1" / "anat").mkdir(parents=True)  # another session's folder
+    (top / "ses-V1" / "anat" / "c.nii.gz").write_bytes(b"3")
+    (top / ".hidden").mkdir()
+    (top / ".hidden" / "d.nii.gz").write_bytes(b"4")
+    (top / ".lock.nii.gz").write_bytes(b"5")
+    (top / "linked.nii.gz").symlink_to(top / "anat" / "sub-01_T1w.nii.gz")
+    (top / "broken.nii.gz").symlink_to(top / "missing.nii.gz")
+    images = (".nii", ".nii.gz")
+
+    assert fileops.count_files(top) == 5
+    assert fileops.count_files(top, suffixes=images) == 4
+    assert fileops.count_files(top, suffixes=images, skip_sessions=True) == 3
+    assert fileops.count_files(top, suffixes=(".json",), skip_sessions=True) == 1
+    assert fileops.count_files(top, suffixes=images, limit=2) == 2
+    assert fileops.count_files(top, suffixes=(".tsv",), limit=1) == 0
+    assert fileops.count_files(top, limit=0) == 0
+    assert fileops.count_files(tmp_path / "missing") == 0

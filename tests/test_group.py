@@ -13,6 +13,7 @@ from pathlib import Path
 import dcm2niix
 import pytest
 
+from bidsport import reportworkers, uptodate
 from bidsport.errors import ExitCode, LockedError
 from bidsport.group import (
     DEFAULT_BIDS_VERSION,
@@ -21,6 +22,7 @@ from bidsport.group import (
     SessionsInProgress,
     SummaryRow,
     format_summary,
+    held_session_locks,
     in_progress_error,
     merge_description,
     name_locked_sessions,
@@ -504,6 +506,38 @@ def test_summarize_and_format() -> None:
     missing = GroupResult((), (), (), SummaryRow("all", 0, 0, 0, 0, 0),
                           ValidationResult(ran=False), ())  # fmt: skip
     assert "not installed" in format_summary(missing)
+
+
+def test_held_locks_are_told_from_free_and_untestable_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One lock held by a job, one left free, one that cannot be opened for writing (a
+    folder: even root cannot), one file that is no lock: the group level names the held
+    one and warns about the untestable one; the early thumbnail workers see the held one."""
+    layout = DatasetLayout(tmp_path)
+    held, free = layout.lock_file("01", "V1"), layout.lock_file("02", "V1")
+    held.parent.mkdir(parents=True)
+    free.touch()
+    odd = layout.locks_dir / "sub-03_ses-V1.lock"
+    odd.mkdir()
+    (layout.locks_dir / "notes.txt").write_text("not a lock\n")
+    holder = _hold(held)
+    try:
+        found, untestable = uptodate.held_locks(str(layout.locks_dir))
+        with caplog.at_level("WARNING", logger="bidsport"):
+            assert held_session_locks(layout) == [held]
+        assert reportworkers.sessions_in_progress(layout)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    assert found == [str(held)]
+    assert [(path, type(exc)) for path, exc in untestable] == [(str(odd), IsADirectoryError)]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"cannot tell whether a participant-level job holds {odd}"
+    ]
+    assert held_session_locks(layout) == []  # the job was killed: its lock is free
+    assert not reportworkers.sessions_in_progress(layout)
+    assert uptodate.held_locks(str(tmp_path / "nowhere")) == ([], [])
 
 
 def test_locked_sessions_are_named_from_what_the_dataset_knows() -> None:

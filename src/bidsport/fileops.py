@@ -12,7 +12,6 @@ import errno
 import functools
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,7 +44,7 @@ def _new_temp(folder: Path, name: str) -> Path:
     mode 0666 less the umask (``tempfile.mkstemp`` makes 0600, and a dataset shared by a
     lab must stay readable by its members). The name is new (``O_EXCL``)."""
     for _ in range(100):
-        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        tmp = folder / f".{name}.{os.urandom(4).hex()}.tmp"  # (secrets.token_hex, not imported)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -268,6 +267,48 @@ def remove_stale_temps(folder: Path) -> int:
                 Path(dirpath, name).unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def count_files(
+    folder: Path,
+    *,
+    suffixes: tuple[str, ...] = (),
+    skip_sessions: bool = False,
+    limit: int | None = None,
+) -> int:
+    """The regular files (links followed) in ``folder``, at any depth, counted up to
+    ``limit`` (the walk stops there: ``limit=1`` asks whether there is one).
+
+    Hidden entries (lock files, temporary files of atomic writes) are neither counted
+    nor looked into; with ``suffixes``, only files whose names end with one of them
+    count; with ``skip_sessions``, the ``ses-*`` folders directly in ``folder`` are not
+    looked into (they belong to other sessions). What cannot be read counts for nothing.
+    """
+    count = 0
+    stack = [(folder, skip_sessions)]
+    while stack and (limit is None or count < limit):
+        current, skip_here = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if skip_here and entry.name.startswith("ses-"):
+                continue
+            try:
+                if entry.is_file():
+                    if not suffixes or entry.name.endswith(suffixes):
+                        count += 1
+                        if count == limit:
+                            return count
+                elif entry.is_dir():
+                    stack.append((Path(entry.path), False))
+            except OSError:
+                continue
+    return count
 
 
 def process_alive(pid: int) -> bool:

@@ -425,31 +425,22 @@ def _write_participants(layout: DatasetLayout, labels: list[str], written: list[
 def held_session_locks(layout: DatasetLayout) -> list[Path]:
     """The session lock files of the dataset that another process holds, sorted.
 
-    Each lock is taken and released at once, never waited for (:func:`uptodate.lock_held`).
+    Each lock is taken and released at once, never waited for (:func:`uptodate.held_locks`).
     A lock that cannot be tested (not writable by this user, a file system without
     ``flock``) is logged and counted as free.
     """
     folder = layout.locks_dir
     try:
-        entries = sorted(folder.iterdir())
-    except FileNotFoundError:
-        return []
+        held, untestable = uptodate.held_locks(str(folder))
     except OSError as exc:
         raise OutputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
-    held = []
-    for path in entries:
-        if path.suffix != ".lock":
-            continue
-        try:
-            if uptodate.lock_held(str(path)):
-                held.append(path)
-        except OSError as exc:
-            log.warning(
-                "cannot tell whether a participant-level job holds %s: %s",
-                path,
-                exc.strerror or exc,
-            )
-    return held
+    for path, error in untestable:
+        log.warning(
+            "cannot tell whether a participant-level job holds %s: %s",
+            path,
+            error.strerror or error,
+        )
+    return [Path(path) for path in held]
 
 
 def _known_sessions(layout: DatasetLayout) -> set[tuple[str, str | None]]:

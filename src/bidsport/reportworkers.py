@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bidsport import uptodate
+from bidsport.fileops import count_files
 from bidsport.layout import NIFTI_ENDINGS, sub_ses_dir
 
 if TYPE_CHECKING:
@@ -57,26 +58,6 @@ def sessions_since_report(layout: DatasetLayout) -> list[Path]:
     return sorted(found)
 
 
-def _count_images(folder: Path, limit: int, *, skip_sessions: bool) -> int:
-    """NIfTI files in ``folder`` and its datatype folders, up to ``limit`` (not in the
-    ``ses-*`` folders of other sessions with ``skip_sessions``)."""
-    count = 0
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if count >= limit:
-                    break
-                if entry.name.startswith("."):
-                    continue
-                if entry.name.endswith(NIFTI_ENDINGS):
-                    count += 1
-                elif entry.is_dir() and not (skip_sessions and entry.name.startswith("ses-")):
-                    count += _count_images(folder / entry.name, limit - count, skip_sessions=False)
-    except OSError:
-        pass
-    return min(count, limit)
-
-
 def images_to_preview(layout: DatasetLayout, limit: int) -> int:
     """The NIfTI images of the sessions recorded since the report, counted up to ``limit``
     (an unreadable record counts for nothing)."""
@@ -91,7 +72,9 @@ def images_to_preview(layout: DatasetLayout, limit: int) -> int:
             folder = layout.root / sub_ses_dir(subject, session)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        count += _count_images(folder, limit - count, skip_sessions=not session)
+        count += count_files(
+            folder, suffixes=NIFTI_ENDINGS, skip_sessions=not session, limit=limit - count
+        )
     return count
 
 
@@ -106,17 +89,13 @@ def usable_cpus() -> int:
 def sessions_in_progress(layout: DatasetLayout) -> bool:
     """True when a participant-level job holds a session lock of the dataset (the group
     level then refuses to run: no worker is worth starting). A lock that cannot be
-    tested counts as free, as for the group level's own check."""
+    tested counts as free, as for the group level's own check
+    (:func:`bidsport.group.held_session_locks`, which also warns about it)."""
     try:
-        with os.scandir(layout.locks_dir) as entries:
-            locks = [entry.path for entry in entries if entry.name.endswith(".lock")]
+        held, _untestable = uptodate.held_locks(str(layout.locks_dir))
     except OSError:
         return False
-    for lock in locks:
-        with contextlib.suppress(OSError):
-            if uptodate.lock_held(lock):
-                return True
-    return False
+    return bool(held)
 
 
 def _warm_up() -> None:

@@ -27,7 +27,6 @@ import contextlib
 import glob
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -525,34 +524,9 @@ def add_expected(
 # --------------------------------------------------------------------------- regenerate
 
 
-def _has_file(folder: Path, *, suffixes: tuple[str, ...] = (), skip_sessions: bool = False) -> bool:
-    """True when ``folder`` holds (at any depth) a regular file, links followed.
-
-    Hidden entries (lock files, temporary files of atomic writes) are not counted; with
-    ``suffixes``, only files whose names end with one of them count; with
-    ``skip_sessions``, ``ses-*`` folders directly in ``folder`` are not looked into (they
-    belong to other sessions). Stops at the first file found.
-    """
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if skip_sessions and current == folder and entry.name.startswith("ses-"):
-                continue
-            try:
-                if entry.is_file() and (not suffixes or entry.name.endswith(suffixes)):
-                    return True
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-            except OSError:
-                continue
-    return False
+def _holds_file(folder: Path, skip_sessions: bool) -> bool:
+    """True when ``folder`` holds a file (:func:`fileops.count_files`)."""
+    return fileops.count_files(folder, skip_sessions=skip_sessions, limit=1) > 0
 
 
 def _has_image(session_dir: Path) -> bool:
@@ -561,7 +535,12 @@ def _has_image(session_dir: Path) -> bool:
     session's folder itself (not in the ``ses-*`` folders of other sessions)."""
     if not session_dir.is_dir():
         return False
-    return _has_file(session_dir, suffixes=(*NIFTI_ENDINGS, ".dcm"), skip_sessions=True)
+    return (
+        fileops.count_files(
+            session_dir, suffixes=(*NIFTI_ENDINGS, ".dcm"), skip_sessions=True, limit=1
+        )
+        > 0
+    )
 
 
 def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
@@ -658,8 +637,8 @@ def build_status(
         key = (subject, session or "")
         record = by_record.get(key)
         bare = session is None
-        organized = _has_file(layout.dicom_dir(subject, session), skip_sessions=bare)
-        imported = organized or _has_file(layout.raw_dir(subject, session), skip_sessions=bare)
+        organized = _holds_file(layout.dicom_dir(subject, session), bare)
+        imported = organized or _holds_file(layout.raw_dir(subject, session), bare)
         converted = bool(record and record.converted) and _has_image(
             layout.session_dir(subject, session)
         )

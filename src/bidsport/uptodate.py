@@ -306,6 +306,28 @@ def lock_held(path: str) -> bool:
     return False
 
 
+def held_locks(folder: str) -> tuple[list[str], list[tuple[str, OSError]]]:
+    """The session locks (``*.lock``) in ``folder`` that another process holds, sorted
+    (each tested by :func:`lock_held`), and those that cannot be tested, with why (not
+    writable by this user, a file system without ``flock``). A missing folder holds
+    none; a folder that cannot be listed raises OSError.
+    """
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".lock"))
+    except FileNotFoundError:
+        return [], []
+    held: list[str] = []
+    untestable: list[tuple[str, OSError]] = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            if lock_held(path):
+                held.append(path)
+        except OSError as exc:
+            untestable.append((path, exc))
+    return held, untestable
+
+
 def _locks_free(paths: list[str]) -> bool:
     """False when another run holds one of these session locks (:func:`lock_held`).
 

@@ -165,15 +165,14 @@ def _bundle_candidates(executable: Path) -> list[Path]:
     """Files that may hold the validator's schema: its JS bundle, or the executable."""
     candidates = []
     shebang = _shebang(executable)
-    interpreter = shebang[0] if shebang else None
     package = _package_dir_here(shebang[0], len(shebang) > 1) if shebang else None
     if package is not None:
         candidates.append(package / "bids-validator.js")
-    elif interpreter is not None:
+    elif shebang:
         try:
             result = run_command(
                 [
-                    interpreter,
+                    shebang[0],
                     "-c",
                     f"import {VALIDATOR_PACKAGE} as m, os; print(os.path.dirname(m.__file__))",
                 ],
