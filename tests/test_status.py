@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsport import fileops
+from bidsport import fileops, uptodate
 from bidsport.errors import LabelError, LockedError, OutputError
 from bidsport.layout import DatasetLayout
 from bidsport.records import SessionResult
@@ -180,6 +180,56 @@ def test_record_replaces_own_row_only(tmp_path: Path) -> None:
         _row("02"),
     ]
     assert len(list(layout.status_backup_dir.iterdir())) == 2
+
+
+def test_columns_a_curator_added_are_kept(tmp_path: Path) -> None:
+    """A curator adds "notes" between packet and imported, and "qc" at the end: every
+    rewrite of the table (a participant run's row, the manifest's rows, the group
+    level's rebuild) keeps both in their place, with each session's cells; a new
+    session's are n/a. The stamp of a re-run reads the table as the full path does."""
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01", None))
+    record_session(layout, _row("02", None, last_error="boom"))
+    lines = layout.status_file.read_text(encoding="utf-8").splitlines()
+    columns = list(STATUS_COLUMNS)
+    columns.insert(3, "notes")
+    edited = ["\t".join(columns) + "\tqc"]
+    for line, notes, qc in zip(
+        lines[1:], ["motion in run 2", "n/a"], ["pass", "fail"], strict=True
+    ):
+        cells = line.split("\t")
+        cells.insert(3, notes)
+        edited.append("\t".join([*cells, qc]))
+    layout.status_file.write_text("\n".join(edited) + "\n", encoding="utf-8")
+    rows = read_status(layout)
+
+    def table() -> list[list[str]]:
+        return [line.split("\t") for line in layout.status_file.read_text().splitlines()]
+
+    def notes_and_qc() -> dict[str, tuple[str, str]]:
+        return {cells[0]: (cells[3], cells[-1]) for cells in table()[1:]}
+
+    record_session(layout, _row("02", None, converted=True))  # the row is replaced
+    record_session(layout, _row("03", None))  # a new row
+    add_expected(layout, [("04", "1")])
+    assert table()[0] == [*columns, "qc"]
+    assert notes_and_qc() == {
+        "sub-01": ("motion in run 2", "pass"),
+        "sub-02": ("n/a", "fail"),
+        "sub-03": ("n/a", "n/a"),
+        "sub-04": ("n/a", "n/a"),
+    }
+    assert read_status(layout)[:2] == [rows[0], _row("02", None, converted=True)]
+    assert regenerate_status(layout, [("04", "1")])  # rebuilt: stages from the disk
+    assert table()[0] == [*columns, "qc"]
+    assert notes_and_qc()["sub-01"] == ("motion in run 2", "pass")
+    assert uptodate.table_rows(str(layout.status_file), [("01", "")]) is not None
+
+    # a column named twice is refused, naming it, by both readers
+    layout.status_file.write_text("\n".join(edited).replace("\tqc", "\tnotes") + "\n")
+    with pytest.raises(OutputError, match=r"status\.tsv has the column\(s\) notes more than once"):
+        read_status(layout)
+    assert uptodate.table_rows(str(layout.status_file), [("01", "")]) is None
 
 
 # --------------------------------------------------------------------------- lock timeout

@@ -17,7 +17,9 @@ Every replacement of the table first copies the previous version into
 so re-running the group level does not touch the table.
 
 In ``status.tsv`` labels carry their ``sub-``/``ses-`` prefixes (BIDS/Nipoppy style),
-``n/a`` stands for a missing value, stages are ``true``/``false``. In :class:`StatusRow`
+``n/a`` stands for a missing value, stages are ``true``/``false``. Columns that curators
+add (notes, QC) are kept, in their place, with each session's cells, whenever bidsport
+rewrites the table. In :class:`StatusRow`
 and in the records, labels are stored without prefixes.
 """
 
@@ -30,8 +32,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -279,14 +281,31 @@ def _parse_bool(value: str, path: Path, line: int, column: str) -> bool:
     )
 
 
-def _parse_rows(path: Path) -> list[StatusRow]:
+@dataclass(frozen=True)
+class _Table:
+    """A status table as read: its rows (sorted), its columns in the file's order
+    (:data:`STATUS_COLUMNS` and any a curator added, e.g. notes), and each session's
+    cells of the added columns, which bidsport keeps as they are when it rewrites the
+    table."""
+
+    rows: tuple[StatusRow, ...]
+    columns: tuple[str, ...] = STATUS_COLUMNS
+    added: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+
+
+def _parse_table(path: Path) -> _Table:
     hint = "fix it, or delete it and run the group level to rebuild it"
     lines = path.read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t") if lines else []
     missing = [col for col in STATUS_COLUMNS if col not in header]
     if missing:
         raise OutputError(f"{path} lacks the column(s) {', '.join(missing)}", hint)
+    twice = sorted({col for col in header if header.count(col) > 1})
+    if twice:
+        raise OutputError(f"{path} has the column(s) {', '.join(twice)} more than once", hint)
+    extra = [col for col in header if col not in STATUS_COLUMNS]
     rows = []
+    added = {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -304,21 +323,34 @@ def _parse_rows(path: Path) -> list[StatusRow]:
         subject = text("participant_id") or ""
         session = text("session_id")
         try:
-            rows.append(
-                StatusRow(
-                    participant_id=subject.removeprefix("sub-"),
-                    session_id=session.removeprefix("ses-") if session else None,
-                    packet=text("packet"),
-                    imported=_parse_bool(cells["imported"], path, number, "imported"),
-                    organized=_parse_bool(cells["organized"], path, number, "organized"),
-                    converted=_parse_bool(cells["converted"], path, number, "converted"),
-                    last_error=text("last_error"),
-                    updated=text("updated") or "",
-                )
+            row = StatusRow(
+                participant_id=subject.removeprefix("sub-"),
+                session_id=session.removeprefix("ses-") if session else None,
+                packet=text("packet"),
+                imported=_parse_bool(cells["imported"], path, number, "imported"),
+                organized=_parse_bool(cells["organized"], path, number, "organized"),
+                converted=_parse_bool(cells["converted"], path, number, "converted"),
+                last_error=text("last_error"),
+                updated=text("updated") or "",
             )
         except LabelError as exc:
             raise OutputError(f"{path}, line {number}: {exc.message}", hint) from exc
-    return rows
+        rows.append(row)
+        if extra:
+            added[row.key] = {col: cells[col] for col in extra}
+    return _Table(tuple(sorted(rows, key=lambda r: r.key)), tuple(header), added)
+
+
+def _read_table(path: Path) -> _Table:
+    """The status table at ``path`` (no rows when it does not exist). Raises
+    :class:`OutputError` naming the file (and line) when it cannot be read or is
+    malformed."""
+    if not path.is_file():
+        return _Table(())
+    try:
+        return _parse_table(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutputError(f"cannot read {path}: {exc}") from exc
 
 
 def read_status(layout: DatasetLayout) -> list[StatusRow]:
@@ -331,13 +363,7 @@ def read_status(layout: DatasetLayout) -> list[StatusRow]:
 
 def read_status_file(path: Path) -> list[StatusRow]:
     """The rows of a status table (``status.tsv`` or one of its backups), sorted."""
-    if not path.is_file():
-        return []
-    try:
-        rows = _parse_rows(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OutputError(f"cannot read {path}: {exc}") from exc
-    return sorted(rows, key=lambda r: r.key)
+    return list(_read_table(path).rows)
 
 
 def _backup_name(stamp: datetime) -> str:
@@ -386,23 +412,26 @@ def remove_stale_temps(layout: DatasetLayout, subject: str, session: str | None)
     return _remove_temps_of(record.parent, glob.escape(record.name))
 
 
-def _replace_table(
-    layout: DatasetLayout, old: Sequence[StatusRow] | None, rows: Iterable[StatusRow]
-) -> bool:
-    """Write ``rows`` as ``status.tsv`` unless they equal ``old`` (the current rows).
+def _replace_table(layout: DatasetLayout, old: _Table | None, rows: Iterable[StatusRow]) -> bool:
+    """Write ``rows`` as ``status.tsv`` unless they equal the rows of ``old`` (the
+    current table; None: unreadable, replaced).
 
-    The current table is backed up first. Returns False when nothing changed. The
-    caller holds the table lock (or knows that nobody else writes).
+    The columns a curator added to ``old`` are kept, in their place, with each
+    session's cells (``n/a`` for a new session's). The current table is backed up
+    first. Returns False when nothing changed. The caller holds the table lock (or
+    knows that nobody else writes).
     """
     new = sorted(rows, key=lambda r: r.key)
     # Temporary files of the table and its backups that killed runs left: nobody else
     # writes them while we hold the table lock.
     _remove_temps_of(layout.status_file.parent, glob.escape(layout.status_file.name))
     _remove_temps_of(layout.status_backup_dir, "status-*.tsv")
-    if old is not None and list(old) == new and layout.status_file.is_file():
+    if old is not None and list(old.rows) == new and layout.status_file.is_file():
         return False
     backup_status(layout)
-    fileops.write_tsv(layout.status_file, [_row_to_cells(r) for r in new], list(STATUS_COLUMNS))
+    table = old or _Table(())
+    cells = [_row_to_cells(row) | dict(table.added.get(row.key, {})) for row in new]
+    fileops.write_tsv(layout.status_file, cells, list(table.columns))
     return True
 
 
@@ -474,8 +503,8 @@ def update_table_row(
                     layout.status_row_file(row.participant_id, row.session_id),
                 )
                 return False
-            old = read_status(layout)
-            rows = {r.key: r for r in old}
+            old = _read_table(layout.status_file)
+            rows = {r.key: r for r in old.rows}
             rows[row.key] = row
             return _replace_table(layout, old, rows.values())
     except (OutputError, OSError) as exc:
@@ -514,8 +543,8 @@ def add_expected(
                 lock_timeout,
             )
             return
-        old = read_status(layout)
-        rows = {r.key: r for r in old}
+        old = _read_table(layout.status_file)
+        rows = {r.key: r for r in old.rows}
         for row in wanted:
             rows.setdefault(row.key, row)
         _replace_table(layout, old, rows.values())
@@ -698,16 +727,17 @@ def regenerate_status(
 def _regenerate(
     layout: DatasetLayout, manifest_pairs: Sequence[tuple[str, str | None]]
 ) -> list[StatusRow]:
-    previous: list[StatusRow] | None
+    previous: _Table | None
     try:
-        previous = read_status(layout)
+        previous = _read_table(layout.status_file)
     except OutputError as exc:
         log.warning("rebuilding unreadable %s: %s", layout.status_file, exc.message)
         previous = None
-    rows = build_status(layout, read_records(layout), previous or (), manifest_pairs)
+    before = previous.rows if previous else ()
+    rows = build_status(layout, read_records(layout), before, manifest_pairs)
     if _replace_table(layout, previous, rows):
         log.info("rebuilt %s (%d rows)", layout.status_file, len(rows))
-    for row in dropped_rows(previous or (), rows):
+    for row in dropped_rows(before, rows):
         log.warning(
             "%s: dropped %s (no status record, no folder in the dataset, not in the "
             "manifest given); the previous table is kept in %s",

@@ -201,11 +201,14 @@ _FLAG_VALUES = frozenset({"true", "1", "yes", "false", "0", "no", "n/a", ""})
 def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | None:
     """The lines of a status table's text by session (``StatusRow.key``), the header
     first; None when ``status.read_status`` would refuse the table: a missing column, a
-    line whose number of cells is not the header's, a flag that is not true or false, a
-    label that is not letters and digits (then the full path warns, and decides).
+    column named twice, a line whose number of cells is not the header's, a flag that is
+    not true or false, a label that is not letters and digits (then the full path warns,
+    and decides).
     """
     header = lines[0].split("\t") if lines else []
-    if not all(name in header for name in ("participant_id", "session_id", *_FLAGS)):
+    if len(set(header)) != len(header) or not all(
+        name in header for name in ("participant_id", "session_id", *_FLAGS)
+    ):
         return None
     subject, session = header.index("participant_id"), header.index("session_id")
     flags = [header.index(name) for name in _FLAGS]
