@@ -68,6 +68,10 @@ sys.path.insert(0, str(BENCH_DIR))
 import synth  # noqa: E402
 
 TOOLS = ("bidsport", "dcm2niix", "heudiconv", "dcm2bids")
+#: The synthetic slices and private headers of the scaling cases (another size makes a
+#: case of its own, named for it, off the scale).
+DEFAULT_MATRIX = 64
+DEFAULT_PRIVATE_KB = 32
 STAGES = ("import", "scan", "classify", "organize", "convert", "finalize", "status")
 REAL_DATA = REPO_DIR.parent / "shared" / "data"
 
@@ -1018,6 +1022,10 @@ def synthetic_case(n_files: int, work: Path, args: argparse.Namespace) -> Case:
         name += f"-{args.protocol}"
     if args.layout != "series":
         name += f"-{args.layout}"
+    if args.matrix != DEFAULT_MATRIX:
+        name += f"-{args.matrix}px"
+    if args.private_kb != DEFAULT_PRIVATE_KB:
+        name += f"-{args.private_kb}kB"
     return Case(
         name,
         inbox,
@@ -1035,19 +1043,24 @@ def synthetic_case(n_files: int, work: Path, args: argparse.Namespace) -> Case:
             "requested_files": n_files,
             "protocol": args.protocol,
             "layout": args.layout,
+            "matrix": args.matrix,
+            "private_kb": args.private_kb,
         },
     )
 
 
 def on_the_scale(case: dict[str, Any]) -> bool:
     """Whether a case is a point of the scaling table, fit and plot: a synthetic inbox of
-    the standard protocol in series folders (the other protocols and layouts cost
-    differently per file; cases written before the protocol was recorded are standard)."""
+    the standard protocol in series folders, with slices and private headers of the
+    default sizes (the others cost differently per file; cases written before these were
+    recorded have the defaults)."""
     extra = case.get("extra") or {}
     return (
         case["kind"] == "synthetic"
         and extra.get("protocol", "standard") == "standard"
         and extra.get("layout", "series") == "series"
+        and extra.get("matrix", DEFAULT_MATRIX) == DEFAULT_MATRIX
+        and extra.get("private_kb", DEFAULT_PRIVATE_KB) == DEFAULT_PRIVATE_KB
     )
 
 
@@ -1652,12 +1665,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="series",
         help="packet folders: a folder per series (default), flat, or mixed",
     )
-    parser.add_argument("--matrix", type=int, default=64, help="slice size (default: 64)")
+    parser.add_argument(
+        "--matrix",
+        type=int,
+        default=DEFAULT_MATRIX,
+        help=f"slice size (default: {DEFAULT_MATRIX}; another size is a case of its own)",
+    )
     parser.add_argument(
         "--private-kb",
         type=int,
-        default=32,
-        help="kB of Siemens-like private header per file (default: 32)",
+        default=DEFAULT_PRIVATE_KB,
+        help=f"kB of Siemens-like private header per file (default: {DEFAULT_PRIVATE_KB})",
     )
     parser.add_argument(
         "--inbox",

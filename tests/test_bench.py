@@ -134,6 +134,9 @@ def test_only_standard_synthetic_cases_are_points_of_the_scale():
     assert run.on_the_scale({"kind": "synthetic", "extra": {}})  # written before the keys
     assert not run.on_the_scale({"kind": "synthetic", "extra": {"protocol": "tiny"}})
     assert not run.on_the_scale({"kind": "synthetic", "extra": {"layout": "flat"}})
+    assert not run.on_the_scale({"kind": "synthetic", "extra": {"matrix": 256}})
+    assert not run.on_the_scale({"kind": "synthetic", "extra": {"private_kb": 165}})
+    assert run.on_the_scale({"kind": "synthetic", "extra": {"matrix": 64, "private_kb": 32}})
     assert not run.on_the_scale({"kind": "real", "extra": {}})
 
 
@@ -261,7 +264,7 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     out, results = tmp_path / "out", tmp_path / "RESULTS.md"
     cmd = [
         sys.executable, str(BENCH / "run.py"), "--sizes", "56", "--sessions", "2",
-        "--protocol", "tiny", "--layout", "mixed", "--tools", "bidsport,dcm2niix",
+        "--protocol", "tiny", "--layout", "mixed", "--matrix", "32", "--tools", "bidsport,dcm2niix",
         "--scan-repeat", "1", "--work", str(work_dir), "--out-dir", str(out),
         "--results", str(results),
     ]  # fmt: skip
@@ -274,7 +277,7 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     assert "| bidsport |" in table and "| dcm2niix |" in table and "| import |" in table
 
     data = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    case = data["cases"]["synthetic-56-2ses-tiny-mixed"]
+    case = data["cases"]["synthetic-56-2ses-tiny-mixed-32px"]  # (not the default 64)
     assert (case["files"], case["sessions"]) == (56, 2)
     measures = {m["tool"]: m for m in case["measures"]}
     bidsport, dcm2niix = measures["bidsport"], measures["dcm2niix"]
