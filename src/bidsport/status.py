@@ -17,10 +17,10 @@ Every replacement of the table first copies the previous version into
 so re-running the group level does not touch the table.
 
 In ``status.tsv`` labels carry their ``sub-``/``ses-`` prefixes (BIDS/Nipoppy style),
-``n/a`` stands for a missing value, stages are ``true``/``false``. Columns that curators
-add (notes, QC) are kept, in their place, with each session's cells, whenever bidsport
-rewrites the table. In :class:`StatusRow`
-and in the records, labels are stored without prefixes.
+``n/a`` stands for a missing value, stages are ``true``/``false``. In :class:`StatusRow`
+and in the records, labels are stored without prefixes. Columns that curators add
+(notes, QC) are kept, in their place, with each session's cells, whenever bidsport
+rewrites the table.
 """
 
 from __future__ import annotations
