@@ -1194,8 +1194,8 @@ def scan_benchmark(roots: list[Path], logs: Path, args: argparse.Namespace) -> d
         before = cpu_probe()
         result = _scan_once(roots, logs, args)
         probes = (before, cpu_probe())
-        if "error" in result:
-            return result
+        if "error" in result:  # (a run that failed after one that did not: that one)
+            return result if best is None else best | {"runs": runs}
         result["probe"] = list(probes)
         if best is None or _per_core(result["read_header"]) > _per_core(best["read_header"]):
             best = result

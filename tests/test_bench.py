@@ -278,6 +278,12 @@ def test_the_header_scan_runs_again_while_the_host_is_slowed(monkeypatch, tmp_pa
     never = run.scan_benchmark([tmp_path], tmp_path, args)  # 1 + 2 retries, none steady
     assert (never["runs"], never["probe"], never["read_header"]["cpu"]) == (3, [51.0, 53.0], 0.03)
 
+    probes = iter([50.0, 52.0, 51.0, 53.0])  # an unsteady run, then one that fails
+    answers = iter([{"read_header": {"count": 100, "cpu": 0.04}}, {"error": "exited 1"}])
+    monkeypatch.setattr(run, "_scan_once", lambda *a: next(answers))
+    kept = run.scan_benchmark([tmp_path], tmp_path, args)
+    assert (kept["runs"], kept["probe"], kept["read_header"]["cpu"]) == (2, [50.0, 52.0], 0.04)
+
 
 def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     out, results = tmp_path / "out", tmp_path / "RESULTS.md"
