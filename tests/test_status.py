@@ -232,6 +232,73 @@ def test_columns_a_curator_added_are_kept(tmp_path: Path) -> None:
     assert uptodate.table_rows(str(layout.status_file), [("01", "")]) is None
 
 
+def test_an_unreadable_table_is_rebuilt_with_the_columns_a_curator_added(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A curator's mistake makes the table unreadable (a flag that is not true or false,
+    a session given twice): participant runs leave it alone, the group level rebuilds it
+    from the records, and the added column comes back with each session's cell (the
+    first of a session given twice); the warning names the backup of the old table."""
+    layout = DatasetLayout(tmp_path)
+    record_session(layout, _row("01", "1"))
+    record_session(layout, _row("02", None))
+    header, first, second = layout.status_file.read_text(encoding="utf-8").splitlines()
+    typo = first.replace("\ttrue\t", "\tyes?\t", 1)
+    layout.status_file.write_text(
+        f"{header}\tnotes\n{typo}\tre-scan asked\n{second}\tn/a\n{second}\tcopied\n"
+    )
+    with pytest.raises(OutputError, match=r"status\.tsv, line 2: imported is 'yes\?'"):
+        read_status(layout)
+    with caplog.at_level(logging.WARNING):
+        rows = regenerate_status(layout)
+    assert [r.key for r in rows] == [("01", "1"), ("02", "")]
+    warning = next(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
+    assert str(layout.status_backup_dir) in warning and "columns added to it are kept" in warning
+    lines = layout.status_file.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == [*STATUS_COLUMNS, "notes"]
+    assert [line.split("\t")[-1] for line in lines[1:]] == ["re-scan asked", "n/a"]
+    assert read_status(layout) == rows
+
+    # a session given twice is refused, naming both lines, by both readers
+    header, first, second = layout.status_file.read_text(encoding="utf-8").splitlines()
+    layout.status_file.write_text(f"{header}\n{first}\n{second}\n{second}\n")
+    with pytest.raises(OutputError, match=r"status\.tsv, lines 3 and 4: two rows of sub-02"):
+        read_status(layout)
+    assert uptodate.table_rows(str(layout.status_file), [("01", "1")]) is None
+
+
+def test_the_stamp_reader_refuses_what_the_full_reader_refuses(tmp_path: Path) -> None:
+    """The re-run stamp reads the status table's text (``uptodate``): every table the
+    full path refuses, it refuses too, even when the stamped session's row is intact."""
+    layout = DatasetLayout(tmp_path)
+    for subject, session in (("01", "1"), ("02", None), ("03", "2")):
+        record_session(layout, _row(subject, session))
+    good = layout.status_file.read_text(encoding="utf-8")
+    assert uptodate._COLUMNS == STATUS_COLUMNS
+    header, first, second, third = good.splitlines()
+    broken = {
+        "a bare session prefix": good.replace("ses-2", "ses-"),
+        "a bare subject prefix": good.replace("sub-02", "sub-"),
+        "no packet column": "\n".join(
+            "\t".join(c for i, c in enumerate(line.split("\t")) if i != 2)
+            for line in good.splitlines()
+        ),
+        "a column named twice": "".join(f"{line}\tx\ty\n" for line in good.splitlines()).replace(
+            "x\ty", "notes\tnotes", 1
+        ),
+        "a session given twice": f"{header}\n{first}\n{second}\n{third}\n{third}\n",
+        "a flag that is not true or false": f"{header}\n{first}\n{second.replace('true', 'maybe')}\n",
+    }
+    stamped = [("01", "1")]
+    for what, text in broken.items():
+        layout.status_file.write_text(text, encoding="utf-8")
+        with pytest.raises(OutputError):
+            read_status(layout)
+        assert uptodate.table_rows(str(layout.status_file), stamped) is None, what
+    layout.status_file.write_text(good, encoding="utf-8")
+    assert uptodate.table_rows(str(layout.status_file), stamped) is not None
+
+
 # --------------------------------------------------------------------------- lock timeout
 
 

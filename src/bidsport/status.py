@@ -20,7 +20,8 @@ In ``status.tsv`` labels carry their ``sub-``/``ses-`` prefixes (BIDS/Nipoppy st
 ``n/a`` stands for a missing value, stages are ``true``/``false``. In :class:`StatusRow`
 and in the records, labels are stored without prefixes. Columns that curators add
 (notes, QC) are kept, in their place, with each session's cells, whenever bidsport
-rewrites the table.
+rewrites the table, also when the group level rebuilds a table it cannot read (a
+curator's typo), as far as that table's sessions can be told.
 """
 
 from __future__ import annotations
@@ -285,8 +286,8 @@ def _parse_bool(value: str, path: Path, line: int, column: str) -> bool:
 class _Table:
     """A status table as read: its rows (sorted), its columns in the file's order
     (:data:`STATUS_COLUMNS` and any a curator added, e.g. notes), and each session's
-    cells of the added columns, which bidsport keeps as they are when it rewrites the
-    table."""
+    cells of the added columns, which bidsport keeps when it rewrites the table (an
+    empty cell is written ``n/a``, as every missing value of the table)."""
 
     rows: tuple[StatusRow, ...]
     columns: tuple[str, ...] = STATUS_COLUMNS
@@ -306,6 +307,7 @@ def _parse_table(path: Path) -> _Table:
     extra = [col for col in header if col not in STATUS_COLUMNS]
     rows = []
     added = {}
+    lines_of: dict[tuple[str, str], int] = {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -335,10 +337,48 @@ def _parse_table(path: Path) -> _Table:
             )
         except LabelError as exc:
             raise OutputError(f"{path}, line {number}: {exc.message}", hint) from exc
+        if row.key in lines_of:
+            session_name = sub_ses_prefix(row.participant_id, row.session_id).replace("_", " ")
+            raise OutputError(
+                f"{path}, lines {lines_of[row.key]} and {number}: two rows of {session_name}",
+                hint,
+            )
+        lines_of[row.key] = number
         rows.append(row)
         if extra:
             added[row.key] = {col: cells[col] for col in extra}
     return _Table(tuple(sorted(rows, key=lambda r: r.key)), tuple(header), added)
+
+
+def _salvage(path: Path) -> _Table:
+    """What can be kept of an unreadable status table (:func:`_read_table` refused it):
+    its added columns, with the cells of each session whose labels can be told (the
+    first row of a session given twice); nothing when the file cannot be read, lacks
+    ``participant_id`` or ``session_id``, or names a column twice. No rows: those are
+    rebuilt from the records and the disk."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return _Table(())
+    header = lines[0].split("\t") if lines else []
+    extra = [col for col in header if col not in STATUS_COLUMNS]
+    if not extra or len(set(header)) != len(header):
+        return _Table(())
+    if "participant_id" not in header or "session_id" not in header:
+        return _Table(())
+    added: dict[tuple[str, str], Mapping[str, str]] = {}
+    for line in lines[1:]:
+        values = line.split("\t")
+        if len(values) != len(header):
+            continue
+        cells = dict(zip(header, values, strict=True))
+        subject, session = (cells[col].strip() for col in ("participant_id", "session_id"))
+        key = (subject.removeprefix("sub-"), session.removeprefix("ses-"))
+        if session in ("", "n/a"):
+            key = (key[0], "")
+        added.setdefault(key, {col: cells[col] for col in extra})
+    whole = all(col in header for col in STATUS_COLUMNS)
+    return _Table((), tuple(header) if whole else (*STATUS_COLUMNS, *extra), added)
 
 
 def _read_table(path: Path) -> _Table:
@@ -412,9 +452,14 @@ def remove_stale_temps(layout: DatasetLayout, subject: str, session: str | None)
     return _remove_temps_of(record.parent, glob.escape(record.name))
 
 
-def _replace_table(layout: DatasetLayout, old: _Table | None, rows: Iterable[StatusRow]) -> bool:
+def _replace_table(
+    layout: DatasetLayout,
+    old: _Table | None,
+    rows: Iterable[StatusRow],
+    salvaged: _Table | None = None,
+) -> bool:
     """Write ``rows`` as ``status.tsv`` unless they equal the rows of ``old`` (the
-    current table; None: unreadable, replaced).
+    current table; None: unreadable, replaced, with what :func:`_salvage` kept of it).
 
     The columns a curator added to ``old`` are kept, in their place, with each
     session's cells (``n/a`` for a new session's). The current table is backed up
@@ -429,7 +474,7 @@ def _replace_table(layout: DatasetLayout, old: _Table | None, rows: Iterable[Sta
     if old is not None and list(old.rows) == new and layout.status_file.is_file():
         return False
     backup_status(layout)
-    table = old or _Table(())
+    table = old or salvaged or _Table(())
     cells = [_row_to_cells(row) | dict(table.added.get(row.key, {})) for row in new]
     fileops.write_tsv(layout.status_file, cells, list(table.columns))
     return True
@@ -728,14 +773,21 @@ def _regenerate(
     layout: DatasetLayout, manifest_pairs: Sequence[tuple[str, str | None]]
 ) -> list[StatusRow]:
     previous: _Table | None
+    salvaged = None
     try:
         previous = _read_table(layout.status_file)
     except OutputError as exc:
-        log.warning("rebuilding unreadable %s: %s", layout.status_file, exc.message)
-        previous = None
+        previous, salvaged = None, _salvage(layout.status_file)
+        log.warning(
+            "rebuilding unreadable %s: %s (it is kept in %s%s)",
+            layout.status_file,
+            exc.message,
+            layout.status_backup_dir,
+            "; the columns added to it are kept" if salvaged.added else "",
+        )
     before = previous.rows if previous else ()
     rows = build_status(layout, read_records(layout), before, manifest_pairs)
-    if _replace_table(layout, previous, rows):
+    if _replace_table(layout, previous, rows, salvaged):
         log.info("rebuilt %s (%d rows)", layout.status_file, len(rows))
     for row in dropped_rows(before, rows):
         log.warning(

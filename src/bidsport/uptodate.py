@@ -193,22 +193,31 @@ def _label(cell: str, prefix: str) -> str:
     return "" if cell in ("", "n/a") else cell.removeprefix(prefix)
 
 
-#: the cells of a status table's flag columns that ``status.read_status`` accepts
+#: the columns of a status table (``status.STATUS_COLUMNS``), its flag columns, and the
+#: cells of those that ``status.read_status`` accepts
+_COLUMNS = (
+    "participant_id",
+    "session_id",
+    "packet",
+    "imported",
+    "organized",
+    "converted",
+    "last_error",
+    "updated",
+)
 _FLAGS = ("imported", "organized", "converted")
 _FLAG_VALUES = frozenset({"true", "1", "yes", "false", "0", "no", "n/a", ""})
 
 
 def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | None:
-    """The lines of a status table's text by session (``StatusRow.key``), the header
-    first; None when ``status.read_status`` would refuse the table: a missing column, a
-    column named twice, a line whose number of cells is not the header's, a flag that is
-    not true or false, a label that is not letters and digits (then the full path warns,
-    and decides).
+    """The line of each session of a status table's text (``StatusRow.key``: [line]),
+    the header first; None when ``status.read_status`` would refuse the table: a missing
+    column, a column named twice, a line whose number of cells is not the header's, a
+    flag that is not true or false, a label that is not letters and digits, a session
+    with two rows (then the full path warns, and decides).
     """
     header = lines[0].split("\t") if lines else []
-    if len(set(header)) != len(header) or not all(
-        name in header for name in ("participant_id", "session_id", *_FLAGS)
-    ):
+    if len(set(header)) != len(header) or not all(name in header for name in _COLUMNS):
         return None
     subject, session = header.index("participant_id"), header.index("session_id")
     flags = [header.index(name) for name in _FLAGS]
@@ -222,11 +231,14 @@ def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | Non
         ):
             return None
         key = (_label(cells[subject], "sub-"), _label(cells[session], "ses-"))
-        if not (key[0].isascii() and key[0].isalnum()) or not (
-            key[1] == "" or (key[1].isascii() and key[1].isalnum())
+        named = cells[session].strip() not in ("", "n/a")  # ("ses-" alone: an empty label)
+        if (
+            not (key[0].isascii() and key[0].isalnum())
+            or (named and not (key[1].isascii() and key[1].isalnum()))
+            or key in found
         ):
             return None
-        found.setdefault(key, []).append(line)
+        found[key] = [line]
     return found
 
 
