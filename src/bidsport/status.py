@@ -43,21 +43,13 @@ from bidsport import fileops
 from bidsport.errors import LabelError, LockedError, OutputError
 from bidsport.layout import NIFTI_ENDINGS, DatasetLayout, sub_ses_prefix
 from bidsport.records import SessionResult
-from bidsport.uptodate import iso_utc
+from bidsport.uptodate import STATUS_COLUMNS, iso_utc
 
 log = logging.getLogger(__name__)
 
-#: Columns of ``status.tsv``, in order.
-STATUS_COLUMNS = (
-    "participant_id",
-    "session_id",
-    "packet",
-    "imported",
-    "organized",
-    "converted",
-    "last_error",
-    "updated",
-)
+# STATUS_COLUMNS, the columns of status.tsv in order, are defined in uptodate, which
+# reads the table for a re-run without importing this module.
+
 #: How many previous versions of ``status.tsv`` are kept in the backup folder.
 KEEP_BACKUPS = 20
 #: Seconds a participant-level run waits for the table lock before giving up (not failing).

@@ -193,9 +193,10 @@ def _label(cell: str, prefix: str) -> str:
     return "" if cell in ("", "n/a") else cell.removeprefix(prefix)
 
 
-#: the columns of a status table (``status.STATUS_COLUMNS``), its flag columns, and the
-#: cells of those that ``status.read_status`` accepts
-_COLUMNS = (
+#: Columns of ``status.tsv``, in order (``bidsport.status`` writes them; defined here,
+#: where a re-run reads the table without importing it). Then its flag columns, and the
+#: cells of those that ``status.read_status`` accepts.
+STATUS_COLUMNS = (
     "participant_id",
     "session_id",
     "packet",
@@ -217,7 +218,7 @@ def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | Non
     with two rows (then the full path warns, and decides).
     """
     header = lines[0].split("\t") if lines else []
-    if len(set(header)) != len(header) or not all(name in header for name in _COLUMNS):
+    if len(set(header)) != len(header) or not all(name in header for name in STATUS_COLUMNS):
         return None
     subject, session = header.index("participant_id"), header.index("session_id")
     flags = [header.index(name) for name in _FLAGS]
