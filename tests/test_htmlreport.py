@@ -375,6 +375,19 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetLayout:
     return DatasetLayout(out)
 
 
+def _copy_of(dataset: DatasetLayout, root: Path) -> DatasetLayout:
+    """A copy of the module's dataset at ``root`` (a test may change it)."""
+    shutil.copytree(dataset.root, root, symlinks=True)
+    return DatasetLayout(root)
+
+
+def _in_fresh_python(code: str) -> list[str]:
+    """The words ``code`` prints, run in a new Python (which has imported nothing yet)."""
+    result = run_command([sys.executable, "-c", code], timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def _outputs(layout: DatasetLayout) -> list[tuple[str, str, str]]:
     """(subject, session, output) of every converted image, from the series tables."""
     found = []
@@ -388,8 +401,7 @@ def _outputs(layout: DatasetLayout) -> list[tuple[str, str, str]]:
 def test_report_on_a_dataset(
     tmp_path: Path, dataset: DatasetLayout, caplog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     status = read_status(layout)
     outcome = write_report(layout, status, title="Report test", generator="bidsport test")
     assert outcome.report_file == layout.report_file and layout.report_file.is_file()
@@ -455,8 +467,7 @@ def test_thumbnails_made_in_worker_processes_are_the_same(
     monkeypatch.setattr(htmlreport, "_PARALLEL_FROM", 2)  # the fixture has 6 images
     pages = []
     for n_procs in (1, 2):
-        layout = DatasetLayout(tmp_path / f"bids{n_procs}")
-        shutil.copytree(dataset.root, layout.root, symlinks=True)
+        layout = _copy_of(dataset, tmp_path / f"bids{n_procs}")
         outcome = write_report(layout, read_status(layout), title="t", n_procs=n_procs)
         pngs = sorted(p for p in outcome.written if p.suffix == ".png")
         assert len(pngs) == 6
@@ -474,8 +485,7 @@ def test_report_with_current_thumbnails_imports_no_image_library(
 ) -> None:
     """Re-writing the report (thumbnails up to date) loads neither numpy nor nibabel
     (~0.2 s of a group run); making a missing thumbnail does, without pydicom."""
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     probe = (
         "import sys\n"
         "from bidsport.htmlreport import write_report\n"
@@ -486,21 +496,16 @@ def test_report_with_current_thumbnails_imports_no_image_library(
         "outcome = write_report(layout, read_status(layout), title='t')\n"
         "print(len(outcome.written), *(m in sys.modules for m in ('numpy', 'nibabel', 'pydicom')))\n"
     )
-    first = run_command([sys.executable, "-c", probe], timeout=120)
-    assert first.returncode == 0, first.stderr
     # 6 thumbnails and the page; nibabel without pydicom (bidsport.niftiio)
-    assert first.stdout.split() == ["7", "True", "True", "False"]
-    again = run_command([sys.executable, "-c", probe], timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.split() == ["0", "False", "False", "False"]
+    assert _in_fresh_python(probe) == ["7", "True", "True", "False"]
+    assert _in_fresh_python(probe) == ["0", "False", "False", "False"]
 
 
 def test_thumbnail_workers_start_when_sessions_changed_since_the_report(
     tmp_path: Path, dataset: DatasetLayout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reportworkers, "usable_cpus", lambda: 2)  # whatever runs the tests
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     # no report yet: both sessions, 5 + 1 images
     assert [p.name for p in sessions_since_report(layout)] == [
         "sub-S01_ses-1.json",
@@ -548,8 +553,7 @@ def test_too_few_early_workers_give_way_to_enough(
     more workers (e.g. every thumbnail deleted), they are shut down and enough started."""
     monkeypatch.setattr(htmlreport, "_PARALLEL_FROM", 2)  # 6 images: worth 2 workers
     monkeypatch.setattr(reportworkers, "usable_cpus", lambda: 2)
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     with thumbnail_workers(layout, 2) as pool:
         assert pool is not None and pool.workers == 1
         prepared = htmlreport.prepare_report(layout, read_status(layout), 2, pool)
@@ -563,8 +567,7 @@ def test_thumbnails_are_made_by_the_workers_started_first(
 ) -> None:
     """The report made with workers started before it (as the command line does) is the
     same, and the process that writes it loads no image library: its workers do."""
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -582,9 +585,7 @@ def test_thumbnails_are_made_by_the_workers_started_first(
         "    outcome = write_page(layout, prepared, title='t')\n"
         "print(warm, len(outcome.written), 'numpy' in sys.modules)\n"
     )
-    result = run_command([sys.executable, "-c", probe], timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "7", "False"]
+    assert _in_fresh_python(probe) == ["True", "7", "False"]
     made = sorted(layout.derivatives_dir.rglob("*.png"))
     page = layout.report_file.read_text(encoding="utf-8")
 
@@ -601,8 +602,7 @@ def test_thumbnails_are_made_by_the_workers_started_first(
 def test_group_command_makes_thumbnails_in_its_early_workers(
     tmp_path: Path, dataset: DatasetLayout
 ) -> None:
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     probe = (
         "import sys\n"
         "from bidsport import reportworkers\n"
@@ -612,9 +612,7 @@ def test_group_command_makes_thumbnails_in_its_early_workers(
         "             '--skip-validation', '--n-procs', '2'])\n"
         "print(code, 'numpy' in sys.modules)\n"
     )
-    result = run_command([sys.executable, "-c", probe], timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0", "False"]
+    assert _in_fresh_python(probe) == ["0", "False"]
     assert len(list((layout.derivatives_dir / THUMBNAIL_DIR).rglob("*.png"))) == 6
 
 
@@ -678,8 +676,7 @@ def _render(chromium: str, report: Path, work: Path) -> dict[str, object]:
 
 def test_report_renders_in_chromium(tmp_path: Path, dataset: DatasetLayout) -> None:
     chromium = _chromium()
-    layout = DatasetLayout(tmp_path / "bids")
-    shutil.copytree(dataset.root, layout.root, symlinks=True)
+    layout = _copy_of(dataset, tmp_path / "bids")
     write_report(layout, read_status(layout), title="Chromium test")
     n_images = len(_outputs(layout))
 
