@@ -43,7 +43,7 @@ from bidsport import fileops
 from bidsport.errors import LabelError, LockedError, OutputError
 from bidsport.layout import NIFTI_ENDINGS, DatasetLayout, sub_ses_prefix
 from bidsport.records import SessionResult
-from bidsport.uptodate import STATUS_COLUMNS, iso_utc
+from bidsport.uptodate import STATUS_COLUMNS, iso_utc, table_label
 
 log = logging.getLogger(__name__)
 
@@ -364,10 +364,10 @@ def _salvage(path: Path) -> _Table:
         if len(values) != len(header):
             continue
         cells = dict(zip(header, values, strict=True))
-        subject, session = (cells[col].strip() for col in ("participant_id", "session_id"))
-        key = (subject.removeprefix("sub-"), session.removeprefix("ses-"))
-        if session in ("", "n/a"):
-            key = (key[0], "")
+        key = (
+            table_label(cells["participant_id"], "sub-"),
+            table_label(cells["session_id"], "ses-"),
+        )
         added.setdefault(key, {col: cells[col] for col in extra})
     whole = all(col in header for col in STATUS_COLUMNS)
     return _Table((), tuple(header) if whole else (*STATUS_COLUMNS, *extra), added)

@@ -187,7 +187,7 @@ def observe_outputs(paths: list[str]) -> dict[str, list[list[int] | None] | None
     return {path: signature(path) for path in paths}
 
 
-def _label(cell: str, prefix: str) -> str:
+def table_label(cell: str, prefix: str) -> str:
     """A status table cell as the label in ``StatusRow.key`` ("" for none)."""
     cell = cell.strip()
     return "" if cell in ("", "n/a") else cell.removeprefix(prefix)
@@ -231,7 +231,7 @@ def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | Non
             cells[i].strip().lower() not in _FLAG_VALUES for i in flags
         ):
             return None
-        key = (_label(cells[subject], "sub-"), _label(cells[session], "ses-"))
+        key = (table_label(cells[subject], "sub-"), table_label(cells[session], "ses-"))
         named = cells[session].strip() not in ("", "n/a")  # ("ses-" alone: an empty label)
         if (
             not (key[0].isascii() and key[0].isalnum())
