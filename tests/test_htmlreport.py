@@ -435,7 +435,9 @@ def test_report_on_a_dataset(
     remade = write_report(layout, status, title="Report test", generator="bidsport test")
     assert remade.written == ()
     with monkeypatch.context() as patch:
-        patch.setattr(htmlreport, "_make_png", lambda image: pytest.fail(f"made {image} again"))
+        patch.setattr(
+            htmlreport, "make_thumbnail", lambda image: pytest.fail(f"made {image} again")
+        )
         quiet = write_report(layout, status, title="Report test", generator="bidsport test")
         assert quiet.written == ()
 

@@ -29,10 +29,10 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from bidsport import fileops, png
 from bidsport.layout import DatasetLayout, nifti_stem, sub_ses_dir, sub_ses_prefix
+from bidsport.reportworkers import THUMBNAIL_SOFTWARE, ThumbnailPool, make_thumbnail
 from bidsport.status import (
     UNFINISHED_PREFIX,
     StatusRow,
@@ -42,17 +42,10 @@ from bidsport.status import (
 )
 from bidsport.validator import Issue, ValidationResult
 
-if TYPE_CHECKING:
-    from bidsport.reportworkers import ThumbnailPool
-
 log = logging.getLogger(__name__)
 
 #: Folder of the thumbnails, relative to the report's folder.
 THUMBNAIL_DIR = "thumbnails"
-#: Written into every thumbnail; a thumbnail without it is made again even when it is
-#: newer than its image. Change the number whenever thumbnails change (size, layout).
-THUMBNAIL_SOFTWARE = "bidsport thumbnail 1"
-
 _SOFTWARE_TEXT = png.software_text(THUMBNAIL_SOFTWARE)
 #: Content-Security-Policy of the page: no script, nothing from the network.
 CSP = "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'"
@@ -532,16 +525,6 @@ def _current_thumbnail(image: Path, png_path: Path, relpath: str) -> Thumbnail |
     return None
 
 
-def _make_png(image: Path) -> bytes | str:
-    """Worker task: the thumbnail PNG of ``image``, or why it cannot be made."""
-    from bidsport import thumbnails  # numpy and nibabel: only when a thumbnail is made
-
-    try:
-        return thumbnails.thumbnail_png(image, software=THUMBNAIL_SOFTWARE)
-    except thumbnails.UNREADABLE as exc:
-        return str(exc) or type(exc).__name__
-
-
 def _store_png(png_path: Path, data: bytes) -> bool:
     """Write ``data`` at ``png_path`` unless the file holds it already (then only mark it
     as newer than the image it shows, so it is not made again); True when written."""
@@ -562,9 +545,9 @@ _PARALLEL_FROM = 8
 def _make_pngs(
     images: Sequence[Path], n_procs: int, pool: ThumbnailPool | None = None
 ) -> list[bytes | str]:
-    """:func:`_make_png` of every image, in up to ``n_procs`` worker processes: ``pool``'s
-    (running already, see :mod:`bidsport.reportworkers`) when it has as many as these
-    images are worth, else workers started now."""
+    """:func:`~bidsport.reportworkers.make_thumbnail` of every image, in up to ``n_procs``
+    worker processes: ``pool``'s (running already, see :mod:`bidsport.reportworkers`) when
+    it has as many as these images are worth, else workers started now."""
     if not images:
         return []
     worth = min(n_procs, len(images) // (_PARALLEL_FROM // 2))
@@ -572,7 +555,7 @@ def _make_pngs(
         pool.executor.shutdown()  # too few (the images were guessed): forks come next
         pool = None
     if pool is None and (n_procs <= 1 or len(images) < _PARALLEL_FROM):
-        return [_make_png(image) for image in images]
+        return [make_thumbnail(image) for image in images]
     from concurrent.futures import BrokenExecutor
 
     from bidsport.runner import process_pool, worker_gone
@@ -580,14 +563,14 @@ def _make_pngs(
     executor = pool.executor if pool is not None else None
     try:
         if executor is not None:
-            return list(executor.map(_make_png, images, chunksize=_chunk_size(len(images))))
+            return list(executor.map(make_thumbnail, images, chunksize=_chunk_size(len(images))))
         from bidsport import thumbnails  # noqa: F401  (imported once, before the workers fork)
 
         with process_pool(worth) as executor:
-            return list(executor.map(_make_png, images, chunksize=4))
+            return list(executor.map(make_thumbnail, images, chunksize=4))
     except BrokenExecutor:
         worker_gone(f"making {len(images)} thumbnails", executor)
-        return [_make_png(image) for image in images]
+        return [make_thumbnail(image) for image in images]
 
 
 def _chunk_size(n_images: int) -> int:

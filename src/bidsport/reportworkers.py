@@ -1,10 +1,12 @@
 """Worker processes for the group report's thumbnails, started before the group level loads.
 
-Making a thumbnail needs numpy and nibabel, ~0.25 s of imports; the group level's own
+Making a thumbnail needs numpy and nibabel, ~0.2 s of imports; the group level's own
 modules take ~0.15 s more, and its own work on a small dataset less than that. The
 command line starts these workers first (:func:`thumbnail_workers`), so that both imports
 run at once, on two cores, and :func:`bidsport.htmlreport.prepare_report` hands them the
-thumbnails to make. This module imports little, so that the workers are forked early.
+thumbnails to make (:func:`make_thumbnail`). This module imports little, so that the
+workers are forked early, and they import only what making a thumbnail needs
+(:mod:`bidsport.thumbnails`, not the report's own modules).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from bidsport.layout import DatasetLayout
+
+#: Written into every thumbnail; a thumbnail without it is made again even when it is
+#: newer than its image. Change the number whenever thumbnails change (size, layout).
+THUMBNAIL_SOFTWARE = "bidsport thumbnail 1"
 
 #: Images (of the sessions recorded since the report) per worker started: a worker more
 #: imports numpy and nibabel once more, on a core the main process also needs (on the 1k
@@ -98,9 +104,19 @@ def sessions_in_progress(layout: DatasetLayout) -> bool:
     return bool(held)
 
 
+def make_thumbnail(image: Path) -> bytes | str:
+    """Worker task: the thumbnail PNG of ``image``, or why it cannot be made."""
+    from bidsport import thumbnails  # numpy and nibabel: only when a thumbnail is made
+
+    try:
+        return thumbnails.thumbnail_png(image, software=THUMBNAIL_SOFTWARE)
+    except thumbnails.UNREADABLE as exc:
+        return str(exc) or type(exc).__name__
+
+
 def _warm_up() -> None:
     """Worker start: load what making a thumbnail needs, before the first task."""
-    from bidsport import htmlreport, thumbnails  # noqa: F401
+    from bidsport import thumbnails  # noqa: F401
 
 
 @contextlib.contextmanager
