@@ -591,6 +591,10 @@ def test_file_level_errors(tmp_path: Path) -> None:
     bad_json.write_text("{'rules': []}")
     with pytest.raises(ConfigError, match=rf"{bad_json}: not valid JSON"):
         load_rules(bad_json)
+    for latin1 in (tmp_path / "latin1.toml", tmp_path / "latin1.json"):
+        latin1.write_bytes("# Siège\n".encode("latin-1"))
+        with pytest.raises(ConfigError, match=rf"{latin1}: not valid .*utf-8"):
+            load_rules(latin1)
     yaml = tmp_path / "rules.yaml"
     yaml.write_text("rules: []\n")
     with pytest.raises(ConfigError, match=r"must end in \.toml or \.json"):
