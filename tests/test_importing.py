@@ -25,11 +25,11 @@ def test_a_deferred_module_loads_at_its_first_use_and_stays_the_only_one() -> No
         "with without(importing='json', deferred=('xml.dom.minidom',)):\n"
         "    import json\n"
         "    from xml.dom import minidom\n"
-        "print('xml.dom.expatbuilder' in sys.modules, type(minidom).__name__)\n"
+        "print('xml.dom.minicompat' in sys.modules, type(minidom).__name__)\n"
         "import xml.dom.minidom\n"
         "print(xml.dom.minidom is minidom is sys.modules['xml.dom.minidom'])\n"
         "print(minidom.parseString('<a><b/></a>').documentElement.tagName)\n"
-        "print('xml.dom.expatbuilder' in sys.modules, type(minidom).__name__)\n"
+        "print('xml.dom.minicompat' in sys.modules, type(minidom).__name__)\n"
     )
     assert _in_fresh_python(probe) == ["False _LazyModule", "True", "a", "True module"]
 
