@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import shutil
@@ -154,6 +155,8 @@ def test_many_processes_record_at_once(tmp_path: Path) -> None:
 
 
 def test_status_tsv_format(tmp_path: Path) -> None:
+    # records and rows are made field by field in this order (not with dataclasses.asdict)
+    assert tuple(f.name for f in dataclasses.fields(StatusRow)) == STATUS_COLUMNS
     layout = DatasetLayout(tmp_path)
     record_session(layout, _row("01", None, packet="A;B", last_error="boom"))
     record_session(layout, _row("02", "pre", converted=True))
