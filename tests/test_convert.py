@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -286,3 +288,60 @@ def test_a_batch_whose_images_are_named_after_no_series_takes_nothing(tmp_path):
         )
         items.append(BatchItem(f"s{number}", read_header(files[0]).series_uid, tuple(files)))
     assert convert_batch(items, tmp_path / "batch") == {"s2": None, "s3": None}
+
+
+def _linked_sources(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Files as a session gives them to dcm2niix, and the real file behind each: a plain
+    file, a relative link of a flat folder, a link to that link, and a relative link that
+    climbs out of a folder reached through a symbolic link."""
+    raw = tmp_path / "raw" / "packet"
+    raw.mkdir(parents=True)
+    real = []
+    for name in ("a.dcm", "b.dcm", "c.dcm", "d.dcm"):
+        (raw / name).write_bytes(name.encode())
+        real.append(raw / name)
+    flat = tmp_path / "dicom"
+    flat.mkdir()
+    (flat / "b").symlink_to(os.path.relpath(raw / "b.dcm", flat))
+    (flat / "c-chain").symlink_to(flat / "b")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(tmp_path / "deep" / "er")
+    (tmp_path / "deep" / "er" / "d").symlink_to(
+        os.path.relpath(raw / "d.dcm", tmp_path / "deep" / "er")
+    )
+    files = [raw / "a.dcm", flat / "b", flat / "c-chain", tmp_path / "via" / "d"]
+    return files, [real[0], real[1], real[1], real[3]]
+
+
+def test_link_files_hard_links_the_files_behind_symbolic_links(tmp_path: Path) -> None:
+    files, real = _linked_sources(tmp_path)
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    assert convert._link_files(files, in_dir) == "hardlink"
+    made = sorted(in_dir.iterdir())
+    assert [p.name for p in made] == ["000000.dcm", "000001.dcm", "000002.dcm", "000003.dcm"]
+    for link, target in zip(made, real, strict=True):
+        assert not link.is_symlink() and os.path.samefile(link, target)
+    assert [p.read_bytes() for p in made] == [b"a.dcm", b"b.dcm", b"b.dcm", b"d.dcm"]
+
+
+def test_link_files_falls_back_to_symbolic_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where hard links are refused (another device), absolute symbolic links to the
+    files behind the given ones."""
+    files, real = _linked_sources(tmp_path)
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(os, "supports_dir_fd", os.supports_dir_fd | {refuse})
+    assert convert._link_files(files, in_dir) == "symlink"
+    made = sorted(in_dir.iterdir())
+    for link, target in zip(made, real, strict=True):
+        assert link.is_symlink() and os.path.isabs(os.readlink(link))
+        assert os.readlink(link) == os.path.realpath(target)
+    assert [p.read_bytes() for p in made] == [b"a.dcm", b"b.dcm", b"b.dcm", b"d.dcm"]

@@ -264,25 +264,34 @@ def _link_files(files: Sequence[Path], in_dir: Path) -> str:
     """Make ``in_dir`` hold one entry per file; return "hardlink" or "symlink".
 
     Hard links first (no new inode: on many file systems a fraction of the cost of a
-    symbolic link), to the file itself when ``files`` are symbolic links (``link(2)``
-    would link the symbolic link, whose relative target then points nowhere); symbolic
-    links when the file system refuses hard links (another device, no support).
+    symbolic link), to the file itself when ``files`` are symbolic links: one
+    ``linkat(2)`` per file, told to follow them (``link(2)`` would link the symbolic
+    link, whose relative target then points nowhere). Symbolic links when the file
+    system refuses hard links (another device, no support).
+
+    This runs in the conversion threads, beside the session thread's Python: each system
+    call gives up the GIL and waits to get it back, so there is one per file, not three
+    (reading the link, testing its target, linking).
     """
-    mode = "hardlink"
+    mode = "hardlink" if os.link in os.supports_dir_fd else "symlink"
     real_dirs: dict[str, str] = {}
-    for index, src in enumerate(files):
-        dst = in_dir / f"{index:06d}.dcm"
-        target = _link_target(src, real_dirs)
-        if os.path.islink(target):  # a link to a link: rare, resolve it fully
-            target = os.path.realpath(target)
-        if mode == "hardlink":
-            try:
-                os.link(target, dst)
-                continue
-            except OSError as exc:
-                log.debug("hard links refused in %s (%s): symbolic links instead", in_dir, exc)
-                mode = "symlink"
-        os.symlink(target, dst)
+    folder = os.open(in_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, src in enumerate(files):
+            name = f"{index:06d}.dcm"
+            if mode == "hardlink":
+                try:  # a dst_dir_fd makes os.link call linkat with AT_SYMLINK_FOLLOW
+                    os.link(src, name, dst_dir_fd=folder)
+                    continue
+                except OSError as exc:
+                    log.debug("hard links refused in %s (%s): symbolic links instead", in_dir, exc)
+                    mode = "symlink"
+            target = _link_target(src, real_dirs)
+            if os.path.islink(target):  # a link to a link: rare, resolve it fully
+                target = os.path.realpath(target)
+            os.symlink(target, name, dir_fd=folder)
+    finally:
+        os.close(folder)
     return mode
 
 
