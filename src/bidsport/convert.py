@@ -289,7 +289,7 @@ def _link_files(files: Sequence[Path], in_dir: Path) -> str:
             target = _link_target(src, real_dirs)
             if os.path.islink(target):  # a link to a link: rare, resolve it fully
                 target = os.path.realpath(target)
-            os.symlink(target, name, dir_fd=folder)
+            os.symlink(target, in_dir / name)
     finally:
         os.close(folder)
     return mode

@@ -28,7 +28,9 @@ def without(*hidden: str, importing: str, deferred: tuple[str, ...] = ()) -> Ite
     Each ``deferred`` module (one the library imports but uses only in functions bidsport
     never calls) not loaded yet is made lazy (:class:`importlib.util.LazyLoader`): it is
     bound at once and runs its code at the first use of one of its attributes. It stays
-    the module of that name, for every later import.
+    the module of that name, for every later import. Before Python 3.13 the lazy loader
+    holds no lock: two threads that use the module for the first time at once may see
+    it half loaded. Defer only modules that bidsport does not use at all.
     """
     loaded = importing in sys.modules
     hide = [] if loaded else [name for name in hidden if name not in sys.modules]

@@ -7,8 +7,9 @@ is loaded already; nibabel then holds a placeholder for it, and pydicom itself s
 importable as usual. scipy, when installed (bidsport does not need it), is hidden too:
 nibabel reads SPM's ``.mat`` files with it (~10 ms). ``urllib.request`` (for nibabel's
 ``from_url``; ~30 ms with the HTTP, e-mail and SSL modules it loads) is deferred until
-something uses it. Import nibabel through this module only (an ``import nibabel``
-elsewhere, run first, would load them all).
+something uses it (nothing in bidsport does, see :func:`bidsport.importing.without`).
+Import nibabel through this module only (an ``import nibabel`` elsewhere, run first,
+would load them all).
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ volume, reoriented to RAS+, side by side at one scale, with the intensities betw
 robust percentiles mapped to black and white. Everything here is pure (arrays in, bytes
 out) except :func:`read_first_volume` and :func:`thumbnail_png`, which read the image.
 
-This module imports numpy and nibabel (~0.2 s, see :mod:`bidsport.niftiio`):
-:mod:`bidsport.htmlreport` imports it only when a thumbnail has to be made.
+This module imports numpy and nibabel (~0.2 s, see :mod:`bidsport.niftiio`): it is
+imported only when a thumbnail has to be made, by the worker processes of
+:mod:`bidsport.reportworkers` (or by :func:`bidsport.reportworkers.make_thumbnail` in the
+process that makes a few thumbnails itself).
 """
 
 from __future__ import annotations
