@@ -210,8 +210,8 @@ _FLAGS = ("imported", "organized", "converted")
 _FLAG_VALUES = frozenset({"true", "1", "yes", "false", "0", "no", "n/a", ""})
 
 
-def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | None:
-    """The line of each session of a status table's text (``StatusRow.key``: [line]),
+def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], str] | None:
+    """The line of each session (by ``StatusRow.key``) of a status table's ``lines``,
     the header first; None when ``status.read_status`` would refuse the table: a missing
     column, a column named twice, a line whose number of cells is not the header's, a
     flag that is not true or false, a label that is not letters and digits, a session
@@ -222,7 +222,7 @@ def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | Non
         return None
     subject, session = header.index("participant_id"), header.index("session_id")
     flags = [header.index(name) for name in _FLAGS]
-    found: dict[tuple[str, str], list[str]] = {}
+    found: dict[tuple[str, str], str] = {}
     for line in lines[1:]:
         if not line.strip():
             continue
@@ -239,7 +239,7 @@ def _rows_by_session(lines: list[str]) -> dict[tuple[str, str], list[str]] | Non
             or key in found
         ):
             return None
-        found[key] = [line]
+        found[key] = line
     return found
 
 
@@ -261,13 +261,13 @@ def table_rows(path: str, sessions: list[tuple[str, str]]) -> dict[str, object] 
     if lines is None or signature(path) != before:
         return None
     found = _rows_by_session(lines)
-    if found is None or any(len(found.get(key, ())) != 1 for key in sessions):
+    if found is None or any(key not in found for key in sessions):
         return None
     return {
         "path": path,
         "signature": before,
         "header": lines[0],
-        "rows": [found[key][0] for key in sessions],
+        "rows": [found[key] for key in sessions],
     }
 
 
