@@ -592,9 +592,10 @@ def add_expected(
 # --------------------------------------------------------------------------- regenerate
 
 
-def _holds_file(folder: Path, skip_sessions: bool) -> bool:
-    """True when ``folder`` holds a file (:func:`fileops.count_files`)."""
-    return fileops.count_files(folder, skip_sessions=skip_sessions, limit=1) > 0
+def _holds_file(folder: Path, skip_sessions: bool, suffixes: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` holds a file, with ``suffixes`` one whose name ends with one
+    of them (:func:`fileops.count_files`)."""
+    return fileops.count_files(folder, suffixes=suffixes, skip_sessions=skip_sessions, limit=1) > 0
 
 
 def _has_image(session_dir: Path) -> bool:
@@ -603,12 +604,7 @@ def _has_image(session_dir: Path) -> bool:
     session's folder itself (not in the ``ses-*`` folders of other sessions)."""
     if not session_dir.is_dir():
         return False
-    return (
-        fileops.count_files(
-            session_dir, suffixes=(*NIFTI_ENDINGS, ".dcm"), skip_sessions=True, limit=1
-        )
-        > 0
-    )
+    return _holds_file(session_dir, True, (*NIFTI_ENDINGS, ".dcm"))
 
 
 def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
