@@ -319,6 +319,28 @@ def test_sessions_in_flight_at_once_give_the_same_dataset(example, tmp_path):
     assert any(value.startswith("-> ") for value in made["2"].values())
 
 
+def test_sessions_in_flight_share_the_cores_for_their_small_series():
+    """A session's small series share ``--n-procs`` dcm2niix calls when it runs alone, and
+    its share of them when other sessions are in flight (each call costs before it reads
+    a file, and two sessions already keep two cores busy)."""
+    from bidsport.participant import RunShared
+
+    shared = RunShared(2)
+    try:
+        assert shared.batches(2) == 2
+        with shared.session():
+            assert (shared.batches(2), shared.batches(4)) == (2, 4)
+            with pytest.raises(RuntimeError), shared.session():
+                assert shared.in_flight == 2
+                assert (shared.batches(1), shared.batches(2), shared.batches(4)) == (1, 1, 2)
+                raise RuntimeError("a session's bug")
+            assert shared.in_flight == 1
+            assert shared.batches(2) == 2
+        assert shared.in_flight == 0
+    finally:
+        shared.close()
+
+
 def test_small_series_converted_together_give_the_same_dataset(example, tmp_path, monkeypatch):
     """Small series share dcm2niix calls (a call costs ~10 ms before it reads a file): the
     dataset is the one made with a call per series, with fewer calls."""

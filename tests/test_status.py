@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from bidsport.status import (
     KEEP_BACKUPS,
     STATUS_COLUMNS,
     StatusRow,
+    TableUpdates,
     add_expected,
     backup_status,
     build_status,
@@ -321,6 +323,64 @@ def test_lock_timeout_does_not_fail_the_run(
     assert regenerate_status(layout) == [
         _row("01", imported=False, organized=False),
         _row("02", imported=False, organized=False),
+    ]
+
+
+# --------------------------------------------------------------------------- one run's rows
+
+
+def test_a_run_writes_its_rows_a_few_at_a_time(tmp_path: Path) -> None:
+    """Rows put within the interval of the table's last write wait for the next write
+    (rewriting the whole table per session is quadratic in a run of many sessions); the
+    records are written at once, and closing writes what waits."""
+    layout = DatasetLayout(tmp_path)
+    table = TableUpdates(layout, interval=3600)
+    record_session(layout, _row("01"), table=table)  # the first row: at once
+    assert read_status(layout) == [_row("01")]
+    record_session(layout, _row("01", converted=True), table=table)
+    for sub in ("02", "03"):
+        record_session(layout, _row(sub), table=table)
+    assert read_status(layout) == [_row("01")]  # waiting...
+    assert read_status_record(layout, "03", None) == _row("03")  # ...but recorded
+    assert not layout.status_backup_dir.exists()  # nothing replaced yet
+    table.close()
+    assert read_status(layout) == [_row("01", converted=True), _row("02"), _row("03")]
+    assert len(list(layout.status_backup_dir.iterdir())) == 1  # one write: one backup
+    record_session(layout, _row("04"), table=table)  # closed: at once
+    assert [r.participant_id for r in read_status(layout)] == ["01", "02", "03", "04"]
+
+
+def test_rows_that_wait_are_written_when_the_interval_ends(tmp_path: Path) -> None:
+    """A row put just after a write does not wait for the run's end (a curator watching
+    the table of a long session sees it begin)."""
+    layout = DatasetLayout(tmp_path)
+    table = TableUpdates(layout, interval=0.2)
+    try:
+        table.put(_row("01"))
+        table.put(_row("02"))
+        assert read_status(layout) == [_row("01")]
+        deadline = time.monotonic() + 30
+        while len(read_status(layout)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read_status(layout) == [_row("01"), _row("02")]
+    finally:
+        table.close()
+
+
+def test_rows_written_together_that_cannot_get_the_lock_are_left_to_the_group_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = DatasetLayout(tmp_path)
+    table = TableUpdates(layout, interval=3600, lock_timeout=0.3)
+    for sub in ("01", "02", "03"):
+        record_session(layout, _row(sub), table=table)
+    with fileops.file_lock(status_lock_file(layout)), caplog.at_level(logging.WARNING):
+        table.close()
+    assert read_status(layout) == [_row("01")]
+    message = next(r.getMessage() for r in caplog.records if "not updated" in r.getMessage())
+    assert "sub-02, sub-03" in message and str(layout.status_rows_dir) in message
+    assert regenerate_status(layout) == [
+        _row(sub, imported=False, organized=False) for sub in ("01", "02", "03")
     ]
 
 

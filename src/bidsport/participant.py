@@ -55,6 +55,7 @@ from bidsport.records import (
 )
 from bidsport.status import (
     StatusRow,
+    TableUpdates,
     now_iso,
     read_status,
     read_status_record,
@@ -559,7 +560,11 @@ UNFINISHED = "unfinished: a run began this session at {when} and recorded no out
 
 
 def _record_unfinished(
-    layout: DatasetLayout, subject: str, session: str | None, packets: str | None
+    layout: DatasetLayout,
+    subject: str,
+    session: str | None,
+    packets: str | None,
+    table: TableUpdates | None = None,
 ) -> None:
     """Before a session is (re)done, record it as not converted, and unfinished.
 
@@ -569,7 +574,8 @@ def _record_unfinished(
     in progress for ever. A session without a record gets one naming ``packets``; with
     ``packets`` None (``--anonymize``: its label may still be refused, and is written
     nowhere until accepted) it is left without. An existing record keeps its packet
-    names. The run's end replaces this record with its outcome.
+    names. The run's end replaces this record with its outcome. ``table``: see
+    :func:`bidsport.status.record_session`.
     """
     old = read_status_record(layout, subject, session)
     now = now_iso()
@@ -580,6 +586,7 @@ def _record_unfinished(
                 StatusRow(
                     subject, session, packets, False, False, False, UNFINISHED.format(when=now), now
                 ),
+                table=table,
             )
         return
     record_session(
@@ -591,6 +598,7 @@ def _record_unfinished(
             last_error=UNFINISHED.format(when=now),
             updated=now,
         ),
+        table=table,
     )
 
 
@@ -691,11 +699,14 @@ def process_session(
     progress: Progress | None = None,
     anon: privacy.Anonymization | None = None,
     shared: RunShared | None = None,
+    table: TableUpdates | None = None,
 ) -> SessionResult:
     """Import, organize, classify and convert one session; never raises BidsportError.
 
     ``assignments`` are the packets of one subject/session: usually one, several when a
-    session was sent in parts (:func:`bidsport.ingest.group_by_session`).
+    session was sent in parts (:func:`bidsport.ingest.group_by_session`). ``table``
+    writes the session's rows of ``status.tsv`` with the run's other sessions' (None: at
+    once).
     """
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
@@ -719,6 +730,7 @@ def process_session(
                 last_error=error,
                 updated=now_iso(),
             ),
+            table=table,
         )
 
     try:
@@ -730,7 +742,11 @@ def process_session(
             )
             if done is not None:
                 log.info(uptodate.SKIPPED, label)
-                update_table_row(layout, done)  # a run killed after the record: heal the table
+                # a run killed after the record: heal the table
+                if table is not None:
+                    table.put(done)
+                else:
+                    update_table_row(layout, done)
                 return skipped_result(sub, ses)
             for folder in (
                 layout.session_dir(sub, ses),
@@ -740,7 +756,7 @@ def process_session(
             ):
                 fileops.remove_stale_temps(folder)
             remove_stale_temps(layout, sub, ses)  # of the status record
-            _record_unfinished(layout, sub, ses, ";".join(packets) if anon is None else None)
+            _record_unfinished(layout, sub, ses, ";".join(packets) if anon is None else None, table)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
             _run_session(
@@ -887,7 +903,10 @@ def _run_session(
     with shared.prepare if shared is not None else contextlib.nullcontext():
         prepared = _prepare_session(assignments, layout, opts, work, state, progress, anon, shared)
     helper = shared.helper if shared is not None else None
-    _convert_session(assignments, prepared, layout, opts, work, state, progress, anon, helper)
+    batches = shared.batches(opts.n_procs) if shared is not None else opts.n_procs
+    _convert_session(
+        assignments, prepared, layout, opts, work, state, progress, anon, helper, batches
+    )
 
 
 def _prepare_session(
@@ -1038,11 +1057,13 @@ def _convert_session(
     progress: Progress | None,
     anon: privacy.Anonymization | None,
     helper: Executor | None = None,
+    batches: int | None = None,
 ) -> None:
     """Lay out the flat folder while converting; name runs; write the session's tables.
 
     ``helper`` (the run's helper process, see :class:`RunShared`) rewrites 3D images as
-    4D, so that nibabel is not imported by this process."""
+    4D, so that nibabel is not imported by this process. The small series share at most
+    ``batches`` dcm2niix calls (default ``--n-procs``: :func:`conversion_groups`)."""
     from bidsport.convert import BatchItem, convert_batch, convert_series
     from bidsport.export import complete_phasediff, export_series, link_fieldmaps, write_scans
     from bidsport.naming import RunCandidate, assign_runs
@@ -1152,7 +1173,7 @@ def _convert_session(
     waiting = [p for p in order if repaired.intersection(p.series.files)]
     groups = conversion_groups(
         [p for p in order if p not in waiting],
-        opts.n_procs if opts.output_format != "dcm" else 0,
+        (opts.n_procs if batches is None else batches) if opts.output_format != "dcm" else 0,
     )
     try:
         with ThreadPoolExecutor(max_workers=max(1, opts.n_procs)) as pool:
@@ -1484,6 +1505,7 @@ class RunShared:
     before any session thread exists (so they can be forked safely).
     ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
     classified while the other converts, so sessions go through the run as a pipeline.
+    ``in_flight`` counts the sessions begun and not finished (:meth:`session`).
     """
 
     def __init__(self, n_procs: int) -> None:
@@ -1491,10 +1513,34 @@ class RunShared:
         from bidsport.runner import process_pool
 
         self.prepare = threading.Lock()
+        self._count = threading.Lock()
+        self.in_flight = 0
         self.scan_pool: ProcessPoolExecutor = scan_pool(n_procs)
         self.helper: ProcessPoolExecutor = process_pool(1)
         for pool in (self.scan_pool, self.helper):  # the workers start now, from this thread
             pool.submit(int).result()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Counts a session in :attr:`in_flight` while it runs."""
+        with self._count:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+    def batches(self, n_procs: int) -> int:
+        """How many dcm2niix calls a session's small series share (:func:`conversion_groups`):
+        the session's share of ``n_procs`` among the sessions in flight, at least one.
+
+        Each call costs ~10 ms before it reads a file, and its share of the files costs
+        dcm2niix time of its own (~17 ms per call more, on a session of 100 files in 9
+        series, than one call for them all): a session that has the cores to itself spreads
+        its small series over them, while two sessions in flight already keep two cores busy.
+        """
+        return max(1, n_procs // max(1, self.in_flight))
 
     def close(self) -> None:
         self.scan_pool.shutdown(cancel_futures=True)
@@ -1531,15 +1577,21 @@ def run_participant_level(
     fileops.ensure_dir(layout.root)
     sessions = group_by_session(plan.assignments)
 
+    table = TableUpdates(layout)
+
     def run_one(session: Sequence[Assignment], shared: RunShared | None = None) -> SessionResult:
         try:
-            return process_session(session, layout, opts, work_root, progress, anon, shared)
+            with shared.session() if shared is not None else contextlib.nullcontext():
+                return process_session(
+                    session, layout, opts, work_root, progress, anon, shared, table
+                )
         except Exception as exc:  # a bug: report it, and go on with the other sessions
             sub, ses = session[0].subject, session[0].session
             log.exception("%s: internal error", sub_ses_prefix(sub, ses))
             return SessionResult(sub, ses, error=f"internal error (a bug): {exc!r}", internal=True)
 
-    with _work_dir(opts, layout) as work_root:
+    # the rows are written when the run ends, whatever ends it
+    with _work_dir(opts, layout) as work_root, contextlib.closing(table):
         # sessions already converted are skipped without work: no worker pool for them
         to_do = [
             s

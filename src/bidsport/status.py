@@ -30,8 +30,10 @@ import contextlib
 import glob
 import json
 import logging
+import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -500,21 +502,29 @@ def _acquire_table_lock(
 
 
 def record_session(
-    layout: DatasetLayout, row: StatusRow, *, lock_timeout: float = LOCK_TIMEOUT
+    layout: DatasetLayout,
+    row: StatusRow,
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+    table: TableUpdates | None = None,
 ) -> None:
     """Record the status of one session (participant level; safe in many processes).
 
     1. Writes the session's record ``layout.status_row_file`` atomically, without a lock
        (the source of truth; an :class:`OutputError` here propagates).
     2. Replaces the session's row of ``status.tsv`` under the table lock (read, merge,
-       back up, atomic replace). If the lock cannot be had within ``lock_timeout``
+       back up, atomic replace): now, or with ``table`` when it writes next
+       (:class:`TableUpdates`). If the lock cannot be had within ``lock_timeout``
        seconds, or the table cannot be read or written, a warning is logged and the run
        goes on: the group level rebuilds the table from the records.
     """
     fileops.write_json(
         layout.status_row_file(row.participant_id, row.session_id), _row_to_record(row)
     )
-    update_table_row(layout, row, lock_timeout=lock_timeout)
+    if table is not None:
+        table.put(row)
+    else:
+        update_table_row(layout, row, lock_timeout=lock_timeout)
 
 
 def update_table_row(
@@ -529,31 +539,112 @@ def update_table_row(
     calls this with the session's record: a run killed between writing the record and
     updating the table leaves the two apart, and this heals the table.
     """
-    label = f"sub-{row.participant_id}" + (f"_ses-{row.session_id}" if row.session_id else "")
+    return update_table_rows(layout, [row], lock_timeout=lock_timeout)
+
+
+def update_table_rows(
+    layout: DatasetLayout, rows: Sequence[StatusRow], *, lock_timeout: float = LOCK_TIMEOUT
+) -> bool:
+    """Put ``rows`` (one per session) into ``status.tsv`` in one replacement, as
+    :func:`update_table_row` puts one; True if the table changed."""
+    labels = ", ".join(sub_ses_prefix(r.participant_id, r.session_id) for r in rows)
     try:
         with contextlib.ExitStack() as stack:
             if _acquire_table_lock(stack, layout, lock_timeout) != "held":
+                where = (
+                    layout.status_row_file(rows[0].participant_id, rows[0].session_id)
+                    if len(rows) == 1
+                    else layout.status_rows_dir
+                )
                 log.warning(
-                    "%s: %s not updated (no lock within %g s); the row is recorded in %s "
-                    "and the group level will add it to the table",
-                    label,
+                    "%s: %s not updated (no lock within %g s); the %s recorded in %s "
+                    "and the group level will add %s to the table",
+                    labels,
                     layout.status_file,
                     lock_timeout,
-                    layout.status_row_file(row.participant_id, row.session_id),
+                    "row is" if len(rows) == 1 else "rows are",
+                    where,
+                    "it" if len(rows) == 1 else "them",
                 )
                 return False
             old = _read_table(layout.status_file)
-            rows = {r.key: r for r in old.rows}
-            rows[row.key] = row
-            return _replace_table(layout, old, rows.values())
+            merged = {r.key: r for r in old.rows}
+            merged.update((r.key, r) for r in rows)
+            return _replace_table(layout, old, merged.values())
     except (OutputError, OSError) as exc:
         log.warning(
             "%s: could not update %s (%s); the group level will rebuild it",
-            label,
+            labels,
             layout.status_file,
             exc,
         )
         return False
+
+
+class TableUpdates:
+    """One participant-level run's rows of ``status.tsv``, written a few at a time.
+
+    Each session puts its row twice (when it begins and when it ends), and each put
+    rewrote the whole table, backed up first: a run of many small sessions rewrote it
+    twice per session, quadratic in the number of sessions (a run of 300 sessions: 600
+    rewrites of up to 300 rows, and 600 backups of which the last 20 were kept). A row
+    put within ``interval`` seconds of the table's last write waits for the next one: at
+    most ``interval`` seconds (a timer thread writes it then), or until :meth:`close`,
+    which the run calls when it ends. A run of one session writes as before: its first
+    row at once, its last when it ends.
+
+    What waits is only the merged view: :func:`record_session` writes each session's
+    record, the source of truth, at once. A run killed with rows waiting leaves the
+    table behind its records, as a table lock that could not be had does: the next
+    participant run of those sessions puts their rows again, and the group level
+    rebuilds the table from the records.
+    """
+
+    def __init__(
+        self, layout: DatasetLayout, interval: float = 1.0, lock_timeout: float = LOCK_TIMEOUT
+    ) -> None:
+        self.layout = layout
+        self.interval = interval
+        self.lock_timeout = lock_timeout
+        self._pending: dict[tuple[str, str], StatusRow] = {}
+        self._guard = threading.Lock()  # _pending, _last, _timer, _closed
+        self._writing = threading.Lock()  # one write of the table at a time
+        self._last = -math.inf  # time.monotonic() of the last write
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def put(self, row: StatusRow) -> None:
+        """Put ``row`` into the table: now when the table was last written ``interval``
+        seconds ago or more (or after :meth:`close`), otherwise with the next write."""
+        with self._guard:
+            self._pending[row.key] = row
+            wait = self.interval - (time.monotonic() - self._last)
+            now = wait <= 0 or self._closed
+            if not now and self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if now:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows put since the last write (nothing when there are none)."""
+        with self._writing:
+            with self._guard:
+                rows = list(self._pending.values())
+                self._pending.clear()
+                if self._timer is not None and self._timer is not threading.current_thread():
+                    self._timer.cancel()
+                self._timer = None
+                self._last = time.monotonic()
+            if rows:
+                update_table_rows(self.layout, rows, lock_timeout=self.lock_timeout)
+
+    def close(self) -> None:
+        """Write what waits; every later :meth:`put` writes at once."""
+        with self._guard:
+            self._closed = True
+        self.flush()
 
 
 def add_expected(
