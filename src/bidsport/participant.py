@@ -1535,10 +1535,10 @@ class RunShared:
         """How many dcm2niix calls a session's small series share (:func:`conversion_groups`):
         the session's share of ``n_procs`` among the sessions in flight, at least one.
 
-        Each call costs ~10 ms before it reads a file, and its share of the files costs
-        dcm2niix time of its own (~17 ms per call more, on a session of 100 files in 9
-        series, than one call for them all): a session that has the cores to itself spreads
-        its small series over them, while two sessions in flight already keep two cores busy.
+        Each dcm2niix call costs CPU time of its own: on sessions of 100 files in 9
+        series, two calls took ~20 ms of CPU more than one call for them all. A session
+        that has the cores to itself spreads its small series over them; two sessions in
+        flight already keep two cores busy.
         """
         return max(1, n_procs // max(1, self.in_flight))
 
