@@ -621,7 +621,7 @@ class TableUpdates:
             wait = self.interval - (time.monotonic() - self._last)
             now = wait <= 0 or self._closed
             if not now and self._timer is None:
-                self._timer = threading.Timer(wait, self.flush)
+                self._timer = threading.Timer(wait, self._flush_in_timer)
                 self._timer.daemon = True
                 self._timer.start()
         if now:
@@ -639,6 +639,12 @@ class TableUpdates:
                 self._last = time.monotonic()
             if rows:
                 update_table_rows(self.layout, rows, lock_timeout=self.lock_timeout)
+
+    def _flush_in_timer(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # a bug: logged (a thread's uncaught error would be printed)
+            log.exception("could not update %s", self.layout.status_file)
 
     def close(self) -> None:
         """Write what waits; every later :meth:`put` writes at once."""
