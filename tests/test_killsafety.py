@@ -222,6 +222,8 @@ KILL_POINTS = [
     pytest.param("bidsport.convert:run_command", 2, id="converting"),
     pytest.param("bidsport.export:may_be_3d", 1, id="exporting-a-series-half-done"),
     pytest.param("bidsport.participant:record_session", 1, id="before-the-status-record"),
+    # the second session begins while the first one's last row of status.tsv may wait
+    pytest.param("bidsport.participant:record_session", 3, id="with-a-status-row-waiting"),
     pytest.param("bidsport.status:_replace_table", 1, id="between-record-and-table"),
     pytest.param("bidsport.status:_replace_table", 2, id="second-session-status"),
     # a file written in full under its temporary name, not yet renamed into place

@@ -354,7 +354,7 @@ def test_rows_that_wait_are_written_when_the_interval_ends(tmp_path: Path) -> No
     """A row put just after a write does not wait for the run's end (a curator watching
     the table of a long session sees it begin)."""
     layout = DatasetLayout(tmp_path)
-    table = TableUpdates(layout, interval=0.2)
+    table = TableUpdates(layout, interval=1.0)
     try:
         table.put(_row("01"))
         table.put(_row("02"))
@@ -365,6 +365,43 @@ def test_rows_that_wait_are_written_when_the_interval_ends(tmp_path: Path) -> No
         assert read_status(layout) == [_row("01"), _row("02")]
     finally:
         table.close()
+
+
+def test_a_row_that_waited_does_not_undo_what_another_run_recorded_since(tmp_path: Path) -> None:
+    """A run's row waits after the session's lock was released; another run redoes the
+    session meanwhile (its record and row say unfinished): the write that comes later puts
+    the session's record as it then is, not the row that waited."""
+    layout = DatasetLayout(tmp_path)
+    first = TableUpdates(layout, interval=3600)
+    record_session(layout, _row("01", "1"), table=first)
+    record_session(layout, _row("01", "1", converted=True), table=first)  # waits
+    redo = _row("01", "1", last_error="unfinished: a run began this session")
+    record_session(layout, redo)  # the other run: at once
+    first.close()
+    assert read_status(layout) == [redo] == [read_status_record(layout, "01", "1")]
+
+
+def test_an_unexpected_error_of_a_write_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rows are in the records already: a bug while writing the table must not stop
+    the run that ends (nor be printed by the timer's thread)."""
+    from bidsport import status
+
+    layout = DatasetLayout(tmp_path)
+    table = TableUpdates(layout, interval=3600)
+    record_session(layout, _row("01"), table=table)
+    record_session(layout, _row("02"), table=table)
+
+    def broken(*_args: object, **_kwargs: object) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(status, "update_table_rows", broken)
+    with caplog.at_level(logging.ERROR):
+        table.close()
+    assert any("could not update" in r.getMessage() and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    assert [r.participant_id for r in regenerate_status(layout)] == ["01", "02"]
 
 
 def test_rows_written_together_that_cannot_get_the_lock_are_left_to_the_group_level(

@@ -759,9 +759,11 @@ def process_session(
             _record_unfinished(layout, sub, ses, ";".join(packets) if anon is None else None, table)
             if opts.overwrite == "clean":
                 _clean_session(layout, sub, ses)
-            _run_session(
-                assignments, layout, opts, work_root / label, state, progress, anon, shared
-            )
+            # counted in flight once it has work (not while skipped, or refused for a lock)
+            with shared.session() if shared is not None else contextlib.nullcontext():
+                _run_session(
+                    assignments, layout, opts, work_root / label, state, progress, anon, shared
+                )
             failed = [p for p in state.problems if p.fatal]
             error = failure_summary(failed)
             with state.timed("status"):
@@ -1505,7 +1507,7 @@ class RunShared:
     before any session thread exists (so they can be forked safely).
     ``prepare``: when two sessions are in flight, one at a time is imported, scanned and
     classified while the other converts, so sessions go through the run as a pipeline.
-    ``in_flight`` counts the sessions begun and not finished (:meth:`session`).
+    ``in_flight`` counts the sessions whose work is under way (:meth:`session`).
     """
 
     def __init__(self, n_procs: int) -> None:
@@ -1581,10 +1583,7 @@ def run_participant_level(
 
     def run_one(session: Sequence[Assignment], shared: RunShared | None = None) -> SessionResult:
         try:
-            with shared.session() if shared is not None else contextlib.nullcontext():
-                return process_session(
-                    session, layout, opts, work_root, progress, anon, shared, table
-                )
+            return process_session(session, layout, opts, work_root, progress, anon, shared, table)
         except Exception as exc:  # a bug: report it, and go on with the other sessions
             sub, ses = session[0].subject, session[0].session
             log.exception("%s: internal error", sub_ses_prefix(sub, ses))

@@ -543,10 +543,20 @@ def update_table_row(
 
 
 def update_table_rows(
-    layout: DatasetLayout, rows: Sequence[StatusRow], *, lock_timeout: float = LOCK_TIMEOUT
+    layout: DatasetLayout,
+    rows: Sequence[StatusRow],
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
+    from_records: bool = False,
 ) -> bool:
     """Put ``rows`` (one per session) into ``status.tsv`` in one replacement, as
-    :func:`update_table_row` puts one; True if the table changed."""
+    :func:`update_table_row` puts one; True if the table changed.
+
+    ``from_records``: each session's record, read under the table lock, is put instead of
+    its row (the row when the record cannot be read). For rows that waited after their
+    session's lock was released (:class:`TableUpdates`): meanwhile another run may have
+    recorded the session anew and written its row, which a waiting row must not undo.
+    """
     labels = ", ".join(sub_ses_prefix(r.participant_id, r.session_id) for r in rows)
     try:
         with contextlib.ExitStack() as stack:
@@ -567,6 +577,10 @@ def update_table_rows(
                     "it" if len(rows) == 1 else "them",
                 )
                 return False
+            if from_records:
+                rows = [
+                    read_status_record(layout, r.participant_id, r.session_id) or r for r in rows
+                ]
             old = _read_table(layout.status_file)
             merged = {r.key: r for r in old.rows}
             merged.update((r.key, r) for r in rows)
@@ -588,16 +602,19 @@ class TableUpdates:
     rewrote the whole table, backed up first: a run of many small sessions rewrote it
     twice per session, quadratic in the number of sessions (a run of 300 sessions: 600
     rewrites of up to 300 rows, and 600 backups of which the last 20 were kept). A row
-    put within ``interval`` seconds of the table's last write waits for the next one: at
-    most ``interval`` seconds (a timer thread writes it then), or until :meth:`close`,
-    which the run calls when it ends. A run of one session writes as before: its first
-    row at once, its last when it ends.
+    put within ``interval`` seconds of the table's last write waits for the next one:
+    ``interval`` seconds (a timer thread writes it then, or tries to for as long as a
+    row written at once would: ``lock_timeout``), or until :meth:`close`, which the run
+    calls when it ends. A run of one session writes as before: its first row at once,
+    its last when it ends.
 
     What waits is only the merged view: :func:`record_session` writes each session's
-    record, the source of truth, at once. A run killed with rows waiting leaves the
-    table behind its records, as a table lock that could not be had does: the next
-    participant run of those sessions puts their rows again, and the group level
-    rebuilds the table from the records.
+    record, the source of truth, at once, and a write puts each session's record as it
+    then is (another run may have redone the session since its row was put). A run
+    killed with rows waiting leaves the table behind its records, as a table lock that
+    could not be had does: the next participant run of those sessions puts their rows
+    again, and the group level rebuilds the table from the records. An unexpected error
+    of a write is logged, not raised: the records are written already.
     """
 
     def __init__(
@@ -621,7 +638,7 @@ class TableUpdates:
             wait = self.interval - (time.monotonic() - self._last)
             now = wait <= 0 or self._closed
             if not now and self._timer is None:
-                self._timer = threading.Timer(wait, self._flush_in_timer)
+                self._timer = threading.Timer(wait, self.flush)
                 self._timer.daemon = True
                 self._timer.start()
         if now:
@@ -637,14 +654,16 @@ class TableUpdates:
                     self._timer.cancel()
                 self._timer = None
                 self._last = time.monotonic()
-            if rows:
-                update_table_rows(self.layout, rows, lock_timeout=self.lock_timeout)
-
-    def _flush_in_timer(self) -> None:
-        try:
-            self.flush()
-        except Exception:  # a bug: logged (a thread's uncaught error would be printed)
-            log.exception("could not update %s", self.layout.status_file)
+            if not rows:
+                return
+            try:
+                update_table_rows(
+                    self.layout, rows, lock_timeout=self.lock_timeout, from_records=True
+                )
+            except Exception:  # a bug; the rows are in the records, which the group level reads
+                log.exception(
+                    "could not update %s; the group level will rebuild it", self.layout.status_file
+                )
 
     def close(self) -> None:
         """Write what waits; every later :meth:`put` writes at once."""
