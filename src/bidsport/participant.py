@@ -61,7 +61,6 @@ from bidsport.status import (
     read_status_record,
     record_session,
     remove_stale_temps,
-    update_table_row,
 )
 
 if TYPE_CHECKING:  # the stage modules (and pydicom, dicognito) load when a session has work
@@ -564,7 +563,7 @@ def _record_unfinished(
     subject: str,
     session: str | None,
     packets: str | None,
-    table: TableUpdates | None = None,
+    table: TableUpdates,
 ) -> None:
     """Before a session is (re)done, record it as not converted, and unfinished.
 
@@ -574,8 +573,8 @@ def _record_unfinished(
     in progress for ever. A session without a record gets one naming ``packets``; with
     ``packets`` None (``--anonymize``: its label may still be refused, and is written
     nowhere until accepted) it is left without. An existing record keeps its packet
-    names. The run's end replaces this record with its outcome. ``table``: see
-    :func:`bidsport.status.record_session`.
+    names. The run's end replaces this record with its outcome. ``table`` writes the
+    row of ``status.tsv`` (:func:`bidsport.status.record_session`).
     """
     old = read_status_record(layout, subject, session)
     now = now_iso()
@@ -696,17 +695,16 @@ def process_session(
     layout: DatasetLayout,
     opts: RunOptions,
     work_root: Path,
+    table: TableUpdates,
     progress: Progress | None = None,
     anon: privacy.Anonymization | None = None,
     shared: RunShared | None = None,
-    table: TableUpdates | None = None,
 ) -> SessionResult:
     """Import, organize, classify and convert one session; never raises BidsportError.
 
     ``assignments`` are the packets of one subject/session: usually one, several when a
     session was sent in parts (:func:`bidsport.ingest.group_by_session`). ``table``
-    writes the session's rows of ``status.tsv`` with the run's other sessions' (None: at
-    once).
+    writes the session's rows of ``status.tsv`` with the run's other sessions'.
     """
     sub, ses = assignments[0].subject, assignments[0].session
     label = sub_ses_prefix(sub, ses)
@@ -742,11 +740,7 @@ def process_session(
             )
             if done is not None:
                 log.info(uptodate.SKIPPED, label)
-                # a run killed after the record: heal the table
-                if table is not None:
-                    table.put(done)
-                else:
-                    update_table_row(layout, done)
+                table.put(done)  # a run killed after the record: heal the table
                 return skipped_result(sub, ses)
             for folder in (
                 layout.session_dir(sub, ses),
@@ -1583,7 +1577,7 @@ def run_participant_level(
 
     def run_one(session: Sequence[Assignment], shared: RunShared | None = None) -> SessionResult:
         try:
-            return process_session(session, layout, opts, work_root, progress, anon, shared, table)
+            return process_session(session, layout, opts, work_root, table, progress, anon, shared)
         except Exception as exc:  # a bug: report it, and go on with the other sessions
             sub, ses = session[0].subject, session[0].session
             log.exception("%s: internal error", sub_ses_prefix(sub, ses))

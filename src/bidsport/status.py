@@ -189,8 +189,8 @@ def row_from_result(
 
 
 def _row_to_record(row: StatusRow) -> dict[str, Any]:
-    # not dataclasses.asdict, which deep-copies every value: the table is rewritten with
-    # all its rows whenever a session starts and ends, ~5 ms of a 300-row table's ~10
+    # not dataclasses.asdict, which deep-copies every value: each write of the table
+    # rewrites all its rows, ~5 ms of a 300-row table's ~10
     return {name: getattr(row, name) for name in STATUS_COLUMNS}
 
 
