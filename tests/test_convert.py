@@ -343,3 +343,40 @@ def test_link_files_falls_back_to_symbolic_links(
         assert link.is_symlink() and os.path.isabs(os.readlink(link))
         assert os.readlink(link) == os.path.realpath(target)
     assert [p.read_bytes() for p in made] == [b"a.dcm", b"b.dcm", b"b.dcm", b"d.dcm"]
+
+
+def _folder_of(tmp_path: Path, *names: str) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "raw" / "series"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(name.encode())
+    return folder, [folder / name for name in names]
+
+
+def test_series_folder_is_the_folder_its_files_fill(tmp_path: Path) -> None:
+    folder, files = _folder_of(tmp_path, "1.dcm", "2.dcm", "3")
+    (folder / "sub").mkdir()  # dcm2niix -d 0 does not descend: allowed
+    assert convert.series_folder(files) == folder
+    assert convert.series_folder(files[:2]) is None  # "3" would be converted too
+    assert convert.series_folder([*files, files[0]]) is None
+    assert convert.series_folder([]) is None
+
+
+def test_series_folder_follows_links_to_the_folder_their_targets_fill(tmp_path: Path) -> None:
+    folder, files = _folder_of(tmp_path, "1.dcm", "2.dcm")
+    flat = tmp_path / "dicom"
+    flat.mkdir()
+    links = []
+    for index, target in enumerate(files):
+        (flat / f"x{index}").symlink_to(os.path.relpath(target, flat))
+        links.append(flat / f"x{index}")
+    (flat / "other").write_bytes(b"another series")
+    assert convert.series_folder(links) == folder
+    assert convert.series_folder(links[:1]) is None  # its folder holds "2.dcm" too
+    # a link beside the files it stands for: its target counts, and is there already
+    (folder / "again").symlink_to("1.dcm")
+    assert convert.series_folder([*files, folder / "again"]) is None
+    (folder / "again").unlink()
+    spread = tmp_path / "elsewhere.dcm"
+    spread.write_bytes(b"x")
+    assert convert.series_folder([*files, spread]) is None

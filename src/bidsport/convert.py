@@ -232,32 +232,51 @@ def series_folder(files: Sequence[Path]) -> Path | None:
     network file systems every link costs a round trip. ``files`` may be symbolic links
     (the flat organized folder): their targets are what counts. Sub-folders are allowed
     (dcm2niix does not descend with ``-d 0``); any other file means None.
+
+    Files that are no links (what the import makes: hard links or copies) cost one listing
+    of their folder, links one ``readlink`` each.
     """
     if not files:
         return None
+    plain = _sole_folder([os.path.abspath(path) for path in files])
+    if plain is not None:
+        exact, linked = _holds_exactly(*plain)
+        if not linked:
+            return Path(plain[0]) if exact else None
     real_dirs: dict[str, str] = {}
-    folder = None
+    resolved = _sole_folder([_link_target(path, real_dirs) for path in files])
+    return Path(resolved[0]) if resolved is not None and _holds_exactly(*resolved)[0] else None
+
+
+def _sole_folder(paths: Sequence[str]) -> tuple[str, set[str]] | None:
+    """The one folder of ``paths`` (absolute) and their names; None when they are in
+    several folders, or one is there twice."""
+    folder = os.path.dirname(paths[0])
     names = set()
-    for path in files:
-        parent, name = os.path.split(_link_target(path, real_dirs))
-        if folder is None:
-            folder = parent
-        elif parent != folder:
+    for path in paths:
+        parent, name = os.path.split(path)
+        if parent != folder:
             return None
         names.add(name)
-    if folder is None or len(names) != len(files):
-        return None
+    return (folder, names) if len(names) == len(paths) else None
+
+
+def _holds_exactly(folder: str, names: set[str]) -> tuple[bool, bool]:
+    """Whether ``folder`` holds every one of ``names`` and, besides, only sub-folders; and
+    whether one of ``names`` is a symbolic link there."""
+    found = 0
+    linked = other = False
     try:
         with os.scandir(folder) as entries:
-            found = 0
             for entry in entries:
                 if entry.name in names:
                     found += 1
+                    linked = linked or entry.is_symlink()
                 elif not entry.is_dir(follow_symlinks=False):
-                    return None
+                    other = True
     except OSError:
-        return None
-    return Path(folder) if found == len(names) else None
+        return False, False
+    return found == len(names) and not other, linked
 
 
 def _link_files(files: Sequence[Path], in_dir: Path) -> str:
