@@ -700,3 +700,46 @@ def test_the_group_level_says_when_sessions_failed(tmp_path, capsys):
     write_series(SeriesSpec("t1_mprage", 2), inbox / "EMPTY" / "t1")  # sent again, whole
     assert main([str(inbox), str(out), "participant", "-q"]) == 0
     assert main(group) == 0
+
+
+_MODULES_AFTER_CLASSIFY = r"""
+import json, sys
+import bidsport.participant as participant
+from bidsport.cli.run import main
+
+classify = participant.classify_session
+before = []
+
+def classify_session(*args, **kwargs):
+    if not before:
+        before.append(set(sys.modules))
+    return classify(*args, **kwargs)
+
+participant.classify_session = classify_session
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "new": sorted(set(sys.modules) - before[0])}))
+"""
+
+
+def test_the_stages_after_the_scan_import_nothing_of_bidsport_of_their_own(tmp_path):
+    """With worker processes, the modules of classification, the flat folder, conversion
+    and export are imported while the workers read the first headers
+    (``participant.LATER_STAGES``): none is left to load between the scan and the end."""
+    import subprocess
+    import sys
+
+    inbox = tmp_path / "inbox"
+    write_example_inbox(inbox)
+    args = [str(inbox), str(tmp_path / "out"), "participant", "--nameformat", NAMEFORMAT]
+    args += ["--participant-label", "P01", "--session-label", "V1", "--n-procs", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MODULES_AFTER_CLASSIFY, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["code"] == 0
+    assert [name for name in found["new"] if name.startswith("bidsport")] == []
