@@ -218,6 +218,64 @@ def test_a_deflated_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
 
 
+def _zeros_deflated(tmp_path: Path, rows: int, frames: int = 1) -> tuple[Dataset, Path]:
+    ds = _one(SeriesSpec("t1", 2, n_slices=1, rows=rows, columns=rows))
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = bytes(rows * rows * 2 * frames)
+    return ds, _save(ds, tmp_path / "zeros.dcm", DeflatedExplicitVRLittleEndian)
+
+
+def test_a_deflated_data_set_is_read_with_only_its_first_bytes_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INFLATED_KEPT bytes a deflated data set is only counted; the part the walk
+    needs beyond (the pixel data's element header) is inflated again: the record is the
+    one a file kept whole gives, and no more than what is kept is held in memory."""
+    import tracemalloc
+
+    ds, path = _zeros_deflated(tmp_path, 1024, frames=16)  # 32 MiB of pixel data
+    reference = read_header(_save(ds, tmp_path / "explicit.dcm"))
+    monkeypatch.setattr(header, "INFLATED_KEPT", 1 << 20)
+    tracemalloc.start()
+    try:
+        h = read_header(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the whole data set: 32 MiB
+    assert h.has_pixel_data and h.number_of_frames == 16
+    ignore = {"path", "size", "mtime_ns", "transfer_syntax_uid"}
+    for name in FileHeader.__dataclass_fields__:
+        if name not in ignore:
+            assert getattr(h, name) == getattr(reference, name), name
+
+
+def test_a_deflated_header_longer_than_what_is_kept_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header the walk would have to inflate again and again (longer than
+    INFLATED_KEPT) is refused, naming the file; cut short, a deflated file is truncated."""
+    ds = _one()
+    block = ds.private_block(0x0019, "ACME 1.0", create=True)
+    for offset in range(6):  # 600 kB of private values before the pixel data
+        block.add_new(offset, "OB", bytes(100_000))
+    path = _save(ds, tmp_path / "long.dcm", DeflatedExplicitVRLittleEndian)
+    assert read_header(path).has_pixel_data
+    monkeypatch.setattr(header, "INFLATED_KEPT", 64 << 10)
+    with pytest.raises(DicomReadError) as caught:
+        read_header(path)
+    assert str(caught.value) == (
+        f"{path}: the header of its deflated data set runs past 0.0625 MiB: not read"
+    )
+    monkeypatch.undo()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 40])  # inside the deflated pixel data
+    with pytest.raises(DicomReadError, match="truncated"):
+        read_header(cut)
+
+
 def test_no_preamble(tmp_path: Path) -> None:
     """A file meta without the 128-byte preamble, and a bare data set, are both read."""
     ds = _one()

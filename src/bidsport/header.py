@@ -7,11 +7,12 @@ bytes of the file, keeps the raw bytes of the ~50 elements listed in :data:`_VR`
 skips every other value by its length (large skipped values are never read from disk).
 
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian,
-  deflated (inflated in memory: one inflating to more than :data:`MAX_INFLATED` bytes is
-  refused), and every encapsulated (compressed) syntax. Files without the 128-byte
-  preamble (starting with ``DICM``, with the file meta information, or with the data
-  set) are read when the data look like DICOM; their ``has_preamble`` is False (dcm2niix
-  skips them: organize puts the preamble back).
+  deflated (inflated as a stream, its first :data:`INFLATED_KEPT` bytes kept in memory:
+  one inflating to more than :data:`MAX_INFLATED` bytes is refused), and every
+  encapsulated (compressed) syntax. Files without the 128-byte preamble (starting with
+  ``DICM``, with the file meta information, or with the data set) are read when the
+  data look like DICOM; their ``has_preamble`` is False (dcm2niix skips them: organize
+  puts the preamble back).
 * Pixel data: found at the end of the walk, or, for classic single-frame files with
   native pixel data, by checking that the file ends with a PixelData element of the
   size given by Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames
@@ -65,9 +66,12 @@ _FIRST_READ = 65536  # bytes read first; more only when the header goes on
 _CHUNK = 65536
 _MAX_VALUE = 1 << 20  # longest value kept (bytes); longer ones are skipped
 _MAX_DEPTH = 12  # nesting of sequences
-#: A deflated data set is inflated in memory (pixel data included) before it is walked;
-#: one that inflates to more is refused (a decompression bomb would exhaust the memory).
+#: A deflated data set is inflated as a stream before it is walked, its size counted:
+#: one that inflates to more is refused (a decompression bomb: ~1 s of CPU per GiB).
 MAX_INFLATED = 1 << 30
+#: What is kept in memory of an inflated data set (the walk needs the header, before the
+#: pixel data; a later part is inflated again when asked for).
+INFLATED_KEPT = 64 << 20
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -291,7 +295,87 @@ class _MemorySource:
         return self.data[pos : pos + n]
 
 
-_Source: TypeAlias = "_FileSource | _MemorySource"
+class _InflatedSource:
+    """The same interface over a deflated data set (:func:`_inflated`): its first
+    :data:`INFLATED_KEPT` bytes in memory, any later part inflated again from the start
+    when the walk asks for it (the pixel data's element header, once or twice a file)."""
+
+    def __init__(self, path: Path, deflated: bytes, kept: bytes, size: int) -> None:
+        self.path = path
+        self.deflated = deflated
+        self.data = kept
+        self.base = 0
+        self.size = size
+        self._far = (0, kept)  # the part inflated last
+        self._far_reads = 0
+
+    def window(self, pos: int, n: int) -> tuple[bytes, int]:
+        n = min(n, self.size - pos)  # (less at the end of the data)
+        if pos + n <= len(self.data):
+            return self.data, 0
+        base, data = self._far
+        if base <= pos and pos + n <= base + len(data):
+            return data, base
+        self._far_reads += 1
+        if self._far_reads > _FAR_READS_MAX:  # a header longer than what is kept
+            raise DicomTooLargeError(
+                f"{self.path}: the header of its deflated data set runs past "
+                f"{INFLATED_KEPT / 2**20:g} MiB: not read"
+            )
+        self._far = (pos, _inflate_part(self.deflated, pos, max(n, _CHUNK)))
+        return self._far[1], pos
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if pos + n > self.size:
+            raise _Truncated(f"element at byte {pos} runs past the end of the data")
+        data, base = self.window(pos, n)
+        start = pos - base
+        return data[start : start + n]
+
+
+#: parts of a deflated data set beyond INFLATED_KEPT inflated again, at most (each one
+#: inflates the data set from its start)
+_FAR_READS_MAX = 4
+_INFLATE_STEP = 1 << 20
+
+
+def _inflated(path: Path, deflated: bytes) -> _InflatedSource:
+    """The data set of a deflated file, inflated as a stream: its size counted, its first
+    :data:`INFLATED_KEPT` bytes kept. One that inflates to more than
+    :data:`MAX_INFLATED` bytes is refused (a decompression bomb costs time, not memory)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        kept = inflater.decompress(deflated, min(INFLATED_KEPT, MAX_INFLATED + 1))
+        size = len(kept)
+        while size <= MAX_INFLATED and not inflater.eof:
+            part = inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP)
+            if not part and not inflater.unconsumed_tail:  # the stream is cut short
+                break
+            size += len(part)
+    except zlib.error as exc:
+        raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
+    if size > MAX_INFLATED:
+        raise DicomTooLargeError(
+            f"{path}: deflated data set inflates to more than "
+            f"{MAX_INFLATED / 2**20:g} MiB: not read (a decompression bomb?)"
+        )
+    return _InflatedSource(path, deflated, kept, size)
+
+
+def _inflate_part(deflated: bytes, start: int, n: int) -> bytes:
+    """Bytes ``start`` to ``start + n`` of the inflated ``deflated`` (fewer at its end)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    rest = deflated
+    while start > 0:
+        skipped = inflater.decompress(rest, min(start, _INFLATE_STEP))
+        rest = inflater.unconsumed_tail
+        if not skipped:
+            return b""
+        start -= len(skipped)
+    return inflater.decompress(rest, n)
+
+
+_Source: TypeAlias = "_FileSource | _MemorySource | _InflatedSource"
 _Raw: TypeAlias = "tuple[bytes | None, bytes]"  # (VR as read, or None when implicit; value bytes)
 # An item of a sequence: tag -> raw value, or a list of items for a nested sequence
 _Item: TypeAlias = "dict[int, _Raw | list[_Item]]"
@@ -1447,16 +1531,7 @@ def _data_set(
     head = src.read_at(pos, min(8, src.size - pos)) if pos < src.size else b""
     if ts == DEFLATED_LE:
         fh.seek(pos)
-        try:
-            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read(), MAX_INFLATED + 1)
-        except zlib.error as exc:
-            raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
-        if len(inflated) > MAX_INFLATED:
-            raise DicomTooLargeError(
-                f"{path}: deflated data set inflates to more than "
-                f"{MAX_INFLATED / 2**20:g} MiB: not read (a decompression bomb?)"
-            )
-        src, pos = _MemorySource(inflated), 0
+        src, pos = _inflated(path, fh.read()), 0
         syntax = _Syntax(True, True)
     elif ts is None:
         guessed = _guess_syntax(head)
