@@ -251,8 +251,31 @@ class _Truncated(_Malformed):
 # --------------------------------------------------------------------------- byte access
 
 
-class _FileSource:
+class _Source:
+    """Random access to the bytes of a data set through :meth:`window`."""
+
+    size: int
+    data: bytes  # the window read last
+    base: int  # its offset
+    #: what the bytes are, for the message of an element cut short
+    what = "the data"
+
+    def window(self, pos: int, n: int) -> tuple[bytes, int]:
+        """A window holding at least ``[pos, pos + n)`` (less at the end) and its offset."""
+        raise NotImplementedError
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if pos + n > self.size:
+            raise _Truncated(f"element at byte {pos} runs past the end of {self.what}")
+        data, base = self.window(pos, n)
+        start = pos - base
+        return data[start : start + n]
+
+
+class _FileSource(_Source):
     """Random access to a file through one window of bytes (read on demand)."""
+
+    what = "the file"
 
     def __init__(self, fh: BinaryIO, size: int, first: bytes) -> None:
         self.fh = fh
@@ -270,15 +293,8 @@ class _FileSource:
         self.base = pos
         return self.data, pos
 
-    def read_at(self, pos: int, n: int) -> bytes:
-        if pos + n > self.size:
-            raise _Truncated(f"element at byte {pos} runs past the end of the file")
-        data, base = self.window(pos, n)
-        start = pos - base
-        return data[start : start + n]
 
-
-class _MemorySource:
+class _MemorySource(_Source):
     """The same interface over bytes in memory (deflated data sets, nested sequences)."""
 
     def __init__(self, data: bytes) -> None:
@@ -289,13 +305,8 @@ class _MemorySource:
     def window(self, pos: int, n: int) -> tuple[bytes, int]:
         return self.data, 0
 
-    def read_at(self, pos: int, n: int) -> bytes:
-        if pos + n > self.size:
-            raise _Truncated(f"element at byte {pos} runs past the end of the data")
-        return self.data[pos : pos + n]
 
-
-class _InflatedSource:
+class _InflatedSource(_Source):
     """The same interface over a deflated data set (:func:`_inflated`): its first
     :data:`INFLATED_KEPT` bytes in memory, any later part inflated again from the start
     when the walk asks for it (the pixel data's element header, once or twice a file)."""
@@ -324,13 +335,6 @@ class _InflatedSource:
             )
         self._far = (pos, _inflate_part(self.deflated, pos, max(n, _CHUNK)))
         return self._far[1], pos
-
-    def read_at(self, pos: int, n: int) -> bytes:
-        if pos + n > self.size:
-            raise _Truncated(f"element at byte {pos} runs past the end of the data")
-        data, base = self.window(pos, n)
-        start = pos - base
-        return data[start : start + n]
 
 
 #: parts of a deflated data set beyond INFLATED_KEPT inflated again, at most (each one
@@ -375,7 +379,6 @@ def _inflate_part(deflated: bytes, start: int, n: int) -> bytes:
     return inflater.decompress(rest, n)
 
 
-_Source: TypeAlias = "_FileSource | _MemorySource | _InflatedSource"
 _Raw: TypeAlias = "tuple[bytes | None, bytes]"  # (VR as read, or None when implicit; value bytes)
 # An item of a sequence: tag -> raw value, or a list of items for a nested sequence
 _Item: TypeAlias = "dict[int, _Raw | list[_Item]]"
