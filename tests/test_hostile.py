@@ -779,3 +779,43 @@ def test_an_output_dir_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -
     finally:
         out.chmod(0o755)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "damage", ["tar cut at a member's end", "two tars joined", "a member named ../x"]
+)
+def test_a_tar_read_in_part_stays_in_the_inbox(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tar cut at a member's end reads as complete but for its end-of-archive marker,
+    and tar stops at the first one of two tars joined: what it read is converted, and
+    --archive delete must not take the packet, which may hold more."""
+    made = tmp_path / "made"
+    write_series(SeriesSpec("t1_mprage", 3), made / "t1")
+    members = sorted(p for p in made.rglob("*") if p.is_file())
+
+    def tar_of(paths: list[Path], names: list[str] | None = None) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            for i, path in enumerate(paths):
+                tf.add(path, arcname=names[i] if names else path.relative_to(made).as_posix())
+        return buf.getvalue()
+
+    def size_in_tar(path: Path) -> int:  # its header block and its data, in blocks
+        return tarfile.BLOCKSIZE * (1 + -(-path.stat().st_size // tarfile.BLOCKSIZE))
+
+    names = [m.relative_to(made).as_posix() for m in members]
+    if damage == "tar cut at a member's end":  # all but the last one
+        data = tar_of(members)[: sum(size_in_tar(m) for m in members[:-1])]
+    elif damage == "two tars joined":
+        data = tar_of(members[:-1]) + tar_of(members[-1:])
+    else:
+        data = tar_of(members, [*names[:-1], "../x"])
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "P01.tar").write_bytes(data)
+    assert main([str(inbox), str(out), "participant", "--archive", "delete"]) == 0
+    text = capsys.readouterr()
+    assert "sub-P01: 1 images" in text.out  # of the files read
+    assert "not deleted (--archive delete): files of it were not imported" in text.err
+    assert (inbox / "P01.tar").read_bytes() == data

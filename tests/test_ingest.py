@@ -11,12 +11,14 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from bidsport import ingest
 from bidsport.archive import ExtractLimits
 from bidsport.errors import ArchiveError, ConfigError, LabelError, OutputError, UsageError
 from bidsport.fileops import hardlink_or_copy
@@ -190,7 +192,10 @@ def test_discover_unreadable_entry(tmp_path: Path) -> None:
         ("ses-BL", "BL"),
         ("SUB-abc", "abc"),
         (" 07 ", "07"),
-        ("Zürich-2", "Zrich2"),
+        ("Z\u00fcrich-2", "Zurich2"),  # ü composed
+        ("Zu\u0308rich-2", "Zurich2"),  # u and a diaeresis (as macOS writes names)
+        ("\uff33\uff10\uff11", "S01"),  # full-width letters and digits
+        ("\u00df01", "01"),  # no ASCII form: dropped
         ("sub-sub-01", "sub01"),
     ],
 )
@@ -198,7 +203,7 @@ def test_clean_label(raw: str, clean: str) -> None:
     assert clean_label(raw) == clean
 
 
-@pytest.mark.parametrize("raw", ["", "sub-", "___", "é"])
+@pytest.mark.parametrize("raw", ["", "sub-", "___", "\u00df", "\u65e5\u672c"])  # (ß, 日本)
 def test_clean_label_empty(raw: str) -> None:
     with pytest.raises(LabelError) as err:
         clean_label(raw)
@@ -785,3 +790,104 @@ def test_archiving_the_same_delivery_again_reuses_its_copy(
         apply_archive_policy(pkt, "copy", archive_dir)
     assert sorted(p.name for p in archive_dir.iterdir()) == [pkt.path.name, f"{pkt.path.name}.2"]
     assert contents(archive_dir / f"{pkt.path.name}.2") == contents(pkt.path)
+
+
+# --------------------------------------------------------------------------- long names
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar"])
+def test_names_of_up_to_255_bytes_are_imported(
+    tmp_path: Path, series: dict[str, bytes], kind: str
+) -> None:
+    """A packet and a member may have names of 255 bytes: the temporary names made for
+    them (work folders, files written under a temporary name) are cut short to fit."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    first = next(iter(series.values()))
+    member = "M" * 251 + ".dcm"  # 255 bytes
+    members = {f"S/{member}": first, "S/IM2": first}
+    long_name = "P" * (255 - len(f".{kind}") if kind != "folder" else 255)
+    if kind == "folder":
+        src = inbox / long_name
+        (src / "S").mkdir(parents=True)
+        for rel, data in members.items():
+            (src / rel).write_bytes(data)
+    elif kind == "zip":
+        src = write_zip(inbox / f"{long_name}.zip", members)
+    else:
+        src = write_tar(inbox / f"{long_name}.tar", members, "w")
+    dest = tmp_path / "out" / "raw" / "sub-01" / ("é" * 127)  # 254 bytes, cut mid-character
+    result = import_packet(packet(src, "P", kind), dest)
+    assert tree(dest) == members and result.problems == ()
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no work folders left
+    # a stale work folder of a killed import of it is found and removed by the next one
+    stale = Path(tempfile.mkdtemp(prefix=ingest._work_prefix(dest, "importing-"), dir=dest.parent))
+    import_packet(packet(src, "P", kind), dest)
+    assert not stale.exists()
+
+
+def test_a_limit_hit_in_a_nested_archive_names_the_packet_and_the_archive(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", b"\0" * (4 * 1024 * 1024))
+    src = write_zip(inbox / "BOMB_V1.zip", {"S/series.zip": inner.getvalue()})
+    dest = tmp_path / "out" / "BOMB_V1"
+    limits = ExtractLimits(max_ratio=100, ratio_floor_bytes=1024 * 1024)
+    with pytest.raises(ArchiveError) as err:
+        import_packet(packet(src, "BOMB_V1", "zip"), dest, limits)
+    assert err.value.message.startswith(f"{src}: nested archive S/series.zip: extraction stopped")
+    assert "importing-" not in err.value.message  # not our removed working copy
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "said"),
+    [
+        ("S01.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + b"\0" * 64, "a 7-Zip archive"),
+        ("S02.tar.zst", b"\x28\xb5\x2f\xfd" + b"\0" * 64, "a Zstandard-compressed file"),
+        ("IM1.dcm.bz2", None, "a bzip2-compressed file (not a tar)"),
+        ("IM2.dcm.xz", None, "an xz-compressed file"),
+    ],
+    ids=["7z", "zstd", "bz2", "xz"],
+)
+def test_a_packet_in_a_format_not_read_is_refused_by_name(
+    tmp_path: Path, series: dict[str, bytes], name: str, data: bytes | None, said: str
+) -> None:
+    import bz2
+    import lzma
+
+    first = next(iter(series.values()))
+    if data is None:
+        data = bz2.compress(first) if name.endswith(".bz2") else lzma.compress(first)
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "README.txt").write_text("notes")
+    packets, problems = discover_packets(tmp_path)
+    assert packets == []
+    by_where = {p.where: p for p in problems}
+    assert by_where[name].fatal and "unpack it into a folder" in by_where[name].reason
+    assert said.removeprefix("an ").removeprefix("a ") in by_where[name].reason
+    assert not by_where["README.txt"].fatal  # other files of the inbox: a note, as before
+
+
+# --------------------------------------------------------------------------- unicode
+
+
+def test_one_name_spelled_composed_or_decomposed_is_one_subject() -> None:
+    """``José`` composed (NFC, as most systems write it) and decomposed (NFD, as macOS
+    does) is the same name: one subject, ``Jose``, not two (or a clash)."""
+    nameformat = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
+    assignments, problems = assign_packets(
+        packets_named("Jos\u00e9_V1", "Jose\u0301_V2"), nameformat
+    )
+    assert problems == []
+    assert [(a.subject, a.session) for a in assignments] == [("Jose", "V1"), ("Jose", "V2")]
+    # the same packet name spelled both ways is one name: a clash, as for case
+    _, problems = assign_packets(packets_named("Jos\u00e9_V1", "Jose\u0301_V1"), nameformat)
+    assert len(problems) == 2 and all("same packet name" in p.reason for p in problems)

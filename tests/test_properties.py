@@ -10,6 +10,7 @@ renumber what exists.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -36,7 +37,9 @@ PREFIXES = ("sub-", "ses-", "SUB-", "Ses-", " sub-")
 
 
 def _ascii_alnum(text: str) -> str:
-    return "".join(c for c in text if c.isascii() and c.isalnum())
+    """The ASCII letters and digits of ``text`` in its compatibility decomposition (NFKD:
+    ``é`` is ``e`` and an accent, a full-width ``A`` an ``A``)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if c.isascii() and c.isalnum())
 
 
 @given(ANY_TEXT)

@@ -63,6 +63,20 @@ NAME_TAKEN = (
     "a file or folder of this name exists already",
     "same name as another file once made safe",  # a folder packet's (bidsport.ingest)
 )
+#: the reasons of the Problems of a tar archive read in part: the packet must then stay
+#: in the inbox too (a tar cut at a member's end reads as complete but for its marker)
+NO_END_MARKER = "the tar archive has no end-of-archive marker: it may be truncated"
+DATA_AFTER_END = "data after the end-of-archive marker was ignored"
+#: the reasons of the members skipped for their names (:func:`member_parts`): files that
+#: a packet held and that were not imported
+EMPTY_NAME = "empty name"
+UNSAFE_NAMES = (
+    "absolute path",
+    "'..' in its path",
+    EMPTY_NAME,
+    "a path component is longer than",
+    "path longer than",
+)
 GiB = 1024**3
 MiB = 1024**2
 
@@ -230,7 +244,7 @@ def member_parts(
     if ".." in raw_parts:
         return [], "'..' in its path (it would be written outside the destination)"
     if not raw_parts:
-        return [], "empty name"
+        return [], EMPTY_NAME
     parts = [sanitize_component(p) for p in raw_parts]
     if any(len(p.encode("utf-8")) > 255 for p in parts):
         return [], "a path component is longer than 255 bytes"
@@ -334,6 +348,31 @@ def _sniff(path: Path) -> str | None:
     if _is_tar_header(head):
         return "tar"
     return None
+
+
+#: Archive and compression formats bidsport does not read, by their first bytes (bzip2
+#: and xz: around anything but a tar), named when a packet in one of them is skipped.
+_UNREAD_FORMATS = (
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+    (b"Rar!\x1a\x07", "RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "Zstandard-compressed file"),
+    (b"\x04\x22\x4d\x18", "LZ4-compressed file"),
+    (b"LZIP", "lzip-compressed file"),
+    (_BZ2_MAGIC, "bzip2-compressed file (not a tar)"),
+    (_XZ_MAGIC, "xz-compressed file (not a tar)"),
+)
+
+
+def unread_format(path: Path) -> str | None:
+    """The format of ``path`` when it is an archive or a compressed file that bidsport
+    does not read (a 7-Zip or RAR archive, a Zstandard-compressed tar...), else None.
+    Call it on a file :func:`archive_kind` did not take."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((name for magic, name in _UNREAD_FORMATS if head.startswith(magic)), None)
 
 
 def archive_kind(path: Path) -> str | None:
@@ -795,10 +834,13 @@ def _extract_zip(ex: _Extractor) -> None:
                 ex.skip(name, "FIFO or socket: never extracted")
                 continue
             parts, reason = member_parts(name, backslash_is_separator=True)
+            is_dir = _zip_is_dir(info) or bool(mode and stat.S_ISDIR(mode))
+            if reason == EMPTY_NAME and is_dir:
+                continue  # the archive's top folder ("./"): nothing to make
             if reason:
                 ex.skip(name, reason)
                 continue
-            if _zip_is_dir(info) or (mode and stat.S_ISDIR(mode)):
+            if is_dir:
                 ex.make_dir(name, parts)
                 continue
             try:
@@ -827,6 +869,8 @@ def _tar_member(ex: _Extractor, tf: tarfile.TarFile, member: tarfile.TarInfo) ->
         ex.skip(name, f"unsupported member type {member.type!r}")
         return
     parts, reason = member_parts(name)
+    if reason == EMPTY_NAME and member.isdir():
+        return  # the archive's top folder ("./", made by ``tar -C folder -c .``)
     if reason:
         ex.skip(name, reason)
         return
@@ -850,7 +894,7 @@ def _check_tar_end(ex: _Extractor, tf: tarfile.TarFile, stream: _GuardedStream) 
         ex.problems.append(
             Problem(
                 where=ex.label,
-                reason="the tar archive has no end-of-archive marker: it may be truncated",
+                reason=NO_END_MARKER,
                 stage=STAGE,
             )
         )
@@ -873,7 +917,7 @@ def _check_tar_end(ex: _Extractor, tf: tarfile.TarFile, stream: _GuardedStream) 
                 ex.problems.append(
                     Problem(
                         where=ex.label,
-                        reason="data after the end-of-archive marker was ignored",
+                        reason=DATA_AFTER_END,
                         stage=STAGE,
                     )
                 )
@@ -1093,9 +1137,13 @@ def _unpack_beside(
 
 
 def not_imported(problem: Problem) -> bool:
-    """Whether ``problem`` says that files of a packet were not imported: a nested archive
-    left as it is (:func:`expand_nested`), a member skipped for its name."""
-    return problem.reason.startswith((NOT_EXTRACTED, TOO_DEEP, *NAME_TAKEN))
+    """Whether ``problem`` says that files of a packet may not have been imported: a
+    nested archive left as it is (:func:`expand_nested`), a member skipped for its name, a
+    tar archive without its end-of-archive marker or with data after it. (Links, device
+    nodes and FIFOs skipped hold no file's data: a packet with them may go.)"""
+    return problem.reason.startswith(
+        (NOT_EXTRACTED, TOO_DEEP, *NAME_TAKEN, *UNSAFE_NAMES, NO_END_MARKER, DATA_AFTER_END)
+    )
 
 
 def expand_nested(
@@ -1104,8 +1152,10 @@ def expand_nested(
     *,
     budget: ExtractBudget | None = None,
     candidates: Iterable[Path] | None = None,
+    packet: str | Path | None = None,
 ) -> list[Problem]:
-    """Unpack, in place, every archive found under ``dir`` (our copy of a packet).
+    """Unpack, in place, every archive found under ``dir`` (our copy of a packet, named
+    ``packet`` in messages).
 
     Archives (zip, tar, recognised by name or magic bytes) are extracted into a sibling
     folder named after them (``a/series.zip`` → ``a/series/``; ``series_2`` if that
@@ -1159,8 +1209,11 @@ def expand_nested(
                 folder, found = _unpack_beside(path, root, budget, label)
                 problems += found
                 queue.extend((inner, level + 1) for inner in _archives_in(folder))
-        except ArchiveLimitError:
-            raise
+        except ArchiveLimitError as exc:
+            # the message names our working copy of the archive, removed by now
+            detail = exc.message.removeprefix(f"{path}: ")
+            where = f"{packet}: nested archive {label}" if packet else f"nested archive {label}"
+            raise ArchiveLimitError(f"{where}: {detail}", exc.hint) from exc
         except ArchiveError as exc:
             # the message names our working copy of the archive; ``where`` names it better
             detail = exc.message.removeprefix(f"{path}: ")

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,43 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+#: The longest file name, in bytes, of the file systems bidsport writes to (NAME_MAX).
+NAME_MAX = 255
+
+
+def temp_prefix(name: str, tag: str = "", room: int = 0) -> str:
+    """``.<name>.<tag>``: how the temporary names made for ``name`` start. A file or a
+    packet may have a name of up to :data:`NAME_MAX` bytes, and its temporary names must
+    fit too: when ``room`` more bytes would not, ``name`` is cut short and ends with
+    ``~`` and the CRC-32 of the whole name (two long names alike in their first 230
+    bytes still get temporary names of their own).
+
+    >>> temp_prefix("IM0001", "importing-", room=8)
+    '.IM0001.importing-'
+    >>> len(os.fsencode(temp_prefix("é" * 200, room=12))) + 12 <= NAME_MAX
+    True
+    """
+    keep = NAME_MAX - len(os.fsencode(f"..{tag}")) - room
+    data = os.fsencode(name)
+    if len(data) > keep:
+        # (a character cut in two stays as its bytes)
+        name = f"{os.fsdecode(data[: max(keep - 9, 0)])}~{zlib.crc32(data):08x}"
+    return f".{name}.{tag}"
+
+
+def _pid_temp(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path`` (:func:`temp_prefix`)."""
+    return path.with_name(f"{temp_prefix(path.name, room=11)}{os.getpid()}.tmp")
+
+
 def _new_temp(folder: Path, name: str) -> Path:
     """Create an empty ``.<name>.<random>.tmp`` in ``folder``, as ``open`` creates files:
     mode 0666 less the umask (``tempfile.mkstemp`` makes 0600, and a dataset shared by a
-    lab must stay readable by its members). The name is new (``O_EXCL``)."""
+    lab must stay readable by its members). The name is new (``O_EXCL``); a long ``name``
+    is cut short in it (:func:`temp_prefix`)."""
+    prefix = temp_prefix(name, room=12)
     for _ in range(100):
-        tmp = folder / f".{name}.{os.urandom(4).hex()}.tmp"  # (secrets.token_hex, not imported)
+        tmp = folder / f"{prefix}{os.urandom(4).hex()}.tmp"  # (secrets.token_hex, not imported)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -201,7 +233,7 @@ def relative_symlink(target: Path | str, link: Path | str, *, replace: bool = Tr
         return
     link = Path(link)
     ensure_dir(link.parent)
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp = _pid_temp(link)
     tmp.unlink(missing_ok=True)
     try:
         os.symlink(rel, tmp)
@@ -240,7 +272,7 @@ def hardlink_or_copy(src: Path | str, dst: Path | str, *, replace: bool = True) 
         return "copy"
     src, dst = Path(src), Path(dst)
     ensure_dir(dst.parent)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = _pid_temp(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp, follow_symlinks=True)

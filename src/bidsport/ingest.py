@@ -23,6 +23,7 @@ import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from bidsport.archive import (
     read_head,
     sanitize_component,
     strip_archive_suffix,
+    unread_format,
 )
 from bidsport.errors import ConfigError, LabelError, OutputError, UsageError
 from bidsport.records import Assignment, Packet, Problem
@@ -177,6 +179,15 @@ def discover_packets(
             if entry.upper() == "DICOMDIR":
                 skip(shown, "DICOMDIR index: not a packet (the images are in folders)")
                 continue
+            if unread := unread_format(path):
+                skip(
+                    shown,
+                    f"a {unread}: bidsport reads folders, zip and tar archives (plain or "
+                    "compressed by gzip, bzip2 or xz) and gzipped files: unpack it into a "
+                    "folder of the inbox",
+                    fatal=True,
+                )
+                continue
             if not _looks_like_dicom(path):
                 skip(shown, "not a folder, an archive or a DICOM file")
                 continue
@@ -195,19 +206,30 @@ def _strip_prefix(raw: str) -> str:
 def clean_label(raw: str) -> str:
     """A BIDS-legal label: a leading ``sub-``/``ses-`` removed, then ASCII letters and digits.
 
-    ``QPN_001`` → ``QPN001``, ``sub-01`` → ``01``. Raises :class:`LabelError` naming
+    ``QPN_001`` → ``QPN001``, ``sub-01`` → ``01``. Letters with accents lose them and
+    compatibility forms become the plain ones (Unicode NFKD) first, so that a name is
+    one label however it was written (``José`` composed, or decomposed as macOS writes
+    names: ``Jose``; a full-width letter: the plain one). Raises :class:`LabelError` naming
     ``raw`` when nothing is left.
 
     >>> clean_label("sub-QPN_001")
     'QPN001'
+    >>> clean_label("Jos\u00e9") == clean_label("Jose\u0301") == "Jose"
+    True
     """
-    cleaned = _NOT_ALNUM.sub("", _strip_prefix(raw))
+    cleaned = _NOT_ALNUM.sub("", unicodedata.normalize("NFKD", _strip_prefix(raw)))
     if not cleaned:
         raise LabelError(
             f"label {raw!r} has no ASCII letters or digits left after cleaning",
             "BIDS labels are made of letters and digits: map this packet with a mapping file",
         )
     return cleaned
+
+
+def _same_text(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC): two spellings of one name (``é`` as one
+    character, or as ``e`` and an accent, as macOS writes names) are then equal."""
+    return unicodedata.normalize("NFC", text)
 
 
 @dataclass(frozen=True)
@@ -300,8 +322,8 @@ def assign_packets(
         candidates.append(
             _Candidate(
                 packet,
-                _strip_prefix(raw_subject),
-                _strip_prefix(raw_session) if raw_session is not None else None,
+                _same_text(_strip_prefix(raw_subject)),
+                _same_text(_strip_prefix(raw_session)) if raw_session is not None else None,
                 subject,
                 session,
                 source,
@@ -321,7 +343,7 @@ def assign_packets(
         if cand.session:
             by_session[(cand.subject.lower(), cand.session.lower())].append(i)
         by_target[(cand.subject.lower(), cand.session.lower() if cand.session else None)].append(i)
-        by_name[cand.packet.name.casefold()].append(i)
+        by_name[_same_text(cand.packet.name).casefold()].append(i)
     for group in by_name.values():
         if len(group) > 1:
             for i in group:
@@ -693,8 +715,14 @@ def _count_files(root: Path) -> int:
     return count
 
 
+def _work_prefix(dest: Path, tag: str) -> str:
+    """How the hidden work folders beside ``dest`` start (``tempfile.mkdtemp`` adds 8
+    characters; a packet's name of up to 255 bytes is cut short in them)."""
+    return fileops.temp_prefix(dest.name, tag, room=8)
+
+
 def _stale_work_dirs(dest_dir: Path) -> list[Path]:
-    prefixes = (f".{dest_dir.name}.importing-", f".{dest_dir.name}.replaced-")
+    prefixes = (_work_prefix(dest_dir, "importing-"), _work_prefix(dest_dir, "replaced-"))
     try:
         return [p for p in dest_dir.parent.iterdir() if p.name.startswith(prefixes)]
     except OSError:
@@ -705,7 +733,7 @@ def _swap_into_place(new: Path, dest_dir: Path) -> None:
     """Rename ``new`` to ``dest_dir``, replacing an existing one only now, at the end."""
     parent = dest_dir.parent
     if os.path.lexists(dest_dir):
-        old = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.replaced-", dir=parent))
+        old = Path(tempfile.mkdtemp(prefix=_work_prefix(dest_dir, "replaced-"), dir=parent))
         fileops.move_into_place(dest_dir, old / "old")
         fileops.move_into_place(new, dest_dir)
         fileops.remove_tree(old, parent)
@@ -746,7 +774,7 @@ def import_packet(
         log.info("removing %s, left by an interrupted import", stale)
         fileops.remove_tree(stale, parent)
     try:
-        work = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.importing-", dir=parent))
+        work = Path(tempfile.mkdtemp(prefix=_work_prefix(dest_dir, "importing-"), dir=parent))
     except OSError as exc:
         raise OutputError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
     try:
@@ -760,7 +788,7 @@ def import_packet(
             n_files = sum(linked.modes.values())
             if linked.archives:
                 # measured against the files imported (the default budget): only here
-                problems += expand_nested(work, limits, candidates=linked.archives)
+                problems += expand_nested(work, limits, candidates=linked.archives, packet=src)
                 n_files = _count_files(work)
         else:
             if packet.kind == "file":
@@ -771,7 +799,7 @@ def import_packet(
                 budget = ExtractBudget(limits, src.stat().st_size)
                 problems = extract_archive(src, work, budget=budget)
                 mode = "extract"
-            problems += expand_nested(work, budget=budget)
+            problems += expand_nested(work, budget=budget, packet=src)
             n_files = _count_files(work)
         _swap_into_place(work, dest_dir)
     except BaseException:
@@ -844,7 +872,7 @@ def _copy_into(src: Path, target: Path) -> list[str]:
     parent = fileops.ensure_dir(target.parent)
     try:
         if src.is_dir():
-            work = Path(tempfile.mkdtemp(prefix=f".{target.name}.archiving-", dir=parent))
+            work = Path(tempfile.mkdtemp(prefix=_work_prefix(target, "archiving-"), dir=parent))
             try:
                 os.chmod(work, 0o755)
                 skipped = _copy_tree(src, work)
