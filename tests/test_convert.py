@@ -210,6 +210,25 @@ def test_may_be_3d_reads_the_dimensions_from_the_header(tmp_path, ext, kind):
     assert may_be_3d(junk)  # left to nibabel to judge (and to report)
 
 
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_make_4d_rewrites_an_image_in_place(tmp_path, ext):
+    """An uncompressed .nii too: nibabel maps it, and writing it while reading from the
+    map ended the process with SIGBUS (--output-format nii, a single-volume bold)."""
+    import numpy as np
+
+    from bidsport.export import make_4d
+
+    path = tmp_path / f"bold{ext}"
+    voxels = np.arange(64 * 64 * 35, dtype=np.int16).reshape(64, 64, 35)
+    nib.save(nib.Nifti1Image(voxels, np.diag([2.0, 2.0, 3.0, 1.0])), path)
+    assert make_4d(path)
+    img = nib.load(path)
+    assert img.shape == (64, 64, 35, 1)
+    assert np.array_equal(np.asarray(img.dataobj)[..., 0], voxels)
+    assert np.allclose(img.affine, np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert not make_4d(path)  # 4D already: left as it is
+
+
 def _image_and_sides(output) -> tuple:
     """What a test compares of one output: postfix, voxels and header, side files."""
     img = nib.load(output.image)

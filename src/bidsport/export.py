@@ -218,10 +218,15 @@ def may_be_3d(image: Path) -> bool:
 
 
 def make_4d(image: Path) -> bool:
-    """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume."""
+    """Rewrite a 3D NIfTI in place (a private work file) as 4D with one volume.
+
+    The image is read into memory first (``mmap=False``): nibabel maps an uncompressed
+    ``.nii``, and writing the file while reading its voxels from the map ended the
+    process with SIGBUS.
+    """
     from bidsport.niftiio import nib
 
-    img = nib.load(image)
+    img = nib.load(image, mmap=False)
     assert isinstance(img, nib.Nifti1Image)
     if len(img.shape) != 3:
         return False
