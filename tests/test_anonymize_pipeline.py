@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -80,6 +82,7 @@ NEEDLES = sorted(
         "ZZRADIOLOGY",
         "ZZREGION",
         "19710203",
+        "ZZSITEFOLDER",  # a folder of the export (its name not in any header)
     }
 )
 NAMEFORMAT = r"(?P<subject_id>[A-Z]+\d+)_(?P<session_name>[^_]+)"
@@ -112,7 +115,11 @@ def _identified_series(
         if spec.description == "t1_mprage_sag":
             spec = spec.__class__(**{**spec.__dict__, "description": "t1_mprage_sag_Zzleakname"})
         paths = write_series(
-            spec, folder, subject, study, name_pattern="ZZPID4711_{series:03d}_{instance:05d}.dcm"
+            spec,
+            folder / f"ZZSITEFOLDER_{date}",  # as exports name folders: site, date
+            subject,
+            study,
+            name_pattern="ZZPID4711_{series:03d}_{instance:05d}.dcm",
         )
         for path in paths:  # a private block with an identifier, as vendors write them
             import pydicom
@@ -121,6 +128,8 @@ def _identified_series(
             block = ds.private_block(0x0029, "ZZVENDOR PRIVATE", create=True)
             block.add_new(0x10, "LO", "ZZPRIVATE Zzleakname")
             ds.save_as(path, enforce_file_format=True)
+    # a file that is not DICOM: named in files.tsv and in the run's report as excluded
+    (folder / f"ZZSITEFOLDER_{date}" / "notes.txt").write_text("not an image")
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +201,25 @@ def test_the_key_and_identifiers_stay_outside_the_dataset(runs):
     assert runs["key"].is_file()
     assert not runs["key"].is_relative_to(runs["out"])
     assert not (runs["out"] / "sourcedata" / "raw").exists()  # originals stay in the work dir
+
+
+def test_files_tables_name_the_files_by_pseudonyms_kept_beside_the_key(runs):
+    """files.tsv names each file by its packet's pseudonym and a pseudonym of its path in
+    the packet (the export's folders carry sites and dates); which source file each one
+    is stays beside the key, readable by its owner only."""
+    tables = sorted(runs["out"].glob("sourcedata/bidsport/sub-SUB01/ses-*/files.tsv"))
+    assert len(tables) == 2
+    shown = {row["file"]: row for table in tables for row in read_tsv(table)}
+    assert all(re.fullmatch(r"packet-[0-9a-f]{8}/file-[0-9a-f]{12}", f) for f in shown)
+    kept = sorted((runs["key"].parent / "project.key.phi").glob("*.files.tsv"))
+    assert len(kept) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept)
+    sources = {row["file"]: row["source"] for p in kept for row in read_tsv(p)}
+    assert set(sources) == set(shown)
+    notes = [f for f, source in sources.items() if source.endswith("/notes.txt")]
+    assert len(notes) == 2 and all(shown[f]["excluded"] for f in notes)
+    for source in sources.values():
+        packet, rest = source.split("/", 1)
+        assert packet.startswith("SUB01_V") and rest.startswith("ZZSITEFOLDER_2024")
 
 
 def test_same_pseudonyms_and_date_shift_across_sessions_and_runs(runs):

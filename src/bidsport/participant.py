@@ -632,6 +632,9 @@ class _SessionState:
     #: a function that waits for them
     pending_identifiers: Callable[[], Identifiers] | None = None
     scrub: Callable[[str], str] = field(default=str)
+    #: with --anonymize: a function that hides the path below its packet of a file named
+    #: in a problem's ``where`` or a table (:func:`bidsport.privacy.path_hider`)
+    hide_path: Callable[[str], str] = field(default=str)
     classified: bool = False  #: the session's series were classified
     rules: set[str] = field(default_factory=set)  #: the user rules that decided a series
 
@@ -659,7 +662,9 @@ class _SessionState:
             self.stages["converted"],
             images=tuple(self.images),
             problems=tuple(
-                dataclasses.replace(p, where=self.scrub(p.where), reason=self.scrub(p.reason))
+                dataclasses.replace(
+                    p, where=self.scrub(self.hide_path(p.where)), reason=self.scrub(p.reason)
+                )
                 for p in self.problems
             ),
             error=self.scrub(error) if error else None,
@@ -714,6 +719,7 @@ def process_session(
         from bidsport import privacy
 
         state.scrub = privacy.packet_scrubber(anon, packets)
+        state.hide_path = privacy.path_hider(anon, packets)
 
     def record(error: str | None) -> None:
         record_session(
@@ -993,7 +999,13 @@ def _prepare_session(
                 [h for h in headers if h.path not in refused], raw_root, opts
             )
         flat = {d.source: dicom_dir / d.flat_name for d in decisions if d.flat_name}
-    _write_files_table(layout, sub, ses, raw_root, decisions, problems, state.scrub)
+    names = _write_files_table(
+        layout, sub, ses, raw_root, decisions, problems, state.scrub, state.hide_path
+    )
+    if anon is not None:  # which source file each pseudonymous path is: beside the key
+        from bidsport import privacy
+
+        privacy.remember_file_names(anon, sub, ses, names)
     state.classified = True
     state.rules.update(p.cls.rule for p in planned if p.cls.rule)
     if planned:  # (raw_root may hold earlier packets' series too)
@@ -1395,14 +1407,25 @@ def _write_files_table(
     decisions: Sequence[FileDecision],
     problems: Sequence[Problem],
     scrub: Callable[[str], str] = str,
-) -> None:
+    hide_path: Callable[[str], str] = str,
+) -> dict[str, str]:
     """Every file of the session: its flat name, or why it was not used.
 
-    ``scrub`` removes the source identifiers from file paths (with --anonymize).
+    With --anonymize, ``hide_path`` replaces the path of each file below its packet by a
+    pseudonym, and ``scrub`` removes the source identifiers (the packet's name...).
+    Returns the path written for each file, when it differs from the file's own path.
     """
+    names: dict[str, str] = {}
+
+    def shown(path: str) -> str:
+        written = scrub(hide_path(path))
+        if written != path:
+            names[written] = path
+        return written
+
     rows = [
         {
-            "file": scrub(fileops.relative_target(d.source, raw_root)),
+            "file": shown(fileops.relative_target(d.source, raw_root)),
             "flat_name": d.flat_name,
             "series_uid": None if scrub is not str else d.series_uid,
             "excluded": d.reason,
@@ -1410,12 +1433,13 @@ def _write_files_table(
         for d in decisions
     ]
     rows += [
-        {"file": scrub(p.where), "flat_name": None, "series_uid": None, "excluded": p.reason}
+        {"file": shown(p.where), "flat_name": None, "series_uid": None, "excluded": p.reason}
         for p in problems
         if p.stage == "organize"
     ]
     rows.sort(key=lambda r: str(r["file"]))
     fileops.write_tsv(layout.files_table(sub, ses), rows, FILES_COLUMNS)
+    return names
 
 
 def _write_series_table(

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bidsport import fileops
 from bidsport.anonymize import (
     AnonymizePolicy,
     Anonymizer,
@@ -132,6 +134,44 @@ def packet_scrubber(anon: Anonymization, packets: Sequence[str]) -> Callable[[st
         return pattern.sub(lambda m: pseudonyms[m.group()], text)
 
     return hide
+
+
+#: what may follow a packet's name in a ``where``: its archive's extensions, then the
+#: separator of the path below it ("/" in the packet's folder, ":" in its archive)
+_BELOW_PACKET = re.compile(r"((?:\.[A-Za-z0-9]{1,4}){0,2})([/:])(.+)", re.DOTALL)
+
+
+def path_hider(anon: Anonymization, packets: Sequence[str]) -> Callable[[str], str]:
+    """A function that replaces the path below its packet of a file named in a table or a
+    problem's ``where`` (``P01/20180918GE/mr_0004/IM1``, ``P01.zip:Vanderbilt_2018/IM1``)
+    by its pseudonym (:func:`bidsport.anonymize.keys.path_pseudonym`): an export's
+    folder names carry dates, sites and patient names that no identifier read from the
+    headers covers. The packet's name is left to :func:`packet_scrubber`; anything
+    else is returned as it is."""
+    names = sorted((name for name in packets if name), key=len, reverse=True)
+
+    def hide(where: str) -> str:
+        for name in names:
+            if where.startswith(name) and (below := _BELOW_PACKET.fullmatch(where, len(name))):
+                ext, sep, path = below.groups()
+                return f"{name}{ext}{sep}{keys.path_pseudonym(anon.key, path)}"
+        return where
+
+    return hide
+
+
+def remember_file_names(
+    anon: Anonymization, subject: str, session: str | None, names: dict[str, str]
+) -> None:
+    """Keep, beside the key (mode 0600), which source file each pseudonymous path of a
+    session's ``files.tsv`` is (``names``: pseudonymous path -> path in the inbox's
+    packet), so that the user holding the key can find a file named there."""
+    digest = hashlib.sha256(anon.key + f"{subject}\x00{session or ''}".encode()).hexdigest()
+    lines = ["file\tsource"] + [f"{k}\t{v}" for k, v in sorted(names.items())]
+    text = "\n".join(lines) + "\n"
+    with fileops.atomic_path(anon.store_dir / f"{digest[:16]}.files.tsv") as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def deidentifier(anon: Anonymization, subject: str, identifiers: Identifiers) -> Deidentify:

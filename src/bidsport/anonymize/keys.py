@@ -141,6 +141,14 @@ def packet_pseudonym(key: bytes, packet: str) -> str:
     return "packet-" + _mac(key, "packet", packet).hex()[:8]
 
 
+def path_pseudonym(key: bytes, path: str) -> str:
+    """How the path of a file below its packet is named in OUTPUT_DIR with --anonymize
+    (an export's folders carry dates, sites and patient names): ``file-`` and 12 hex
+    digits, the same in every run. ``path`` may hold bytes that are not UTF-8."""
+    message = b"path\x00" + path.encode("utf-8", "surrogateescape")
+    return "file-" + hmac.new(key, message, hashlib.sha256).hexdigest()[:12]
+
+
 def value_pseudonym(key: bytes, keyword: str, value: str) -> str:
     """A pseudonym of a site/scanner value, the same in every subject (12 characters)."""
     mac = _mac(key, "value", keyword, value.strip().upper())
