@@ -26,6 +26,7 @@ MPRAGE = {
     "echo_time": 2.98,
     "inversion_time": 900.0,
 }
+NAMEFORMAT = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
 SPIN_ECHO_T1 = {
     "scanning_sequence": ("SE",),
     "sequence_variant": ("SP",),
@@ -439,3 +440,28 @@ def test_packet_names_are_replaced_whole_and_once(tmp_path: Path) -> None:
     assert a.startswith("packet-") and b.startswith("packet-") and a != b
     assert hide("4711;14") == f"{a};{b}"
     assert hide("raw/20/IM1 and 1.2.498.20345") == f"raw/{hide('20')}/IM1 and 1.2.498.20345"
+
+
+def test_a_run_with_filters_left_out_does_not_skip_what_they_left(tmp_path: Path) -> None:
+    """The anatomy converted first (--include-datatype anat), then everything: the
+    second run converts the series the first one's filter left out, and renames none."""
+    from bidsport.synthetic import typical_session
+
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    specs = {s.description: s for s in typical_session()}
+    for name in ("t1_mprage_sag", "rfMRI_REST_AP"):
+        write_series(specs[name], inbox / "01_1" / name, Subject(), Study(key="filters"))
+    args = [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT]
+    assert run(*args, "--include-datatype", "anat")[0] == 0
+    session = out / "sub-01" / "ses-1"
+    assert sorted(p.name for p in session.glob("*/*.nii.gz")) == ["sub-01_ses-1_T1w.nii.gz"]
+    code, text = run(*args, "--include-datatype", "anat")  # the same selection: done
+    assert code == 0 and "already done (skipped)" in text
+    code, text = run(*args)
+    assert code == 0 and "already done" not in text, text
+    assert sorted(p.relative_to(session).as_posix() for p in session.glob("*/*.nii.gz")) == [
+        "anat/sub-01_ses-1_T1w.nii.gz",
+        "func/sub-01_ses-1_task-rest_dir-AP_bold.nii.gz",
+    ]
+    code, text = run(*args, "--exclude-datatype", "func")  # a narrower selection: done
+    assert code == 0 and "already done (skipped)" in text

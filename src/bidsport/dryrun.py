@@ -80,7 +80,7 @@ def _preview_session(
         layout is not None
         and opts.overwrite == "skip"
         and not opts.anonymize  # the record names packets by pseudonyms of a key
-        and session_done(layout, sub, ses, packets)
+        and session_done(layout, sub, ses, packets, opts)
     ):
         return SessionPreview(assignments, (), (), skipped=True)
     tmp = Path(tempfile.mkdtemp(prefix="bidsport-dryrun-", dir=opts.work_dir))

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -169,15 +170,43 @@ def _check_mapping(
 
 def _filtered_out(cls: Classification, opts: RunOptions) -> str | None:
     """Why a classified series is not converted because of the user's filters, or None."""
-    if opts.include_datatypes is not None and cls.datatype not in opts.include_datatypes:
-        return f"datatype {cls.datatype} not in --include-datatype"
-    if cls.datatype in opts.exclude_datatypes:
-        return f"datatype {cls.datatype} in --exclude-datatype"
-    if opts.include_provenances is not None and cls.provenance not in opts.include_provenances:
-        return f"provenance {cls.provenance} not in --include-provenance"
-    if cls.provenance in opts.exclude_provenances:
-        return f"provenance {cls.provenance} in --exclude-provenance"
+    return _filter_reason(cls.datatype, cls.provenance, opts)
+
+
+def _filter_reason(datatype: str | None, provenance: str | None, opts: RunOptions) -> str | None:
+    if opts.include_datatypes is not None and datatype not in opts.include_datatypes:
+        return f"datatype {datatype} not in --include-datatype"
+    if datatype in opts.exclude_datatypes:
+        return f"datatype {datatype} in --exclude-datatype"
+    if opts.include_provenances is not None and provenance not in opts.include_provenances:
+        return f"provenance {provenance} not in --include-provenance"
+    if provenance in opts.exclude_provenances:
+        return f"provenance {provenance} in --exclude-provenance"
     return None
+
+
+#: how the series table says a series was left out by a filter (:func:`_filter_reason`)
+_FILTERED = re.compile(
+    r"(?:datatype|provenance) \S+ (?:not )?in --(?:in|ex)clude-(?:datatype|provenance)"
+)
+
+
+def _newly_selected(
+    layout: DatasetLayout, subject: str, session: str | None, opts: RunOptions
+) -> bool:
+    """Whether a series that the filters of the run that wrote the session's series table
+    left out is selected by ``opts``' (the user converted the anatomy first, say, and
+    now asks for everything): the session is then not done."""
+    try:
+        rows = fileops.read_tsv(layout.series_table(subject, session))
+    except (OSError, ValueError):
+        return False
+    cell = fileops.tsv_cell
+    return any(
+        _FILTERED.match(cell(row, "excluded") or "")
+        and _filter_reason(cell(row, "datatype"), cell(row, "provenance"), opts) is None
+        for row in rows
+    )
 
 
 @dataclass(frozen=True)
@@ -516,16 +545,23 @@ def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Proble
 
 
 def session_done(
-    layout: DatasetLayout, subject: str, session: str | None, packets: Sequence[str]
+    layout: DatasetLayout,
+    subject: str,
+    session: str | None,
+    packets: Sequence[str],
+    opts: RunOptions | None = None,
 ) -> StatusRow | None:
     """The session's record when it was converted without error from these packets (as
     the record names them: :func:`recorded_names`) and its images are all on disk; None
     when it must be converted (again): a packet arrived since (e.g. the rest of a split
-    series), or images were deleted."""
+    series), images were deleted, or a series that earlier filters left out is selected
+    by those of ``opts`` (:func:`_newly_selected`)."""
     record = read_status_record(layout, subject, session)
     if not (record and record.converted and not record.last_error):
         return None
     if not set(packets) <= set((record.packet or "").split(";")):
+        return None
+    if opts is not None and _newly_selected(layout, subject, session, opts):
         return None
     return record if _outputs_present(layout, subject, session) else None
 
@@ -740,7 +776,7 @@ def process_session(
     try:
         with fileops.file_lock(layout.lock_file(sub, ses), blocking=False, what=label):
             done = (
-                session_done(layout, sub, ses, recorded_names(packets, anon))
+                session_done(layout, sub, ses, recorded_names(packets, anon), opts)
                 if opts.overwrite == "skip"
                 else None
             )
@@ -1636,6 +1672,7 @@ def run_participant_level(
                 s[0].subject,
                 s[0].session,
                 recorded_names([a.packet.name for a in s], anon),
+                opts,
             )
             is None
         ]
