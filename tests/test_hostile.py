@@ -819,3 +819,19 @@ def test_a_tar_read_in_part_stays_in_the_inbox(
     assert "sub-P01: 1 images" in text.out  # of the files read
     assert "not deleted (--archive delete): files of it were not imported" in text.err
     assert (inbox / "P01.tar").read_bytes() == data
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
+    """``bidsport ... --list-participants | head -1``: the reader closes the pipe; the
+    run ends with 141 (as a shell says of SIGPIPE), no traceback, no "internal error"."""
+    inbox = tmp_path / "inbox"
+    for label in ("A_V1", "B_V1"):
+        write_series(SMALL_T1, inbox / label / "S2", Subject(patient_id=label), Study(label))
+    cmd = [sys.executable, "-m", "bidsport.cli.run", str(inbox), str(tmp_path / "out")]
+    cmd += ["participant", "--nameformat", NAMEFORMAT, "--list-participants"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "internal error" not in err

@@ -21,8 +21,32 @@ if TYPE_CHECKING:
     from bidsport.reportworkers import ThumbnailPool
 
 
+#: the exit code when the reader of the output went away (``| head -1``): a shell's for a
+#: command killed by SIGPIPE
+BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run bidsport; return the exit code (the console script exits with it)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # (here, not at exit: a reader gone is then said above)
+        return code
+    except BrokenPipeError:
+        return _pipe_gone()
+
+
+def _pipe_gone() -> int:
+    """The reader of stdout went away: the rest of the output goes nowhere, quietly (also
+    what Python flushes at exit, which would fail again)."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError):  # (no descriptor: a captured stdout)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "todicom":
         from bidsport.cli import todicom
@@ -59,6 +83,8 @@ def _guard(func) -> int:  # type: ignore[no-untyped-def]
     except KeyboardInterrupt:
         print("bidsport: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _pipe_gone()
     except Exception:  # the CLI boundary: report a bug with its traceback
         log.exception("internal error")
         print(
