@@ -835,3 +835,26 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait() == 141, err
     assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_series_with_a_slice_missing_is_flagged_not_doubled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A slice missing from the middle of a volume: dcm2niix writes the image as read and
+    a copy resampled to equal spacing (``_Eq_1``, without a sidecar). bidsport exports the
+    first, not the copy (no ``acq-1eq`` image), says what dcm2niix said, and flags the
+    series for review in series.tsv."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    spec = SeriesSpec("t1_mprage_sag", 2, n_slices=12, scanning_sequence=("GR", "IR"))
+    files = write_series(spec, inbox / "P01_V1" / "t1", Subject(patient_id="P01"), Study("p"))
+    files[6].unlink()
+    assert main([str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT]) == 0
+    err = capsys.readouterr().err
+    assert "'_Eq_1' not exported" in err and "dcm2niix: " in err
+    anat = out / "sub-P01" / "ses-V1" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [
+        "sub-P01_ses-V1_T1w.json",
+        "sub-P01_ses-V1_T1w.nii.gz",
+    ]
+    (row,) = read_tsv(out / "sourcedata" / "bidsport" / "sub-P01" / "ses-V1" / "series.tsv")
+    assert row["review"] == "true" and "dcm2niix: " in row["evidence"]

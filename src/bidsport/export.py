@@ -291,6 +291,10 @@ def export_series(
             ConvertedImage(planned.series.series_id, os.path.relpath(folder, session_dir), acq_time)
         )
         return images, problems
+    problems += [
+        Problem(planned.series.series_id, f"dcm2niix: {warning}", "convert")
+        for warning in conversion.warnings
+    ]
     postfixes = [o.postfix for o in conversion.outputs]
     for output, mapped in zip(
         conversion.outputs, map_outputs(cls.suffix, cls.datatype, postfixes), strict=True

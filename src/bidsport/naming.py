@@ -131,6 +131,14 @@ def assign_runs(
 _ECHO = re.compile(r"^e(\d+)$")
 
 
+#: why dcm2niix's ``_Eq`` output is not exported: it writes that copy when the slices
+#: are not equally spaced (a file missing, a variable spacing), beside the image as read
+RESAMPLED_COPY = (
+    "dcm2niix's copy resampled to equal slice spacing (slices missing or unevenly "
+    "spaced: the image as acquired is kept, and the series flagged for review)"
+)
+
+
 @dataclass(frozen=True)
 class OutputName:
     """The BIDS suffix and extra entities for one dcm2niix output of a series."""
@@ -160,6 +168,8 @@ def map_outputs(suffix: str, datatype: str, postfixes: Sequence[str]) -> list[Ou
     [('bold', {'echo': '1'}), ('bold', {'echo': '2'})]
     >>> [(o.suffix, dict(o.entities)) for o in map_outputs("T1w", "anat", ["", "_ph"])]
     [('T1w', {'part': 'mag'}), ('T1w', {'part': 'phase'})]
+    >>> [o.dropped is not None for o in map_outputs("T1w", "anat", ["", "_Eq_1"])]
+    [False, True]
     """
     parsed = []
     for postfix in postfixes:
@@ -185,6 +195,9 @@ def map_outputs(suffix: str, datatype: str, postfixes: Sequence[str]) -> list[Ou
             results.append(
                 OutputName(postfix, suffix, {}, dropped="scanner-derived ADC map (not raw data)")
             )
+            continue
+        if "eq" in flags:
+            results.append(OutputName(postfix, suffix, {}, dropped=RESAMPLED_COPY))
             continue
         if unknown:
             # no BIDS meaning: keep the image, distinguished by an acq label

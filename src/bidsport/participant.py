@@ -185,6 +185,10 @@ def _filter_reason(datatype: str | None, provenance: str | None, opts: RunOption
     return None
 
 
+#: what dcm2niix says of a series whose slices are missing or unevenly spaced (its image
+#: has a wrong geometry): the series is flagged for review
+_GEOMETRY_WARNING = re.compile(r"missing|interslice distance varies|not equidistant", re.I)
+
 #: how the series table says a series was left out by a filter (:func:`_filter_reason`)
 _FILTERED = re.compile(
     r"(?:datatype|provenance) \S+ (?:not )?in --(?:in|ex)clude-(?:datatype|provenance)"
@@ -1166,6 +1170,7 @@ def _convert_session(
     done: dict[str, tuple[list[tuple[PlannedSeries, ConvertedImage]], list[Problem]]] = {}
     outputs_by_series: dict[str, list[str]] = {}
     failures: dict[str, str] = {}
+    flagged: dict[str, str] = {}  #: series id -> what dcm2niix said of its geometry
 
     def files_of(p: PlannedSeries) -> list[Path]:
         # dcm2niix reads the imported files (with --anonymize the originals in the work dir:
@@ -1273,6 +1278,9 @@ def _convert_session(
                         done[sid(p)] = [], [Problem(sid(p), exc.message, "convert", fatal=True)]
                         continue
                     done[sid(p)] = [(p, img) for img in imgs], probs
+                    warned = conversion.warnings if conversion is not None else ()
+                    if said := [w for w in warned if _GEOMETRY_WARNING.search(w)]:
+                        flagged[sid(p)] = state.scrub("; ".join(said))
                     outputs_by_series[sid(p)] = [img.relpath for img in imgs]
                     _note_outputs(journal, sid(p), outputs_by_series[sid(p)])
     finally:  # what was done is reported even when an error stops the rest
@@ -1322,6 +1330,7 @@ def _convert_session(
             failures,
             state.scrub,
             [row for i, e in earlier.items() if i in carried and i not in seen and (row := e.row)],
+            flagged,
         )
         journal.unlink(missing_ok=True)
     state.images += [img for _, img in exported]
@@ -1488,8 +1497,12 @@ def _write_series_table(
     failures: dict[str, str],
     scrub: Callable[[str], str] = str,
     carried: Sequence[Mapping[str, str]] = (),
+    flagged: Mapping[str, str] | None = None,
 ) -> None:
     """Every series of the session: its BIDS name(s), or why it was not converted.
+
+    A series ``flagged`` (dcm2niix found slices missing or unevenly spaced) is marked for
+    review, with what dcm2niix said in its evidence.
 
     Series are keyed by their public id (``scrub`` of the series id); free text goes
     through ``scrub`` too (with --anonymize it removes the source identifiers). The
@@ -1524,9 +1537,15 @@ def _write_series_table(
                 "provenance": c.provenance,
                 "outputs": ";".join(outputs.get(sid, [])),
                 "excluded": text(failures.get(sid) or p.skip),
-                "review": c.review,
+                "review": c.review or sid in (flagged or {}),
                 "rule": c.rule,
-                "evidence": text(" | ".join(c.evidence)),
+                "evidence": text(
+                    " | ".join(
+                        (*c.evidence, f"dcm2niix: {said}")
+                        if (said := (flagged or {}).get(sid))
+                        else c.evidence
+                    )
+                ),
             }
         )
     rows += [dict(row) for row in carried]
