@@ -580,3 +580,25 @@ def test_the_validator_writes_nothing_outside_the_dataset_or_work_dir(
     result = run_group(dataset, dcm2niix_version=None, bidsport_version="0.1.0", work_dir=work)
     assert result.validation is not None and result.validation.ran
     assert list(home.iterdir()) == [] and (work / "deno").is_dir()
+
+
+def test_a_session_with_nothing_to_convert_is_done_at_both_levels(tmp_path: Path) -> None:
+    """A session of localizers only (or one whose filters select none of its series):
+    the participant level converts nothing and says so; the group level counts it done,
+    not "images missing" (which a participant run, finding it done, would never mend)."""
+    from bidsport.cli.run import main
+
+    inbox, out = tmp_path / "inbox", tmp_path / "bids"
+    localizer = typical_session()[0]
+    write_series(localizer, inbox / "S01_V1" / "loc", Subject(patient_id="S01"))
+    nameformat = r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"
+    assert main([str(inbox), str(out), "participant", "--nameformat", nameformat, "-q"]) == 0
+    assert main([str(inbox), str(out), "group", "--skip-validation", "-q"]) == 0
+    (row,) = read_status(DatasetLayout(out))
+    assert (row.imported, row.organized, row.converted, row.last_error) == (True, True, True, None)
+    # images that were converted and are gone since still say so
+    write_series(typical_session()[1], inbox / "S02_V1" / "t1", Subject(patient_id="S02"))
+    assert main([str(inbox), str(out), "participant", "--nameformat", nameformat, "-q"]) == 0
+    for image in (out / "sub-S02").rglob("*.nii.gz"):
+        image.unlink()
+    assert main([str(inbox), str(out), "group", "--skip-validation", "-q"]) == ExitCode.PARTIAL

@@ -723,6 +723,18 @@ def _has_image(session_dir: Path) -> bool:
     return _holds_file(session_dir, True, (*NIFTI_ENDINGS, ".dcm"))
 
 
+def _images_expected(layout: DatasetLayout, subject: str, session: str | None) -> bool:
+    """False when the session's series table says that no series was converted (only
+    localizers, or filters that selected none of its series): its BIDS folder then holds
+    no image, and the session is done all the same. True when the table names outputs,
+    or cannot be read."""
+    try:
+        rows = fileops.read_tsv(layout.series_table(subject, session))
+    except (OSError, ValueError):
+        return True
+    return any(fileops.tsv_cell(row, "outputs") for row in rows)
+
+
 def _sessions_under(top: Path) -> set[tuple[str, str | None]]:
     """(subject, session) pairs with a folder below ``top`` (``sub-*[/ses-*]``).
 
@@ -819,8 +831,9 @@ def build_status(
         bare = session is None
         organized = _holds_file(layout.dicom_dir(subject, session), bare)
         imported = organized or _holds_file(layout.raw_dir(subject, session), bare)
-        converted = bool(record and record.converted) and _has_image(
-            layout.session_dir(subject, session)
+        converted = bool(record and record.converted) and (
+            _has_image(layout.session_dir(subject, session))
+            or not _images_expected(layout, subject, session)
         )
         row = StatusRow(
             participant_id=subject,
