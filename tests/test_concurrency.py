@@ -293,3 +293,31 @@ def test_a_run_gets_its_scratch_folder_when_another_removes_the_shared_one(
         folder.mkdir()
     second = participant._shared_scratch(base)
     assert sorted(base.iterdir()) == sorted([path, second, other])
+
+
+@pytest.mark.parametrize("where", ["--work-dir", "--anonymize"])
+def test_a_killed_runs_scratch_folder_outside_the_dataset_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The scratch folders of runs in the user's --work-dir, or (--anonymize without one)
+    in the system's temporary folder, where they hold the original identifiable files:
+    the next run on this machine removes those of killed runs, and nothing else there."""
+    import tempfile
+
+    from bidsport import participant
+    from bidsport.options import RunOptions
+
+    base = tmp_path / ("work" if where == "--work-dir" else "tmp")
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    host = os.uname().nodename
+    dead = base / f"bidsport-{host}-999999999-x"  # a killed run's, on this host
+    kept = [base / "bidsport-anonymize.key", base / "logs", base / f"{host}-999999999-y"]
+    kept[0].write_bytes(b"key")
+    for folder in (dead, *kept[1:]):
+        folder.mkdir()
+    opts = RunOptions(work_dir=base if where == "--work-dir" else None, anonymize=True)
+    with participant._work_dir(opts, DatasetLayout(tmp_path / "bids")) as scratch:
+        assert scratch.parent == base and scratch.name.startswith(f"bidsport-{host}-{os.getpid()}-")
+        assert not dead.exists() and all(os.path.lexists(p) for p in kept)
+    assert not scratch.exists()

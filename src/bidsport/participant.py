@@ -385,10 +385,9 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
     written elsewhere); with it, outside (identifiable material never enters OUTPUT_DIR).
     """
     if opts.work_dir is not None:
-        base = fileops.ensure_dir(opts.work_dir)
-        path = Path(tempfile.mkdtemp(prefix="bidsport-", dir=base))
+        path = _shared_scratch(opts.work_dir, SCRATCH_TAG)
     elif opts.anonymize:
-        path = Path(tempfile.mkdtemp(prefix="bidsport-"))
+        path = _shared_scratch(Path(tempfile.gettempdir()), SCRATCH_TAG)
     else:
         path = _shared_scratch(layout.work_dir)
     try:
@@ -400,14 +399,20 @@ def _work_dir(opts: RunOptions, layout: DatasetLayout) -> Iterator[Path]:
                 layout.work_dir.rmdir()  # only when empty: other runs may be working
 
 
-def _shared_scratch(base: Path, attempts: int = 100) -> Path:
-    """A new scratch folder in ``base``, which runs share and each removes when it is empty.
+#: how the scratch folders of runs begin in a folder that holds more than them (the
+#: user's --work-dir, or the system's temporary folder with --anonymize)
+SCRATCH_TAG = "bidsport-"
+
+
+def _shared_scratch(base: Path, tag: str = "", attempts: int = 100) -> Path:
+    """A new scratch folder in ``base``, named ``<tag><host>-<pid>-<random>``: folders
+    that killed runs of this machine left there are removed (:func:`_remove_dead_work_dirs`).
 
     Another run may remove ``base`` between its creation here and the creation of the
     scratch folder in it (that run ends, and sees it empty): it is made again (up to
     ``attempts`` times) instead of failing.
     """
-    prefix = f"{os.uname().nodename}-{os.getpid()}-"
+    prefix = f"{tag}{os.uname().nodename}-{os.getpid()}-"
     attempt = 0
     while True:
         fileops.ensure_dir(base)
@@ -418,19 +423,23 @@ def _shared_scratch(base: Path, attempts: int = 100) -> Path:
             attempt += 1
             if attempt >= attempts:
                 raise OutputError(f"cannot make a scratch folder in {base}: {exc}") from exc
-    _remove_dead_work_dirs(base)  # after ours exists: ``base`` is not empty, nobody removes it
+    _remove_dead_work_dirs(base, tag)  # after ours exists: ``base`` is not empty
     return path
 
 
-def _remove_dead_work_dirs(base: Path) -> None:
+def _remove_dead_work_dirs(base: Path, tag: str = "") -> None:
     """Remove scratch folders that runs killed on this machine left behind.
 
-    They are named ``<host>-<pid>-<random>``; folders of other hosts (a cluster sharing
-    the dataset) are left alone, since their runs cannot be checked from here.
+    They are named ``<tag><host>-<pid>-<random>``; folders of other hosts (a cluster
+    sharing the dataset) are left alone, since their runs cannot be checked from here,
+    and so is anything else in ``base``.
     """
     host = os.uname().nodename
     for entry in base.iterdir():
-        name_host, _, pid = entry.name.rpartition("-")[0].rpartition("-")
+        if not entry.name.startswith(tag) or entry.is_symlink() or not entry.is_dir():
+            continue
+        name = entry.name[len(tag) :]
+        name_host, _, pid = name.rpartition("-")[0].rpartition("-")
         if name_host == host and pid.isdigit() and not fileops.process_alive(int(pid)):
             log.info("removing the scratch folder of a killed run: %s", entry)
             shutil.rmtree(entry, ignore_errors=True)
