@@ -270,6 +270,16 @@ def test_repeated_label_options_add_up_and_a_label_matching_nothing_is_named(
     assert "--session-label V9: no packet of the inbox matched it" in err
     assert not (tmp_path / "out").exists()
 
+    # labels of the inbox that are never together: each is said to be in the inbox
+    write_series(typical_session()[0], root / "P02_V2", Subject(patient_id="P02"), Study("b"))
+    args = [str(root), str(tmp_path / "out"), "participant", "--nameformat", NAMEFORMAT]
+    code = main([*args, "--dry-run", "--participant-label", "P01", "--session-label", "V2"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--participant-label P01: in the inbox, but not with --session-label V2" in err
+    assert "--session-label V2: in the inbox, but not with --participant-label P01" in err
+    assert "no packet of the inbox matched it" not in err
+
 
 def test_a_filter_both_included_and_excluded_is_refused(tmp_path, capsys):
     inbox = tmp_path / "inbox"

@@ -125,17 +125,39 @@ def plan_sessions(dicom_dir: Path, opts: RunOptions) -> Plan:
         if (not opts.participant_labels or a.subject in opts.participant_labels)
         and (not opts.session_labels or (a.session or "") in opts.session_labels)
     ]
-    for option, labels, found in (
-        ("--participant-label", opts.participant_labels, {a.subject for a in selected}),
-        ("--session-label", opts.session_labels, {a.session or "" for a in selected}),
+    for option, labels, known, found, other, others in (
+        (
+            "--participant-label",
+            opts.participant_labels,
+            {a.subject for a in assignments},
+            {a.subject for a in selected},
+            "--session-label",
+            opts.session_labels,
+        ),
+        (
+            "--session-label",
+            opts.session_labels,
+            {a.session or "" for a in assignments},
+            {a.session or "" for a in selected},
+            "--participant-label",
+            opts.participant_labels,
+        ),
     ):
-        if missing := [label for label in labels if label not in found]:
+        if missing := [label for label in labels if label not in known]:
             log.warning(
                 "%s %s: no packet of the inbox %s (labels are case-sensitive; --dry-run "
                 "lists the inbox's sessions)",
                 option,
                 " ".join(missing),
                 "matched it" if len(missing) == 1 else "matched these",
+            )
+        if unmatched := [label for label in labels if label in known and label not in found]:
+            log.warning(
+                "%s %s: in the inbox, but not with %s %s",
+                option,
+                " ".join(unmatched),
+                other,
+                " ".join(others),
             )
     if opts.mapping is not None:
         _check_mapping(opts.mapping, packets, assignments)
