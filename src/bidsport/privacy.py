@@ -146,8 +146,16 @@ def path_hider(anon: Anonymization, packets: Sequence[str]) -> Callable[[str], s
     problem's ``where`` (``P01/20180918GE/mr_0004/IM1``, ``P01.zip:Vanderbilt_2018/IM1``)
     by its pseudonym (:func:`bidsport.anonymize.keys.path_pseudonym`): an export's
     folder names carry dates, sites and patient names that no identifier read from the
-    headers covers. The packet's name is left to :func:`packet_scrubber`; anything
-    else is returned as it is."""
+    headers covers. The packet's name is left to :func:`packet_scrubber`. Any other
+    path (one with a ``/``: a nested archive's, relative to its packet) is replaced
+    whole; anything else is returned as it is.
+
+    >>> hide = path_hider(Anonymization(b"k", None, Path()), ["P01"])
+    >>> hide("P01/20180918GE/IM1")[:9], hide("P01.zip:Site_2018/IM1")[:13], hide("1.2.3-s4")
+    ('P01/file-', 'P01.zip:file-', '1.2.3-s4')
+    >>> hide("20180918GE/series.zip:IM1")[:5]
+    'file-'
+    """
     names = sorted((name for name in packets if name), key=len, reverse=True)
 
     def hide(where: str) -> str:
@@ -155,7 +163,7 @@ def path_hider(anon: Anonymization, packets: Sequence[str]) -> Callable[[str], s
             if where.startswith(name) and (below := _BELOW_PACKET.fullmatch(where, len(name))):
                 ext, sep, path = below.groups()
                 return f"{name}{ext}{sep}{keys.path_pseudonym(anon.key, path)}"
-        return where
+        return keys.path_pseudonym(anon.key, where) if "/" in where else where
 
     return hide
 
