@@ -274,6 +274,13 @@ def test_a_deflated_header_longer_than_what_is_kept_is_refused(
     cut.write_bytes(data[: len(data) - 40])  # inside the deflated pixel data
     with pytest.raises(DicomReadError, match="truncated"):
         read_header(cut)
+    # cut inside its header: the elements read end well, but the stream does not
+    small = _save(_one(), tmp_path / "small.dcm", DeflatedExplicitVRLittleEndian).read_bytes()
+    start = small.index(b"1.2.840.10008.1.2.1.99") + 40  # past the file meta
+    for end in range(start, len(small) - 1, 37):
+        cut.write_bytes(small[:end])
+        with pytest.raises(DicomReadError, match="truncated"):
+            read_header(cut)
 
 
 def test_no_preamble(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ from bidsport.records import FileHeader
 log = logging.getLogger(__name__)
 
 #: Bump when the fields read (or how they are read) change: index caches are invalidated.
-READER_VERSION = 3
+READER_VERSION = 4  # 4: a deflated data set cut short is truncated
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -358,6 +358,8 @@ def _inflated(path: Path, deflated: bytes) -> _InflatedSource:
             size += len(part)
     except zlib.error as exc:
         raise _Truncated(f"deflated data set cannot be inflated ({exc})") from exc
+    if size <= MAX_INFLATED and not inflater.eof:  # (a header cut short reads as whole)
+        raise _Truncated("the deflated data set is truncated: its stream stops before its end")
     if size > MAX_INFLATED:
         raise DicomTooLargeError(
             f"{path}: deflated data set inflates to more than "
