@@ -32,7 +32,7 @@ from pydicom.uid import (
 
 from bidsport import header
 from bidsport.errors import DicomReadError
-from bidsport.header import read_header
+from bidsport.header import read_header, read_texts
 from bidsport.records import FileHeader
 from bidsport.runner import run_command
 from bidsport.synthetic import SeriesSpec, Study, series_datasets, typical_session, write_series
@@ -249,6 +249,31 @@ def test_a_deflated_data_set_is_read_with_only_its_first_bytes_kept(
     for name in FileHeader.__dataclass_fields__:
         if name not in ignore:
             assert getattr(h, name) == getattr(reference, name), name
+
+
+def test_a_huge_character_set_value_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Specific Character Set of 4 MiB (a small deflated file: hostile) is skipped by
+    the identifier reader, as every value longer than a MiB is: it read the whole value,
+    inflating it in memory."""
+    import tracemalloc
+
+    ds = _one()
+    with warnings.catch_warnings():  # (pydicom: a CS value is 16 characters at most)
+        warnings.simplefilter("ignore")
+        ds.add_new(0x00080005, "CS", " " * (4 << 20))
+        path = _save(ds, tmp_path / "charset.dcm", DeflatedExplicitVRLittleEndian)
+    assert path.stat().st_size < 1 << 20
+    monkeypatch.setattr(header, "INFLATED_KEPT", 256 << 10)
+    tracemalloc.start()
+    try:
+        texts = read_texts(path, {0x00100010: b"PN"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert texts == {0x00100010: [str(ds.PatientName)]}
+    assert peak < 6 << 20, peak
 
 
 def test_a_deflated_header_longer_than_what_is_kept_is_refused(

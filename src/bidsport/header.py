@@ -1690,8 +1690,9 @@ class _TextWalk:
             if group % 2:  # private: neither read nor walked
                 continue
             if tag == 0x00080005:  # it precedes every sequence: they use it
-                raw = (vr, src.read_at(vpos, length))
-                encodings = _encodings(_decoded(_strings, raw, tag, None))
+                if length <= _MAX_VALUE:  # (a longer one is hostile: the default stays)
+                    raw = (vr, src.read_at(vpos, length))
+                    encodings = _encodings(_decoded(_strings, raw, tag, None))
             elif tag in self.wanted and (depth == 0 or tag in self.deep):
                 if length <= _MAX_VALUE:
                     raw = (vr, src.read_at(vpos, length))
