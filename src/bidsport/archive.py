@@ -69,14 +69,12 @@ NO_END_MARKER = "the tar archive has no end-of-archive marker: it may be truncat
 DATA_AFTER_END = "data after the end-of-archive marker was ignored"
 #: the reasons of the members skipped for their names (:func:`member_parts`): files that
 #: a packet held and that were not imported
+ABSOLUTE_PATH = "absolute path"
+DOT_DOT = "'..' in its path (it would be written outside the destination)"
 EMPTY_NAME = "empty name"
-UNSAFE_NAMES = (
-    "absolute path",
-    "'..' in its path",
-    EMPTY_NAME,
-    "a path component is longer than",
-    "path longer than",
-)
+LONG_COMPONENT = "a path component is longer than 255 bytes"
+LONG_PATH = "path longer than 3000 bytes"
+UNSAFE_NAMES = (ABSOLUTE_PATH, DOT_DOT, EMPTY_NAME, LONG_COMPONENT, LONG_PATH)
 GiB = 1024**3
 MiB = 1024**2
 
@@ -239,17 +237,17 @@ def member_parts(
     if backslash_is_separator:
         name = name.replace("\\", "/")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return [], "absolute path"
+        return [], ABSOLUTE_PATH
     raw_parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in raw_parts:
-        return [], "'..' in its path (it would be written outside the destination)"
+        return [], DOT_DOT
     if not raw_parts:
         return [], EMPTY_NAME
     parts = [sanitize_component(p) for p in raw_parts]
     if any(len(p.encode("utf-8")) > 255 for p in parts):
-        return [], "a path component is longer than 255 bytes"
+        return [], LONG_COMPONENT
     if len("/".join(parts).encode("utf-8")) > 3000:
-        return [], "path longer than 3000 bytes"
+        return [], LONG_PATH
     return parts, None
 
 

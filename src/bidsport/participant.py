@@ -217,16 +217,10 @@ _FILTERED = re.compile(
 )
 
 
-def _newly_selected(
-    layout: DatasetLayout, subject: str, session: str | None, opts: RunOptions
-) -> bool:
-    """Whether a series that the filters of the run that wrote the session's series table
-    left out is selected by ``opts``' (the user converted the anatomy first, say, and
-    now asks for everything): the session is then not done."""
-    try:
-        rows = fileops.read_tsv(layout.series_table(subject, session))
-    except (OSError, ValueError):
-        return False
+def _newly_selected(rows: Sequence[Mapping[str, str]], opts: RunOptions) -> bool:
+    """Whether a series that the filters of the run that wrote these rows of a series
+    table left out is selected by ``opts``' (the user converted the anatomy first, say,
+    and now asks for everything): the session is then not done."""
     cell = fileops.tsv_cell
     return any(
         _FILTERED.match(cell(row, "excluded") or "")
@@ -272,8 +266,24 @@ def earlier_names(series_table: Path, journal: Path | None = None) -> dict[str, 
     (for the names, kept so nothing gets renamed, and to find the images this run does not
     write again), and the ``journal`` of a run killed before it wrote its table (outputs
     only: see :data:`OUTPUTS_JOURNAL`)."""
-    names: dict[str, EarlierName] = {}
     rows = fileops.read_tsv(series_table) if series_table.is_file() else []
+    names = _names_in(rows)
+    if journal is not None and journal.is_file():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            series_id, _, rel = line.partition("\t")
+            if not (series_id and rel):
+                continue
+            known = names.get(series_id)
+            if known is None:
+                names[series_id] = EarlierName("", "", {}, "", (rel,))
+            elif rel not in known.outputs:
+                names[series_id] = dataclasses.replace(known, outputs=(*known.outputs, rel))
+    return names
+
+
+def _names_in(rows: Sequence[Mapping[str, str]]) -> dict[str, EarlierName]:
+    """The names of :func:`earlier_names` that rows of a series table give."""
+    names: dict[str, EarlierName] = {}
     whole = not rows or all(column in rows[0] for column in _NAME_COLUMNS)
     for row in rows:
         outputs = tuple(o for o in _cell(row, "outputs").split(";") if o)
@@ -292,16 +302,6 @@ def earlier_names(series_table: Path, journal: Path | None = None) -> dict[str, 
             outputs,
             row,
         )
-    if journal is not None and journal.is_file():
-        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-            series_id, _, rel = line.partition("\t")
-            if not (series_id and rel):
-                continue
-            known = names.get(series_id)
-            if known is None:
-                names[series_id] = EarlierName("", "", {}, "", (rel,))
-            elif rel not in known.outputs:
-                names[series_id] = dataclasses.replace(known, outputs=(*known.outputs, rel))
     return names
 
 
@@ -596,9 +596,13 @@ def session_done(
         return None
     if not set(packets) <= set((record.packet or "").split(";")):
         return None
-    if opts is not None and _newly_selected(layout, subject, session, opts):
+    try:  # (a table gone too: not done)
+        rows = fileops.read_tsv(layout.series_table(subject, session))
+    except OSError:
         return None
-    return record if _outputs_present(layout, subject, session) else None
+    if opts is not None and _newly_selected(rows, opts):
+        return None
+    return record if _outputs_present(layout, subject, session, rows) else None
 
 
 def recorded_names(packets: Sequence[str], anon: privacy.Anonymization | None) -> list[str]:
@@ -611,17 +615,15 @@ def recorded_names(packets: Sequence[str], anon: privacy.Anonymization | None) -
     return [packet_pseudonym(anon.key, name) for name in packets]
 
 
-def _outputs_present(layout: DatasetLayout, subject: str, session: str | None) -> bool:
-    """Whether every image the session's series table lists is on disk (a table gone
-    too: no)."""
-    table = layout.series_table(subject, session)
-    try:
-        written = earlier_names(table).values() if table.is_file() else None
-    except OSError:
-        return False
+def _outputs_present(
+    layout: DatasetLayout, subject: str, session: str | None, rows: Sequence[Mapping[str, str]]
+) -> bool:
+    """Whether every image that ``rows`` of the session's series table list is on disk."""
     session_dir = layout.session_dir(subject, session)
-    return written is not None and all(
-        os.path.lexists(session_dir / rel) for name in written for rel in name.outputs
+    return all(
+        os.path.lexists(session_dir / rel)
+        for name in _names_in(rows).values()
+        for rel in name.outputs
     )
 
 

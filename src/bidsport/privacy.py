@@ -90,9 +90,11 @@ def set_up(opts: RunOptions, output_dir: Path) -> Anonymization:
 # --------------------------------------------------------------------------- identifiers
 
 
-def _subject_file(anon: Anonymization, subject: str) -> Path:
+def _subject_file(anon: Anonymization, subject: str, suffix: str = ".json") -> Path:
+    """The file of ``subject`` (or of a subject's session) in the store, named by a keyed
+    hash."""
     digest = hashlib.sha256(anon.key + subject.encode("utf-8")).hexdigest()[:16]
-    return anon.store_dir / f"{digest}.json"
+    return anon.store_dir / f"{digest}{suffix}"
 
 
 def remember_identifiers(anon: Anonymization, subject: str, identifiers: Identifiers) -> None:
@@ -174,10 +176,10 @@ def remember_file_names(
     """Keep, beside the key (mode 0600), which source file each pseudonymous path of a
     session's ``files.tsv`` is (``names``: pseudonymous path -> path in the inbox's
     packet), so that the user holding the key can find a file named there."""
-    digest = hashlib.sha256(anon.key + f"{subject}\x00{session or ''}".encode()).hexdigest()
     lines = ["file\tsource"] + [f"{k}\t{v}" for k, v in sorted(names.items())]
     text = "\n".join(lines) + "\n"
-    with fileops.atomic_path(anon.store_dir / f"{digest[:16]}.files.tsv") as tmp:
+    path = _subject_file(anon, f"{subject}\x00{session or ''}", ".files.tsv")
+    with fileops.atomic_path(path) as tmp:
         os.chmod(tmp, 0o600)
         tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 

@@ -103,7 +103,8 @@ def normalize_subject(subject: str) -> str:
 
 
 def _mac(key: bytes, purpose: str, *parts: str) -> bytes:
-    message = "\x00".join((purpose, *parts)).encode("utf-8")
+    # (surrogateescape: a path may hold bytes that are not UTF-8; other text is the same)
+    message = "\x00".join((purpose, *parts)).encode("utf-8", "surrogateescape")
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
@@ -145,8 +146,7 @@ def path_pseudonym(key: bytes, path: str) -> str:
     """How the path of a file below its packet is named in OUTPUT_DIR with --anonymize
     (an export's folders carry dates, sites and patient names): ``file-`` and 12 hex
     digits, the same in every run. ``path`` may hold bytes that are not UTF-8."""
-    message = b"path\x00" + path.encode("utf-8", "surrogateescape")
-    return "file-" + hmac.new(key, message, hashlib.sha256).hexdigest()[:12]
+    return "file-" + _mac(key, "path", path).hex()[:12]
 
 
 def value_pseudonym(key: bytes, keyword: str, value: str) -> str:
