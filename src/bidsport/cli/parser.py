@@ -35,6 +35,8 @@ exit codes:
   4  nothing could be done
   5  the PHI audit found identifiers in the output (--audit-phi)
   6  the BIDS validator reported errors (group level)
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (bidsport ... | head -1)
 
 examples:
   bidsport /data/inbox /data/bids participant --participant-label 001 002
