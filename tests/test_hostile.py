@@ -827,7 +827,7 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     for label in ("A_V1", "B_V1"):
         write_series(SMALL_T1, inbox / label / "S2", Subject(patient_id=label), Study(label))
-    cmd = [sys.executable, "-m", "bidsport.cli.run", str(inbox), str(tmp_path / "out")]
+    cmd = [sys.executable, "-m", "bidsport", str(inbox), str(tmp_path / "out")]  # __main__
     cmd += ["participant", "--nameformat", NAMEFORMAT, "--list-participants"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

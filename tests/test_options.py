@@ -181,6 +181,31 @@ def test_overwrite_modes(inbox, tmp_path):
     assert t1.is_file() and not stray.exists()  # the session was removed first
 
 
+def test_a_format_or_layout_change_is_noted_on_a_done_session(inbox, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(inbox, out, "--session-label", "V1") == 0
+    before = images(out)
+    capsys.readouterr()
+    args = [str(inbox), str(out), "participant", "--nameformat", NAMEFORMAT]
+    changed = [*args, "--session-label", "V1", "--output-format", "nii", "--layout", "flat"]
+    for _ in range(2):  # the second run is answered by the quick re-run: the same note
+        assert main(changed) == 0
+        captured = capsys.readouterr()
+        assert "sub-P01_ses-V1: already done (skipped)" in captured.out
+        assert (
+            "converted earlier as nii.gz in the bids layout, not as this run's nii in the "
+            "flat layout: kept as it is (--overwrite skip)" in captured.err
+        )
+        assert images(out) == before
+    assert main([*args, "--session-label", "V1"]) == 0  # as it was converted: no note
+    assert "converted earlier" not in capsys.readouterr().err
+    assert main([*changed, "--overwrite", "overwrite"]) == 0
+    found = images(out)
+    assert found and all(p.endswith(".nii") and len(Path(p).parts) == 3 for p in found)
+    session = out / "sub-P01/ses-V1"
+    assert not [p for p in session.iterdir() if p.is_dir()]  # no datatype folder left empty
+
+
 def test_archive_policy_copy_and_move_only_after_success(tmp_path):
     import shutil
 

@@ -363,7 +363,7 @@ def remove_outputs(
     named ``<prefix>_...`` (``sub-01_ses-1``), below ``session_dir``; a link is removed,
     never followed. Nothing this run wrote (``written``, relative paths) is removed, nor
     a sidecar of an image it wrote (the same name, another format), nor a folder holding
-    something it wrote.
+    something it wrote. A datatype folder left empty is removed.
     """
     removed, kept = [], []
     written_stems = {nifti_stem(w) or w for w in written}
@@ -396,6 +396,9 @@ def remove_outputs(
             continue
         if found:
             removed.append(rel)
+    for folder in {(session_dir / rel).parent for rel in removed} - {session_dir}:
+        with contextlib.suppress(OSError):  # a datatype folder left empty (a --layout change)
+            folder.rmdir()
     return removed, kept
 
 
@@ -579,13 +582,49 @@ def several_studies_note(planned: Sequence[PlannedSeries], where: str) -> Proble
     )
 
 
+@dataclass(frozen=True)
+class DoneSession:
+    """A session found converted by :func:`session_done`: its status record, and the
+    forms its images were written in (:func:`output_form`)."""
+
+    record: StatusRow
+    forms: frozenset[tuple[str, str]]
+
+    def change_note(self, opts: RunOptions) -> str | None:
+        """What a run with ``opts`` is told when it skips this session although it asks
+        for another ``--output-format`` or ``--layout`` than its images were written in
+        (``--overwrite skip`` keeps what is done; the user may have forgotten)."""
+        wanted = (opts.output_format, opts.layout)
+        if not self.forms or self.forms == {wanted}:
+            return None
+        was = " and ".join(f"{fmt} in the {lay} layout" for fmt, lay in sorted(self.forms))
+        return (
+            f"converted earlier as {was}, not as this run's {wanted[0]} in the {wanted[1]} "
+            "layout: kept as it is (--overwrite skip); --overwrite overwrite converts it "
+            "again, and replaces its images"
+        )
+
+
+def output_form(rel: str) -> tuple[str, str]:
+    """The ``--output-format`` and ``--layout`` that wrote an image named ``rel`` (relative
+    to its session folder, as the series table lists it).
+
+    >>> output_form("anat/sub-1_T1w.nii.gz"), output_form("sub-1_T1w.nii")
+    (('nii.gz', 'bids'), ('nii', 'flat'))
+    >>> output_form("anat/sub-1_T1w")  # a folder of DICOM files
+    ('dcm', 'bids')
+    """
+    fmt = "nii.gz" if rel.endswith(".nii.gz") else "nii" if rel.endswith(".nii") else "dcm"
+    return fmt, "bids" if "/" in rel else "flat"
+
+
 def session_done(
     layout: DatasetLayout,
     subject: str,
     session: str | None,
     packets: Sequence[str],
     opts: RunOptions | None = None,
-) -> StatusRow | None:
+) -> DoneSession | None:
     """The session's record when it was converted without error from these packets (as
     the record names them: :func:`recorded_names`) and its images are all on disk; None
     when it must be converted (again): a packet arrived since (e.g. the rest of a split
@@ -602,7 +641,11 @@ def session_done(
         return None
     if opts is not None and _newly_selected(rows, opts):
         return None
-    return record if _outputs_present(layout, subject, session, rows) else None
+    outputs = [rel for name in _names_in(rows).values() for rel in name.outputs]
+    session_dir = layout.session_dir(subject, session)
+    if not all(os.path.lexists(session_dir / rel) for rel in outputs):
+        return None
+    return DoneSession(record, frozenset(output_form(rel) for rel in outputs))
 
 
 def recorded_names(packets: Sequence[str], anon: privacy.Anonymization | None) -> list[str]:
@@ -613,18 +656,6 @@ def recorded_names(packets: Sequence[str], anon: privacy.Anonymization | None) -
     from bidsport.anonymize.keys import packet_pseudonym
 
     return [packet_pseudonym(anon.key, name) for name in packets]
-
-
-def _outputs_present(
-    layout: DatasetLayout, subject: str, session: str | None, rows: Sequence[Mapping[str, str]]
-) -> bool:
-    """Whether every image that ``rows`` of the session's series table list is on disk."""
-    session_dir = layout.session_dir(subject, session)
-    return all(
-        os.path.lexists(session_dir / rel)
-        for name in _names_in(rows).values()
-        for rel in name.outputs
-    )
 
 
 #: the last error of a session whose run has begun and not yet recorded its outcome
@@ -763,9 +794,11 @@ def failure_summary(failed: Sequence[Problem]) -> str | None:
     return f"{n} fatal problem{'s' if n > 1 else ''}: {failed[0].reason}"
 
 
-def skipped_result(subject: str, session: str | None) -> SessionResult:
-    """The result of a session found already converted (``--overwrite skip``)."""
-    return SessionResult(subject, session, True, True, True, skipped=True)
+def skipped_result(subject: str, session: str | None, notes: Sequence[str] = ()) -> SessionResult:
+    """The result of a session found already converted (``--overwrite skip``), with
+    ``notes`` for the user (:meth:`DoneSession.change_note`)."""
+    problems = tuple(Problem(sub_ses_prefix(subject, session), n, "convert") for n in notes)
+    return SessionResult(subject, session, True, True, True, skipped=True, problems=problems)
 
 
 def process_session(
@@ -819,8 +852,9 @@ def process_session(
             )
             if done is not None:
                 log.info(uptodate.SKIPPED, label)
-                table.put(done)  # a run killed after the record: heal the table
-                return skipped_result(sub, ses)
+                table.put(done.record)  # a run killed after the record: heal the table
+                note = done.change_note(opts)
+                return skipped_result(sub, ses, () if note is None else (note,))
             for folder in (
                 layout.session_dir(sub, ses),
                 layout.dicom_dir(sub, ses),
@@ -1598,8 +1632,9 @@ class ParticipantRun:
 
 def skip_outcome(run: ParticipantRun) -> ParticipantRun:
     """What a re-run of ``run`` finds when every session of it was converted: the same
-    sessions, in the same order, each skipped."""
-    results = tuple(skipped_result(r.subject, r.session) for r in run.results)
+    sessions, in the same order, each skipped (those ``run`` skipped as they were: with
+    their notes)."""
+    results = tuple(r if r.skipped else skipped_result(r.subject, r.session) for r in run.results)
     return ParticipantRun(results, run.problems, run.n_packets, run.packets)
 
 
@@ -1615,7 +1650,7 @@ def rerun_skips_all(layout: DatasetLayout, run: ParticipantRun) -> bool:
         return False
     for result, packets in zip(run.results, run.packets, strict=True):
         done = session_done(layout, result.subject, result.session, packets)
-        if done is None or table.get(done.key) != done:
+        if done is None or table.get(done.record.key) != done.record:
             return False
     return True
 
