@@ -843,9 +843,41 @@ def test_enhanced_files(shared_data: Path) -> None:
     assert philips.flip_angle == float(timing.FlipAngle)
     position = frame.PlanePositionSequence[0].ImagePositionPatient
     assert philips.image_position == tuple(float(v) for v in position)
-    assert philips.image_type == ("ORIGINAL", "PRIMARY", "T1", "MIXED")
+    assert philips.image_type == ("ORIGINAL", "PRIMARY", "T1", "MIXED", "FIELD_MAP", "M")
     assert philips.complex_image_component == "MIXED"
     assert philips.temporal_position == 1
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_mixed_image_type_is_followed_by_what_its_frames_mix(tmp_path: Path, syntax: str) -> None:
+    """A Philips B0 map: one enhanced file of magnitude and field map frames under
+    ORIGINAL\\PRIMARY\\T1\\MIXED. The frames' FrameType values follow the ImageType, so the
+    series is a field map in Hz by its header, whatever it is called."""
+    from bidsport.classify import classify_series
+    from bidsport.records import Series
+
+    ds = _one(SeriesSpec("Shim dualTE", 7, n_slices=1))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "T1", "MIXED"]
+    kinds = ["M", "M", "FIELD_MAP", "FIELD_MAP"]
+    ds.NumberOfFrames = len(kinds)
+    ds.PixelData = ds.PixelData * len(kinds)
+    frames = []
+    for kind in kinds:
+        frame_type, content, frame = Dataset(), Dataset(), Dataset()
+        frame_type.FrameType = ["ORIGINAL", "PRIMARY", "T1", kind]
+        content.TemporalPositionIndex = 1
+        frame.MRImageFrameTypeSequence = [frame_type]
+        frame.FrameContentSequence = [content]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    h = read_header(_save(ds, tmp_path / "b0.dcm", syntax))
+    assert h.image_type == ("ORIGINAL", "PRIMARY", "T1", "MIXED", "FIELD_MAP", "M")
+    series = Series("1.2.3", h, (h.path,), 1, image_types=(h.image_type,))
+    cls = classify_series(series)
+    assert (cls.datatype, cls.suffix) == ("fmap", "fieldmap"), cls.evidence
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "T1", "M"]  # not MIXED: as it says
+    assert read_header(_save(ds, tmp_path / "m.dcm", syntax)).image_type[3:] == ("M",)
 
 
 def test_study_independent_reading(tmp_path: Path) -> None:

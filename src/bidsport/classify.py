@@ -1028,7 +1028,11 @@ def _decide(d: _Draft, f: _Facts, series: Series) -> None:
         _set_part(d, f)
         return
     if f.fieldmap_hz:
-        d.name("fmap", "fieldmap", "ImageType says field map (Hz): fieldmap (+ magnitude)")
+        d.name(
+            "fmap",
+            "fieldmap",
+            "ImageType (or its frames' FrameType) says field map (Hz): fieldmap (+ magnitude)",
+        )
         return
     fm_word = _GRE_FMAP_WORDS.search(f.text)
     why = (

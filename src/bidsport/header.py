@@ -48,7 +48,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias, TypeVar
 
@@ -58,7 +58,7 @@ from bidsport.records import FileHeader
 log = logging.getLogger(__name__)
 
 #: Bump when the fields read (or how they are read) change: index caches are invalidated.
-READER_VERSION = 4  # 4: a deflated data set cut short is truncated
+READER_VERSION = 5  # 5: a MIXED ImageType is followed by what its frames mix
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -526,6 +526,9 @@ class _Parsed:
     shared: _Item | None = None
     first_frame: _Item | None = None
     max_temporal_index: int | None = None
+    #: the FrameType values of the frames after the first, from the fourth on (what a
+    #: MIXED ImageType mixes: Philips' magnitude and B0 field map frames)
+    frame_types: set[bytes] = field(default_factory=set)
     has_pixel_data: bool = False
 
 
@@ -905,7 +908,7 @@ def _read_functional_groups(
             raw = _fg_value(parsed.first_frame, None, 0x00209128, syntax)
             number = _int(raw, 0x00209128, syntax.little)
         else:
-            number, pos = _frame_temporal_index(src, vpos, item_len, syntax)
+            number, pos = _frame_temporal_index(src, vpos, item_len, syntax, parsed.frame_types)
         if number is not None and (highest is None or number > highest):
             highest = number
         index += 1
@@ -914,9 +917,10 @@ def _read_functional_groups(
 
 
 def _frame_temporal_index(
-    src: _Source, pos: int, length: int, syntax: _Syntax
+    src: _Source, pos: int, length: int, syntax: _Syntax, frame_types: set[bytes]
 ) -> tuple[int | None, int]:
-    """(TemporalPositionIndex, end of the item) of one PerFrameFunctionalGroups item."""
+    """(TemporalPositionIndex, end of the item) of one PerFrameFunctionalGroups item; its
+    FrameType's values from the fourth on are added to ``frame_types`` (raw bytes)."""
     end = None if length == 0xFFFFFFFF else pos + length
     number = None
     while end is None or pos < end:
@@ -924,7 +928,12 @@ def _frame_temporal_index(
         if tag == _ITEM_END:
             return number, vpos
         inner = _Syntax(syntax.little, False) if vr == b"UN" else syntax
-        if tag == 0x00209111:  # FrameContentSequence
+        if tag == 0x00189226:  # MRImageFrameTypeSequence (before FrameContentSequence)
+            items, pos = _read_sequence(src, vpos, vlen, inner, 3)
+            raw = items[0].get(0x00089007) if items else None
+            if isinstance(raw, tuple):
+                frame_types.update(raw[1].rstrip(b" \x00").split(b"\\")[3:])
+        elif tag == 0x00209111:  # FrameContentSequence
             items, pos = _read_sequence(src, vpos, vlen, inner, 3)
             raw = items[0].get(0x00209128) if items else None
             number = _int(raw, 0x00209128, syntax.little) if isinstance(raw, tuple) else None
@@ -1138,6 +1147,22 @@ def _numbers_or_empty(raw: _Raw | None, tag: int, little: bool) -> tuple[float, 
         return ()
 
 
+def _mixed_image_type(
+    image_type: tuple[str, ...], f: _Fields, frame_types: set[bytes]
+) -> tuple[str, ...]:
+    """A MIXED ImageType of an enhanced file, followed by what its frames mix: the
+    distinct FrameType values (fourth on) of its frames that it does not already hold.
+
+    A Philips B0 map is one file of magnitude frames (``...\\M``) and field map frames
+    (``...\\FIELD_MAP``) under ``ORIGINAL\\PRIMARY\\T1\\MIXED``: the classifier then
+    knows it holds a field map in Hz from the header, whatever the series is named."""
+    raw = _fg_value(f.first, None, 0x00089007, f.syntax)
+    values = set(_upper_strings(raw, 0x00089007, None)[3:]) if raw is not None else set()
+    for value in frame_types:
+        values.add(value.decode("ascii", "replace").strip().upper())
+    return image_type + tuple(sorted(v for v in values if v and v not in image_type))
+
+
 class _Fields:
     """The decoded values of one file's elements (shared, see :func:`_decoded`), with
     the functional groups of an enhanced file as the fallback of its missing ones."""
@@ -1302,6 +1327,8 @@ def _build(
     if not image_type and f.enhanced:
         raw = _fg_value(f.first, f.shared, 0x00089007, syntax)
         image_type = _share(() if raw is None else _upper_strings(raw, 0x00089007, None))
+    elif "MIXED" in image_type[3:] and parsed.frame_types:
+        image_type = _share(_mixed_image_type(image_type, f, parsed.frame_types))
     component = text(0x00089208) or f.fg_text(0x00089208)
     if component is None:
         ge_type = _private(values, blocks, 0x0043, "GEMS_PARM_01", 0x2F)
