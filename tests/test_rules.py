@@ -625,6 +625,37 @@ def test_rule_evidence_shows_conditions_and_values() -> None:
     )
 
 
+def test_the_evidence_accounts_for_every_entity_a_rule_leaves_or_sets() -> None:
+    """A rule's name keeps entities of the automatic one (dir of an EPI made bold) and sets
+    its own (replacing the automatic ones): the evidence says which, and why."""
+    epi = series("EPI PE=RL", seq="epfid2d1_64", ss=("EP",), tr=3000, te=30, ti=None, vols=2)
+    assert classify_series(epi).entities == {"dir": "RL"}
+    as_bold, refine = rules_from(
+        {
+            "rules": [
+                {
+                    "name": "bold",
+                    "match": {"series_description": "PE=RL"},
+                    "set": {"datatype": "func", "suffix": "bold", "entities": {"task": "rest"}},
+                },
+                {
+                    "name": "pa",
+                    "match": {"series_description": "PE"},
+                    "set": {"entities": {"dir": "PA"}},
+                },
+            ]
+        }
+    )
+    cls = classify_series(epi, [as_bold])
+    assert cls.entities == {"dir": "RL", "task": "rest"}
+    kept = [e for e in cls.evidence if e.startswith("keeps dir-RL of the automatic name (")]
+    assert kept and "SeriesDescription 'EPI PE=RL': dir RL" in kept[0]
+    assert "rule 'bold' sets task-rest" in cls.evidence
+    cls = classify_series(epi, [refine])
+    assert cls.entities == {"dir": "PA"}
+    assert "rule 'pa' sets dir-PA (not dir-RL)" in cls.evidence
+
+
 # --------------------------------------------------------------------------- set.sidecar
 
 PHILIPS_EPI_RULE = """

@@ -650,7 +650,10 @@ def _set_dir(d: _Draft, f: _Facts, series: Series, *, required: bool = False) ->
     if required:
         pe = series.header.in_plane_phase_encoding
         axis = f"InPlanePhaseEncodingDirection {pe}: axis known, " if pe else ""
-        d.note(f"{axis}no polarity in the headers: dir not set")
+        d.note(
+            f"{axis}its polarity is not read from the headers (only a direction in the "
+            "description or protocol, e.g. 'AP', sets dir; a --rules file can): dir not set"
+        )
         d.review = True
 
 
@@ -1203,8 +1206,12 @@ def _apply_rule(
         if (auto.datatype, auto.suffix) != (rule.datatype, rule.suffix):
             d.note(f"overrides the automatic {auto.datatype or '-'}/{auto.suffix or '-'}")
         keep = set(auto.entities) if auto.datatype == rule.datatype else {"dir", "echo", "part"}
-        d.entities.update({k: v for k, v in auto.entities.items() if k in keep})
-        d.entities.update(rule.entities)
+        kept = {k: v for k, v in auto.entities.items() if k in keep and k not in rule.entities}
+        if kept:
+            shown = ", ".join(f"{k}-{v}" for k, v in kept.items())
+            d.note(f"keeps {shown} of the automatic name ({'; '.join(auto.evidence)})")
+        d.entities.update(kept)
+        _set_rule_entities(d, rule, auto.entities)
         if d.datatype == "func" and d.suffix in ("bold", "sbref", "cbv"):
             if d.entities.get("task") == "unknown" and "task" not in rule.entities:
                 del d.entities["task"]
@@ -1213,7 +1220,7 @@ def _apply_rule(
             d.review = rule.review
         return _with_sidecar(d, rule)
     d = replace(auto, evidence=[why, *auto.evidence], entities=dict(auto.entities))
-    d.entities.update(rule.entities)
+    _set_rule_entities(d, rule, auto.entities)
     if rule.provenance is not None and rule.provenance != auto.provenance:
         d.provenance = rule.provenance
         by_provenance = auto.excluded is None or auto.excluded.startswith(("derived:", "localizer"))
@@ -1231,6 +1238,18 @@ def _apply_rule(
     if rule.review is not None:
         d.review = rule.review
     return _with_sidecar(d, rule)
+
+
+def _set_rule_entities(d: _Draft, rule: Rule, automatic: Mapping[str, str]) -> None:
+    """The entities ``rule`` sets, said in the evidence (with what they replace)."""
+    if not rule.entities:
+        return
+    shown = []
+    for key, value in rule.entities.items():
+        was = automatic.get(key)
+        shown.append(f"{key}-{value}" + (f" (not {key}-{was})" if was and was != value else ""))
+    d.entities.update(rule.entities)
+    d.note(f"rule {rule.name!r} sets {', '.join(shown)}")
 
 
 def _with_sidecar(d: _Draft, rule: Rule) -> Classification:
