@@ -274,30 +274,38 @@ def test_the_audit_finds_the_leaks_of_a_plain_run(runs, capsys):
     assert "ZZPID4711" not in err.upper()  # the audit report does not leak either
 
 
-def test_a_label_that_is_the_patient_id_is_refused(tmp_path, runs, capsys):
+@pytest.mark.parametrize(
+    ("packet", "secret", "reason"),
+    [
+        ("ZZPID4711", "ZZPID4711", "the subject label equals the patient ID"),
+        ("ZzleaknameJ_V1", "ZZLEAKNAME", "the subject label contains the patient name"),
+        ("PID4711_V1", "PID4711", "the subject label is part of the patient ID"),
+        ("SUB02_20240110", "20240110", "the session label equals the date of a study"),
+    ],
+)
+def test_a_label_that_carries_an_identifier_is_refused(
+    tmp_path, runs, capsys, packet, secret, reason
+):
+    """A subject or session label taken from a packet name must not carry the patient's
+    name, ID or study date into every file name (BIDS labels have no token boundaries:
+    ``ZzleaknameJ`` holds the name ``Zzleakname``)."""
     inbox = tmp_path / "inbox"
-    folder = inbox / "ZZPID4711"
+    folder = inbox / packet
     folder.mkdir(parents=True)
     src = next(runs["inbox"].rglob("*.dcm"))
     (folder / "a.dcm").write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    code = main(
-        [
-            str(inbox),
-            str(out),
-            "participant",
-            "--anonymize",
-            "--anonymize-key",
-            str(runs["key"]),
-            "-q",
-        ]
-    )
+    args = [str(inbox), str(out), "participant", "--anonymize", "--anonymize-key", str(runs["key"])]
+    if "_" in packet:
+        args += ["--nameformat", r"(?P<subject_id>[^_]+)_(?P<session_name>.+)"]
+    code = main([*args, "-q"])
     assert code == 4
-    assert "--mapping" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert reason in err and "--mapping" in err  # (naming the label, as the user gave it)
     for path in out.rglob("*"):  # the refused label went nowhere
-        assert "ZZPID4711" not in path.name.upper()
+        assert secret not in path.name.upper()
         if path.is_file():
-            assert b"ZZPID4711" not in path.read_bytes().upper()
+            assert secret.encode() not in path.read_bytes().upper()
 
 
 def test_anonymized_dataset_validates(runs):

@@ -972,14 +972,17 @@ def _read_identifiers(paths: list[Path]) -> Identifiers:
 def _anonymize_session(
     anon: privacy.Anonymization,
     sub: str,
+    ses: str | None,
     decisions: list[FileDecision],
     dicom_dir: Path,
     opts: RunOptions,
     state: _SessionState,
+    dates: Collection[str] = (),
 ) -> list[FileDecision]:
     """Write de-identified copies of the used files into the flat folder.
 
-    Refuses a subject label that carries the patient's identity; keeps the source
+    Refuses a subject or session label that carries the patient's identity (or, for the
+    session, the date of a study: one of ``dates``, YYYYMMDD); keeps the source
     identifiers beside the key (for the PHI audit); excludes what the policy excludes.
     """
     from bidsport import privacy
@@ -987,9 +990,12 @@ def _anonymize_session(
 
     used = [d for d in decisions if d.flat_name]
     identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
-    reason = subject_label_identity_check(sub, identifiers)
-    if reason:
-        raise AnonymizationError(f"sub-{sub}: {reason}", "use --mapping to give it a study code")
+    for entity, label in (("subject", sub), ("session", ses)):
+        reason = label and subject_label_identity_check(
+            label, identifiers, entity=entity, dates=dates if entity == "session" else ()
+        )
+        if reason:
+            raise AnonymizationError(reason, "use --mapping to give it a study code")
     privacy.remember_identifiers(anon, sub, identifiers)
     state.deidentify = privacy.deidentifier(anon, sub, identifiers)
     hide_packets, scrub = state.scrub, state.deidentify.text
@@ -1099,7 +1105,8 @@ def _prepare_session(
     else:
         say(f"{label}: anonymizing")
         with state.timed("anonymize"):
-            decisions = _anonymize_session(anon, sub, decisions, dicom_dir, opts, state)
+            dates = {d for h in headers for d in (h.study_date, h.acquisition_date) if d}
+            decisions = _anonymize_session(anon, sub, ses, decisions, dicom_dir, opts, state, dates)
         refused = {d.source for d in decisions if d.reason and d.flat_name is None}
         with state.timed("classify"):  # without what anonymization excluded (burned-in, ...)
             _, planned = classify_session(

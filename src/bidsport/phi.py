@@ -475,35 +475,72 @@ def scrub_text(text: str, identifiers: Identifiers) -> str:
     return matcher_for(identifiers).scrub(text)
 
 
-def subject_label_identity_check(label: str, identifiers: Identifiers) -> str | None:
-    """Why ``label`` must not be used as a subject label, or None.
+def subject_label_identity_check(
+    label: str, identifiers: Identifiers, *, entity: str = "subject", dates: Iterable[str] = ()
+) -> str | None:
+    """Why ``label`` must not be used as a subject (or session: ``entity``) label, or None.
 
     A label that equals or contains the patient's name (or a name component), ID, birth
-    date or accession number would put PHI into every file name of the dataset. The
+    date or accession number, or the date of a study (``dates``, YYYYMMDD: the dataset's
+    dates are shifted), would put PHI into every file name of the dataset; so would a label
+    of 5 characters or more that is part of one (``7734215`` of the ID ``MRN7734215``). The
     comparison ignores case and every character that is not a letter or digit (BIDS labels
-    are alphanumeric). The reason does not repeat the identifier (it goes to logs).
+    are alphanumeric): a term of 4 characters or more is found anywhere in the label
+    (``ZelinskiM``), a shorter one as a token. The reason does not repeat the identifier
+    (it goes to logs).
+
+    >>> ids = Identifiers(names=frozenset({"Zelinski^Margarethe"}), ids=frozenset({"MRN77342"}))
+    >>> subject_label_identity_check("Zelinski01", ids)[:48]
+    'the subject label contains the patient name of i'
+    >>> subject_label_identity_check("ZelinskiM", ids)[:48]
+    'the subject label contains the patient name of i'
+    >>> subject_label_identity_check("77342", ids)[:44]
+    'the subject label is part of the patient ID '
+    >>> subject_label_identity_check("20230517", ids, entity="session", dates=["20230517"])[:46]
+    'the session label equals the date of a study o'
+    >>> subject_label_identity_check("P01", ids) is None
+    True
     """
-    plain = re.sub(r"[^0-9a-z]", "", label.lower().removeprefix("sub-"))
+    plain = re.sub(r"[^0-9a-z]", "", label.lower().removeprefix(f"{entity[:3]}-"))
     if not plain:
         return None
-    checks = (
-        ("name", "patient name"),
-        ("id", "patient ID"),
-        ("birth_date", "birth date"),
-        ("accession", "accession number"),
-    )
-    for kind, what in checks:
-        for value in sorted(identifiers.values(kind)):
+    checks = [
+        ("name", "patient name", identifiers.names),
+        ("id", "patient ID", identifiers.ids),
+        ("birth_date", "birth date", identifiers.birth_dates),
+        ("accession", "accession number", identifiers.accessions),
+        ("birth_date", "date of a study", frozenset(d for d in dates if d)),  # (its spellings)
+    ]
+    found = []  #: (how, what), the first of each kind of holding
+    for kind, what, values in checks:
+        for value in sorted(values):
             for term in _variants(kind, value):
                 term_plain = re.sub(r"[^0-9a-z]", "", term.lower())
-                if len(term_plain) < MIN_LENGTH:
-                    continue
-                if term_plain == plain or _contains_token(plain, term_plain, kind):
-                    how = "equals" if term_plain == plain else "contains"
-                    return (
-                        f"the subject label {how} the {what} of its DICOM files; map the "
-                        "packet to a neutral label with --mapping (e.g. a study code)"
-                    )
+                if len(term_plain) >= MIN_LENGTH:
+                    how = _how_label_holds(plain, term_plain)
+                    if how:
+                        found.append((_HOLDS.index(how), how, what))
+    if not found:
+        return None
+    _, how, what = min(found)
+    return (
+        f"the {entity} label {how} the {what} of its DICOM files; map the packet to a "
+        "neutral label with --mapping (e.g. a study code)"
+    )
+
+
+#: how a label may hold an identifier, the most telling first
+_HOLDS = ("equals", "contains", "is part of")
+
+
+def _how_label_holds(label: str, term: str) -> str | None:
+    """How a label (alphanumeric, lower case) holds an identifier's search term, if it does."""
+    if term == label:
+        return "equals"
+    if term in label and (len(term) > MIN_LENGTH or _contains_token(label, term, "name")):
+        return "contains"
+    if len(label) >= 5 and label in term:
+        return "is part of"
     return None
 
 
