@@ -315,3 +315,36 @@ def test_anonymized_dataset_validates(runs):
 
     result = run_validator(runs["out"])
     assert not result.errors, [e.describe() for e in result.errors]
+
+
+def test_an_anonymized_dataset_takes_only_runs_with_its_key(tmp_path, runs, capsys):
+    """The dataset records the fingerprint of its key: a run without --anonymize (one task
+    of a job array without the flag), or with another key, is refused before it writes
+    anything; the dataset's own key is taken."""
+    import shutil
+
+    out = tmp_path / "bids"
+    shutil.copytree(runs["out"], out, symlinks=True)
+    record = json.loads((out / "sourcedata/bidsport/anonymization.json").read_text())
+    assert set(record) == {"anonymized_by", "key_fingerprint", "note"}
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    inbox = str(runs["inbox"])
+    plain = [inbox, str(out), "participant", "--nameformat", NAMEFORMAT]
+    assert main([*plain, "-q"]) == 2
+    assert "is an anonymized dataset" in capsys.readouterr().err
+    other = [*plain, "--anonymize", "--anonymize-key", str(tmp_path / "other.key"), "-q"]
+    assert main(other) == 2
+    assert "was anonymized with another key" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    same = [*plain, "--anonymize", "--anonymize-key", str(runs["key"]), "-q"]
+    same += ["-w", str(runs["work"])]
+    assert main(same) == 0
+
+
+def test_a_work_dir_inside_the_dataset_is_refused_with_anonymize(tmp_path, runs, capsys):
+    out = tmp_path / "bids"
+    args = [str(runs["inbox"]), str(out), "participant", "--nameformat", NAMEFORMAT]
+    args += ["--anonymize", "--anonymize-key", str(tmp_path / "k.key"), "-w", str(out / "w")]
+    assert main([*args, "-q"]) == 2
+    assert "is inside OUTPUT_DIR" in capsys.readouterr().err
+    assert not (out / "w").exists()

@@ -74,6 +74,12 @@ class DatasetLayout:
         return self.sourcedata_dir / "bidsport" / "status"
 
     @property
+    def anonymization_file(self) -> Path:
+        """The record that the dataset is anonymized, and with which key (its fingerprint:
+        :func:`bidsport.privacy.claim_dataset`)."""
+        return self.sourcedata_dir / "bidsport" / "anonymization.json"
+
+    @property
     def dataset_description_file(self) -> Path:
         return self.root / "dataset_description.json"
 

@@ -1741,6 +1741,8 @@ def run_participant_level(
         from bidsport import privacy
 
         anon = privacy.set_up(opts, layout.root)
+        if plan.assignments:
+            privacy.claim_dataset(layout, anon.key)
     fileops.ensure_dir(layout.root)
     sessions = group_by_session(plan.assignments)
 

@@ -15,6 +15,7 @@ policy); this module connects it to a participant run:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from bidsport.anonymize import (
 from bidsport.errors import BidsportError, UsageError
 from bidsport.export import Deidentify
 from bidsport.fileids import read_identifiers
+from bidsport.layout import DatasetLayout
 from bidsport.options import RunOptions
 from bidsport.phi import (
     Identifiers,
@@ -85,6 +87,40 @@ def set_up(opts: RunOptions, output_dir: Path) -> Anonymization:
     else:
         policy = default_policy(opts.keep_private_tags, allow_burned_in=opts.allow_burned_in)
     return Anonymization(key, policy, path.with_name(path.name + ".phi"))
+
+
+def claim_dataset(layout: DatasetLayout, key: bytes) -> None:
+    """Record in the dataset that it is anonymized, with the fingerprint of ``key`` (a
+    keyed hash: it tells keys apart and reveals nothing); refuse a key other than the one
+    it was anonymized with: its subjects would get other pseudonyms and date shifts. Runs
+    without --anonymize are refused on such a dataset (by the command line)."""
+    fingerprint = keys.key_fingerprint(key)
+    path = layout.anonymization_file
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("key_fingerprint")
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"{path}: unreadable ({exc}): bidsport cannot tell which key anonymized this dataset",
+            "restore the file, or give --anonymize runs a new OUTPUT_DIR",
+        ) from exc
+    if recorded is None:
+        fileops.write_json(
+            path,
+            {
+                "anonymized_by": "bidsport --anonymize",
+                "key_fingerprint": fingerprint,
+                "note": "runs on this dataset must give --anonymize with the same key",
+            },
+        )
+    elif recorded != fingerprint:
+        raise UsageError(
+            f"OUTPUT_DIR {layout.root} was anonymized with another key (fingerprint "
+            f"{recorded}; this run's key: {fingerprint}): its subjects would get other "
+            "pseudonyms and date shifts",
+            "give --anonymize-key the key the dataset was made with",
+        )
 
 
 # --------------------------------------------------------------------------- identifiers

@@ -150,6 +150,36 @@ def _check_no_identifiable_imports(layout: DatasetLayout) -> None:
         )
 
 
+def _check_work_dir_outside(work_dir: Path | None, output_dir: Path) -> None:
+    """Refuse, with --anonymize, a work dir inside OUTPUT_DIR: the identifiable packets
+    are extracted there, and the logs name them."""
+    from bidsport.errors import UsageError
+    from bidsport.fileops import is_within
+
+    if work_dir is not None and is_within(work_dir, output_dir):
+        raise UsageError(
+            f"the work dir (-w) {work_dir} is inside OUTPUT_DIR {output_dir}: with "
+            "--anonymize it holds the identifiable packets and logs, which must never be "
+            "in the dataset",
+            "give -w a folder outside OUTPUT_DIR",
+        )
+
+
+def _check_not_anonymized(layout: DatasetLayout) -> None:
+    """Refuse a run without --anonymize on an anonymized dataset
+    (:func:`bidsport.privacy.claim_dataset`): it would add identifiable imports, names and
+    dates to it (one task of a job array without the flag, say)."""
+    from bidsport.errors import UsageError
+
+    if layout.anonymization_file.exists():
+        raise UsageError(
+            f"OUTPUT_DIR {layout.root} is an anonymized dataset "
+            f"({layout.anonymization_file}): a run without --anonymize would add "
+            "identifiable data to it",
+            "give --anonymize with the dataset's key (--anonymize-key)",
+        )
+
+
 def _check_writable(output_dir: Path) -> None:
     """Refuse an OUTPUT_DIR that cannot be written (or made), before anything is written."""
     from bidsport.errors import UsageError
@@ -246,8 +276,12 @@ def _run_level(
 
     if not opts.dry_run:
         _check_writable(output_dir)
-    if opts.anonymize and args.analysis_level == "participant":
-        _check_no_identifiable_imports(layout)
+    if args.analysis_level == "participant":
+        if opts.anonymize:
+            _check_no_identifiable_imports(layout)
+            _check_work_dir_outside(opts.work_dir, output_dir)
+        elif not opts.dry_run:
+            _check_not_anonymized(layout)
 
     # logs and the run report name packets and files: with --anonymize, and for the PHI
     # audit (which reads the inbox's packets), they go to the work dir (when one is
