@@ -348,3 +348,16 @@ def test_a_work_dir_inside_the_dataset_is_refused_with_anonymize(tmp_path, runs,
     assert main([*args, "-q"]) == 2
     assert "is inside OUTPUT_DIR" in capsys.readouterr().err
     assert not (out / "w").exists()
+
+
+def test_flat_names_hash_the_source_paths_with_the_key(runs):
+    """A flat folder's file names end in a hash of the file's source path: with
+    --anonymize a keyed one (anyone could otherwise confirm a guessed path, which names
+    the patient, and link datasets made with different keys)."""
+
+    def hashes(root: Path) -> set[str]:
+        return {p.stem.rpartition("_")[2] for p in (root / "sourcedata/dicom").rglob("*.dcm")}
+
+    anonymized = hashes(runs["out"])
+    assert anonymized and hashes(runs["plain"])
+    assert not anonymized & hashes(runs["plain"])

@@ -986,8 +986,15 @@ def _anonymize_session(
     identifiers beside the key (for the PHI audit); excludes what the policy excludes.
     """
     from bidsport import privacy
+    from bidsport.anonymize.keys import flat_pseudonym
     from bidsport.phi import subject_label_identity_check
 
+    decisions = [  # the flat names' hashes of the source paths, keyed
+        dataclasses.replace(d, flat_name=flat_pseudonym(anon.key, d.flat_name))
+        if d.flat_name
+        else d
+        for d in decisions
+    ]
     used = [d for d in decisions if d.flat_name]
     identifiers = privacy.read_identifiers(_first_of_each_series(decisions))
     for entity, label in (("subject", sub), ("session", ses)):

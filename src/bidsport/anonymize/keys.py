@@ -149,6 +149,20 @@ def path_pseudonym(key: bytes, path: str) -> str:
     return "file-" + _mac(key, "path", path).hex()[:12]
 
 
+def flat_pseudonym(key: bytes, name: str) -> str:
+    """A flat folder's file name (``0003_000012_<hash>.dcm``, the hash of the file's path:
+    :func:`bidsport.organize.flat_name`) with --anonymize: the hash is replaced by a keyed
+    one, so that nobody without the key can confirm a path (a patient's name, a date), nor
+    link the datasets of two keys.
+
+    >>> flat_pseudonym(b"k", "0003_000012_247a3c68.dcm")[:12], len(flat_pseudonym(b"k", "x.dcm"))
+    ('0003_000012_', 12)
+    """
+    head, _, _ = name.rpartition("_")
+    digest = _mac(key, "flat", name).hex()[:8]
+    return f"{head}_{digest}.dcm" if head else f"{digest}.dcm"
+
+
 def value_pseudonym(key: bytes, keyword: str, value: str) -> str:
     """A pseudonym of a site/scanner value, the same in every subject (12 characters)."""
     mac = _mac(key, "value", keyword, value.strip().upper())
