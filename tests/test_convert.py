@@ -23,7 +23,7 @@ from bidsport.convert import (
 )
 from bidsport.errors import ConversionError
 from bidsport.header import read_header
-from bidsport.synthetic import SeriesSpec, typical_session, write_series
+from bidsport.synthetic import SeriesSpec, Subject, typical_session, write_series
 
 
 def test_binary_is_the_pinned_wheel_not_path():
@@ -57,6 +57,22 @@ def test_converts_a_4d_bold_series(tmp_path):
     assert img.shape == (16, 16, 6, 5)
     sidecar = json.loads(out.sidecar.read_text())
     assert sidecar["RepetitionTime"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100"])
+def test_the_text_of_a_utf8_file_is_read_back_as_written(tmp_path, charset):
+    """dcm2niix writes the text of a UTF-8 file encoded twice (``MÃ¼ller``); the sidecar
+    bidsport reads has it as the scanner wrote it, as it has a Latin-1 file's."""
+    spec = next(s for s in typical_session() if s.description == "t2_flair_tra")
+    files = write_series(
+        dataclasses.replace(spec, description="flair Müller-Lüdenscheidt", n_slices=2),
+        tmp_path / "dicom",
+        Subject(extra={"SpecificCharacterSet": charset}),
+    )
+    result = convert_series("t1", files, tmp_path / "work")
+    assert result.outputs[0].sidecar is not None
+    sidecar = convert.load_sidecar(result.outputs[0].sidecar)
+    assert sidecar["SeriesDescription"] == "flair Müller-Lüdenscheidt"
 
 
 def test_dwi_gets_bval_bvec(tmp_path):

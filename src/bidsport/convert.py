@@ -157,7 +157,35 @@ def load_sidecar(path: Path) -> dict[str, Any]:
             ) from exc
     if not isinstance(data, dict):
         raise ConversionError(f"dcm2niix wrote a sidecar {path.name} that is not a JSON object")
-    return data
+    return {key: undo_double_encoding(value) for key, value in data.items()}
+
+
+def undo_double_encoding(value: Any) -> Any:
+    """``value`` (a sidecar's, at any depth) with its text encoded in UTF-8 twice repaired.
+
+    dcm2niix reads the text of a DICOM file in UTF-8 (Specific Character Set ISO_IR 192)
+    as Latin-1 and writes it in UTF-8 again: ``Müller`` becomes ``MÃ¼ller`` (a wrong
+    description, and a name the scrubbers of :mod:`bidsport.phi` would not recognise).
+    Text that, taken back to Latin-1 bytes, is valid UTF-8 was so encoded; text of a
+    Latin-1 file (``Müller``: ``M\\xfcller`` is not UTF-8) is left as it is.
+
+    >>> undo_double_encoding({"SeriesDescription": "flair MÃ¼ller", "List": ["Ã©té", 1]})
+    {'SeriesDescription': 'flair Müller', 'List': ['Ã©té', 1]}
+    >>> undo_double_encoding(["Ã©tÃ©", "Müller"])
+    ['été', 'Müller']
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return value
+    if isinstance(value, list):
+        return [undo_double_encoding(v) for v in value]
+    if isinstance(value, dict):
+        return {k: undo_double_encoding(v) for k, v in value.items()}
+    return value
 
 
 def _split_ext(path: Path) -> tuple[str, str]:

@@ -269,7 +269,7 @@ def _name_variants(value: str, components: bool) -> Iterator[str]:
         if components:
             for part in parts:
                 yield part
-                words = part.split()
+                words = re.split(r"[\s-]+", part)  # (double-barrelled: Müller-Lüdenscheidt)
                 if len(words) > 1:
                     yield from (w for w in words if len(w) >= 4)
 
@@ -304,6 +304,16 @@ def ascii_spellings(text: str) -> list[str]:
 
 
 def _variants(kind: str, value: str) -> Iterator[str]:
+    """The search strings of one identifier: its spellings (:func:`_spellings`), and
+    those with letters beyond ASCII also encoded in UTF-8 twice, as dcm2niix writes the
+    text of UTF-8 files (``MÃ¼ller``: :func:`bidsport.convert.undo_double_encoding`)."""
+    for term in _spellings(kind, value):
+        yield term
+        if not term.isascii():
+            yield term.encode("utf-8").decode("latin-1")
+
+
+def _spellings(kind: str, value: str) -> Iterator[str]:
     value = clean_value(value)
     if not value:
         return
@@ -312,6 +322,10 @@ def _variants(kind: str, value: str) -> Iterator[str]:
             yield from _name_variants(spelling, components=kind == "name")
         return
     yield value
+    if kind in ("id", "accession"):  # as typed without its punctuation: A-00417 as A00417
+        bare = re.sub(r"[^0-9A-Za-z]", "", value)
+        if bare != value and len(bare) >= 5:
+            yield bare
     if kind == "birth_date":
         m = _DATE.match(value)
         if m:
