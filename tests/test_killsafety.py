@@ -369,3 +369,45 @@ def test_the_session_lock_is_released_when_its_holder_is_killed(
     assert child.returncode == -signal.SIGKILL
     with file_lock(DatasetLayout(out).lock_file("KA", None), blocking=False):
         pass  # a held lock would raise LockedError
+
+
+def test_sigterm_ends_the_run_like_ctrl_c_and_removes_its_scratch(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    """SIGTERM (a batch system's time limit, ``docker stop``) while a session is being
+    anonymized: exit 143, and the scratch folder, which holds the identifiable originals,
+    is removed (it stayed until a later run on the same host); the next run converts."""
+    out, work = tmp_path / "bids", tmp_path / "work"
+
+    def scratch() -> list[Path]:  # (not the key and its store, also in the work dir)
+        return [p for p in work.iterdir() if p.name.startswith(f"bidsport-{os.uname()[1]}")]
+
+    args = command(baseline.inbox, out, "--anonymize", "-w", str(work))
+    paused, release = tmp_path / "paused", tmp_path / "release"
+    child = run_child(
+        baseline.wrapper,
+        args,
+        "bidsport.privacy:anonymize_files",
+        1,
+        KILL_MODE="pause",
+        PAUSED_FILE=str(paused),
+        RELEASE_FILE=str(release),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not paused.exists():
+            assert child.poll() is None, child.communicate()[0]
+            assert time.monotonic() < deadline, "the run never reached its pause"
+            time.sleep(0.02)
+        assert scratch()
+        child.send_signal(signal.SIGTERM)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        release.write_text("go")
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143, output
+    assert "terminated (SIGTERM)" in output and "Traceback" not in output
+    assert not scratch()
+    code, text = run_quietly(args)
+    assert code == 0, text

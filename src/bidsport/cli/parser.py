@@ -36,6 +36,8 @@ exit codes:
   5  the PHI audit found identifiers in the output (--audit-phi)
   6  the BIDS validator reported errors (group level)
   130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM: a batch system's time limit, docker stop); cleaned up as
+       after Ctrl-C
   141  the reader of the output went away (bidsport ... | head -1)
 
 examples:
