@@ -367,6 +367,22 @@ def test_float_values_within_stated_precision(tmp_path: Path, kind: str) -> None
         assert float(out.RescaleSlope) > 0
 
 
+@pytest.mark.parametrize("kind", ["mr", "enhanced"])
+def test_a_map_of_values_below_one_gets_an_exact_linear_window(tmp_path: Path, kind: str) -> None:
+    """A probability map (0 to 0.6): its window is narrower than 1, which the LINEAR
+    function does not allow (PS3.3 C.11.2.1.2.1): LINEAR_EXACT does."""
+    src = tmp_path / "src"
+    write_series(src, orientation="axial")
+    img = nib.load(first_conversion(tmp_path, src))
+    values = (img.get_fdata() / img.get_fdata().max() * 0.6).astype(np.float32)
+    prob = tmp_path / "sub-01_label-GM_probseg.nii.gz"
+    nib.save(nib.Nifti1Image(values, img.affine), prob)
+    result, _ = round_trip(tmp_path, src, prob, kind=kind)
+    out = header(result.files[0])
+    voi = out if kind == "mr" else out.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert 0 < float(voi.WindowWidth) < 1 and voi.VOILUTFunction == "LINEAR_EXACT"
+
+
 @pytest.mark.parametrize(
     "transform",
     ["canonical", "permuted", "flipped"],
@@ -557,6 +573,27 @@ def test_derivative_mask_follows_sources_to_the_raw_image(tmp_path: Path) -> Non
     assert_segmentation_matches(
         result.files[0], np.asanyarray(canonical.dataobj), canonical.affine, {1: "brain"}
     )
+
+
+def test_a_soft_mask_is_written_as_an_image_not_rounded_into_a_segment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A _mask of values 0 to 3 (soft, or weighted): a segmentation would round them (the
+    voxels of 1.5 and more were dropped, and the summary said "values exact"). It is
+    written as an MR image, saying why; asked for as a segmentation, it is refused."""
+    root = tmp_path / "bids"
+    ds = build_dataset(root)
+    img = nib.load(ds["image"])
+    data = img.get_fdata()
+    soft = (data / data.max() * 3).astype(np.float32)
+    mask_file = ds["image"].with_name("sub-01_ses-1_label-soft_mask.nii.gz")
+    nib.save(nib.Nifti1Image(soft, img.affine), mask_file)
+    reference = ExportOptions(reference=ds["image"]).reference
+    result = export_nifti(mask_file, tmp_path / "out", ExportOptions(reference=reference))
+    assert result.kind == "mr"
+    assert "not non-negative integers" in caplog.text and mask_file.name in caplog.text
+    with pytest.raises(UsageError, match="is not a label map"):
+        export_nifti(mask_file, tmp_path / "seg", ExportOptions(kind="seg", reference=reference))
 
 
 def test_reference_given_as_a_bids_image_for_a_nifti_without_sidecar(tmp_path: Path) -> None:
@@ -894,6 +931,8 @@ def test_sidecar_mapping_and_label_tables(tmp_path: Path) -> None:
         "MRAcquisitionType": "2D",
         "ProtocolName": "rest",
     }
+    ge = dicom_attributes({"ScanOptions": "EDR_GEMS\\FILTERED_GEMS\\IR_GEMS"})
+    assert ge["ScanOptions"] == ["EDR_GEMS", "FILTERED_GEMS", "IR_GEMS"]  # (not EDR, GEMS...)
     table = tmp_path / "x_dseg.tsv"
     table.write_text("index\tname\n1\tLeft-Hippocampus\n2\tRight-Hippocampus\n")
     assert read_label_table(table)[2].name == "Right-Hippocampus"

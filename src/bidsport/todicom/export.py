@@ -113,7 +113,7 @@ def choose_kind(
                 "label map",
                 "split the volumes, or use --kind mr",
             )
-        if labels is None and suffix not in LABEL_SUFFIXES:
+        if labels is None:
             raise UsageError(
                 f"{nifti.name} is not a label map (values are not non-negative integers with at "
                 f"most {MAX_SEGMENTS} distinct labels)",
@@ -123,8 +123,17 @@ def choose_kind(
     if requested != "auto":
         return requested, "requested"
     if nifti.n_volumes == 1 and suffix not in NOT_LABEL_SUFFIXES:
-        if suffix in LABEL_SUFFIXES and (labels is not None or suffix == "mask"):
+        if suffix in LABEL_SUFFIXES and labels is not None:
             return "seg", f"BIDS suffix _{suffix}"
+        if suffix in LABEL_SUFFIXES:  # a soft mask (0 to 1), or a dseg of wrong values
+            log.warning(
+                "%s: a _%s image whose values are not non-negative integers (at most %d "
+                "labels): written as an MR image, not a segmentation (which would round them)",
+                nifti.name,
+                suffix,
+                MAX_SEGMENTS,
+            )
+            return "mr", f"BIDS suffix _{suffix}, but values that are not labels"
         if labels is not None and has_table:
             return "seg", "integer image with a label table"
         if labels is not None and len(labels) <= MAX_AUTO_LABELS and nifti.dtype.kind in "iub":
@@ -252,13 +261,14 @@ def choose_series_number(
 ) -> int:
     """The SeriesNumber of a new series (pure).
 
-    ``explicit`` (``--series-number``) + ``index`` when given. Otherwise the number of the
-    series ``folder`` held when it is being replaced (a re-export keeps its number), else
-    1000 + the reference's + ``index``, counted up past the numbers ``taken`` by the other
-    series of the study in the output folder (:func:`series_numbers_in`): two exports of
-    one reference, in two calls, get two numbers.
+    ``explicit`` (``--series-number``) + ``index`` (the file's place in the command) when
+    given. Otherwise the number of the series ``folder`` held when it is being replaced (a
+    re-export keeps its number), else 1000 + the reference's, counted up past the numbers
+    ``taken`` by the other series of the study in the output folder
+    (:func:`series_numbers_in`, which holds those the same command wrote before): two
+    exports of one reference get two numbers, whatever else the command exports.
 
-    >>> choose_series_number(None, "2", 0, Path("b"), {Path("a"): 1002})
+    >>> choose_series_number(None, "2", 5, Path("b"), {Path("a"): 1002})
     1003
     >>> choose_series_number(None, "2", 0, Path("a"), {Path("a"): 1002})
     1002
@@ -270,7 +280,7 @@ def choose_series_number(
     if folder in taken:
         return taken[folder]
     text = str(reference_number or "").strip()
-    number = (int(text) if text.lstrip("-").isdigit() else 0) + 1000 + index
+    number = (int(text) if text.lstrip("-").isdigit() else 0) + 1000
     used = set(taken.values())
     while number in used:
         number += 1
@@ -356,7 +366,7 @@ def export_nifti(
         )
         exact, max_error, note = True, 0.0, f"{len(found)} segments"
     else:
-        encoding = encode_values(values.stored, values.slope, values.intercept)
+        encoding = encode_values(values.stored, values.slope, values.intercept, nifti.name)
         if not encoding.exact:
             log.info("%s: %s", nifti.name, encoding.note)
             derivation += f"; {encoding.note}"

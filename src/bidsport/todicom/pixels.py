@@ -88,9 +88,10 @@ def _int_dtype(lo: float, hi: float) -> type[np.integer[Any]] | None:
 
 
 def encode_values(
-    stored: npt.NDArray[Any], slope: float = 1.0, intercept: float = 0.0
+    stored: npt.NDArray[Any], slope: float = 1.0, intercept: float = 0.0, name: str = "values"
 ) -> PixelEncoding:
-    """Encode an array (values = ``stored * slope + intercept``, the NIfTI convention)."""
+    """Encode an array (values = ``stored * slope + intercept``, the NIfTI convention);
+    ``name`` (the file's) is what a warning names."""
     scaled = slope != 1.0 or intercept != 0.0
     if stored.dtype.kind in "biu" and stored.size:
         lo, hi = int(stored.min()), int(stored.max())
@@ -120,7 +121,11 @@ def encode_values(
     finite = np.isfinite(values)
     if not finite.all():
         n_bad = int(values.size - finite.sum())
-        log.warning("%d non-finite voxel values (NaN/inf) written as 0", n_bad)
+        log.warning(
+            "%s: %d non-finite voxel values (NaN/inf) set to 0 (stored as the level nearest 0)",
+            name,
+            n_bad,
+        )
         values = np.where(finite, values, 0.0)
     if values.size == 0:
         return PixelEncoding(stored.astype(np.uint16), "1.0", "0.0", 0.0, True, (0.0, 1.0), "")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class FieldMapping:
 
     bids: str
     keyword: str
-    kind: str = "number"  #: "number", "int", "text" or "codes" (underscore-joined CS values)
+    kind: str = "number"  #: "number", "int", "text" or "codes" (CS values: :func:`_codes`)
     scale: float = 1.0  #: DICOM value = BIDS value * scale (seconds → ms: 1000)
 
 
@@ -86,6 +86,25 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _codes(value: str, defined: Collection[str] | None) -> list[str]:
+    """The CS values of a sidecar's multi-valued field: dcm2niix joins them with ``\\``
+    (older versions with ``_``, which GE's own values hold: ``EDR_GEMS``). Without a
+    ``\\``, the value is split at ``_`` only when every part is a ``defined`` term.
+
+    >>> _codes("EDR_GEMS\\FILTERED_GEMS", None), _codes("EDR_GEMS", None)
+    (['EDR_GEMS', 'FILTERED_GEMS'], ['EDR_GEMS'])
+    >>> _codes("SK_SP", {"SK", "SP", "MP"}), _codes("PFP_FS", None)
+    (['SK', 'SP'], ['PFP_FS'])
+    """
+    text = value.upper()
+    if "\\" in text:
+        return [c.strip() for c in text.split("\\") if c.strip()]
+    parts = [c for c in text.split("_") if c]
+    if defined is not None and parts and all(c in defined for c in parts):
+        return parts
+    return [text.strip()] if text.strip() else []
+
+
 def dicom_attributes(sidecar: Mapping[str, Any]) -> dict[str, Any]:
     """The DICOM attributes (keyword → value) that a BIDS sidecar's fields give.
 
@@ -104,8 +123,8 @@ def dicom_attributes(sidecar: Mapping[str, Any]) -> dict[str, Any]:
                 scaled = round(number * field.scale, 6)
                 converted = round(scaled) if field.kind == "int" else scaled
         elif field.kind == "codes" and isinstance(value, str):
-            codes = [c for c in value.upper().replace("\\", "_").split("_") if c]
             allowed = _DEFINED_CODES.get(field.keyword)
+            codes = _codes(value, allowed)
             if (
                 codes
                 and all(_CS.fullmatch(c) for c in codes)

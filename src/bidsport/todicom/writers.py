@@ -302,7 +302,7 @@ def contributing_equipment(plan: SeriesPlan, *, software_versions: bool = True) 
     item.PurposeOfReferenceCodeSequence = DicomSequence(
         [_code_item("109102", "DCM", "Processing Equipment")]
     )
-    item.ContributionDescription = ascii_text(plan.derivation, 64)
+    item.ContributionDescription = ascii_text(plan.derivation, 1024)  # ST
     return item
 
 
@@ -391,6 +391,16 @@ def _pixel_module(out: Dataset, encoding: PixelEncoding, rows: int, columns: int
     out.PixelRepresentation = 1 if encoding.signed else 0
 
 
+def _window(out: Dataset, center: float, width: float) -> None:
+    """WindowCenter/Width (VOI LUT module, or a Frame VOI LUT item). A width below 1 (a
+    map of values between 0 and 1: FA, a probability) needs the LINEAR_EXACT function:
+    with LINEAR (the default) it must be 1 or more (PS3.3 C.11.2.1.2.1)."""
+    out.WindowCenter = ds(center)
+    out.WindowWidth = ds(max(width, 1e-6))
+    if width < 1:
+        out.VOILUTFunction = "LINEAR_EXACT"
+
+
 def _frame_bytes(frame: npt.NDArray[Any], signed: bool) -> bytes:
     return np.ascontiguousarray(frame, dtype="<i2" if signed else "<u2").tobytes()
 
@@ -441,9 +451,7 @@ def classic_datasets(
         base.RescaleIntercept = encoding.intercept
         base.RescaleSlope = encoding.slope
         base.RescaleType = "US"
-    center, width = encoding.window
-    base.WindowCenter = ds(center)
-    base.WindowWidth = ds(max(width, 1e-6))
+    _window(base, *encoding.window)
     prefix = "SC" if secondary_capture else "MR"
     n_frames = frames.shape[0]
     n_volumes = frames.shape[3]
@@ -581,8 +589,7 @@ def enhanced_dataset(
     transform.RescaleType = "US"
     shared.PixelValueTransformationSequence = DicomSequence([transform])
     voi = Dataset()
-    voi.WindowCenter = ds(encoding.window[0])
-    voi.WindowWidth = ds(max(encoding.window[1], 1e-6))
+    _window(voi, *encoding.window)
     shared.FrameVOILUTSequence = DicomSequence([voi])
     if "EchoTime" in plan.acquisition:
         echo = Dataset()
