@@ -741,6 +741,16 @@ def test_missing_reference_and_existing_output(tmp_path: Path) -> None:
         export_nifti(first, tmp_path / "out", ExportOptions(reference=src))
     again = export_nifti(first, tmp_path / "out", ExportOptions(reference=src, overwrite=True))
     assert len(list(again.output_dir.iterdir())) == len(again.files)
+    elsewhere = tmp_path / "elsewhere"  # the series' folder is a link to an empty folder
+    elsewhere.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / again.output_dir.name).symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        export_nifti(first, linked, ExportOptions(reference=src))
+    result = export_nifti(first, linked, ExportOptions(reference=src, overwrite=True))
+    assert not result.output_dir.is_symlink() and result.files
+    assert not any(elsewhere.iterdir())  # nothing was written through the link
     img = nib.load(first)
     continuous = tmp_path / "continuous.nii.gz"
     nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32) / 7, img.affine), continuous)

@@ -221,7 +221,13 @@ def _acquisition(nifti: NiftiInput, ref: ReferenceSeries) -> dict[str, Any]:
 
 def _output_folder(out_dir: Path, nifti: NiftiInput, overwrite: bool) -> Path:
     folder = out_dir / strip_extension(nifti.name)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.is_symlink() and not overwrite:  # (it would be written through, elsewhere)
+        raise OutputError(
+            f"output folder {folder} is a symbolic link: the series would be written where "
+            "it points, outside the output folder",
+            "remove the link (or use --overwrite, which removes it), or choose another -o",
+        )
+    if folder.is_symlink() or (folder.exists() and (not folder.is_dir() or any(folder.iterdir()))):
         if not overwrite:
             raise OutputError(
                 f"output folder {folder} already exists",
