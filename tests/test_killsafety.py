@@ -124,6 +124,30 @@ def run_child(
     )
 
 
+def paused_child(
+    wrapper: Path, args: list[str], target: str, folder: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    """A run paused at its first call of ``target``, and the file that releases it (to
+    be written, in a ``finally``, once the test is done with the pause)."""
+    paused, release = folder / "paused", folder / "release"
+    child = run_child(
+        wrapper,
+        args,
+        target,
+        1,
+        KILL_MODE="pause",
+        PAUSED_FILE=str(paused),
+        RELEASE_FILE=str(release),
+    )
+    deadline = time.monotonic() + 60
+    while not paused.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            release.write_text("go")
+            pytest.fail(f"the run never reached its pause:\n{child.communicate()[0]}")
+        time.sleep(0.02)
+    return child, release
+
+
 # --------------------------------------------------------------------------- comparison
 
 #: run-specific files: logs and run reports, backups of status.tsv (named by time), the
@@ -312,22 +336,8 @@ def contended(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> C
     base = tmp_path_factory.mktemp("lock")
     out = base / "bids"
     args = command(baseline.inbox, out)
-    paused, release = base / "paused", base / "release"
-    first = run_child(
-        baseline.wrapper,
-        args,
-        "bidsport.convert:run_command",
-        1,
-        KILL_MODE="pause",
-        PAUSED_FILE=str(paused),
-        RELEASE_FILE=str(release),
-    )
+    first, release = paused_child(baseline.wrapper, args, "bidsport.convert:run_command", base)
     try:
-        deadline = time.monotonic() + 60
-        while not paused.exists():
-            assert first.poll() is None, first.communicate()[0]
-            assert time.monotonic() < deadline, "the first run never reached its pause"
-            time.sleep(0.02)
         layout = DatasetLayout(out)
         record = layout.status_row_file("KA", None)
         record_before = record.read_bytes() if record.exists() else None
@@ -383,22 +393,10 @@ def test_sigterm_ends_the_run_like_ctrl_c_and_removes_its_scratch(
         return [p for p in work.iterdir() if p.name.startswith(f"bidsport-{os.uname()[1]}")]
 
     args = command(baseline.inbox, out, "--anonymize", "-w", str(work))
-    paused, release = tmp_path / "paused", tmp_path / "release"
-    child = run_child(
-        baseline.wrapper,
-        args,
-        "bidsport.privacy:anonymize_files",
-        1,
-        KILL_MODE="pause",
-        PAUSED_FILE=str(paused),
-        RELEASE_FILE=str(release),
+    child, release = paused_child(
+        baseline.wrapper, args, "bidsport.privacy:anonymize_files", tmp_path
     )
     try:
-        deadline = time.monotonic() + 60
-        while not paused.exists():
-            assert child.poll() is None, child.communicate()[0]
-            assert time.monotonic() < deadline, "the run never reached its pause"
-            time.sleep(0.02)
         assert scratch()
         child.send_signal(signal.SIGTERM)
         output, _ = child.communicate(timeout=60)
