@@ -314,7 +314,9 @@ def test_runner_on_a_tiny_inbox_prints_and_writes_its_table(tmp_path, work_dir):
     # summed over the two sessions, which are in flight at once: they may overlap
     assert 0 < sum(stages.values()) < 2 * bidsport["wall"]
     for m in (bidsport, dcm2niix):
-        assert m["cpu_user"] + m["cpu_sys"] > 0 and 1 < m["max_rss_mb"] < 2000
+        assert m["cpu_user"] >= 0 and m["cpu_sys"] >= 0 and 1 < m["max_rss_mb"] < 2000
+    # (GNU time counts in 10 ms: dcm2niix on 56 tiny files may take less on a fast host)
+    assert bidsport["cpu_user"] + bidsport["cpu_sys"] > 0
     assert measures["bidsport re-run"]["wall"] < bidsport["wall"]
     assert measures["bidsport group"]["failed_calls"] == 0
     # the real validator checked the output (after the timing): participant + group is valid
