@@ -526,9 +526,9 @@ class _Parsed:
     shared: _Item | None = None
     first_frame: _Item | None = None
     max_temporal_index: int | None = None
-    #: the FrameType values of the frames after the first, from the fourth on (what a
-    #: MIXED ImageType mixes: Philips' magnitude and B0 field map frames)
-    frame_types: set[bytes] = field(default_factory=set)
+    #: the distinct FrameType values of the frames after the first, as read (what a MIXED
+    #: ImageType mixes: Philips' magnitude and B0 field map frames)
+    frame_types: set[_Raw] = field(default_factory=set)
     has_pixel_data: bool = False
 
 
@@ -917,10 +917,10 @@ def _read_functional_groups(
 
 
 def _frame_temporal_index(
-    src: _Source, pos: int, length: int, syntax: _Syntax, frame_types: set[bytes]
+    src: _Source, pos: int, length: int, syntax: _Syntax, frame_types: set[_Raw]
 ) -> tuple[int | None, int]:
     """(TemporalPositionIndex, end of the item) of one PerFrameFunctionalGroups item; its
-    FrameType's values from the fourth on are added to ``frame_types`` (raw bytes)."""
+    FrameType, as read, is added to ``frame_types``."""
     end = None if length == 0xFFFFFFFF else pos + length
     number = None
     while end is None or pos < end:
@@ -932,7 +932,7 @@ def _frame_temporal_index(
             items, pos = _read_sequence(src, vpos, vlen, inner, 3)
             raw = items[0].get(0x00089007) if items else None
             if isinstance(raw, tuple):
-                frame_types.update(raw[1].rstrip(b" \x00").split(b"\\")[3:])
+                frame_types.add(raw)
         elif tag == 0x00209111:  # FrameContentSequence
             items, pos = _read_sequence(src, vpos, vlen, inner, 3)
             raw = items[0].get(0x00209128) if items else None
@@ -1148,7 +1148,7 @@ def _numbers_or_empty(raw: _Raw | None, tag: int, little: bool) -> tuple[float, 
 
 
 def _mixed_image_type(
-    image_type: tuple[str, ...], f: _Fields, frame_types: set[bytes]
+    image_type: tuple[str, ...], f: _Fields, frame_types: set[_Raw]
 ) -> tuple[str, ...]:
     """A MIXED ImageType of an enhanced file, followed by what its frames mix: the
     distinct FrameType values (fourth on) of its frames that it does not already hold.
@@ -1156,10 +1156,13 @@ def _mixed_image_type(
     A Philips B0 map is one file of magnitude frames (``...\\M``) and field map frames
     (``...\\FIELD_MAP``) under ``ORIGINAL\\PRIMARY\\T1\\MIXED``: the classifier then
     knows it holds a field map in Hz from the header, whatever the series is named."""
-    raw = _fg_value(f.first, None, 0x00089007, f.syntax)
-    values = set(_upper_strings(raw, 0x00089007, None)[3:]) if raw is not None else set()
-    for value in frame_types:
-        values.add(value.decode("ascii", "replace").strip().upper())
+    first = _fg_value(f.first, None, 0x00089007, f.syntax)
+    values = {
+        value
+        for raw in (first, *frame_types)
+        if raw is not None
+        for value in _upper_strings(raw, 0x00089007, None)[3:]
+    }
     return image_type + tuple(sorted(v for v in values if v and v not in image_type))
 
 

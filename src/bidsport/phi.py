@@ -525,7 +525,7 @@ def subject_label_identity_check(
         ("accession", "accession number", identifiers.accessions),
         ("birth_date", "date of a study", frozenset(d for d in dates if d)),  # (its spellings)
     ]
-    found = []  #: (how, what), the first of each kind of holding
+    found: dict[str, str] = {}  #: how the label holds an identifier -> what, the first
     for kind, what, values in checks:
         for value in sorted(values):
             for term in _variants(kind, value):
@@ -533,10 +533,11 @@ def subject_label_identity_check(
                 if len(term_plain) >= MIN_LENGTH:
                     how = _how_label_holds(plain, term_plain)
                     if how:
-                        found.append((_HOLDS.index(how), how, what))
-    if not found:
+                        found.setdefault(how, what)
+    how = next((h for h in _HOLDS if h in found), None)
+    if how is None:
         return None
-    _, how, what = min(found)
+    what = found[how]
     return (
         f"the {entity} label {how} the {what} of its DICOM files; map the packet to a "
         "neutral label with --mapping (e.g. a study code)"
@@ -551,16 +552,14 @@ def _how_label_holds(label: str, term: str) -> str | None:
     """How a label (alphanumeric, lower case) holds an identifier's search term, if it does."""
     if term == label:
         return "equals"
-    if term in label and (len(term) > MIN_LENGTH or _contains_token(label, term, "name")):
+    # (a term of 3 characters as a token: "Lee" not in "sub-Leeds01")
+    if term in label and (
+        len(term) > MIN_LENGTH or re.search(_bounded(term, "[a-z]", "[0-9]"), label)
+    ):
         return "contains"
     if len(label) >= 5 and label in term:
         return "is part of"
     return None
-
-
-def _contains_token(haystack: str, needle: str, kind: str) -> bool:
-    pattern = _bounded(needle, "[a-z]", "[0-9]", always=kind in _TOKEN_KINDS)
-    return re.search(pattern, haystack) is not None
 
 
 # --------------------------------------------------------------------------- sidecars
